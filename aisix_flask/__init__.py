@@ -1,0 +1,28 @@
+"""aisix-flask: a synchronous OpenAI-format AI gateway for WSGI hosts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+__version__ = "0.1.0"
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Create the gateway: load the config (``AISIX_CONFIG``), open the ledger, add the routes."""
+    from . import admin, cli, errors, gateway, images
+
+    app = Flask(__name__)
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    config_path = app.config.get("AISIX_CONFIG") or os.environ.get("AISIX_CONFIG", "config.yaml")
+
+    errors.init_app(app)
+    gateway.init_app(app, config_path)
+    app.register_blueprint(images.bp)
+    app.register_blueprint(admin.bp)
+    cli.init_app(app)
+    return app

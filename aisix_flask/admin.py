@@ -1,0 +1,66 @@
+"""Admin API (/admin/v1/usage) and health probes (/livez, /readyz)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Blueprint, Response, jsonify, request
+
+from .auth import authenticate
+from .errors import InvalidRequest, ServiceUnavailable
+from .gateway import current
+
+bp = Blueprint("admin", __name__)
+
+MAX_LIMIT = 1000
+
+
+@bp.get("/livez")
+def livez() -> Response:
+    """The process answers."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Config loaded and ledger reachable, else 503."""
+    _, ledger = current().ready()
+    if not ledger.ping():
+        raise ServiceUnavailable("The usage ledger database is not reachable.")
+    return jsonify(status="ok")
+
+
+@bp.get("/admin/v1/usage")
+def usage() -> Response:
+    """Ledger rows, newest first: ``?limit=N&since=ISO&api_key=NAME&model=ALIAS``."""
+    registry, ledger = current().ready()
+    authenticate(registry.gateway.admin_keys, request.headers)
+    args = request.args
+    rows = ledger.query(
+        limit=_limit(args.get("limit")),
+        since=_since(args.get("since")),
+        api_key=args.get("api_key"),
+        model=args.get("model"),
+    )
+    return jsonify(object="list", data=rows)
+
+
+def _limit(value: str | None) -> int:
+    if value is None:
+        return 100
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+        raise InvalidRequest(f"'limit' must be a whole number from 1 to {MAX_LIMIT}.", param="limit")
+    return int(value)
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        # An unencoded "+00:00" in a query string arrives as " 00:00".
+        since = datetime.fromisoformat(value.replace(" ", "+"))
+    except ValueError:
+        raise InvalidRequest(
+            "'since' must be an ISO-8601 time, e.g. 2026-01-31T00:00:00Z.", param="since"
+        ) from None
+    return since if since.tzinfo else since.replace(tzinfo=UTC)

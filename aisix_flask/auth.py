@@ -1,0 +1,42 @@
+"""Caller key → ApiKey: header parsing, hash comparison in constant time, disabled and expiry."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+
+from .errors import ApiKeyDisabled, ApiKeyExpired, InvalidApiKey
+from .resources import ApiKey
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key from ``Authorization: Bearer …`` (any case) or ``x-api-key``."""
+    scheme, _, token = (headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return (headers.get("x-api-key") or "").strip() or None
+
+
+def authenticate(keys: Iterable[ApiKey], headers: Mapping[str, str]) -> ApiKey:
+    """Find the key the request presents, or raise the 401 that says why not."""
+    secret = presented_key(headers)
+    if secret is None:
+        raise InvalidApiKey(
+            "Missing API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+        )
+    digest = hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+    found = None
+    # Every configured hash is compared, with no early exit, so the time taken
+    # does not depend on which key (if any) matched or where it sits in the file.
+    for key in keys:
+        if key.key_hash is not None and hmac.compare_digest(key.key_hash, digest):
+            found = key
+    if found is None:
+        raise InvalidApiKey()
+    if found.disabled:
+        raise ApiKeyDisabled()
+    if found.expires_at is not None and datetime.now(UTC) >= found.expires_at:
+        raise ApiKeyExpired()
+    return found

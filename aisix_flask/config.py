@@ -1,0 +1,406 @@
+"""Config file → ${VAR} expansion → marshmallow validation → a frozen Registry."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validates_schema
+from marshmallow.validate import Length, OneOf, Range, Regexp
+
+from .bridges import BRIDGES, default_adapter
+from .resources import ApiKey, Guardrail, Model, Pattern, ProviderKey, UpstreamSettings
+from .routing import Router
+
+DEFAULT_BODY_LIMIT = 25 * 1024 * 1024
+DEFAULT_USAGE_URL = "sqlite:///var/usage.db"
+DEFAULT_RATELIMIT_URL = "sqlite:///var/ratelimit.db"
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; ``problems`` lists every reason by path."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"invalid config {path}:\n{lines}")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The ``gateway:`` block."""
+
+    request_body_limit_bytes: int = DEFAULT_BODY_LIMIT
+    upstream: UpstreamSettings = UpstreamSettings()
+    usage_database_url: str = DEFAULT_USAGE_URL
+    ratelimit_storage_url: str = DEFAULT_RATELIMIT_URL
+    admin_keys: tuple[ApiKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Everything the config file says, parsed once; request handling reads only this."""
+
+    path: str
+    gateway: GatewaySettings
+    provider_keys: Mapping[str, ProviderKey]
+    router: Router
+    api_keys: tuple[ApiKey, ...]
+    guardrails: tuple[Guardrail, ...]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def input_guardrails(self) -> tuple[Guardrail, ...]:
+        """Guardrails that inspect the prompt."""
+        return tuple(g for g in self.guardrails if g.checks_input)
+
+
+# -- schemas: they validate the shape; unknown keys are kept (and warned about) --
+
+
+class _Schema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+
+def _name(**kwargs: Any) -> fields.String:
+    return fields.String(validate=Length(min=1), **kwargs)
+
+
+class _Timestamp(fields.Field):
+    """An ISO-8601 timestamp, or the datetime/date YAML already made of one; naive means UTC."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                raise ValidationError("Not a valid ISO-8601 datetime.") from None
+        elif isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime(value.year, value.month, value.day)
+        if not isinstance(value, datetime):
+            raise ValidationError("Not a valid ISO-8601 datetime.")
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+_seconds = fields.Float(validate=Range(min=0, min_inclusive=False))
+
+
+class UpstreamSchema(_Schema):
+    connect_timeout_s = _seconds
+    timeout_s = _seconds
+
+
+class UsageSchema(_Schema):
+    database_url = _name()
+
+
+class RateLimitStorageSchema(_Schema):
+    storage_url = _name()
+
+
+class KeySchema(_Schema):
+    display_name = _name()
+    key_hash = fields.String(validate=Regexp(r"^[0-9a-fA-F]{64}$", error="Must be 64 hex digits (SHA-256)."))
+    key_env = fields.String(validate=Regexp(_ENV_NAME, error="Not a valid environment variable name."))
+    allowed_models = fields.List(_name())
+    disabled = fields.Boolean()
+    expires_at = _Timestamp()
+
+    @validates_schema
+    def _one_secret(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("key_hash" in data) == ("key_env" in data):
+            raise ValidationError("Give exactly one of key_hash or key_env.")
+
+
+class CallerKeySchema(KeySchema):
+    display_name = _name(required=True)
+
+
+class GatewaySchema(_Schema):
+    request_body_limit_bytes = fields.Integer(strict=True, validate=Range(min=1))
+    upstream = fields.Nested(UpstreamSchema)
+    usage = fields.Nested(UsageSchema)
+    ratelimit = fields.Nested(RateLimitStorageSchema)
+    admin_keys = fields.List(fields.Nested(KeySchema))
+
+
+class ProviderKeySchema(_Schema):
+    display_name = _name(required=True)
+    provider = _name(required=True)
+    adapter = fields.String(validate=OneOf(sorted(BRIDGES)))
+    api_key = fields.String()
+    api_base = fields.String(validate=Regexp(r"^https?://", error="Must be an http:// or https:// URL."))
+
+
+class ModelSchema(_Schema):
+    display_name = _name(required=True)
+    provider = _name(required=True)
+    model_name = _name()
+    provider_key = _name(required=True)
+    timeout_s = _seconds
+
+
+class PatternSchema(_Schema):
+    kind = fields.String(required=True, validate=OneOf(["literal", "regex"]))
+    value = _name(required=True)
+
+
+class GuardrailSchema(_Schema):
+    name = _name(required=True)
+    kind = fields.String(required=True, validate=OneOf(["keyword"]))
+    hook_point = fields.String(validate=OneOf(["input", "output", "both"]))
+    patterns = fields.List(fields.Nested(PatternSchema), required=True, validate=Length(min=1))
+
+
+class ConfigSchema(_Schema):
+    _format_version = fields.Raw()
+    gateway = fields.Nested(GatewaySchema)
+    provider_keys = fields.List(fields.Nested(ProviderKeySchema))
+    models = fields.List(fields.Nested(ModelSchema))
+    api_keys = fields.List(fields.Nested(CallerKeySchema))
+    guardrails = fields.List(fields.Nested(GuardrailSchema))
+
+
+# -- loading --
+
+
+def load_config(path: str) -> Registry:
+    """Read, expand, validate and freeze the config file; raise ConfigError listing every problem."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, [f"config file not found: {os.path.abspath(path)}"]) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(path, [f"cannot read config: {e}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, ["the config file must be a YAML mapping"])
+
+    warnings: list[str] = []
+    data = _expand(raw, "", warnings)
+    problems: list[str] = []
+    try:
+        loaded = ConfigSchema().load(data)
+    except ValidationError as e:
+        problems.extend(_flatten(e.messages, ""))
+        loaded = None
+    problems.extend(_cross_check(data))
+    if problems:
+        raise ConfigError(path, sorted(set(problems), key=problems.index))
+    warnings.extend(_unknown_fields(ConfigSchema(), data, ""))
+    registry = _build(path, loaded, warnings)
+    return registry
+
+
+def _expand(value: Any, path: str, warnings: list[str]) -> Any:
+    """Replace ``${VAR}`` in every string from the environment (unset → "" and a warning)."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                warnings.append(f"{path or '<root>'}: environment variable {name} is not set")
+            return os.environ.get(name, "")
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, _join(path, k), warnings) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, _join(path, i), warnings) for i, v in enumerate(value)]
+    return value
+
+
+def _join(path: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def _flatten(messages: Any, path: str) -> list[str]:
+    """marshmallow's nested error dict → ``models[2].provider: message`` lines."""
+    if isinstance(messages, dict):
+        out = []
+        for key, value in messages.items():
+            out.extend(_flatten(value, path if key == "_schema" else _join(path, key)))
+        return out
+    if isinstance(messages, list):
+        return [line for m in messages for line in _flatten(m, path)]
+    return [f"{path or '<root>'}: {messages}"]
+
+
+def _items(data: Any, key: str) -> list[tuple[str, dict[str, Any]]]:
+    """The well-formed mappings of a top-level collection, with their paths."""
+    rows = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        return []
+    return [(f"{key}[{i}]", row) for i, row in enumerate(rows) if isinstance(row, dict)]
+
+
+def _cross_check(data: dict[str, Any]) -> list[str]:
+    """Problems a single-row schema cannot see: duplicates, references, wildcards, regexes."""
+    problems = []
+    for collection, name_field in (
+        ("provider_keys", "display_name"),
+        ("models", "display_name"),
+        ("api_keys", "display_name"),
+        ("guardrails", "name"),
+    ):
+        seen: set[Any] = set()
+        for path, row in _items(data, collection):
+            name = row.get(name_field)
+            if isinstance(name, str) and name in seen:
+                problems.append(f"{path}.{name_field}: duplicate {name_field} {name!r}")
+            seen.add(name)
+
+    provider_keys = {row.get("display_name"): row for _, row in _items(data, "provider_keys")}
+    for path, row in _items(data, "provider_keys"):
+        provider = row.get("provider")
+        if isinstance(provider, str) and provider != "openai" and not row.get("api_base"):
+            problems.append(f"{path}.api_base: required for provider {provider!r}")
+
+    for path, row in _items(data, "models"):
+        key, name, upstream = row.get("provider_key"), row.get("display_name"), row.get("model_name")
+        if isinstance(key, str) and key not in provider_keys:
+            problems.append(f"{path}.provider_key: unknown provider key {key!r}")
+        if isinstance(name, str) and name.count("*") > 1:
+            problems.append(f"{path}.display_name: at most one '*' is allowed")
+        if isinstance(upstream, str) and "*" in upstream and isinstance(name, str) and "*" not in name:
+            problems.append(f"{path}.model_name: '*' needs a '*' in display_name to fill it")
+
+    for path, row in _items(data, "guardrails"):
+        patterns = row.get("patterns")
+        for i, pattern in enumerate(patterns if isinstance(patterns, list) else []):
+            if isinstance(pattern, dict) and pattern.get("kind") == "regex":
+                try:
+                    re.compile(str(pattern.get("value")))
+                except re.error as e:
+                    problems.append(f"{path}.patterns[{i}].value: invalid regex: {e}")
+    return problems
+
+
+def _unknown_fields(schema: Schema, data: Any, path: str) -> list[str]:
+    """Warn about keys no schema declares (kept so an AISIX file still loads, but unused here)."""
+    if not isinstance(data, dict):
+        return []
+    out = []
+    for key, value in data.items():
+        field = schema.fields.get(key)
+        if field is None:
+            out.append(f"{_join(path, key)}: unknown field, ignored")
+        elif isinstance(field, fields.Nested):
+            out.extend(_unknown_fields(field.schema, value, _join(path, key)))
+        elif isinstance(field, fields.List) and isinstance(field.inner, fields.Nested):
+            for i, row in enumerate(value if isinstance(value, list) else []):
+                out.extend(_unknown_fields(field.inner.schema, row, _join(_join(path, key), i)))
+    return out
+
+
+def hash_key(secret: str) -> str:
+    """The ``key_hash`` of a caller key: SHA-256, hex."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _api_key(row: Mapping[str, Any], path: str, warnings: list[str]) -> ApiKey:
+    if "key_hash" in row:
+        digest: bytes | None = bytes.fromhex(row["key_hash"])
+    else:
+        secret = os.environ.get(row["key_env"], "")
+        if not secret:
+            warnings.append(f"{path}.key_env: {row['key_env']} is not set; this key cannot authenticate")
+        digest = hashlib.sha256(secret.encode("utf-8")).digest() if secret else None
+    allowed = row.get("allowed_models")
+    return ApiKey(
+        display_name=row.get("display_name", path),
+        key_hash=digest,
+        allowed_models=None if allowed is None else tuple(allowed),
+        disabled=row.get("disabled", False),
+        expires_at=row.get("expires_at"),
+    )
+
+
+def _build(path: str, data: Mapping[str, Any], warnings: list[str]) -> Registry:
+    gw = data.get("gateway", {})
+    upstream = gw.get("upstream", {})
+    gateway = GatewaySettings(
+        request_body_limit_bytes=gw.get("request_body_limit_bytes", DEFAULT_BODY_LIMIT),
+        upstream=UpstreamSettings(
+            connect_timeout_s=upstream.get("connect_timeout_s", UpstreamSettings.connect_timeout_s),
+            timeout_s=upstream.get("timeout_s", UpstreamSettings.timeout_s),
+        ),
+        usage_database_url=gw.get("usage", {}).get("database_url", DEFAULT_USAGE_URL),
+        ratelimit_storage_url=gw.get("ratelimit", {}).get("storage_url", DEFAULT_RATELIMIT_URL),
+        admin_keys=tuple(
+            _api_key(row, f"gateway.admin_keys[{i}]", warnings)
+            for i, row in enumerate(gw.get("admin_keys", []))
+        ),
+    )
+    provider_keys = {
+        row["display_name"]: ProviderKey(
+            display_name=row["display_name"],
+            provider=row["provider"],
+            adapter=row.get("adapter") or default_adapter(row["provider"]),
+            api_key=row.get("api_key", ""),
+            api_base=row.get("api_base") or None,
+        )
+        for row in data.get("provider_keys", [])
+    }
+    models = [
+        Model(
+            display_name=row["display_name"],
+            provider=row["provider"],
+            provider_key=row["provider_key"],
+            model_name=row.get("model_name"),
+            timeout_s=row.get("timeout_s"),
+        )
+        for row in data.get("models", [])
+    ]
+    for i, model in enumerate(models):
+        if model.provider != provider_keys[model.provider_key].provider:
+            warnings.append(
+                f"models[{i}].provider: {model.provider!r} differs from its provider key's "
+                f"provider {provider_keys[model.provider_key].provider!r}"
+            )
+    for name, key in provider_keys.items():
+        if not key.api_key:
+            warnings.append(f"provider key {name!r} has no api_key; its models will answer 503")
+    guardrails = tuple(
+        Guardrail(
+            name=row["name"],
+            kind=row["kind"],
+            hook_point=row.get("hook_point", "input"),
+            patterns=tuple(_pattern(p["kind"], p["value"]) for p in row["patterns"]),
+        )
+        for row in data.get("guardrails", [])
+    )
+    return Registry(
+        path=path,
+        gateway=gateway,
+        provider_keys=MappingProxyType(provider_keys),
+        router=Router(models, provider_keys),
+        api_keys=tuple(
+            _api_key(row, f"api_keys[{i}]", warnings) for i, row in enumerate(data.get("api_keys", []))
+        ),
+        guardrails=guardrails,
+        warnings=tuple(warnings),
+    )
+
+
+def _pattern(kind: str, value: str) -> Pattern:
+    # A literal is stored casefolded: the prompt is folded once per request, not per pattern.
+    if kind == "regex":
+        return Pattern(kind, value, re.compile(value))
+    return Pattern(kind, value.casefold())

@@ -1,0 +1,205 @@
+"""Gateway errors, the OpenAI error envelope, and the handlers that render them."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+def envelope(
+    status: int,
+    message: str,
+    type: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Build a JSON response in the OpenAI error envelope."""
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+class GatewayError(HTTPException):
+    """An error the gateway answers itself; subclasses override the class defaults.
+
+    ``code`` is the HTTP status (Werkzeug's name for it); ``error_code`` is the
+    envelope's ``code``.
+    """
+
+    code = 500
+    error_type = "server_error"
+    error_code: str | None = "internal_error"
+    message = "The gateway failed to handle the request."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        param: str | None = None,
+        error_code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or self.message)
+        self.param = param
+        if error_code is not None:
+            self.error_code = error_code
+        self.extra_headers = headers or {}
+
+    def get_response(self, environ=None, scope=None) -> Response:
+        """Render the error as the OpenAI envelope."""
+        return envelope(
+            self.code,
+            self.description,
+            self.error_type,
+            self.error_code,
+            self.param,
+            self.extra_headers,
+        )
+
+
+class InvalidApiKey(GatewayError):
+    code = 401
+    error_type = "authentication_error"
+    error_code = "invalid_api_key"
+    message = "Invalid API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+
+
+class ApiKeyDisabled(InvalidApiKey):
+    error_code = "api_key_disabled"
+    message = "This API key is disabled."
+
+
+class ApiKeyExpired(InvalidApiKey):
+    error_code = "api_key_expired"
+    message = "This API key has expired."
+
+
+class InvalidRequest(GatewayError):
+    code = 400
+    error_type = "invalid_request_error"
+    error_code = "invalid_value"
+    message = "The request is not valid."
+
+
+class InvalidJson(InvalidRequest):
+    error_code = "invalid_json"
+    message = "The request body is not valid JSON."
+
+
+class MissingParameter(InvalidRequest):
+    error_code = "missing_required_parameter"
+
+
+class UnsupportedProvider(InvalidRequest):
+    error_code = "unsupported_provider"
+
+
+class RequestTooLarge(InvalidRequest):
+    code = 413
+    error_code = "request_too_large"
+
+
+class PermissionDenied(GatewayError):
+    code = 403
+    error_type = "permission_error"
+    error_code = "model_not_allowed"
+
+
+class ModelNotFound(GatewayError):
+    code = 404
+    error_type = "invalid_request_error"
+    error_code = "model_not_found"
+
+
+class ContentPolicyViolation(GatewayError):
+    code = 422
+    error_type = "content_filter"
+    error_code = "content_policy_violation"
+
+
+class RateLimited(GatewayError):
+    code = 429
+    error_type = "rate_limit_error"
+    error_code = "rate_limit_exceeded"
+
+
+class NotImplementedOperation(GatewayError):
+    code = 501
+    error_type = "not_implemented"
+    error_code = "unsupported_operation"
+
+
+class ProviderUnavailable(GatewayError):
+    code = 503
+    error_type = "provider_error"
+    error_code = "provider_unavailable"
+
+
+class ServiceUnavailable(GatewayError):
+    code = 503
+    error_type = "server_error"
+    error_code = "service_unavailable"
+
+
+class UpstreamError(GatewayError):
+    code = 502
+    error_type = "upstream_error"
+    error_code = "upstream_server_error"
+
+
+class UpstreamAuthFailed(UpstreamError):
+    error_code = "upstream_auth_failed"
+
+
+class UpstreamUnreachable(UpstreamError):
+    error_code = "upstream_unreachable"
+
+
+class UpstreamBadResponse(UpstreamError):
+    error_code = "upstream_bad_response"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = 504
+    error_type = "timeout"
+    error_code = "upstream_timeout"
+
+
+# Werkzeug's own errors (unknown path, wrong method, body over the limit) keep
+# their status and headers (the ``Allow`` of a 405) but speak the envelope.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def handle_http_exception(e: HTTPException) -> Response:
+    """Render any HTTP error in the OpenAI envelope, keeping its headers."""
+    if isinstance(e, GatewayError):
+        return e.get_response()
+    if e.code == 404:
+        message = f"Invalid URL ({request.method} {request.path})"
+    elif e.code == 405:
+        message = f"Method {request.method} is not allowed for {request.path}"
+    else:
+        message = e.description or e.name
+    headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
+    error_type = "invalid_request_error" if (e.code or 500) < 500 else "server_error"
+    return envelope(e.code or 500, message, error_type, _HTTP_CODES.get(e.code), None, headers)
+
+
+def handle_unexpected(e: Exception) -> Response:
+    """Log a bug and answer 500 in the envelope, never with a traceback."""
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return GatewayError().get_response()
+
+
+def init_app(app: Flask) -> None:
+    """Register the error handlers."""
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

@@ -1,0 +1,226 @@
+"""POST /v1/images/generations: DESIGN.md's request path, one step per line."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flask import Blueprint, Response, request
+from marshmallow import INCLUDE, Schema, ValidationError, fields
+from marshmallow.validate import Length, OneOf, Range
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from . import upstream
+from .auth import authenticate
+from .bridges import BRIDGES, endpoint_url
+from .config import Registry
+from .errors import (
+    GatewayError,
+    InvalidJson,
+    InvalidRequest,
+    MissingParameter,
+    ModelNotFound,
+    NotImplementedOperation,
+    PermissionDenied,
+    ProviderUnavailable,
+    RequestTooLarge,
+    UnsupportedProvider,
+)
+from .gateway import current, request_id
+from .guardrails import check_input
+from .ledger import UsageRow
+from .routing import Route
+
+bp = Blueprint("images", __name__)
+
+ROUTE = "/v1/images/generations"
+OPERATION = "images"
+
+
+@bp.post(ROUTE)
+def generate() -> Response:
+    """Generate images through the alias's upstream, checking the caller and policy first."""
+    started = time.perf_counter()
+    registry, ledger = current().ready()
+    key = authenticate(registry.api_keys, request.headers)  # 1
+    row = UsageRow(request_id(), key.display_name, ROUTE, request.remote_addr)
+    try:
+        body = read_json_object()  # 2
+        row.note_request(body)
+        validate(body)  # 3
+        route = resolve(registry, body["model"])  # 4
+        row.upstream_model, row.provider = route.upstream_model, route.model.provider
+        if not key.may_use(route.alias):  # 5
+            raise PermissionDenied(f"This API key may not use the model '{route.alias}'.")
+        require_openai_provider(route)  # 6
+        require_image_bridge(route)  # 7
+        require_credential(route)  # 8
+        check_input(registry.input_guardrails, body["prompt"])  # 9
+        # 10: rate limits are checked here once they are built (issue 3).
+        answer = forward(route, body, row, registry)  # 11
+        row.status = answer.status
+        row.note_answer(answer.document)
+        if answer.status >= 400:
+            row.error_code = answer.error_code()
+        return passthrough(answer)  # 12
+    except GatewayError as e:
+        row.status, row.error_code = e.code, e.error_code
+        raise
+    except Exception:
+        row.status, row.error_code = 500, "internal_error"
+        raise
+    finally:
+        row.latency_ms = (time.perf_counter() - started) * 1000
+        ledger.record(row)  # 13: queued; written off this thread
+
+
+def read_json_object() -> dict[str, Any]:
+    """The body as a JSON object, whatever the Content-Type (``curl -d`` sends a form type)."""
+    try:
+        data = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise RequestTooLarge(
+            f"The request body is larger than the gateway's limit of {request.max_content_length} bytes."
+        ) from None
+    try:
+        body = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidJson() from None
+    if not isinstance(body, dict):
+        raise InvalidJson("The request body must be a JSON object.")
+    return body
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class _StrictInt(fields.Integer):
+    """An integer that is a JSON number without a fraction: not "2", 2.0 or true."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+class _StrictBool(fields.Boolean):
+    """true or false, nothing truthy."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+def _not_streaming(value: bool | None) -> None:
+    if value:
+        raise ValidationError("Streaming image generation is not supported by this gateway yet.")
+
+
+class ImageGenerationSchema(Schema):
+    """Checks the fields the gateway knows; anything else is kept and forwarded as sent."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    model = fields.String(required=True, validate=Length(min=1))
+    prompt = fields.String(required=True, validate=Length(min=1))
+    n = _StrictInt(allow_none=True, validate=Range(min=1, max=10))
+    response_format = fields.String(allow_none=True, validate=OneOf(["url", "b64_json"]))
+    size = fields.String(allow_none=True)
+    quality = fields.String(allow_none=True)
+    style = fields.String(allow_none=True)
+    user = fields.String(allow_none=True)
+    background = fields.String(allow_none=True)
+    moderation = fields.String(allow_none=True)
+    output_format = fields.String(allow_none=True)
+    output_compression = _StrictInt(allow_none=True, validate=Range(min=0, max=100))
+    partial_images = _StrictInt(allow_none=True, validate=Range(min=0, max=3))
+    stream = _StrictBool(allow_none=True, validate=_not_streaming)
+
+
+_schema = ImageGenerationSchema()
+
+
+def validate(body: dict[str, Any]) -> None:
+    """Raise 400 naming the first bad field (in the schema's order); the body is not rewritten."""
+    errors = _schema.validate(body)
+    if not errors:
+        return
+    param = next(name for name in (*_schema.fields, *errors) if name in errors)
+    if param not in body:
+        raise MissingParameter(f"Missing required parameter: '{param}'.", param=param)
+    messages = errors[param]
+    detail = messages[0] if isinstance(messages, list) else str(messages)
+    raise InvalidRequest(f"Invalid value for '{param}': {detail}", param=param)
+
+
+def resolve(registry: Registry, alias: str) -> Route:
+    """The configured route for ``alias``, or 404."""
+    route = registry.router.resolve(alias)
+    if route is None:
+        raise ModelNotFound(f"The model '{alias}' does not exist on this gateway.", param="model")
+    return route
+
+
+def require_openai_provider(route: Route) -> None:
+    """The image route is OpenAI's: other providers get 400 before anything is spent."""
+    if route.model.provider != "openai":
+        raise UnsupportedProvider(
+            f"The model '{route.alias}' is configured with provider '{route.model.provider}'; "
+            f"{ROUTE} accepts only models whose provider is 'openai'. Check the provider of "
+            f"this model in the gateway config.",
+            param="model",
+        )
+
+
+def require_image_bridge(route: Route) -> None:
+    """The provider key's bridge must implement image generation, else 501."""
+    adapter = route.provider_key.adapter
+    if not BRIDGES[adapter].implements(OPERATION):
+        raise NotImplementedOperation(
+            f"The provider key '{route.provider_key.display_name}' of model '{route.alias}' uses "
+            f"the '{adapter}' adapter, which does not implement image generation. This is a "
+            f"provider capability issue: check that the model's provider key uses an adapter "
+            f"that supports images (adapter: openai)."
+        )
+
+
+def require_credential(route: Route) -> None:
+    """An upstream credential must be configured, else 503."""
+    if not route.provider_key.api_key:
+        raise ProviderUnavailable(
+            f"The provider key '{route.provider_key.display_name}' has no API key configured; "
+            f"check its api_key (and the environment variable it names)."
+        )
+
+
+def forward(route: Route, body: dict[str, Any], row: UsageRow, registry: Registry) -> upstream.Answer:
+    """Send the body with only ``model`` rewritten, once, and interpret the answer."""
+    payload = json.dumps({**body, "model": route.upstream_model}, ensure_ascii=False).encode()
+    settings = registry.gateway.upstream
+    started = time.perf_counter()
+    try:
+        answer = upstream.post_json(
+            endpoint_url(route.provider_key.api_base, "/images/generations"),
+            payload,
+            key=route.provider_key,
+            request_id=row.request_id,
+            timeout=(settings.connect_timeout_s, route.model.timeout_s or settings.timeout_s),
+        )
+    finally:
+        row.upstream_latency_ms = (time.perf_counter() - started) * 1000
+    return upstream.interpret(answer, route.provider_key)
+
+
+def passthrough(answer: upstream.Answer) -> Response:
+    """The upstream's body bytes unchanged, with its status and Content-Type."""
+    response = Response(answer.content, status=answer.status, content_type=answer.content_type)
+    if answer.status == 429 and answer.retry_after:
+        response.headers["Retry-After"] = answer.retry_after
+    return response

@@ -1,0 +1,260 @@
+"""The usage ledger: one row per authenticated request, written off the request thread."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("request_id", String(128), nullable=False),
+    Column("created_at", DateTime, nullable=False, index=True),
+    Column("api_key", String(256), nullable=False, index=True),
+    Column("route", String(64), nullable=False),
+    Column("model", String(256), index=True),
+    Column("upstream_model", String(256)),
+    Column("provider", String(64)),
+    Column("status", Integer, nullable=False),
+    Column("error_code", String(64)),
+    Column("input_tokens", Integer, nullable=False),
+    Column("output_tokens", Integer, nullable=False),
+    Column("total_tokens", Integer, nullable=False),
+    Column("images", Integer, nullable=False),
+    Column("size", String(64)),
+    Column("quality", String(64)),
+    Column("n", Integer),
+    Column("latency_ms", Float),
+    Column("upstream_latency_ms", Float),
+    Column("client_ip", String(64)),
+)
+
+_TEXT_LIMIT = 256
+
+
+def _short(value: Any, limit: int = 64) -> str | None:
+    """A caller-chosen string as stored: strings only, cut to ``limit``."""
+    return value[:limit] if isinstance(value, str) else None
+
+
+def _count(value: Any) -> int:
+    """A token count as the upstream reported it: a non-negative int, else 0 (never guessed)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+@dataclass
+class UsageRow:
+    """One ledger row; the route fills it in as the request goes. Never prompt text or image data."""
+
+    request_id: str
+    api_key: str
+    route: str
+    client_ip: str | None
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+    model: str | None = None
+    upstream_model: str | None = None
+    provider: str | None = None
+    status: int = 0
+    error_code: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    images: int = 0
+    size: str | None = None
+    quality: str | None = None
+    n: int | None = None
+    latency_ms: float | None = None
+    upstream_latency_ms: float | None = None
+
+    def note_request(self, body: dict[str, Any]) -> None:
+        """Record what the caller asked for (as requested, whatever the upstream does)."""
+        self.model = _short(body.get("model"), _TEXT_LIMIT)
+        self.size = _short(body.get("size"))
+        self.quality = _short(body.get("quality"))
+        n = body.get("n")
+        self.n = n if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**31 else None
+
+    def note_answer(self, document: Any) -> None:
+        """Record the tokens the upstream reported and the images it returned."""
+        if not isinstance(document, dict):
+            return
+        data = document.get("data")
+        self.images = len(data) if isinstance(data, list) else 0
+        usage = document.get("usage")
+        if isinstance(usage, dict):
+            self.input_tokens = _count(usage.get("input_tokens", usage.get("prompt_tokens")))
+            self.output_tokens = _count(usage.get("output_tokens", usage.get("completion_tokens")))
+            self.total_tokens = _count(usage.get("total_tokens")) or self.input_tokens + self.output_tokens
+
+
+def _engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets its folder, WAL and a long busy timeout."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+    engine = create_engine(parsed, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets every gunicorn worker write while others read; NORMAL is durable in WAL.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return engine
+
+
+class Ledger:
+    """Queues rows from request threads; one writer thread per process inserts them in batches."""
+
+    batch_size = 500
+    drain_timeout_s = 30.0
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _engine(url)
+        try:
+            metadata.create_all(self.engine)
+        except OperationalError:
+            # Several workers starting at once may race to create the table.
+            metadata.create_all(self.engine)
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[UsageRow | None] = queue.Queue()
+        self._pid: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def record(self, row: UsageRow) -> None:
+        """Queue ``row``; the caller does not wait for the database."""
+        if self._pid != os.getpid():
+            self._start_writer()
+        self._queue.put(row)
+
+    def _start_writer(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            # After a fork the parent's thread is gone: start this process's own.
+            self._queue = queue.Queue()
+            self.engine.dispose(close=False)
+            self._thread = threading.Thread(target=self._run, name="aisix-ledger", daemon=True)
+            self._thread.start()
+            atexit.register(self.flush, self.drain_timeout_s)
+            self._pid = os.getpid()
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            batch = [q.get()]
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            rows = [r for r in batch if r is not None]
+            if rows:
+                self._write(rows)
+            for _ in batch:
+                q.task_done()
+            if len(rows) < len(batch):
+                return  # close() asked this thread to stop
+
+    def _write(self, batch: list[UsageRow]) -> None:
+        rows = [asdict(r) for r in batch]
+        delay = 0.05
+        while True:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(usage.insert(), rows)
+                return
+            except SQLAlchemyError as e:
+                # Keep the rows and try again: a locked or restarting database is
+                # usually back soon, and a lost row is lost money.
+                log.warning("usage ledger write of %d rows failed, retrying: %s", len(rows), e)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued row is written; False if ``timeout`` passed first."""
+        q = self._queue
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with q.all_tasks_done:
+            while q.unfinished_tasks:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    log.error("usage ledger: %d rows not written at exit", q.unfinished_tasks)
+                    return False
+                q.all_tasks_done.wait(remaining)
+        return True
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer thread and close the connections."""
+        if self._thread is not None and self._pid == os.getpid():
+            self._queue.put(None)
+            self._thread.join(self.drain_timeout_s)
+            atexit.unregister(self.flush)
+            self._thread, self._pid = None, None
+        self.engine.dispose()
+
+    def ping(self) -> bool:
+        """Tell whether the database answers."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except SQLAlchemyError:
+            return False
+
+    def query(
+        self,
+        *,
+        limit: int = 100,
+        since: datetime | None = None,
+        api_key: str | None = None,
+        model: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows, newest first, filtered as the admin API asks."""
+        stmt = select(usage).order_by(usage.c.created_at.desc(), usage.c.id.desc()).limit(limit)
+        if since is not None:
+            stmt = stmt.where(usage.c.created_at >= since.astimezone(UTC).replace(tzinfo=None))
+        if api_key is not None:
+            stmt = stmt.where(usage.c.api_key == api_key)
+        if model is not None:
+            stmt = stmt.where(usage.c.model == model)
+        with self.engine.connect() as conn:
+            result = conn.execute(stmt).mappings().all()
+        rows = []
+        for r in result:
+            row = {k: v for k, v in r.items() if k != "id"}
+            row["created_at"] = r["created_at"].isoformat(timespec="milliseconds") + "Z"
+            rows.append(row)
+        return rows

@@ -1,0 +1,85 @@
+"""The configured resources as frozen values: provider keys, models, caller keys, guardrails."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from fnmatch import fnmatchcase
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """Timeouts for every upstream call (a model's ``timeout_s`` overrides the read timeout)."""
+
+    connect_timeout_s: float = 5.0
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class ProviderKey:
+    """An upstream credential and where to use it."""
+
+    display_name: str
+    provider: str
+    adapter: str
+    api_key: str = field(repr=False)
+    api_base: str | None = None
+
+
+@dataclass(frozen=True)
+class Model:
+    """A caller-facing alias (``display_name``, may hold one ``*``) and its upstream."""
+
+    display_name: str
+    provider: str
+    provider_key: str
+    model_name: str | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A caller (or admin) key, kept only as the SHA-256 digest of its secret."""
+
+    display_name: str
+    key_hash: bytes | None = field(repr=False)
+    allowed_models: tuple[str, ...] | None = None
+    disabled: bool = False
+    expires_at: datetime | None = None
+
+    def may_use(self, alias: str) -> bool:
+        """Tell whether ``allowed_models`` admits ``alias`` (absent: every alias)."""
+        if self.allowed_models is None:
+            return True
+        return any(fnmatchcase(alias, pattern) for pattern in self.allowed_models)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One guardrail pattern: a case-insensitive literal (stored casefolded) or a compiled regex."""
+
+    kind: str
+    value: str = field(repr=False)
+    regex: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+
+    def matches(self, text: str, folded: str) -> bool:
+        """Search ``text`` (``folded`` is its casefold, computed once per request)."""
+        if self.regex is not None:
+            return self.regex.search(text) is not None
+        return self.value in folded
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    """A named input/output check."""
+
+    name: str
+    kind: str
+    hook_point: str
+    patterns: tuple[Pattern, ...]
+
+    @property
+    def checks_input(self) -> bool:
+        """Whether the guardrail inspects the request side."""
+        return self.hook_point in ("input", "both")

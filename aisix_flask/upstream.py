@@ -1,0 +1,185 @@
+"""Upstream calls: one pooled Session per thread, and DESIGN.md's upstream outcome table."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ReadTimeoutError
+
+from . import __version__
+from .errors import (
+    UpstreamAuthFailed,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from .resources import ProviderKey
+
+USER_AGENT = f"aisix-flask/{__version__}"
+MESSAGE_LIMIT = 1024
+_local = threading.local()
+
+
+def session() -> requests.Session:
+    """This thread's Session: pooled, no proxies/.netrc from the environment, no cookies."""
+    s = getattr(_local, "session", None)
+    if s is None:
+        s = requests.Session()
+        s.trust_env = False
+        s.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        s.headers["User-Agent"] = USER_AGENT
+        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=8, max_retries=0)
+        s.mount("https://", adapter)
+        s.mount("http://", adapter)
+        _local.session = s
+    return s
+
+
+@dataclass
+class Answer:
+    """What the upstream said: status, body bytes and the headers that are passed on."""
+
+    status: int
+    content: bytes
+    content_type: str
+    retry_after: str | None
+    latency_ms: float
+    document: Any = None
+
+    def error_code(self) -> str:
+        """The upstream's own ``error.code`` (or ``type``) for the ledger, else ``upstream_<status>``."""
+        error = self.document.get("error") if isinstance(self.document, dict) else None
+        if isinstance(error, dict):
+            for field in ("code", "type"):
+                if isinstance(error.get(field), str) and error[field]:
+                    return error[field][:64]
+        return f"upstream_{self.status}"
+
+
+def post_json(
+    url: str,
+    payload: bytes,
+    *,
+    key: ProviderKey,
+    request_id: str,
+    timeout: tuple[float, float],
+) -> Answer:
+    """POST ``payload`` once (never retried: generations are billed) and read the whole answer."""
+    headers = {
+        "Authorization": f"Bearer {key.api_key}",
+        "Content-Type": "application/json",
+        "x-request-id": request_id,
+    }
+    started = time.perf_counter()
+    # requests' read timeout is per socket read; the deadline bounds the whole answer
+    # so an upstream trickling bytes cannot hold a worker thread forever.
+    deadline = time.monotonic() + timeout[1]
+    host = urlsplit(url).hostname or url
+    try:
+        with session().post(
+            url,
+            data=payload,
+            headers=headers,
+            timeout=timeout,
+            allow_redirects=False,
+            stream=True,
+        ) as r:
+            chunks = []
+            for chunk in r.iter_content(64 * 1024):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise requests.Timeout("deadline passed while reading the answer")
+            content = b"".join(chunks)
+    # Timeout first: ConnectTimeout is a ConnectionError too, and requests wraps a
+    # read timeout in the middle of the body as a ConnectionError.
+    except requests.Timeout:
+        raise _timeout(host, timeout[1]) from None
+    except requests.ConnectionError as e:
+        if isinstance(_innermost(e), ReadTimeoutError):
+            raise _timeout(host, timeout[1]) from None
+        raise UpstreamUnreachable(f"Could not reach the upstream {host}: {_innermost(e)}") from None
+    except requests.RequestException as e:
+        raise UpstreamUnreachable(f"The connection to the upstream {host} failed: {_innermost(e)}") from None
+    return Answer(
+        status=r.status_code,
+        content=content,
+        content_type=r.headers.get("Content-Type") or "application/json",
+        retry_after=r.headers.get("Retry-After"),
+        latency_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+def _timeout(host: str, seconds: float) -> UpstreamTimeout:
+    return UpstreamTimeout(f"The upstream {host} did not answer within {seconds:g} s.")
+
+
+def _innermost(e: BaseException) -> BaseException:
+    """The root cause buried in requests' and urllib3's wrappers (it names no credentials)."""
+    seen = {id(e)}
+    while True:
+        inner = getattr(e, "reason", None)
+        if not isinstance(inner, BaseException) and e.args and isinstance(e.args[-1], BaseException):
+            inner = e.args[-1]
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return e
+        seen.add(id(inner))
+        e = inner
+
+
+def interpret(answer: Answer, key: ProviderKey) -> Answer:
+    """Apply the upstream table: raise what the gateway answers itself, return what passes on."""
+    status = answer.status
+    try:
+        answer.document = json.loads(answer.content)
+    except ValueError:
+        answer.document = None
+    if 200 <= status < 300:
+        if not isinstance(answer.document, dict):
+            raise UpstreamBadResponse(
+                f"The upstream answered HTTP {status} with a body that is not a JSON object."
+            )
+        return answer
+    if 300 <= status < 400:
+        raise UpstreamBadResponse(
+            f"The upstream answered with a redirect (HTTP {status}), which the gateway does not "
+            f"follow; check api_base of provider key '{key.display_name}'."
+        )
+    if status in (401, 403):
+        # The upstream's own message is not passed on: it may quote part of the key.
+        raise UpstreamAuthFailed(
+            f"The upstream rejected the credential of provider key '{key.display_name}' "
+            f"(HTTP {status}); check its api_key."
+        )
+    if status >= 500 or status < 200:
+        raise UpstreamError(f"The upstream failed (HTTP {status}): {upstream_message(answer, key)}")
+    if not (isinstance(answer.document, dict) and isinstance(answer.document.get("error"), dict)):
+        # A 4xx keeps its status, but its body must still be the OpenAI envelope.
+        error = UpstreamError(
+            f"The upstream answered HTTP {status}: {upstream_message(answer, key)}",
+            error_code=f"upstream_{status}",
+            headers={"Retry-After": answer.retry_after} if answer.retry_after else None,
+        )
+        error.code = status
+        raise error
+    return answer
+
+
+def upstream_message(answer: Answer, key: ProviderKey) -> str:
+    """The upstream's error message, at most 1 KiB, with the upstream key scrubbed out."""
+    error = answer.document.get("error") if isinstance(answer.document, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        text = error["message"]
+    else:
+        text = answer.content[:MESSAGE_LIMIT].decode("utf-8", "replace").strip() or "(empty body)"
+    if key.api_key:
+        text = text.replace(key.api_key, "***")
+    return text[:MESSAGE_LIMIT]

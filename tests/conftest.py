@@ -1,0 +1,180 @@
+"""Fixtures: a config per test, the app and its client, a strict ``responses`` upstream."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import responses
+import yaml
+
+from aisix_flask import create_app
+
+UPSTREAM = "https://upstream.test/v1"
+IMAGES_URL = f"{UPSTREAM}/images/generations"
+# Distinctive secrets: tests assert they never show up in answers or the ledger.
+UPSTREAM_KEY = "sk-upstream-SECRET-7f3a9c"
+CALLER_KEY = "caller-SECRET-91b2e4"
+LIMITED_KEY = "limited-SECRET-0d77aa"
+DISABLED_KEY = "disabled-SECRET-5e2c10"
+EXPIRED_KEY = "expired-SECRET-c3f8b2"
+ADMIN_KEY = "admin-SECRET-55c1d9"
+SECRETS = (UPSTREAM_KEY, CALLER_KEY, LIMITED_KEY, DISABLED_KEY, EXPIRED_KEY, ADMIN_KEY)
+
+
+def sha(secret: str) -> str:
+    """The key_hash of ``secret``."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def base_config(tmp_path: Path, upstream: str = UPSTREAM) -> dict[str, Any]:
+    """A config that exercises every row of the request path."""
+    return {
+        "gateway": {
+            "upstream": {"connect_timeout_s": 5, "timeout_s": 300},
+            "usage": {"database_url": f"sqlite:///{tmp_path}/usage.db"},
+            "admin_keys": [{"display_name": "admin", "key_hash": sha(ADMIN_KEY)}],
+        },
+        "provider_keys": [
+            {
+                "display_name": "openai-main",
+                "provider": "openai",
+                "api_key": UPSTREAM_KEY,
+                "api_base": upstream,
+            },
+            {
+                "display_name": "compat",
+                "provider": "openai",
+                "adapter": "openai-compatible",
+                "api_key": "sk-compat",
+                "api_base": upstream,
+            },
+            {"display_name": "deepseek", "provider": "deepseek", "api_key": "sk-ds", "api_base": upstream},
+            {"display_name": "no-key", "provider": "openai", "api_key": "", "api_base": upstream},
+        ],
+        "models": [
+            {
+                "display_name": "image-prod",
+                "provider": "openai",
+                "model_name": "gpt-image-1",
+                "provider_key": "openai-main",
+            },
+            {
+                "display_name": "dalle",
+                "provider": "openai",
+                "model_name": "dall-e-3",
+                "provider_key": "openai-main",
+            },
+            {
+                "display_name": "openai/*",
+                "provider": "openai",
+                "model_name": "*",
+                "provider_key": "openai-main",
+            },
+            {
+                "display_name": "quick",
+                "provider": "openai",
+                "model_name": "dall-e-2",
+                "provider_key": "openai-main",
+                "timeout_s": 1.5,
+            },
+            {
+                "display_name": "compat-image",
+                "provider": "openai",
+                "model_name": "img",
+                "provider_key": "compat",
+            },
+            {
+                "display_name": "deepseek-image",
+                "provider": "deepseek",
+                "model_name": "ds-img",
+                "provider_key": "deepseek",
+            },
+            {
+                "display_name": "keyless",
+                "provider": "openai",
+                "model_name": "dall-e-3",
+                "provider_key": "no-key",
+            },
+        ],
+        "api_keys": [
+            {"display_name": "dev", "key_hash": sha(CALLER_KEY)},
+            {"display_name": "limited", "key_hash": sha(LIMITED_KEY), "allowed_models": ["dall*"]},
+            {"display_name": "off", "key_hash": sha(DISABLED_KEY), "disabled": True},
+            {"display_name": "old", "key_hash": sha(EXPIRED_KEY), "expires_at": "2020-01-01T00:00:00Z"},
+        ],
+        "guardrails": [
+            {
+                "name": "no-secrets",
+                "kind": "keyword",
+                "patterns": [
+                    {"kind": "literal", "value": "Forbidden Phrase"},
+                    {"kind": "regex", "value": "(?i)password\\s*="},
+                ],
+            }
+        ],
+    }
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    """Write ``config`` as YAML and return its path."""
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def config(tmp_path):
+    """A fresh copy of the base config, for tests that build their own app."""
+    return copy.deepcopy(base_config(tmp_path))
+
+
+@pytest.fixture
+def make_app(tmp_path):
+    """Build an app from a config dict; ledgers are closed at teardown."""
+    apps = []
+
+    def make(config: dict[str, Any]):
+        path = write_config(tmp_path / f"config-{len(apps)}.yaml", config)
+        app = create_app({"TESTING": True, "AISIX_CONFIG": str(path)})
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["aisix"].ledger.close()
+
+
+@pytest.fixture
+def app(make_app, config):
+    return make_app(config)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def upstream():
+    """The fake upstream: every registered answer must be used, and nothing else is reachable."""
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        yield rsps
+
+
+@pytest.fixture
+def ledger_rows(app):
+    """Read the ledger (after the writer thread caught up), oldest first."""
+
+    def rows() -> list[dict[str, Any]]:
+        ledger = app.extensions["aisix"].ledger
+        assert ledger.flush(10)
+        return list(reversed(ledger.query(limit=1000)))
+
+    return rows
+
+
+def auth(key: str = CALLER_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
