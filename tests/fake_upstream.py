@@ -1,0 +1,126 @@
+"""A loopback fake of OpenAI's image API, for the integration tests and the benchmarks.
+
+``gpt-image-*`` models answer ``b64_json`` items with token usage; other models answer URLs.
+A prompt may steer it: ``[status:503]`` answers that status, ``[sleep:1.5]`` waits first.
+``GET /_calls`` lists what it received (headers and body); ``DELETE /_calls`` forgets it.
+Run alone: ``python -m tests.fake_upstream --port 8090``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_STATUS = re.compile(r"\[status:(\d{3})\]")
+_SLEEP = re.compile(r"\[sleep:([\d.]+)\]")
+PNG_1PX = base64.b64encode(
+    bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489")
+).decode()
+
+
+class FakeOpenAI(ThreadingHTTPServer):
+    """The server; ``calls`` holds every request it received."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+        super().__init__(address, _Handler)
+        self.calls: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> FakeOpenAI:
+        """Serve in a daemon thread."""
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+
+def answer_for(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """What OpenAI would say to ``body`` (steered by markers in the prompt)."""
+    prompt = str(body.get("prompt", ""))
+    if m := _SLEEP.search(prompt):
+        time.sleep(float(m.group(1)))
+    if m := _STATUS.search(prompt):
+        status = int(m.group(1))
+        error = {
+            "message": f"fake upstream error {status}",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+        return status, {"error": error}
+    n = body.get("n") or 1
+    if str(body.get("model", "")).startswith("gpt-image"):
+        data = [{"b64_json": PNG_1PX} for _ in range(n)]
+        usage = {
+            "input_tokens": 12,
+            "output_tokens": 272 * n,
+            "total_tokens": 12 + 272 * n,
+            "input_tokens_details": {"text_tokens": 12, "image_tokens": 0},
+        }
+        return 200, {"created": int(time.time()), "data": data, "usage": usage}
+    data = [{"url": f"https://images.example/{i}.png", "revised_prompt": prompt} for i in range(n)]
+    return 200, {"created": int(time.time()), "data": data}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FakeOpenAI
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, document: Any) -> None:
+        payload = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:
+        if self.path == "/_calls":
+            with self.server.lock:
+                self._send(200, self.server.calls)
+        else:
+            self._send(404, {"error": {"message": "not found"}})
+
+    def do_DELETE(self) -> None:
+        with self.server.lock:
+            self.server.calls.clear()
+        self._send(200, {})
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if not self.path.endswith("/images/generations"):
+            self._send(404, {"error": {"message": "not found"}})
+            return
+        body = json.loads(raw)
+        with self.server.lock:
+            self.server.calls.append({"headers": dict(self.headers), "body": body})
+        self._send(*answer_for(body))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8090)
+    args = parser.parse_args()
+    server = FakeOpenAI(("127.0.0.1", args.port))
+    print(f"fake OpenAI upstream on {server.url}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

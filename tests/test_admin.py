@@ -1,0 +1,87 @@
+"""Admin usage API and health probes."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import ADMIN_KEY, CALLER_KEY, auth
+
+ROUTE = "/v1/images/generations"
+
+
+def make_rows(client):
+    """Three failed requests (no upstream needed): two for 'nope', one for 'dalle' by 'limited'."""
+    client.post(ROUTE, headers=auth(), json={"model": "nope", "prompt": "p"})
+    client.post(ROUTE, headers=auth(), json={"model": "nope", "prompt": "p"})
+    client.post(ROUTE, headers=auth("limited-SECRET-0d77aa"), json={"model": "image-prod", "prompt": "p"})
+    client.application.extensions["aisix"].ledger.flush(10)
+
+
+def test_usage_lists_rows_newest_first(client):
+    make_rows(client)
+    r = client.get("/admin/v1/usage", headers=auth(ADMIN_KEY))
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["object"] == "list"
+    assert [row["status"] for row in body["data"]] == [403, 404, 404]
+    assert set(body["data"][0]) == {
+        "request_id", "created_at", "api_key", "route", "model", "upstream_model", "provider",
+        "status", "error_code", "input_tokens", "output_tokens", "total_tokens", "images",
+        "size", "quality", "n", "latency_ms", "upstream_latency_ms", "client_ip",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("query", "count"),
+    [
+        ("limit=1", 1),
+        ("api_key=limited", 1),
+        ("api_key=dev", 2),
+        ("model=nope", 2),
+        ("model=nope&api_key=limited", 0),
+        ("since=2000-01-01T00:00:00Z", 3),
+        ("since=2000-01-01T00:00:00+00:00", 3),
+        ("since=2999-01-01", 0),
+    ],
+)
+def test_usage_filters(client, query, count):
+    make_rows(client)
+    r = client.get(f"/admin/v1/usage?{query}", headers={"x-api-key": ADMIN_KEY})
+    assert len(r.get_json()["data"]) == count
+
+
+@pytest.mark.parametrize(
+    ("query", "param"), [("limit=0", "limit"), ("limit=x", "limit"), ("since=yesterday", "since")]
+)
+def test_usage_bad_query_is_400(client, query, param):
+    r = client.get(f"/admin/v1/usage?{query}", headers=auth(ADMIN_KEY))
+    assert r.status_code == 400
+    assert r.get_json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("headers", [{}, auth(CALLER_KEY), auth("wrong")])
+def test_usage_needs_an_admin_key(client, headers):
+    r = client.get("/admin/v1/usage", headers=headers)
+    assert r.status_code == 401
+    assert r.get_json()["error"]["type"] == "authentication_error"
+
+
+def test_health(client, monkeypatch):
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    ledger = client.application.extensions["aisix"].ledger
+    monkeypatch.setattr(ledger, "ping", lambda: False)
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    assert r.get_json()["error"]["type"] == "server_error"
+    assert client.get("/livez").status_code == 200
+
+
+def test_readyz_is_503_when_the_database_is_gone(make_app, config, tmp_path):
+    config["gateway"]["usage"]["database_url"] = f"sqlite:///{tmp_path}/db/usage.db"
+    app = make_app(config)
+    (tmp_path / "db" / "usage.db").unlink()
+    (tmp_path / "db").rename(tmp_path / "gone")
+    (tmp_path / "db").write_text("not a directory")  # the file can no longer be opened
+    app.extensions["aisix"].ledger.engine.dispose()
+    assert app.test_client().get("/readyz").status_code == 503

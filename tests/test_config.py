@@ -1,0 +1,206 @@
+"""Config loading: the example file, ${VAR}, every problem listed by path, the CLI commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aisix_flask import create_app
+from aisix_flask.bridges import endpoint_url
+from aisix_flask.config import ConfigError, hash_key, load_config
+
+from .conftest import CALLER_KEY, sha, write_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_example_config_loads(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    monkeypatch.setenv("AISIX_DEV_KEY", "dev")
+    monkeypatch.setenv("AISIX_ADMIN_KEY", "admin")
+    registry = load_config(str(REPO / "config.yaml"))
+    assert registry.warnings == ()
+    route = registry.router.resolve("image-prod")
+    assert (route.upstream_model, route.provider_key.api_key, route.provider_key.adapter) == (
+        "gpt-image-1",
+        "sk-x",
+        "openai",
+    )
+    [dev] = registry.api_keys
+    assert dev.key_hash == bytes.fromhex(hash_key("dev"))
+    assert dev.may_use("image-prod") and not dev.may_use("chat-prod")
+
+
+def test_unset_variables_expand_to_empty_with_warnings(monkeypatch):
+    for name in ("OPENAI_API_KEY", "AISIX_DEV_KEY", "AISIX_ADMIN_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    registry = load_config(str(REPO / "config.yaml"))
+    assert registry.provider_keys["openai-main"].api_key == ""
+    assert registry.api_keys[0].key_hash is None  # an unset key_env never authenticates
+    text = "\n".join(registry.warnings)
+    assert "provider_keys[0].api_key: environment variable OPENAI_API_KEY is not set" in text
+    assert "api_keys[0].key_env: AISIX_DEV_KEY is not set" in text
+
+
+def test_every_problem_is_listed_by_path(tmp_path):
+    path = write_config(
+        tmp_path / "bad.yaml",
+        {
+            "gateway": {"request_body_limit_bytes": "big", "upstream": {"timeout_s": -1}},
+            "provider_keys": [
+                {"display_name": "a", "provider": "openai", "adapter": "carrier-pigeon"},
+                {"display_name": "a", "provider": "mistral"},
+            ],
+            "models": [
+                {"display_name": "m", "provider": "openai", "provider_key": "a"},
+                {"display_name": "m", "provider": "openai", "provider_key": "x"},
+                {"display_name": "*-*", "provider": "openai", "provider_key": "a"},
+                {"provider": "openai", "provider_key": "a", "model_name": "gpt-*"},
+            ],
+            "api_keys": [
+                {"display_name": "k"},
+                {"display_name": "j", "key_hash": "abc", "expires_at": "soon"},
+            ],
+            "guardrails": [
+                {"name": "g", "kind": "pii", "patterns": []},
+                {"name": "h", "kind": "keyword", "patterns": [{"kind": "regex", "value": "(unclosed"}]},
+            ],
+        },
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    problems = "\n".join(info.value.problems)
+    for expected in (
+        "gateway.request_body_limit_bytes: Not a valid integer.",
+        "gateway.upstream.timeout_s: Must be greater than 0.",
+        "provider_keys[0].adapter: Must be one of: openai, openai-compatible.",
+        "provider_keys[1].display_name: duplicate display_name 'a'",
+        "provider_keys[1].api_base: required for provider 'mistral'",
+        "models[1].display_name: duplicate display_name 'm'",
+        "models[1].provider_key: unknown provider key 'x'",
+        "models[2].display_name: at most one '*' is allowed",
+        "models[3].display_name: Missing data for required field.",
+        "api_keys[0]: Give exactly one of key_hash or key_env.",
+        "api_keys[1].key_hash: Must be 64 hex digits (SHA-256).",
+        "api_keys[1].expires_at: Not a valid ISO-8601 datetime.",
+        "guardrails[0].kind: Must be one of: keyword.",
+        "guardrails[0].patterns: Shorter than minimum length 1.",
+        "guardrails[1].patterns[0].value: invalid regex: missing ), unterminated subpattern",
+    ):
+        assert expected in problems
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("models: [\n  - {display_name: x\n", "cannot read config"),
+        ("- just\n- a list\n", "the config file must be a YAML mapping"),
+    ],
+)
+def test_unreadable_files(tmp_path, text, problem):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=problem):
+        load_config(str(path))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_unknown_fields_load_with_a_warning(tmp_path, config):
+    config["models"][0]["rate_limit"] = {"rpm": 5}
+    config["routes"] = []
+    registry = load_config(str(write_config(tmp_path / "c.yaml", config)))
+    assert "models[0].rate_limit: unknown field, ignored" in registry.warnings
+    assert "routes: unknown field, ignored" in registry.warnings
+
+
+def test_expires_at_accepts_yaml_timestamps(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"api_keys:\n  - {{display_name: a, key_hash: {sha('a')}, expires_at: 2027-01-01T00:00:00Z}}\n"
+        f"  - {{display_name: b, key_hash: {sha('b')}, expires_at: 2027-01-01}}\n"
+    )
+    a, b = load_config(str(path)).api_keys
+    assert a.expires_at.isoformat() == b.expires_at.isoformat() == "2027-01-01T00:00:00+00:00"
+
+
+def test_wildcards_most_specific_first(tmp_path, config):
+    config["models"] += [
+        {
+            "display_name": "openai/gpt-*",
+            "provider": "openai",
+            "model_name": "x-*",
+            "provider_key": "openai-main",
+        },
+        {"display_name": "*", "provider": "openai", "provider_key": "openai-main"},
+    ]
+    router = load_config(str(write_config(tmp_path / "c.yaml", config))).router
+    assert router.resolve("image-prod").upstream_model == "gpt-image-1"  # exact wins
+    assert router.resolve("openai/gpt-image-1").upstream_model == "x-image-1"
+    assert router.resolve("openai/dall-e-3").upstream_model == "dall-e-3"
+    assert router.resolve("anything").upstream_model == "anything"
+    assert router.resolve("openai/gpt-image-1").model.display_name == "openai/gpt-*"
+
+
+@pytest.mark.parametrize(
+    ("base", "url"),
+    [
+        (None, "https://api.openai.com/v1/images/generations"),
+        ("https://h.test/v1", "https://h.test/v1/images/generations"),
+        ("https://h.test/v1/", "https://h.test/v1/images/generations"),
+        ("https://h.test/v1/images/generations", "https://h.test/v1/images/generations"),
+    ],
+)
+def test_endpoint_url_tolerates_pasted_paths(base, url):
+    assert endpoint_url(base, "/images/generations") == url
+
+
+def test_broken_config_fails_start_up(tmp_path):
+    path = write_config(tmp_path / "c.yaml", {"models": [{"display_name": "m"}]})
+    with pytest.raises(ConfigError, match=r"models\[0\].provider: Missing data"):
+        create_app({"AISIX_CONFIG": str(path)})
+
+
+def test_cli_check_config(app, tmp_path):
+    runner = app.test_cli_runner()
+    ok = runner.invoke(args=["aisix", "check-config", app.config["AISIX_CONFIG"]])
+    assert ok.exit_code == 0
+    assert "OK (4 provider keys, 7 models, 4 api keys, 1 guardrails" in ok.output
+    bad = write_config(tmp_path / "bad.yaml", {"models": [{"display_name": "m", "provider_key": "x"}]})
+    result = runner.invoke(args=["aisix", "check-config", str(bad)])
+    assert result.exit_code == 1
+    assert "models[0].provider: Missing data for required field." in result.output
+    assert "models[0].provider_key: unknown provider key 'x'" in result.output
+
+
+def test_cli_runs_even_when_the_config_is_broken(tmp_path, monkeypatch):
+    """`flask --app wsgi aisix check-config` must report a broken file, not crash on import."""
+    import subprocess
+    import sys
+
+    bad = write_config(tmp_path / "bad.yaml", {"models": [{"display_name": "m"}]})
+    env = {"AISIX_CONFIG": str(bad), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "aisix", "check-config"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "models[0].provider: Missing data for required field." in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_hash_key(app):
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["aisix", "hash-key", CALLER_KEY]).output.strip() == sha(CALLER_KEY)
+    assert runner.invoke(args=["aisix", "hash-key"], input="typed\n").output.strip().endswith(sha("typed"))
+    new = runner.invoke(args=["aisix", "hash-key", "--new"]).output.split()
+    assert new[0] == "key:" and new[1].startswith("sk-aisix-") and new[3] == sha(new[1])
