@@ -21,3 +21,7 @@ keepalive = 5
 
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
+
+# gunicorn 24+ opens a control socket at one default path per user; several gateways
+# on one host (or the test suite's) would take it from each other.
+control_socket_disable = True
