@@ -36,7 +36,6 @@ def session() -> requests.Session:
         s = requests.Session()
         s.trust_env = False
         s.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        s.headers["User-Agent"] = USER_AGENT
         adapter = HTTPAdapter(pool_connections=8, pool_maxsize=8, max_retries=0)
         s.mount("https://", adapter)
         s.mount("http://", adapter)
@@ -74,24 +73,27 @@ def post_json(
     timeout: tuple[float, float],
 ) -> Answer:
     """POST ``payload`` once (never retried: generations are billed) and read the whole answer."""
+    # Every header is named here: nothing of the caller's, nothing merged from Session defaults.
     headers = {
         "Authorization": f"Bearer {key.api_key}",
         "Content-Type": "application/json",
+        "Accept": "application/json",
+        "Accept-Encoding": "gzip, deflate",
+        "User-Agent": USER_AGENT,
         "x-request-id": request_id,
     }
+    prepared = requests.PreparedRequest()
+    prepared.prepare(method="POST", url=url, headers=headers, data=payload)
     started = time.perf_counter()
     # requests' read timeout is per socket read; the deadline bounds the whole answer
     # so an upstream trickling bytes cannot hold a worker thread forever.
     deadline = time.monotonic() + timeout[1]
     host = urlsplit(url).hostname or url
     try:
-        with session().post(
-            url,
-            data=payload,
-            headers=headers,
-            timeout=timeout,
-            allow_redirects=False,
-            stream=True,
+        # send() skips Session.request's per-call merging of environment and session
+        # settings (none apply: trust_env is off and the headers are complete).
+        with session().send(
+            prepared, timeout=timeout, allow_redirects=False, stream=True, verify=True, proxies={}
         ) as r:
             chunks = []
             for chunk in r.iter_content(64 * 1024):

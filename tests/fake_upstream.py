@@ -36,6 +36,9 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.calls: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a load tool hanging up mid-connection is not news
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
@@ -77,6 +80,8 @@ def answer_for(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; without TCP_NODELAY the second waits for a delayed ACK.
+    disable_nagle_algorithm = True
     server: FakeOpenAI
 
     def log_message(self, format: str, *args: Any) -> None:
