@@ -206,11 +206,12 @@ def test_key_forms(client, upstream, headers):
         (auth(EXPIRED_KEY), "api_key_expired"),
     ],
 )
-def test_authentication_failures(client, ledger_rows, headers, code):
+def test_authentication_failures(client, upstream, ledger_rows, headers, code):
     r = client.post(ROUTE, headers=headers, json={"model": "image-prod", "prompt": "p"})
     assert_envelope(r, 401, "authentication_error", code)
     assert "x-aisix-request-id" in r.headers
     assert ledger_rows() == []  # nothing is recorded before the caller is known
+    assert not upstream.calls
 
 
 # -- steps 2 and 3: body and validation --
@@ -240,11 +241,12 @@ def test_body_over_the_limit_is_413(make_app, config, ledger_rows):
         b"[" * 100000,
     ],
 )
-def test_invalid_json_is_400(client, ledger_rows, data):
+def test_invalid_json_is_400(client, upstream, ledger_rows, data):
     r = client.post(ROUTE, headers={**auth(), "Content-Type": "application/json"}, data=data)
     assert_envelope(r, 400, "invalid_request_error", "invalid_json")
     [row] = ledger_rows()
     assert (row["status"], row["error_code"]) == (400, "invalid_json")
+    assert not upstream.calls
 
 
 @pytest.mark.parametrize(
@@ -272,12 +274,13 @@ def test_invalid_json_is_400(client, ledger_rows, data):
         ({"model": "image-prod", "prompt": "p", "stream": "yes"}, "stream", "invalid_value"),
     ],
 )
-def test_validation_failures(client, ledger_rows, body, param, code):
+def test_validation_failures(client, upstream, ledger_rows, body, param, code):
     r = client.post(ROUTE, headers=auth(), json=body)
     error = assert_envelope(r, 400, "invalid_request_error", code, param)
     assert param in error["message"]
     [row] = ledger_rows()
     assert (row["status"], row["error_code"]) == (400, code)
+    assert not upstream.calls
 
 
 @pytest.mark.parametrize(
@@ -295,18 +298,20 @@ def test_valid_optional_fields_pass(client, upstream, extra):
 # -- steps 4 to 9, in order --
 
 
-def test_unknown_model_is_404(client, ledger_rows):
+def test_unknown_model_is_404(client, upstream, ledger_rows):
     r = client.post(ROUTE, headers=auth(), json={"model": "nope", "prompt": "p"})
     assert_envelope(r, 404, "invalid_request_error", "model_not_found", "model")
     [row] = ledger_rows()
     assert (row["status"], row["model"], row["upstream_model"]) == (404, "nope", None)
+    assert not upstream.calls
 
 
-def test_model_not_allowed_is_403(client, ledger_rows):
+def test_model_not_allowed_is_403(client, upstream, ledger_rows):
     r = client.post(ROUTE, headers=auth(LIMITED_KEY), json={"model": "image-prod", "prompt": "p"})
     assert_envelope(r, 403, "permission_error", "model_not_allowed")
     [row] = ledger_rows()
     assert (row["status"], row["api_key"], row["error_code"]) == (403, "limited", "model_not_allowed")
+    assert not upstream.calls
 
 
 def test_allowed_glob_admits_model(client, upstream):
@@ -317,34 +322,37 @@ def test_allowed_glob_admits_model(client, upstream):
     )
 
 
-def test_non_openai_provider_is_400_before_policy(client, ledger_rows):
+def test_non_openai_provider_is_400_before_policy(client, upstream, ledger_rows):
     # The prompt would trip the guardrail: the provider check comes first, so it is a 400.
     r = client.post(ROUTE, headers=auth(), json={"model": "deepseek-image", "prompt": "forbidden phrase"})
     error = assert_envelope(r, 400, "invalid_request_error", "unsupported_provider", "model")
     assert "provider" in error["message"] and "'openai'" in error["message"]
     [row] = ledger_rows()
     assert (row["status"], row["provider"]) == (400, "deepseek")
+    assert not upstream.calls
 
 
-def test_openai_provider_without_image_bridge_is_501(client, ledger_rows):
+def test_openai_provider_without_image_bridge_is_501(client, upstream, ledger_rows):
     r = client.post(ROUTE, headers=auth(), json={"model": "compat-image", "prompt": "forbidden phrase"})
     error = assert_envelope(r, 501, "not_implemented", "unsupported_operation")
     assert "openai-compatible" in error["message"] and "adapter" in error["message"]
     [row] = ledger_rows()
     assert (row["status"], row["error_code"]) == (501, "unsupported_operation")
+    assert not upstream.calls
 
 
-def test_missing_upstream_credential_is_503(client):
+def test_missing_upstream_credential_is_503(client, upstream):
     r = client.post(ROUTE, headers=auth(), json={"model": "keyless", "prompt": "p"})
     error = assert_envelope(r, 503, "provider_error", "provider_unavailable")
     assert "no-key" in error["message"]
+    assert not upstream.calls
 
 
 @pytest.mark.parametrize(
     "prompt",
     ["a FORBIDDEN phrase here", "my Password = hunter2", "PASSWORD=x"],
 )
-def test_guardrail_blocks_without_echoing(client, ledger_rows, prompt):
+def test_guardrail_blocks_without_echoing(client, upstream, ledger_rows, prompt):
     r = client.post(ROUTE, headers=auth(), json={"model": "image-prod", "prompt": prompt})
     error = assert_envelope(r, 422, "content_filter", "content_policy_violation")
     assert "no-secrets" in error["message"]
@@ -352,6 +360,7 @@ def test_guardrail_blocks_without_echoing(client, ledger_rows, prompt):
         assert word not in r.get_data(as_text=True).lower()
     [row] = ledger_rows()
     assert (row["status"], row["error_code"]) == (422, "content_policy_violation")
+    assert not upstream.calls
 
 
 def test_guardrail_lets_ordinary_prompts_through(client, upstream):
