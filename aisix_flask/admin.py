@@ -24,8 +24,9 @@ def livez() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     """Config loaded and ledger reachable, else 503."""
-    _, ledger = current().ready()
-    if not ledger.ping():
+    gateway = current()
+    gateway.config()
+    if not gateway.ledger.ping():
         raise ServiceUnavailable("The usage ledger database is not reachable.")
     return jsonify(status="ok")
 
@@ -33,10 +34,10 @@ def readyz() -> Response:
 @bp.get("/admin/v1/usage")
 def usage() -> Response:
     """Ledger rows, newest first: ``?limit=N&since=ISO&api_key=NAME&model=ALIAS``."""
-    registry, ledger = current().ready()
-    authenticate(registry.gateway.admin_keys, request.headers)
+    gateway = current()
+    authenticate(gateway.config().gateway.admin_keys, request.headers)
     args = request.args
-    rows = ledger.query(
+    rows = gateway.ledger.query(
         limit=_limit(args.get("limit")),
         since=_since(args.get("since")),
         api_key=args.get("api_key"),

@@ -16,7 +16,7 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validates_sche
 from marshmallow.validate import Length, OneOf, Range, Regexp
 
 from .bridges import BRIDGES, default_adapter
-from .resources import ApiKey, Guardrail, Model, Pattern, ProviderKey, UpstreamSettings
+from .resources import ApiKey, Guardrail, Model, Pattern, ProviderKey, RateLimit, UpstreamSettings
 from .routing import Router
 
 DEFAULT_BODY_LIMIT = 25 * 1024 * 1024
@@ -107,7 +107,22 @@ class UsageSchema(_Schema):
 
 
 class RateLimitStorageSchema(_Schema):
-    storage_url = _name()
+    storage_url = fields.String(
+        validate=Regexp(
+            r"^(sqlite:///.+|rediss?://.*)$", error="Must be sqlite:///<file> or redis://host:port[/db]."
+        )
+    )
+
+
+_limit = fields.Integer(strict=True, validate=Range(min=1))
+
+
+class RateLimitSchema(_Schema):
+    rpm = _limit
+    rpd = _limit
+    tpm = _limit
+    tpd = _limit
+    concurrency = _limit
 
 
 class KeySchema(_Schema):
@@ -117,6 +132,7 @@ class KeySchema(_Schema):
     allowed_models = fields.List(_name())
     disabled = fields.Boolean()
     expires_at = _Timestamp()
+    rate_limit = fields.Nested(RateLimitSchema)
 
     @validates_schema
     def _one_secret(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -150,6 +166,7 @@ class ModelSchema(_Schema):
     model_name = _name()
     provider_key = _name(required=True)
     timeout_s = _seconds
+    rate_limit = fields.Nested(RateLimitSchema)
 
 
 class PatternSchema(_Schema):
@@ -329,6 +346,7 @@ def _api_key(row: Mapping[str, Any], path: str, warnings: list[str]) -> ApiKey:
         allowed_models=None if allowed is None else tuple(allowed),
         disabled=row.get("disabled", False),
         expires_at=row.get("expires_at"),
+        rate_limit=_rate_limit(row),
     )
 
 
@@ -365,6 +383,7 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str]) -> Registry:
             provider_key=row["provider_key"],
             model_name=row.get("model_name"),
             timeout_s=row.get("timeout_s"),
+            rate_limit=_rate_limit(row),
         )
         for row in data.get("models", [])
     ]
@@ -397,6 +416,11 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str]) -> Registry:
         guardrails=guardrails,
         warnings=tuple(warnings),
     )
+
+
+def _rate_limit(row: Mapping[str, Any]) -> RateLimit:
+    limits = row.get("rate_limit") or {}
+    return RateLimit(**{name: limits.get(name) for name in RateLimit.__dataclass_fields__})
 
 
 def _pattern(kind: str, value: str) -> Pattern:

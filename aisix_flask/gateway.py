@@ -1,11 +1,14 @@
-"""The app-wide state in ``app.extensions["aisix"]``, and the request id every response carries."""
+"""The app-wide state in ``app.extensions["aisix"]``: config (reloaded when the file changes),
+ledger and limiter; and the request id every response carries."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import threading
+import time
 import uuid
-from dataclasses import dataclass
 
 import click
 from flask import Flask, Response, current_app, g, request
@@ -13,6 +16,7 @@ from flask import Flask, Response, current_app, g, request
 from .config import ConfigError, Registry, load_config
 from .errors import ServiceUnavailable
 from .ledger import Ledger
+from .limits import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -20,19 +24,65 @@ REQUEST_ID_HEADER = "x-aisix-request-id"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
-@dataclass
+def _signature(path: str) -> tuple[int, int, int] | None:
+    """What changes when the file is edited or replaced."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 class Gateway:
-    """What every request reads: the registry and the ledger of this process."""
+    """One process's gateway: the registry it serves, its ledger and its limiter.
 
-    registry: Registry | None
-    ledger: Ledger | None
-    config_error: ConfigError | None = None
+    The config file is looked at (one ``stat``) at most every ``reload_interval_s`` per
+    process, on the next request; a changed file is loaded and validated whole, and only a
+    valid one replaces the registry. A request keeps the registry it started with.
+    """
 
-    def ready(self) -> tuple[Registry, Ledger]:
-        """The registry and ledger, or 503 when the app started without a usable config."""
-        if self.registry is None or self.ledger is None:
+    reload_interval_s = 1.0
+
+    def __init__(self, path: str, registry: Registry | None, ledger: Ledger | None, limiter: Limiter | None):
+        self.path = path
+        self.ledger = ledger
+        self.limiter = limiter
+        self._registry = registry
+        self._signature = _signature(path)
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def config(self) -> Registry:
+        """The registry for this request, or 503 when the app started without one."""
+        if self._registry is None:
             raise ServiceUnavailable("The gateway has no valid configuration loaded.")
-        return self.registry, self.ledger
+        now = time.monotonic()
+        if now - self._checked >= self.reload_interval_s and self._lock.acquire(blocking=False):
+            try:
+                self._checked = now
+                self._reload_if_changed()
+            finally:
+                self._lock.release()
+        return self._registry
+
+    def _reload_if_changed(self) -> None:
+        signature = _signature(self.path)
+        if signature == self._signature or signature is None:
+            return
+        self._signature = signature
+        try:
+            registry = load_config(self.path)
+        except ConfigError as e:
+            log.error("%s\nthe change is rejected; the last good config keeps serving", e)
+            return
+        old = self._registry.gateway
+        for setting in ("usage_database_url", "ratelimit_storage_url"):
+            if getattr(old, setting) != getattr(registry.gateway, setting):
+                log.warning("config %s: %s changed; it takes effect after a restart", self.path, setting)
+        for warning in registry.warnings:
+            log.warning("config %s: %s", self.path, warning)
+        self._registry = registry
+        log.warning("config %s reloaded", self.path)
 
 
 def current() -> Gateway:
@@ -56,19 +106,24 @@ def _add_request_id(response: Response) -> Response:
 
 
 def init_app(app: Flask, config_path: str) -> None:
-    """Load the config (failing start-up when it is broken) and open the ledger."""
+    """Load the config (failing start-up when it is broken), open the ledger and the limiter."""
     try:
         registry = load_config(config_path)
-    except ConfigError as e:
+    except ConfigError:
         if click.get_current_context(silent=True) is None:
             raise
         # Under the flask CLI, start anyway so `flask aisix check-config` can list
         # the problems; anything that needs the config answers 503.
-        app.extensions["aisix"] = Gateway(None, None, e)
+        app.extensions["aisix"] = Gateway(config_path, None, None, None)
     else:
         for warning in registry.warnings:
             log.warning("config %s: %s", config_path, warning)
-        ledger = Ledger(registry.gateway.usage_database_url)
-        app.extensions["aisix"] = Gateway(registry, ledger)
-        app.config["MAX_CONTENT_LENGTH"] = registry.gateway.request_body_limit_bytes
+        settings = registry.gateway
+        app.extensions["aisix"] = Gateway(
+            config_path,
+            registry,
+            Ledger(settings.usage_database_url),
+            Limiter(settings.ratelimit_storage_url),
+        )
+        app.config["MAX_CONTENT_LENGTH"] = settings.request_body_limit_bytes
     app.after_request(_add_request_id)

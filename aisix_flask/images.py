@@ -30,7 +30,10 @@ from .errors import (
 from .gateway import current, request_id
 from .guardrails import check_input
 from .ledger import UsageRow
+from .limits import Scope
+from .resources import ApiKey
 from .routing import Route
+from .upstream import Timeout
 
 bp = Blueprint("images", __name__)
 
@@ -42,11 +45,12 @@ OPERATION = "images"
 def generate() -> Response:
     """Generate images through the alias's upstream, checking the caller and policy first."""
     started = time.perf_counter()
-    registry, ledger = current().ready()
+    gateway = current()
+    registry = gateway.config()  # this request's config, start to finish
     key = authenticate(registry.api_keys, request.headers)  # 1
     row = UsageRow(request_id(), key.display_name, ROUTE, request.remote_addr)
     try:
-        body = read_json_object()  # 2
+        body = read_json_object(registry.gateway.request_body_limit_bytes)  # 2
         row.note_request(body)
         validate(body)  # 3
         route = resolve(registry, body["model"])  # 4
@@ -57,10 +61,15 @@ def generate() -> Response:
         require_image_bridge(route)  # 7
         require_credential(route)  # 8
         check_input(registry.input_guardrails, body["prompt"])  # 9
-        # 10: rate limits are checked here once they are built (issue 3).
-        answer = forward(route, body, row, registry)  # 11
+        timeout = upstream_timeout(route, registry)
+        admission = gateway.limiter.admit(limit_scopes(key, route), timeout.slot_ttl_s)  # 10
+        try:
+            answer = forward(route, body, row, timeout)  # 11
+        finally:
+            gateway.limiter.release(admission)
         row.status = answer.status
         row.note_answer(answer.document)
+        gateway.limiter.charge(admission, row.total_tokens)
         if answer.status >= 400:
             row.error_code = answer.error_code()
         return passthrough(answer)  # 12
@@ -72,11 +81,12 @@ def generate() -> Response:
         raise
     finally:
         row.latency_ms = (time.perf_counter() - started) * 1000
-        ledger.record(row)  # 13: queued; written off this thread
+        gateway.ledger.record(row)  # 13: queued; written off this thread
 
 
-def read_json_object() -> dict[str, Any]:
+def read_json_object(limit: int) -> dict[str, Any]:
     """The body as a JSON object, whatever the Content-Type (``curl -d`` sends a form type)."""
+    request.max_content_length = limit
     try:
         data = request.get_data(cache=False)
     except RequestEntityTooLarge:
@@ -200,10 +210,23 @@ def require_credential(route: Route) -> None:
         )
 
 
-def forward(route: Route, body: dict[str, Any], row: UsageRow, registry: Registry) -> upstream.Answer:
+def limit_scopes(key: ApiKey, route: Route) -> list[Scope]:
+    """The caller key's and the model row's limits (wildcard rows count as one model)."""
+    return [
+        Scope("key", key.display_name, key.rate_limit),
+        Scope("model", route.model.display_name, route.model.rate_limit),
+    ]
+
+
+def upstream_timeout(route: Route, registry: Registry) -> Timeout:
+    """The (connect, read) timeouts of this route's upstream call."""
+    settings = registry.gateway.upstream
+    return Timeout(settings.connect_timeout_s, route.model.timeout_s or settings.timeout_s)
+
+
+def forward(route: Route, body: dict[str, Any], row: UsageRow, timeout: Timeout) -> upstream.Answer:
     """Send the body with only ``model`` rewritten, once, and interpret the answer."""
     payload = json.dumps({**body, "model": route.upstream_model}, ensure_ascii=False).encode()
-    settings = registry.gateway.upstream
     started = time.perf_counter()
     try:
         answer = upstream.post_json(
@@ -211,7 +234,7 @@ def forward(route: Route, body: dict[str, Any], row: UsageRow, registry: Registr
             payload,
             key=route.provider_key,
             request_id=row.request_id,
-            timeout=(settings.connect_timeout_s, route.model.timeout_s or settings.timeout_s),
+            timeout=(timeout.connect_s, timeout.read_s),
         )
     finally:
         row.upstream_latency_ms = (time.perf_counter() - started) * 1000

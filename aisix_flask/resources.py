@@ -17,6 +17,20 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """AISIX's ``rate_limit`` block: any subset of the five limits."""
+
+    rpm: int | None = None
+    rpd: int | None = None
+    tpm: int | None = None
+    tpd: int | None = None
+    concurrency: int | None = None
+
+    def __bool__(self) -> bool:
+        return any((self.rpm, self.rpd, self.tpm, self.tpd, self.concurrency))
+
+
+@dataclass(frozen=True)
 class ProviderKey:
     """An upstream credential and where to use it."""
 
@@ -36,6 +50,7 @@ class Model:
     provider_key: str
     model_name: str | None = None
     timeout_s: float | None = None
+    rate_limit: RateLimit = RateLimit()
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,7 @@ class ApiKey:
     allowed_models: tuple[str, ...] | None = None
     disabled: bool = False
     expires_at: datetime | None = None
+    rate_limit: RateLimit = RateLimit()
 
     def may_use(self, alias: str) -> bool:
         """Tell whether ``allowed_models`` admits ``alias`` (absent: every alias)."""

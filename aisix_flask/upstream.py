@@ -43,6 +43,19 @@ def session() -> requests.Session:
     return s
 
 
+@dataclass(frozen=True)
+class Timeout:
+    """An upstream call's connect timeout and its read budget for the whole answer."""
+
+    connect_s: float
+    read_s: float
+
+    @property
+    def slot_ttl_s(self) -> float:
+        """How long a concurrency slot may live: the longest the call can take, and a margin."""
+        return self.connect_s + self.read_s + 30
+
+
 @dataclass
 class Answer:
     """What the upstream said: status, body bytes and the headers that are passed on."""

@@ -112,10 +112,10 @@ def test_missing_file(tmp_path):
 
 
 def test_unknown_fields_load_with_a_warning(tmp_path, config):
-    config["models"][0]["rate_limit"] = {"rpm": 5}
+    config["models"][0]["fallbacks"] = ["dalle"]
     config["routes"] = []
     registry = load_config(str(write_config(tmp_path / "c.yaml", config)))
-    assert "models[0].rate_limit: unknown field, ignored" in registry.warnings
+    assert "models[0].fallbacks: unknown field, ignored" in registry.warnings
     assert "routes: unknown field, ignored" in registry.warnings
 
 
