@@ -59,16 +59,20 @@ def seconds_until_free(
     room = limit - cost
     if room < 0:
         return float(expiry)
+    if math.floor(previous * previous_ttl / expiry) + current <= room:
+        return 0.0
+    # The conditions below are strict (count < room + 1): a moment past the boundary fits.
     end = current_ttl - expiry if current_ttl > expiry else previous_ttl
     if current <= room:
-        if previous == 0 or math.floor(previous * previous_ttl / expiry) + current <= room:
-            return 0.0
         t = previous_ttl - (room - current + 1) * expiry / previous
         if t <= end:
-            return max(t, 0.0)
+            return max(t, 0.0) + _MOMENT
     if current == 0:
-        return max(end, 0.0)
-    return max(end, end + expiry - (room + 1) * expiry / current)
+        return max(end, 0.0) + _MOMENT
+    return max(end, end + expiry - (room + 1) * expiry / current) + _MOMENT
+
+
+_MOMENT = 0.001
 
 
 class SlotStore(Protocol):

@@ -32,6 +32,7 @@ def gateway_config(tmp_path, fake: FakeOpenAI) -> Path:
         f"""
 gateway:
   usage: {{database_url: "sqlite:///{tmp_path}/usage.db"}}
+  ratelimit: {{storage_url: "sqlite:///{tmp_path}/ratelimit.db"}}
   admin_keys: [{{key_env: IT_ADMIN_KEY}}]
 provider_keys:
   - {{display_name: openai-main, provider: openai, api_key: "${{IT_UPSTREAM_KEY}}", api_base: "{fake.url}"}}

@@ -1,0 +1,272 @@
+"""Rate limits and concurrency slots through the route, and the arithmetic behind Retry-After."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+import uuid
+
+import pytest
+from responses import matchers
+
+from aisix_flask.errors import RateLimited
+from aisix_flask.limits import Limiter, Scope, seconds_until_free
+from aisix_flask.resources import RateLimit
+
+from .conftest import IMAGES_URL, LIMITED_KEY, auth
+
+ROUTE = "/v1/images/generations"
+USAGE_ANSWER = {
+    "created": 1,
+    "data": [{"b64_json": "aGk="}],
+    "usage": {"input_tokens": 10, "output_tokens": 290, "total_tokens": 300},
+}
+
+
+@pytest.fixture
+def limited(make_app, config):
+    """Build an app whose 'dev' key and 'image-prod'/'openai/*' models carry the given limits."""
+
+    def build(key=None, model=None, wildcard=None):
+        if key:
+            config["api_keys"][0]["rate_limit"] = key
+        if model:
+            config["models"][0]["rate_limit"] = model
+        if wildcard:
+            config["models"][2]["rate_limit"] = wildcard
+        return make_app(config)
+
+    return build
+
+
+def ok_upstream(upstream, times: int = 1, answer=None, model: str = "gpt-image-1"):
+    for _ in range(times):
+        upstream.post(IMAGES_URL, json=answer or {"created": 1, "data": [{"url": "u"}]},
+                      match=[matchers.json_params_matcher({"model": model, "prompt": "p"})])  # fmt: skip
+
+
+def post(client, model="image-prod", prompt="p", key=None):
+    return client.post(ROUTE, headers=auth(key) if key else auth(), json={"model": model, "prompt": prompt})
+
+
+def assert_429(r, name: str):
+    assert r.status_code == 429
+    error = r.get_json()["error"]
+    assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    assert name in error["message"]
+    assert 1 <= int(r.headers["Retry-After"]) <= 86400
+    return int(r.headers["Retry-After"])
+
+
+def test_key_rpm(limited, upstream):
+    client = limited(key={"rpm": 2}).test_client()
+    ok_upstream(upstream, 2)
+    assert [post(client).status_code for _ in range(2)] == [200, 200]
+    retry_after = assert_429(post(client), "API key 'dev' allows 2 requests per minute")
+    # Aligned minute windows, nothing in the previous one: room again when this minute ends.
+    assert abs(retry_after - math.ceil(60 - time.time() % 60)) <= 1
+    assert len(upstream.calls) == 2
+    rows = client.application.extensions["aisix"].ledger
+    rows.flush(10)
+    assert rows.query(limit=1)[0]["error_code"] == "rate_limit_exceeded"
+
+
+def test_model_rpm_counts_every_alias_of_a_wildcard_row(limited, upstream):
+    client = limited(wildcard={"rpm": 2}).test_client()
+    ok_upstream(upstream, model="a")
+    ok_upstream(upstream, model="b")
+    assert post(client, "openai/a").status_code == 200
+    assert post(client, "openai/b").status_code == 200
+    assert_429(post(client, "openai/c"), "model 'openai/*' allows 2 requests per minute")
+
+
+def test_a_refusal_by_the_model_does_not_spend_the_keys_window(limited, upstream):
+    client = limited(key={"rpm": 2}, model={"rpm": 1}).test_client()
+    ok_upstream(upstream)
+    ok_upstream(upstream, model="dall-e-3")
+    assert post(client).status_code == 200
+    assert_429(post(client), "model 'image-prod'")
+    assert_429(post(client), "model 'image-prod'")
+    assert post(client, "dalle").status_code == 200  # the key's second request is still there
+
+
+def test_rejected_requests_spend_nothing(limited, upstream):
+    client = limited(key={"rpm": 1, "concurrency": 1}).test_client()
+    for _ in range(3):
+        assert post(client, prompt="forbidden phrase").status_code == 422  # guardrail
+        assert post(client, model="deepseek-image").status_code == 400  # provider
+        assert post(client, model="compat-image").status_code == 501
+        assert post(client, model="nope").status_code == 404
+    ok_upstream(upstream)
+    assert post(client).status_code == 200
+
+
+def test_tpm_blocks_the_next_request_once_spent(limited, upstream):
+    client = limited(key={"tpm": 500}).test_client()
+    ok_upstream(upstream, 2, answer=USAGE_ANSWER)
+    assert post(client).status_code == 200  # 300 tokens charged after the answer
+    assert post(client).status_code == 200  # 300 < 500: still room; now 600 are spent
+    assert_429(post(client), "API key 'dev' allows 500 tokens per minute")
+    assert len(upstream.calls) == 2
+
+
+def test_tpd_and_rpd_are_day_windows(limited, upstream):
+    client = limited(model={"rpd": 1}).test_client()
+    ok_upstream(upstream)
+    assert post(client).status_code == 200
+    retry_after = assert_429(post(client), "model 'image-prod' allows 1 requests per day")
+    assert abs(retry_after - math.ceil(86400 - time.time() % 86400)) <= 1
+
+
+def test_concurrency_slot(limited, upstream):
+    app = limited(key={"concurrency": 1})
+    limiter, client = app.extensions["aisix"].limiter, app.test_client()
+    held = limiter.slots.acquire_slot("key:dev", 1, 60)  # another request is in flight
+    assert_429(post(client), "API key 'dev' allows 1 concurrent requests")
+    limiter.slots.release_slot("key:dev", held)
+    ok_upstream(upstream)
+    assert post(client).status_code == 200
+    assert slots_taken(app) == 0
+
+
+def slots_taken(app) -> int:
+    path = app.extensions["aisix"].limiter.storage.path
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT count(*) FROM slots WHERE expires_at > ?", (time.time(),)).fetchone()[0]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status": 500, "json": {"error": {"message": "x"}}},
+        {"status": 400, "json": {"error": {"message": "x", "code": "bad"}}},
+        {"body": __import__("requests").exceptions.ReadTimeout("slow")},
+        {"body": __import__("requests").exceptions.ConnectionError("reset")},
+        {"status": 200, "body": "not json"},
+    ],
+)
+def test_slot_released_on_every_upstream_failure(limited, upstream, answer):
+    app = limited(key={"concurrency": 1})
+    upstream.post(IMAGES_URL, **answer)
+    assert post(app.test_client()).status_code >= 400
+    assert slots_taken(app) == 0
+
+
+def test_slot_released_when_the_gateway_itself_fails(limited, monkeypatch):
+    from aisix_flask import images
+
+    app = limited(key={"concurrency": 1})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(images, "forward", broken)
+    assert post(app.test_client()).status_code == 500
+    assert slots_taken(app) == 0
+
+
+def test_a_leaked_slot_expires(limited, upstream):
+    app = limited(key={"concurrency": 1})
+    app.extensions["aisix"].limiter.slots.acquire_slot("key:dev", 1, 0.2)  # a worker that died
+    assert post(app.test_client()).status_code == 429
+    time.sleep(0.3)
+    ok_upstream(upstream)
+    assert post(app.test_client()).status_code == 200
+
+
+def test_an_unreachable_store_lets_requests_through(limited, upstream, monkeypatch, caplog):
+    app = limited(key={"rpm": 1})
+    storage = app.extensions["aisix"].limiter.storage
+
+    def down(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(storage, "get_sliding_window", down)
+    ok_upstream(upstream, 2)
+    assert [post(app.test_client()).status_code for _ in range(2)] == [200, 200]
+    assert "request let through" in caplog.text
+
+
+def test_keys_without_limits_touch_no_store(limited, upstream, monkeypatch):
+    app = limited(key={"rpm": 5}, model=None)
+    storage = app.extensions["aisix"].limiter.storage
+    monkeypatch.setattr(storage, "get_sliding_window", None)  # would fail if called
+    ok_upstream(upstream, model="dall-e-3")
+    assert post(app.test_client(), model="dalle", key=LIMITED_KEY).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("window", "limit", "expected"),
+    [
+        ((0, 0.0, 0, 0.0), 5, 0.0),  # empty
+        ((0, 0.0, 4, 90.0), 5, 0.0),  # room left
+        ((0, 0.0, 5, 90.0), 5, 30.0),  # full: wait until this window ends (90 - 60)
+        ((12, 30.0, 0, 90.0), 5, 5.0),  # previous weighs 12*30/60=6: 12*(30-t)/60 < 5 → t > 5
+        ((10, 30.0, 0, 90.0), 5, 0.0),  # weighs floor(5.0): a moment later it is 4.99
+        ((10, 30.0, 2, 90.0), 5, 12.0),  # 10*(30-t)/60 + 2 < 5 → t > 12
+        ((10, 30.0, 5, 90.0), 5, 30.0),  # current is full: wait for the roll-over…
+        ((10, 30.0, 6, 90.0), 5, 40.0),  # …and for 6*(60-(t-30))/60 < 5 → t > 40
+    ],
+)
+def test_seconds_until_free(window, limit, expected):
+    assert seconds_until_free(window, 60, limit) == pytest.approx(expected, abs=0.002)
+
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def limiter(request, tmp_path):
+    """A Limiter on each backend; names are unique per test so Redis runs do not meet."""
+    url = f"sqlite:///{tmp_path}/rl.db" if request.param == "sqlite" else REDIS_URL
+    limiter = Limiter(url)
+    assert limiter.ping(), f"{url} is not reachable (.ci/run starts Redis)"
+    yield limiter
+    if request.param == "redis":
+        limiter.storage.get_connection().flushdb()
+
+
+def scope(**limits) -> list[Scope]:
+    return [Scope("key", f"k-{uuid.uuid4().hex[:8]}", RateLimit(**limits))]
+
+
+def refused(limiter, scopes) -> int:
+    with pytest.raises(RateLimited) as info:
+        limiter.admit(scopes, 60)
+    return int(info.value.extra_headers["Retry-After"])
+
+
+def test_backend_rpm_and_retry_after(limiter):
+    scopes = scope(rpm=3)
+    started = time.time()
+    for _ in range(3):
+        limiter.admit(scopes, 60)
+    wait = refused(limiter, scopes)
+    if limiter.url.startswith("redis"):
+        # Redis windows start at the first hit: full again 60 s after it.
+        assert 59 <= wait + (time.time() - started) <= 61.5
+    else:
+        assert abs(wait - math.ceil(60 - time.time() % 60)) <= 1  # aligned minute windows
+
+
+def test_backend_tokens_are_charged_after_the_answer(limiter):
+    scopes = scope(tpm=500, tpd=10_000)
+    for _ in range(2):
+        limiter.charge(limiter.admit(scopes, 60), 300)
+    assert refused(limiter, scopes) >= 1
+
+
+def test_backend_concurrency_slots(limiter):
+    scopes = scope(concurrency=2)
+    first, second = limiter.admit(scopes, 60), limiter.admit(scopes, 60)
+    assert refused(limiter, scopes) == 1
+    limiter.release(first)
+    third = limiter.admit(scopes, 60)
+    limiter.release(second)
+    limiter.release(third)
+    limiter.admit(scopes, 0.2)
+    limiter.admit(scopes, 0.2)
+    assert refused(limiter, scopes) == 1
+    time.sleep(0.3)  # both holders "crashed": their slots expire
+    limiter.admit(scopes, 60)
