@@ -13,6 +13,8 @@ import yaml
 
 from aisix_flask import create_app
 
+from .fake_upstream import FakeOpenAI
+
 UPSTREAM = "https://upstream.test/v1"
 IMAGES_URL = f"{UPSTREAM}/images/generations"
 # Distinctive secrets: tests assert they never show up in answers or the ledger.
@@ -165,6 +167,15 @@ def upstream():
         yield rsps
 
 
+@pytest.fixture(scope="session")
+def fake():
+    """The loopback fake OpenAI upstream the integration tests' gunicorn talks to."""
+    server = FakeOpenAI().start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture
 def ledger_rows(app):
     """Read the ledger (after the writer thread caught up), oldest first."""
@@ -175,6 +186,15 @@ def ledger_rows(app):
         return list(reversed(ledger.query(limit=1000)))
 
     return rows
+
+
+def away_from_a_minute_boundary() -> None:
+    """SQLite windows are aligned to the minute; a burst that straddles a boundary legitimately
+    gets a little more through. Tests that count exactly start clear of one."""
+    import time
+
+    if time.time() % 60 > 58.5:
+        time.sleep(60 - time.time() % 60 + 0.05)
 
 
 def auth(key: str = CALLER_KEY) -> dict[str, str]:

@@ -25,14 +25,18 @@ ADMIN_KEY = "integration-admin-SECRET-4c2a"
 UPSTREAM_KEY = "sk-integration-upstream-SECRET-a8c3"
 
 
-def gateway_config(tmp_path, fake: FakeOpenAI) -> Path:
-    """A config file as a user writes it, pointing at the fake upstream."""
+def gateway_config(tmp_path, fake: FakeOpenAI, *, storage_url: str | None = None, load: str = "load") -> Path:
+    """A config file as a user writes it, pointing at the fake upstream.
+
+    ``load`` is the rest of the load key's row after its name, e.g. ``load, rate_limit: {rpm: 5}``.
+    """
     path = tmp_path / "config.yaml"
+    storage_url = storage_url or f"sqlite:///{tmp_path}/ratelimit.db"
     path.write_text(
         f"""
 gateway:
   usage: {{database_url: "sqlite:///{tmp_path}/usage.db"}}
-  ratelimit: {{storage_url: "sqlite:///{tmp_path}/ratelimit.db"}}
+  ratelimit: {{storage_url: "{storage_url}"}}
   admin_keys: [{{key_env: IT_ADMIN_KEY}}]
 provider_keys:
   - {{display_name: openai-main, provider: openai, api_key: "${{IT_UPSTREAM_KEY}}", api_base: "{fake.url}"}}
@@ -46,7 +50,7 @@ models:
 api_keys:
   - {{display_name: dev, key_env: IT_DEV_KEY}}
   - {{display_name: limited, key_hash: {sha(LIMITED_KEY)}, allowed_models: [dalle]}}
-  - {{display_name: load, key_hash: {sha(LOAD_KEY)}}}
+  - {{key_hash: {sha(LOAD_KEY)}, display_name: {load}}}
 guardrails:
   - name: no-secrets
     kind: keyword
@@ -57,14 +61,6 @@ guardrails:
 
 
 ENV = {"IT_DEV_KEY": DEV_KEY, "IT_ADMIN_KEY": ADMIN_KEY, "IT_UPSTREAM_KEY": UPSTREAM_KEY}
-
-
-@pytest.fixture(scope="module")
-def fake():
-    server = FakeOpenAI().start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope="module")

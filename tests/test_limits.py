@@ -14,7 +14,7 @@ from aisix_flask.errors import RateLimited
 from aisix_flask.limits import Limiter, Scope, seconds_until_free
 from aisix_flask.resources import RateLimit
 
-from .conftest import IMAGES_URL, LIMITED_KEY, auth
+from .conftest import IMAGES_URL, LIMITED_KEY, auth, away_from_a_minute_boundary
 
 ROUTE = "/v1/images/generations"
 USAGE_ANSWER = {
@@ -22,6 +22,11 @@ USAGE_ANSWER = {
     "data": [{"b64_json": "aGk="}],
     "usage": {"input_tokens": 10, "output_tokens": 290, "total_tokens": 300},
 }
+
+
+@pytest.fixture(autouse=True)
+def _clear_of_window_edges():
+    away_from_a_minute_boundary()
 
 
 @pytest.fixture
