@@ -15,6 +15,7 @@ import yaml
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validates_schema
 from marshmallow.validate import Length, OneOf, Range, Regexp
 
+from . import pii
 from .bridges import BRIDGES, default_adapter
 from .resources import ApiKey, Guardrail, Model, Pattern, ProviderKey, RateLimit, UpstreamSettings
 from .routing import Router
@@ -174,11 +175,33 @@ class PatternSchema(_Schema):
     value = _name(required=True)
 
 
+class CustomPatternSchema(_Schema):
+    name = _name(required=True)
+    pattern = _name(required=True)
+
+
 class GuardrailSchema(_Schema):
     name = _name(required=True)
-    kind = fields.String(required=True, validate=OneOf(["keyword"]))
+    kind = fields.String(required=True, validate=OneOf(["keyword", "pii"]))
     hook_point = fields.String(validate=OneOf(["input", "output", "both"]))
-    patterns = fields.List(fields.Nested(PatternSchema), required=True, validate=Length(min=1))
+    enforcement_mode = fields.String(validate=OneOf(["enforce", "monitor"]))
+    patterns = fields.List(fields.Nested(PatternSchema), validate=Length(min=1))
+    action = fields.String(validate=OneOf(["block", "mask"]))
+    detectors = fields.List(fields.String(validate=OneOf(pii.NAMES)), validate=Length(min=1))
+    custom_patterns = fields.List(fields.Nested(CustomPatternSchema))
+
+    @validates_schema
+    def _fields_of_kind(self, data: dict[str, Any], **kwargs: Any) -> None:
+        kind = data.get("kind")
+        if kind == "keyword" and "patterns" not in data:
+            raise ValidationError("Missing data for required field.", "patterns")
+        if kind == "keyword" and data.get("action") == "mask":
+            raise ValidationError("mask is for pii guardrails; keyword guardrails block.", "action")
+        for name in ("detectors", "custom_patterns"):
+            if kind == "keyword" and name in data:
+                raise ValidationError("Only pii guardrails take this field.", name)
+        if kind == "pii" and "patterns" in data:
+            raise ValidationError("pii guardrails take detectors and custom_patterns.", "patterns")
 
 
 class ConfigSchema(_Schema):
@@ -299,13 +322,17 @@ def _cross_check(data: dict[str, Any]) -> list[str]:
             problems.append(f"{path}.model_name: '*' needs a '*' in display_name to fill it")
 
     for path, row in _items(data, "guardrails"):
-        patterns = row.get("patterns")
-        for i, pattern in enumerate(patterns if isinstance(patterns, list) else []):
-            if isinstance(pattern, dict) and pattern.get("kind") == "regex":
-                try:
-                    re.compile(str(pattern.get("value")))
-                except re.error as e:
-                    problems.append(f"{path}.patterns[{i}].value: invalid regex: {e}")
+        for collection, field, is_regex in (
+            ("patterns", "value", lambda p: p.get("kind") == "regex"),
+            ("custom_patterns", "pattern", lambda p: True),
+        ):
+            rows = row.get(collection)
+            for i, pattern in enumerate(rows if isinstance(rows, list) else []):
+                if isinstance(pattern, dict) and is_regex(pattern):
+                    try:
+                        re.compile(str(pattern.get(field)))
+                    except re.error as e:
+                        problems.append(f"{path}.{collection}[{i}].{field}: invalid regex: {e}")
     return problems
 
 
@@ -396,15 +423,7 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str]) -> Registry:
     for name, key in provider_keys.items():
         if not key.api_key:
             warnings.append(f"provider key {name!r} has no api_key; its models will answer 503")
-    guardrails = tuple(
-        Guardrail(
-            name=row["name"],
-            kind=row["kind"],
-            hook_point=row.get("hook_point", "input"),
-            patterns=tuple(_pattern(p["kind"], p["value"]) for p in row["patterns"]),
-        )
-        for row in data.get("guardrails", [])
-    )
+    guardrails = tuple(_guardrail(row) for row in data.get("guardrails", []))
     return Registry(
         path=path,
         gateway=gateway,
@@ -415,6 +434,22 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str]) -> Registry:
         ),
         guardrails=guardrails,
         warnings=tuple(warnings),
+    )
+
+
+def _guardrail(row: Mapping[str, Any]) -> Guardrail:
+    detectors = ()
+    if row["kind"] == "pii":
+        custom = tuple(pii.custom(p["name"], p["pattern"]) for p in row.get("custom_patterns", []))
+        detectors = pii.builtin(row.get("detectors", pii.NAMES)) + custom
+    return Guardrail(
+        name=row["name"],
+        kind=row["kind"],
+        hook_point=row.get("hook_point", "input"),
+        patterns=tuple(_pattern(p["kind"], p["value"]) for p in row.get("patterns", [])),
+        detectors=detectors,
+        action=row.get("action", "block"),
+        enforcement_mode=row.get("enforcement_mode", "enforce"),
     )
 
 

@@ -60,7 +60,10 @@ def generate() -> Response:
         require_openai_provider(route)  # 6
         require_image_bridge(route)  # 7
         require_credential(route)  # 8
-        check_input(registry.input_guardrails, body["prompt"])  # 9
+        verdict = check_input(registry.input_guardrails, body["prompt"])  # 9
+        row.note_guardrails(verdict)
+        if verdict.masked:
+            body = {**body, "prompt": verdict.prompt}
         timeout = upstream_timeout(route, registry)
         admission = gateway.limiter.admit(limit_scopes(key, route), timeout.slot_ttl_s)  # 10
         try:

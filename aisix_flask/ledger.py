@@ -22,11 +22,14 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from .guardrails import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ usage = Table(
     Column("latency_ms", Float),
     Column("upstream_latency_ms", Float),
     Column("client_ip", String(64)),
+    Column("pii_masked", Integer, nullable=False, server_default="0"),
+    Column("guardrails_flagged", String(256)),
 )
 
 _TEXT_LIMIT = 256
@@ -92,6 +97,8 @@ class UsageRow:
     n: int | None = None
     latency_ms: float | None = None
     upstream_latency_ms: float | None = None
+    pii_masked: int = 0
+    guardrails_flagged: str | None = None  # monitor-mode guardrails that would have acted
 
     def note_request(self, body: dict[str, Any]) -> None:
         """Record what the caller asked for (as requested, whatever the upstream does)."""
@@ -100,6 +107,11 @@ class UsageRow:
         self.quality = _short(body.get("quality"))
         n = body.get("n")
         self.n = n if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**31 else None
+
+    def note_guardrails(self, verdict: Verdict) -> None:
+        """Record how many PII matches were masked and which monitor-mode guardrails matched."""
+        self.pii_masked = verdict.masked
+        self.guardrails_flagged = ",".join(verdict.flagged)[:256] or None
 
     def note_answer(self, document: Any) -> None:
         """Record the tokens the upstream reported and the images it returned."""
@@ -134,6 +146,20 @@ def _engine(url: str) -> Engine:
     return engine
 
 
+def _create_or_upgrade(engine: Engine) -> None:
+    """Create the table, or add the columns a newer version records (never drop or change one)."""
+    metadata.create_all(engine)
+    present = {c["name"] for c in inspect(engine).get_columns(usage.name)}
+    with engine.begin() as conn:
+        for column in usage.columns:
+            if column.name not in present:
+                ddl = column.type.compile(engine.dialect)
+                default = f" DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
+                null = " NOT NULL" if default and not column.nullable else ""
+                conn.execute(text(f"ALTER TABLE {usage.name} ADD COLUMN {column.name} {ddl}{null}{default}"))
+                log.warning("usage ledger: added column %s", column.name)
+
+
 class Ledger:
     """Queues rows from request threads; one writer thread per process inserts them in batches."""
 
@@ -144,10 +170,10 @@ class Ledger:
         self.url = url
         self.engine = _engine(url)
         try:
-            metadata.create_all(self.engine)
+            _create_or_upgrade(self.engine)
         except OperationalError:
-            # Several workers starting at once may race to create the table.
-            metadata.create_all(self.engine)
+            # Several workers starting at once may race to create the table or a column.
+            _create_or_upgrade(self.engine)
         self._lock = threading.Lock()
         self._queue: queue.Queue[UsageRow | None] = queue.Queue()
         self._pid: int | None = None

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
 
+from .pii import Detector
+
 
 @dataclass(frozen=True)
 class UpstreamSettings:
@@ -88,12 +90,20 @@ class Pattern:
 
 @dataclass(frozen=True)
 class Guardrail:
-    """A named input/output check."""
+    """A named input/output check: ``keyword`` patterns or ``pii`` detectors."""
 
     name: str
     kind: str
-    hook_point: str
-    patterns: tuple[Pattern, ...]
+    hook_point: str = "input"
+    patterns: tuple[Pattern, ...] = ()
+    detectors: tuple[Detector, ...] = ()
+    action: str = "block"  # block | mask (pii)
+    enforcement_mode: str = "enforce"  # enforce | monitor: record what it would do, do nothing
+
+    @property
+    def monitor_only(self) -> bool:
+        """Whether the guardrail only records what it would have done."""
+        return self.enforcement_mode == "monitor"
 
     @property
     def checks_input(self) -> bool:

@@ -63,8 +63,24 @@ def test_every_problem_is_listed_by_path(tmp_path):
                 {"display_name": "j", "key_hash": "abc", "expires_at": "soon"},
             ],
             "guardrails": [
-                {"name": "g", "kind": "pii", "patterns": []},
+                {"name": "g", "kind": "toxicity", "patterns": []},
                 {"name": "h", "kind": "keyword", "patterns": [{"kind": "regex", "value": "(unclosed"}]},
+                {"name": "i", "kind": "keyword"},
+                {
+                    "name": "j",
+                    "kind": "keyword",
+                    "action": "mask",
+                    "patterns": [{"kind": "literal", "value": "x"}],
+                },
+                {
+                    "name": "k",
+                    "kind": "pii",
+                    "detectors": ["email", "dna"],
+                    "custom_patterns": [{"name": "x"}],
+                },
+                {"name": "l", "kind": "pii", "custom_patterns": [{"name": "id", "pattern": "[a-"}]},
+                {"name": "m", "kind": "pii", "patterns": [{"kind": "literal", "value": "x"}]},
+                {"name": "n", "kind": "pii", "enforcement_mode": "shadow"},
             ],
         },
     )
@@ -84,9 +100,16 @@ def test_every_problem_is_listed_by_path(tmp_path):
         "api_keys[0]: Give exactly one of key_hash or key_env.",
         "api_keys[1].key_hash: Must be 64 hex digits (SHA-256).",
         "api_keys[1].expires_at: Not a valid ISO-8601 datetime.",
-        "guardrails[0].kind: Must be one of: keyword.",
+        "guardrails[0].kind: Must be one of: keyword, pii.",
         "guardrails[0].patterns: Shorter than minimum length 1.",
         "guardrails[1].patterns[0].value: invalid regex: missing ), unterminated subpattern",
+        "guardrails[2].patterns: Missing data for required field.",
+        "guardrails[3].action: mask is for pii guardrails; keyword guardrails block.",
+        "guardrails[4].detectors[1]: Must be one of: email, phone, credit_card, us_ssn, ip_address, api_key.",
+        "guardrails[4].custom_patterns[0].pattern: Missing data for required field.",
+        "guardrails[5].custom_patterns[0].pattern: invalid regex: unterminated character set",
+        "guardrails[6].patterns: pii guardrails take detectors and custom_patterns.",
+        "guardrails[7].enforcement_mode: Must be one of: enforce, monitor.",
     ):
         assert expected in problems
     assert str(path) in str(info.value)
