@@ -1,0 +1,101 @@
+"""Editing config.yaml under load, in the real gunicorn: zero failed requests, every worker follows."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+import requests
+
+from .conftest import sha
+from .serving import Gunicorn
+from .test_integration import DEV_KEY, ENV, gateway_config
+
+LATE_KEY = "integration-late-SECRET-81fa"
+
+
+class Traffic(threading.Thread):
+    """Four callers sending requests with the dev key until stopped (at most 60 s)."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.statuses, self.stopping = url, Counter(), threading.Event()
+
+    def run(self) -> None:
+        workers = [threading.Thread(target=self._loop) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    def _loop(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            try:
+                r = requests.post(
+                    f"{self.url}/v1/images/generations",
+                    json={"model": "dalle", "prompt": "traffic"},
+                    headers={"x-api-key": DEV_KEY},
+                    timeout=30,
+                )
+                self.statuses[r.status_code] += 1
+            except requests.RequestException as e:
+                self.statuses[type(e).__name__] += 1
+
+    def stop(self) -> Counter:
+        self.stopping.set()
+        self.join()
+        return self.statuses
+
+
+def late_key_statuses(url: str, count: int = 40) -> Counter:
+    return Counter(
+        requests.post(
+            f"{url}/v1/images/generations",
+            json={"model": "dalle", "prompt": "late"},
+            headers={"x-api-key": LATE_KEY},
+            timeout=30,
+        ).status_code
+        for _ in range(count)
+    )
+
+
+def add_late_key(path) -> None:
+    text = path.read_text().replace(
+        "api_keys:\n", f"api_keys:\n  - {{display_name: late, key_hash: {sha(LATE_KEY)}}}\n"
+    )
+    path.with_suffix(".tmp").write_text(text)
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def test_edits_apply_in_every_worker_within_two_seconds(tmp_path, fake):
+    config = gateway_config(tmp_path, fake)
+    server = Gunicorn(config, workers=4, threads=8, env=ENV)
+    traffic = Traffic(server.url)
+    traffic.start()
+    try:
+        assert late_key_statuses(server.url, 4) == {401: 4}
+        add_late_key(config)
+        time.sleep(2.0)
+        assert late_key_statuses(server.url) == {200: 40}  # spread over all four workers
+
+        good = config.read_text()
+        config.write_text(good.replace("provider_key: openai-main}", "provider_key: missing}", 1))
+        time.sleep(2.0)
+        assert late_key_statuses(server.url) == {200: 40}  # the broken edit changed nothing
+
+        config.write_text(good)
+        server.process.send_signal(signal.SIGHUP)  # gunicorn's own reload: new workers, same config
+        time.sleep(3.0)
+        assert late_key_statuses(server.url) == {200: 40}
+    finally:
+        statuses = traffic.stop()
+        server.stop()
+    assert set(statuses) == {200} and statuses[200] > 50, statuses
+    log = server.log.read_text()
+    assert "models[0].provider_key: unknown provider key 'missing'" in log
+    assert "the change is rejected; the last good config keeps serving" in log
+    assert "Handling signal: hup" in log.lower() or "hang up" in log.lower()
