@@ -7,25 +7,24 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
 import yaml
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validates_schema
-from marshmallow.validate import Length, OneOf, Range, Regexp
+from marshmallow import Schema, ValidationError, fields
 
 from . import pii
-from .bridges import BRIDGES, default_adapter
+from .bridges import default_adapter
 from .resources import ApiKey, Guardrail, Model, Pattern, ProviderKey, RateLimit, UpstreamSettings
 from .routing import Router
+from .schemas import ConfigSchema
 
 DEFAULT_BODY_LIMIT = 25 * 1024 * 1024
 DEFAULT_USAGE_URL = "sqlite:///var/usage.db"
 DEFAULT_RATELIMIT_URL = "sqlite:///var/ratelimit.db"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class ConfigError(Exception):
@@ -61,159 +60,10 @@ class Registry:
     guardrails: tuple[Guardrail, ...]
     warnings: tuple[str, ...] = ()
 
-    @property
+    @cached_property
     def input_guardrails(self) -> tuple[Guardrail, ...]:
-        """Guardrails that inspect the prompt."""
+        """Guardrails that inspect the prompt (worked out once per registry)."""
         return tuple(g for g in self.guardrails if g.checks_input)
-
-
-# -- schemas: they validate the shape; unknown keys are kept (and warned about) --
-
-
-class _Schema(Schema):
-    class Meta:
-        unknown = INCLUDE
-
-
-def _name(**kwargs: Any) -> fields.String:
-    return fields.String(validate=Length(min=1), **kwargs)
-
-
-class _Timestamp(fields.Field):
-    """An ISO-8601 timestamp, or the datetime/date YAML already made of one; naive means UTC."""
-
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
-        if isinstance(value, str):
-            try:
-                value = datetime.fromisoformat(value)
-            except ValueError:
-                raise ValidationError("Not a valid ISO-8601 datetime.") from None
-        elif isinstance(value, date) and not isinstance(value, datetime):
-            value = datetime(value.year, value.month, value.day)
-        if not isinstance(value, datetime):
-            raise ValidationError("Not a valid ISO-8601 datetime.")
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-_seconds = fields.Float(validate=Range(min=0, min_inclusive=False))
-
-
-class UpstreamSchema(_Schema):
-    connect_timeout_s = _seconds
-    timeout_s = _seconds
-
-
-class UsageSchema(_Schema):
-    database_url = _name()
-
-
-class RateLimitStorageSchema(_Schema):
-    storage_url = fields.String(
-        validate=Regexp(
-            r"^(sqlite:///.+|rediss?://.*)$", error="Must be sqlite:///<file> or redis://host:port[/db]."
-        )
-    )
-
-
-_limit = fields.Integer(strict=True, validate=Range(min=1))
-
-
-class RateLimitSchema(_Schema):
-    rpm = _limit
-    rpd = _limit
-    tpm = _limit
-    tpd = _limit
-    concurrency = _limit
-
-
-class KeySchema(_Schema):
-    display_name = _name()
-    key_hash = fields.String(validate=Regexp(r"^[0-9a-fA-F]{64}$", error="Must be 64 hex digits (SHA-256)."))
-    key_env = fields.String(validate=Regexp(_ENV_NAME, error="Not a valid environment variable name."))
-    allowed_models = fields.List(_name())
-    disabled = fields.Boolean()
-    expires_at = _Timestamp()
-    rate_limit = fields.Nested(RateLimitSchema)
-
-    @validates_schema
-    def _one_secret(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if ("key_hash" in data) == ("key_env" in data):
-            raise ValidationError("Give exactly one of key_hash or key_env.")
-
-
-class CallerKeySchema(KeySchema):
-    display_name = _name(required=True)
-
-
-class GatewaySchema(_Schema):
-    request_body_limit_bytes = fields.Integer(strict=True, validate=Range(min=1))
-    upstream = fields.Nested(UpstreamSchema)
-    usage = fields.Nested(UsageSchema)
-    ratelimit = fields.Nested(RateLimitStorageSchema)
-    admin_keys = fields.List(fields.Nested(KeySchema))
-
-
-class ProviderKeySchema(_Schema):
-    display_name = _name(required=True)
-    provider = _name(required=True)
-    adapter = fields.String(validate=OneOf(sorted(BRIDGES)))
-    api_key = fields.String()
-    api_base = fields.String(validate=Regexp(r"^https?://", error="Must be an http:// or https:// URL."))
-
-
-class ModelSchema(_Schema):
-    display_name = _name(required=True)
-    provider = _name(required=True)
-    model_name = _name()
-    provider_key = _name(required=True)
-    timeout_s = _seconds
-    rate_limit = fields.Nested(RateLimitSchema)
-
-
-class PatternSchema(_Schema):
-    kind = fields.String(required=True, validate=OneOf(["literal", "regex"]))
-    value = _name(required=True)
-
-
-class CustomPatternSchema(_Schema):
-    name = _name(required=True)
-    pattern = _name(required=True)
-
-
-class GuardrailSchema(_Schema):
-    name = _name(required=True)
-    kind = fields.String(required=True, validate=OneOf(["keyword", "pii"]))
-    hook_point = fields.String(validate=OneOf(["input", "output", "both"]))
-    enforcement_mode = fields.String(validate=OneOf(["enforce", "monitor"]))
-    patterns = fields.List(fields.Nested(PatternSchema), validate=Length(min=1))
-    action = fields.String(validate=OneOf(["block", "mask"]))
-    detectors = fields.List(fields.String(validate=OneOf(pii.NAMES)), validate=Length(min=1))
-    custom_patterns = fields.List(fields.Nested(CustomPatternSchema))
-
-    @validates_schema
-    def _fields_of_kind(self, data: dict[str, Any], **kwargs: Any) -> None:
-        kind = data.get("kind")
-        if kind == "keyword" and "patterns" not in data:
-            raise ValidationError("Missing data for required field.", "patterns")
-        if kind == "keyword" and data.get("action") == "mask":
-            raise ValidationError("mask is for pii guardrails; keyword guardrails block.", "action")
-        for name in ("detectors", "custom_patterns"):
-            if kind == "keyword" and name in data:
-                raise ValidationError("Only pii guardrails take this field.", name)
-        if kind == "pii" and "patterns" in data:
-            raise ValidationError("pii guardrails take detectors and custom_patterns.", "patterns")
-
-
-class ConfigSchema(_Schema):
-    _format_version = fields.Raw()
-    gateway = fields.Nested(GatewaySchema)
-    provider_keys = fields.List(fields.Nested(ProviderKeySchema))
-    models = fields.List(fields.Nested(ModelSchema))
-    api_keys = fields.List(fields.Nested(CallerKeySchema))
-    guardrails = fields.List(fields.Nested(GuardrailSchema))
-
-
-# -- loading --
 
 
 def load_config(path: str) -> Registry:

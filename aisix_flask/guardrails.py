@@ -23,23 +23,23 @@ def check_input(guardrails: Iterable[Guardrail], prompt: str) -> Verdict:
     """Run the guardrails in config order; raise 422 naming the first that blocks, never echoing
     what it matched. A masking guardrail's output is what later guardrails see."""
     verdict = Verdict(prompt)
+    folded = None  # the casefolded prompt for keyword literals, made once (again after a mask)
     for guardrail in guardrails:
-        if not _matches(guardrail, verdict.prompt):
+        if guardrail.kind == "pii":
+            matched = pii.detect(verdict.prompt, guardrail.detectors)
+        else:
+            folded = folded or verdict.prompt.casefold()
+            matched = any(p.matches(verdict.prompt, folded) for p in guardrail.patterns)
+        if not matched:
             continue
         if guardrail.monitor_only:
             verdict.flagged.append(guardrail.name)
         elif guardrail.action == "mask":
             verdict.prompt, count = pii.mask(verdict.prompt, guardrail.detectors)
             verdict.masked += count
+            folded = None
         else:
             raise ContentPolicyViolation(
                 f"The prompt was blocked by the gateway's guardrail '{guardrail.name}'."
             )
     return verdict
-
-
-def _matches(guardrail: Guardrail, text: str) -> bool:
-    if guardrail.kind == "pii":
-        return pii.detect(text, guardrail.detectors)
-    folded = text.casefold()
-    return any(p.matches(text, folded) for p in guardrail.patterns)

@@ -1,32 +1,27 @@
-"""Rate limits and concurrency slots, shared by every worker (SQLite) or every host (Redis).
+"""Rate limits and concurrency slots: the one interface the routes use, whatever the store.
 
 Request and token windows use the ``limits`` library's sliding-window-counter strategy: on
-Redis with its own RedisStorage, on SQLite with the storage below (registered with ``limits``
-under the ``sqlite`` scheme). Concurrency slots are not a ``limits`` concept; each backend has a
-small slot store whose slots expire, so a crashed worker cannot hold one forever.
+Redis with its own RedisStorage, on SQLite with the storage in ``limit_stores`` (registered with
+``limits`` under the ``sqlite`` scheme). Concurrency slots are not a ``limits`` concept; each
+backend has a small slot store whose slots expire, so a crashed worker cannot hold one forever.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import sqlite3
-import threading
-import time
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import redis
 from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
 from limits.errors import StorageError
-from limits.storage import RedisStorage, SlidingWindowCounterSupport, Storage, storage_from_string
+from limits.storage import RedisStorage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from .errors import RateLimited
+from .limit_stores import RedisSlots, SlotStore
 from .resources import RateLimit
 
 log = logging.getLogger(__name__)
@@ -73,201 +68,6 @@ def seconds_until_free(
 
 
 _MOMENT = 0.001
-
-
-class SlotStore(Protocol):
-    """Concurrency slots that expire on their own."""
-
-    def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None: ...
-
-    def release_slot(self, key: str, slot: str) -> None: ...
-
-
-_SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS windows (
-    key TEXT NOT NULL, window INTEGER NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (key, window)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS slots (
-    key TEXT NOT NULL, id TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (key, id)
-) WITHOUT ROWID;
-"""
-
-
-def sqlite_path(url: str) -> str:
-    """``sqlite:///var/x.db`` → ``var/x.db``; ``sqlite:////abs/x.db`` → ``/abs/x.db``."""
-    if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
-        raise ValueError(f"not a sqlite file URL: {url!r}")
-    return url[len("sqlite:///") :]
-
-
-class SQLiteStorage(Storage, SlidingWindowCounterSupport):
-    """A ``limits`` storage in one SQLite file: every gunicorn worker on a host shares it."""
-
-    STORAGE_SCHEME = ["sqlite"]
-
-    def __init__(self, uri: str, wrap_exceptions: bool = False, **options: Any) -> None:
-        self.path = sqlite_path(uri)
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._local = threading.local()
-        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-        self._db().executescript(_SQLITE_SCHEMA)
-
-    @property
-    def base_exceptions(self) -> type[Exception]:
-        return sqlite3.Error
-
-    def _db(self) -> sqlite3.Connection:
-        """This thread's connection (a new one after a fork)."""
-        db = getattr(self._local, "db", None)
-        if db is None or self._local.pid != os.getpid():
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            for attempt in range(50):  # switching to WAL needs a moment alone with the file
-                try:
-                    db.execute("PRAGMA journal_mode=WAL")
-                    break
-                except sqlite3.OperationalError:
-                    time.sleep(0.02 * (attempt + 1))
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db, self._local.pid = db, os.getpid()
-        return db
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds the file's write lock from its first statement."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-
-    # -- the storage contract of ``limits`` --
-
-    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        now = time.time()
-        with self._write() as db:
-            db.execute("DELETE FROM counters WHERE key = ? AND expires_at <= ?", (key, now))
-            db.execute(
-                "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = value + ?",
-                (key, amount, now + expiry, amount),
-            )
-            return db.execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()[0]
-
-    def get(self, key: str) -> int:
-        row = (
-            self._db()
-            .execute("SELECT value FROM counters WHERE key = ? AND expires_at > ?", (key, time.time()))
-            .fetchone()
-        )
-        return row[0] if row else 0
-
-    def get_expiry(self, key: str) -> float:
-        row = self._db().execute("SELECT expires_at FROM counters WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else time.time()
-
-    def check(self) -> bool:
-        try:
-            self._db().execute("SELECT 1").fetchone()
-            return True
-        except sqlite3.Error:
-            return False
-
-    def reset(self) -> int | None:
-        with self._write() as db:
-            return sum(db.execute(f"DELETE FROM {t}").rowcount for t in ("counters", "windows", "slots"))
-
-    def clear(self, key: str) -> None:
-        with self._write() as db:
-            db.execute("DELETE FROM counters WHERE key = ?", (key,))
-
-    def _window(
-        self, db: sqlite3.Connection, key: str, expiry: int, now: float
-    ) -> tuple[int, float, int, float]:
-        # Windows are aligned to multiples of ``expiry``, as in limits' MemoryStorage.
-        current = int(now // expiry)
-        counts = dict(
-            db.execute("SELECT window, count FROM windows WHERE key = ? AND window >= ?", (key, current - 1))
-        )
-        previous_count, current_count = counts.get(current - 1, 0), counts.get(current, 0)
-        to_end = (current + 1) * expiry - now
-        return previous_count, (to_end if previous_count else 0.0), current_count, to_end + expiry
-
-    def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
-        return self._window(self._db(), key, expiry, time.time())
-
-    def acquire_sliding_window_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
-        if amount > limit:
-            return False
-        with self._write() as db:
-            now = time.time()
-            previous, previous_ttl, current, _ = self._window(db, key, expiry, now)
-            if math.floor(previous * previous_ttl / expiry) + current + amount > limit:
-                return False
-            window = int(now // expiry)
-            db.execute(
-                "INSERT INTO windows VALUES (?, ?, ?) "
-                "ON CONFLICT(key, window) DO UPDATE SET count = count + excluded.count",
-                (key, window, amount),
-            )
-            db.execute("DELETE FROM windows WHERE key = ? AND window < ?", (key, window - 1))
-        return True
-
-    def clear_sliding_window(self, key: str, expiry: int) -> None:
-        with self._write() as db:
-            db.execute("DELETE FROM windows WHERE key = ?", (key,))
-
-    # -- concurrency slots --
-
-    def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
-        slot = uuid.uuid4().hex
-        with self._write() as db:
-            now = time.time()
-            db.execute("DELETE FROM slots WHERE key = ? AND expires_at <= ?", (key, now))
-            (taken,) = db.execute("SELECT count(*) FROM slots WHERE key = ?", (key,)).fetchone()
-            if taken >= limit:
-                return None
-            db.execute("INSERT INTO slots VALUES (?, ?, ?)", (key, slot, now + ttl_s))
-        return slot
-
-    def release_slot(self, key: str, slot: str) -> None:
-        self._db().execute("DELETE FROM slots WHERE key = ? AND id = ?", (key, slot))
-
-
-# Slots are a sorted set scored by expiry; the server's clock decides, so hosts may drift.
-_REDIS_ACQUIRE_SLOT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  return 0
-end
-local expires = now + tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], expires, ARGV[3])
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 1
-"""
-
-
-class RedisSlots:
-    """Concurrency slots in Redis, shared by every host that uses the same server."""
-
-    def __init__(self, connection: redis.Redis) -> None:
-        self._redis = connection
-        self._acquire = connection.register_script(_REDIS_ACQUIRE_SLOT)
-
-    def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
-        slot = uuid.uuid4().hex
-        if self._acquire(keys=[f"{NAMESPACE}:slots:{key}"], args=[limit, int(ttl_s * 1000), slot]):
-            return slot
-        return None
-
-    def release_slot(self, key: str, slot: str) -> None:
-        self._redis.zrem(f"{NAMESPACE}:slots:{key}", slot)
 
 
 @dataclass(frozen=True)

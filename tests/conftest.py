@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import responses
 import yaml
+from responses import matchers
 
 from aisix_flask import create_app
 
@@ -199,3 +201,34 @@ def away_from_a_minute_boundary() -> None:
 
 def auth(key: str = CALLER_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+URL_ANSWER = {"created": 1710000000, "data": [{"url": "https://example.com/generated-image.png"}]}
+
+
+def expect_upstream(upstream, sent: dict, *, status: int = 200, answer=URL_ANSWER, **kwargs):
+    """Register one upstream answer that matches only a request whose body is exactly ``sent``."""
+    kwargs.setdefault("json", answer)
+    return upstream.post(
+        IMAGES_URL,
+        status=status,
+        match=[matchers.json_params_matcher(sent, strict_match=True)],
+        **kwargs,
+    )
+
+
+def assert_envelope(response, status: int, type_: str, code: str | None, param: str | None = None):
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    error = response.get_json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"], error["param"]) == (type_, code, param)
+    assert isinstance(error["message"], str) and error["message"]
+    assert_no_secret(response)
+    return error
+
+
+def assert_no_secret(response):
+    text = response.get_data(as_text=True) + json.dumps(dict(response.headers))
+    for secret in SECRETS:
+        assert secret not in text
