@@ -43,12 +43,19 @@ class Gateway:
 
     reload_interval_s = 1.0
 
-    def __init__(self, path: str, registry: Registry | None, ledger: Ledger | None, limiter: Limiter | None):
+    def __init__(
+        self,
+        path: str,
+        signature: tuple[int, int, int] | None,
+        registry: Registry | None,
+        ledger: Ledger | None,
+        limiter: Limiter | None,
+    ):
         self.path = path
         self.ledger = ledger
         self.limiter = limiter
         self._registry = registry
-        self._signature = _signature(path)
+        self._signature = signature  # of the file as it was *before* ``registry`` was read from it
         self._checked = time.monotonic()
         self._lock = threading.Lock()
 
@@ -107,6 +114,8 @@ def _add_request_id(response: Response) -> Response:
 
 def init_app(app: Flask, config_path: str) -> None:
     """Load the config (failing start-up when it is broken), open the ledger and the limiter."""
+    # Taken before reading: an edit made while this worker boots is then seen as a change.
+    signature = _signature(config_path)
     try:
         registry = load_config(config_path)
     except ConfigError:
@@ -114,16 +123,12 @@ def init_app(app: Flask, config_path: str) -> None:
             raise
         # Under the flask CLI, start anyway so `flask aisix check-config` can list
         # the problems; anything that needs the config answers 503.
-        app.extensions["aisix"] = Gateway(config_path, None, None, None)
+        app.extensions["aisix"] = Gateway(config_path, signature, None, None, None)
     else:
         for warning in registry.warnings:
             log.warning("config %s: %s", config_path, warning)
         settings = registry.gateway
-        app.extensions["aisix"] = Gateway(
-            config_path,
-            registry,
-            Ledger(settings.usage_database_url),
-            Limiter(settings.ratelimit_storage_url),
-        )
+        ledger, limiter = Ledger(settings.usage_database_url), Limiter(settings.ratelimit_storage_url)
+        app.extensions["aisix"] = Gateway(config_path, signature, registry, ledger, limiter)
         app.config["MAX_CONTENT_LENGTH"] = settings.request_body_limit_bytes
     app.after_request(_add_request_id)

@@ -97,3 +97,25 @@ def test_the_file_is_looked_at_once_a_second(make_app, config, tmp_path, monkeyp
     for _ in range(20):
         client.get("/readyz")
     assert len(calls) <= 1
+
+
+def test_an_edit_while_a_worker_boots_is_not_missed(config, tmp_path, monkeypatch, upstream):
+    """The file changes after it was read but before the worker finished starting."""
+    from aisix_flask import create_app, gateway
+
+    monkeypatch.setattr(Gateway, "reload_interval_s", 0.0)
+    path = write_config(tmp_path / "boot.yaml", config)
+    open_ledger = gateway.Ledger
+
+    def ledger_then_edit(url):
+        config["api_keys"].append({"display_name": "late", "key_hash": sha(NEW_KEY)})
+        rewrite(path, config)
+        return open_ledger(url)
+
+    monkeypatch.setattr(gateway, "Ledger", ledger_then_edit)
+    app = create_app({"AISIX_CONFIG": str(path)})
+    try:
+        upstream.post(IMAGES_URL, json={"created": 1, "data": []})
+        assert post(app.test_client(), NEW_KEY).status_code == 200
+    finally:
+        app.extensions["aisix"].ledger.close()
