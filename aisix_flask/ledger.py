@@ -27,7 +27,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from .guardrails import Verdict
 
@@ -127,10 +127,15 @@ class UsageRow:
 
 
 def _engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets its folder, WAL and a long busy timeout."""
+    """An engine for ``url``; SQLite gets its folder, WAL and a long busy timeout.
+
+    ``postgresql://`` means psycopg 3 (SQLAlchemy's own default would be psycopg2).
+    """
     parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
+        return create_engine(parsed, pool_pre_ping=True, pool_size=2, max_overflow=8)
     if parsed.database and parsed.database != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
     engine = create_engine(parsed, connect_args={"timeout": 30})
@@ -171,12 +176,15 @@ class Ledger:
         self.engine = _engine(url)
         try:
             _create_or_upgrade(self.engine)
-        except OperationalError:
-            # Several workers starting at once may race to create the table or a column.
+        except SQLAlchemyError:
+            # Several workers starting at once may race to create the table or a column;
+            # the loser finds it done on the second look.
+            time.sleep(0.2)
             _create_or_upgrade(self.engine)
         self._lock = threading.Lock()
         self._queue: queue.Queue[UsageRow | None] = queue.Queue()
-        self._pid: int | None = None
+        self._pid: int | None = None  # the process whose writer thread runs
+        self._engine_pid = os.getpid()  # the process whose connections the pool holds
         self._thread: threading.Thread | None = None
 
     def record(self, row: UsageRow) -> None:
@@ -189,9 +197,12 @@ class Ledger:
         with self._lock:
             if self._pid == os.getpid():
                 return
-            # After a fork the parent's thread is gone: start this process's own.
+            # After a fork the parent's thread is gone: start this process's own, and
+            # leave the parent's connections to the parent.
             self._queue = queue.Queue()
-            self.engine.dispose(close=False)
+            if self._engine_pid != os.getpid():
+                self.engine.dispose(close=False)
+                self._engine_pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="aisix-ledger", daemon=True)
             self._thread.start()
             atexit.register(self.flush, self.drain_timeout_s)

@@ -54,8 +54,8 @@ class Gunicorn:
             try:
                 if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except requests.RequestException:
+                pass  # not listening yet, or no worker has finished booting
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"gunicorn not ready after {timeout} s:\n{self.log.read_text()}")

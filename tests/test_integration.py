@@ -25,17 +25,25 @@ ADMIN_KEY = "integration-admin-SECRET-4c2a"
 UPSTREAM_KEY = "sk-integration-upstream-SECRET-a8c3"
 
 
-def gateway_config(tmp_path, fake: FakeOpenAI, *, storage_url: str | None = None, load: str = "load") -> Path:
+def gateway_config(
+    tmp_path,
+    fake: FakeOpenAI,
+    *,
+    storage_url: str | None = None,
+    usage_url: str | None = None,
+    load: str = "load",
+) -> Path:
     """A config file as a user writes it, pointing at the fake upstream.
 
     ``load`` is the rest of the load key's row after its name, e.g. ``load, rate_limit: {rpm: 5}``.
     """
     path = tmp_path / "config.yaml"
     storage_url = storage_url or f"sqlite:///{tmp_path}/ratelimit.db"
+    usage_url = usage_url or f"sqlite:///{tmp_path}/usage.db"
     path.write_text(
         f"""
 gateway:
-  usage: {{database_url: "sqlite:///{tmp_path}/usage.db"}}
+  usage: {{database_url: "{usage_url}"}}
   ratelimit: {{storage_url: "{storage_url}"}}
   admin_keys: [{{key_env: IT_ADMIN_KEY}}]
 provider_keys:

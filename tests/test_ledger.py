@@ -1,0 +1,147 @@
+"""The usage ledger on SQLite and on the real PostgreSQL: rows, filters, upgrades, retries."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from aisix_flask.ledger import Ledger, UsageRow
+
+POSTGRES = "postgresql://127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def pg_schema():
+    """A schema of its own in the machine's PostgreSQL (database ``test``), dropped afterwards."""
+    name = f"aisix_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(POSTGRES.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:  # .ci/run starts PostgreSQL when it is down
+        conn.execute(text(f"CREATE SCHEMA {name}"))
+    yield f"{POSTGRES}?options=-csearch_path%3D{name}"
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {name} CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/usage.db"
+    else:
+        url = request.getfixturevalue("pg_schema")
+    ledger = Ledger(url)
+    with ledger.engine.begin() as conn:
+        conn.execute(text("DELETE FROM usage"))
+    yield ledger
+    ledger.close()
+
+
+def row(i: int, **fields) -> UsageRow:
+    return UsageRow(f"req-{i}", fields.pop("api_key", "dev"), "/v1/images/generations", "127.0.0.1", **fields)
+
+
+def test_rows_round_trip(ledger):
+    ledger.record(
+        row(1, model="image-prod", status=200, images=2, input_tokens=5, output_tokens=7, total_tokens=12)
+    )
+    assert ledger.flush(10)
+    [got] = ledger.query()
+    assert (got["request_id"], got["model"], got["images"], got["total_tokens"]) == (
+        "req-1",
+        "image-prod",
+        2,
+        12,
+    )
+    assert got["created_at"].endswith("Z")
+
+
+def test_filters_and_order(ledger):
+    old = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=3)
+    ledger.record(row(1, api_key="a", model="m1", created_at=old))
+    ledger.record(row(2, api_key="b", model="m1"))
+    ledger.record(row(3, api_key="a", model="m2"))
+    ledger.flush(10)
+    assert [r["request_id"] for r in ledger.query()] == ["req-3", "req-2", "req-1"]
+    assert [r["request_id"] for r in ledger.query(api_key="a")] == ["req-3", "req-1"]
+    assert [r["request_id"] for r in ledger.query(model="m1", limit=1)] == ["req-2"]
+    assert len(ledger.query(since=datetime.now(UTC) - timedelta(days=1))) == 2
+
+
+def test_a_failed_write_is_retried_and_logged(ledger, monkeypatch, caplog):
+    real_begin, failures = ledger.engine.begin, []
+
+    def flaky_begin():
+        if len(failures) < 2:
+            failures.append(1)
+            raise __import__("sqlalchemy").exc.OperationalError("INSERT", {}, Exception("database is locked"))
+        return real_begin()
+
+    monkeypatch.setattr(ledger.engine, "begin", flaky_begin)
+    with caplog.at_level(logging.WARNING):
+        ledger.record(row(1))
+        assert ledger.flush(10)
+    monkeypatch.undo()
+    assert [r["request_id"] for r in ledger.query()] == ["req-1"]
+    assert caplog.text.count("retrying") == 2
+
+
+def test_many_writers_lose_nothing(ledger):
+    import threading
+
+    def write(start: int) -> None:
+        for i in range(start, start + 100):
+            ledger.record(row(i))
+
+    threads = [threading.Thread(target=write, args=(k * 100,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ledger.flush(30)
+    assert len(ledger.query(limit=1000)) == 800
+
+
+def test_postgres_ledger_under_four_workers_and_a_sigterm(tmp_path, fake, pg_schema):
+    """Several hosts would share this database; here four workers write to it at once, and
+    a graceful stop in the middle of the load still answers and records every request."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from .serving import Gunicorn
+    from .test_integration import ENV, LOAD_KEY, gateway_config
+
+    engine = create_engine(pg_schema.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS usage"))
+    server = Gunicorn(gateway_config(tmp_path, fake, usage_url=pg_schema), workers=4, threads=8, env=ENV)
+    answered: list[int] = []
+
+    def one(i: int) -> None:
+        try:
+            r = requests.post(
+                f"{server.url}/v1/images/generations",
+                json={"model": "dalle", "prompt": f"[sleep:0.3] {i}"},
+                headers={"x-api-key": LOAD_KEY},
+                timeout=30,
+            )
+            answered.append(r.status_code)
+        except requests.ConnectionError:
+            pass  # sent after the stop began: refused, never accepted
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        futures = [pool.submit(one, i) for i in range(300)]
+        threading.Event().wait(1.5)
+        assert server.stop() == 0
+        for f in futures:
+            f.result()
+    with engine.connect() as conn:
+        recorded = conn.execute(text("SELECT count(*) FROM usage WHERE api_key = 'load'")).scalar()
+    engine.dispose()
+    assert len(answered) >= 32 and set(answered) == {200}
+    assert recorded == len(answered)
