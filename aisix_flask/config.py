@@ -16,6 +16,7 @@ from marshmallow import Schema, ValidationError, fields
 
 from . import pii
 from .bridges import default_adapter
+from .pricing import Pricing
 from .resources import ApiKey, Guardrail, Model, Pattern, ProviderKey, RateLimit, UpstreamSettings
 from .routing import Router
 from .schemas import ConfigSchema
@@ -261,6 +262,7 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str]) -> Registry:
             model_name=row.get("model_name"),
             timeout_s=row.get("timeout_s"),
             rate_limit=_rate_limit(row),
+            pricing=_pricing(row.get("pricing")),
         )
         for row in data.get("models", [])
     ]
@@ -300,6 +302,20 @@ def _guardrail(row: Mapping[str, Any]) -> Guardrail:
         detectors=detectors,
         action=row.get("action", "block"),
         enforcement_mode=row.get("enforcement_mode", "enforce"),
+    )
+
+
+def _pricing(block: Mapping[str, Any] | None) -> Pricing | None:
+    if not block:
+        return None
+    defaults = block.get("defaults", {})
+    return Pricing(
+        per_image=MappingProxyType(
+            {size: MappingProxyType(dict(q)) for size, q in block.get("per_image", {}).items()}
+        ),
+        per_million_tokens=MappingProxyType(dict(block.get("per_million_tokens", {}))),
+        default_size=defaults.get("size"),
+        default_quality=defaults.get("quality"),
     )
 
 

@@ -72,6 +72,8 @@ def generate() -> Response:
             gateway.limiter.release(admission)
         row.status = answer.status
         row.note_answer(answer.document)
+        if route.model.pricing is not None:
+            row.cost_usd = route.model.pricing.cost(row)
         gateway.limiter.charge(admission, row.total_tokens)
         if answer.status >= 400:
             row.error_code = answer.error_code()

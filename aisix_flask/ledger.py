@@ -59,6 +59,9 @@ usage = Table(
     Column("client_ip", String(64)),
     Column("pii_masked", Integer, nullable=False, server_default="0"),
     Column("guardrails_flagged", String(256)),
+    Column("input_text_tokens", Integer),
+    Column("input_image_tokens", Integer),
+    Column("cost_usd", Float),
 )
 
 _TEXT_LIMIT = 256
@@ -99,6 +102,9 @@ class UsageRow:
     upstream_latency_ms: float | None = None
     pii_masked: int = 0
     guardrails_flagged: str | None = None  # monitor-mode guardrails that would have acted
+    input_text_tokens: int | None = None  # from usage.input_tokens_details, when reported
+    input_image_tokens: int | None = None
+    cost_usd: float | None = None  # None when no price applies
 
     def note_request(self, body: dict[str, Any]) -> None:
         """Record what the caller asked for (as requested, whatever the upstream does)."""
@@ -124,6 +130,10 @@ class UsageRow:
             self.input_tokens = _count(usage.get("input_tokens", usage.get("prompt_tokens")))
             self.output_tokens = _count(usage.get("output_tokens", usage.get("completion_tokens")))
             self.total_tokens = _count(usage.get("total_tokens")) or self.input_tokens + self.output_tokens
+            details = usage.get("input_tokens_details")
+            if isinstance(details, dict):
+                self.input_text_tokens = _count(details.get("text_tokens"))
+                self.input_image_tokens = _count(details.get("image_tokens"))
 
 
 def _engine(url: str) -> Engine:

@@ -8,6 +8,7 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 
 from .pii import Detector
+from .pricing import Pricing
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Model:
     model_name: str | None = None
     timeout_s: float | None = None
     rate_limit: RateLimit = RateLimit()
+    pricing: Pricing | None = None
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,45 @@ class ProviderKeySchema(_Schema):
     api_base = fields.String(validate=Regexp(r"^https?://", error="Must be an http:// or https:// URL."))
 
 
+_price = fields.Float(validate=Range(min=0))
+
+
+class TokenPricesSchema(_Schema):
+    input_text = _price
+    input_image = _price
+    output_image = _price
+
+
+class PricingDefaultsSchema(_Schema):
+    size = _name()
+    quality = _name()
+
+
+class _PriceTable(fields.Field):
+    """size → quality → USD per image; errors name the size and quality."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dict[str, dict[str, float]]:
+        if not isinstance(value, dict):
+            raise ValidationError("Must be a mapping of size to {quality: USD per image}.")
+        errors: dict[str, Any] = {}
+        for size, prices in value.items():
+            if not isinstance(prices, dict):
+                errors[str(size)] = ["Must be a mapping of quality to USD per image."]
+                continue
+            for quality, price in prices.items():
+                if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
+                    errors.setdefault(str(size), {})[str(quality)] = ["Must be a number ≥ 0."]
+        if errors:
+            raise ValidationError(errors)
+        return {str(size): {str(q): float(p) for q, p in prices.items()} for size, prices in value.items()}
+
+
+class PricingSchema(_Schema):
+    per_image = _PriceTable()
+    per_million_tokens = fields.Nested(TokenPricesSchema)
+    defaults = fields.Nested(PricingDefaultsSchema)
+
+
 class ModelSchema(_Schema):
     display_name = _name(required=True)
     provider = _name(required=True)
@@ -112,6 +151,7 @@ class ModelSchema(_Schema):
     provider_key = _name(required=True)
     timeout_s = _seconds
     rate_limit = fields.Nested(RateLimitSchema)
+    pricing = fields.Nested(PricingSchema)
 
 
 class PatternSchema(_Schema):

@@ -1,0 +1,136 @@
+"""Cost per request: dall-e per image by size and quality, gpt-image per token; null without a price."""
+
+from __future__ import annotations
+
+import pytest
+
+from aisix_flask.ledger import UsageRow
+from aisix_flask.pricing import Pricing
+
+from .conftest import IMAGES_URL, auth
+
+DALL_E_3 = Pricing(
+    per_image={
+        "1024x1024": {"standard": 0.040, "hd": 0.080},
+        "1024x1792": {"standard": 0.080, "hd": 0.120},
+        "1792x1024": {"standard": 0.080, "hd": 0.120},
+    },
+    default_size="1024x1024",
+    default_quality="standard",
+)
+DALL_E_2 = Pricing(
+    per_image={
+        "256x256": {"standard": 0.016},
+        "512x512": {"standard": 0.018},
+        "1024x1024": {"standard": 0.020},
+    },
+    default_size="1024x1024",
+    default_quality="standard",
+)
+GPT_IMAGE_1 = Pricing(per_million_tokens={"input_text": 5.0, "input_image": 10.0, "output_image": 40.0})
+
+
+def answered(images=1, size=None, quality=None, status=200, **usage) -> UsageRow:
+    row = UsageRow("r", "k", "/v1/images/generations", None, status=status, size=size, quality=quality)
+    row.note_answer({"data": [{}] * images, **({"usage": usage} if usage else {})})
+    return row
+
+
+@pytest.mark.parametrize(
+    ("pricing", "images", "size", "quality", "cost"),
+    [
+        (DALL_E_3, 1, "1024x1024", "standard", 0.04),
+        (DALL_E_3, 1, "1024x1024", "hd", 0.08),
+        (DALL_E_3, 1, "1024x1792", "standard", 0.08),
+        (DALL_E_3, 1, "1792x1024", "hd", 0.12),
+        (DALL_E_3, 1, None, None, 0.04),  # the configured defaults, not a guess
+        (DALL_E_3, 1, "1024x1024", None, 0.04),
+        (DALL_E_3, 1, "512x512", "standard", None),  # no such price
+        (DALL_E_3, 1, "1024x1024", "ultra", None),
+        (DALL_E_2, 1, "256x256", None, 0.016),
+        (DALL_E_2, 3, "512x512", None, 0.054),  # per image returned
+        (DALL_E_2, 10, "1024x1024", "standard", 0.2),
+        (DALL_E_2, 0, "1024x1024", "standard", 0.0),
+        (Pricing(per_image={"1024x1024": {"standard": 0.04}}), 1, None, None, None),  # no default size
+    ],
+)
+def test_per_image(pricing, images, size, quality, cost):
+    result = pricing.cost(answered(images, size, quality))
+    assert result == (None if cost is None else pytest.approx(cost))
+
+
+def test_tokens_cover_every_image():
+    usage = {"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210,
+             "input_tokens_details": {"text_tokens": 50, "image_tokens": 0}}  # fmt: skip
+    one, two = answered(1, **usage), answered(2, **usage)
+    assert GPT_IMAGE_1.cost(one) == GPT_IMAGE_1.cost(two) == pytest.approx((50 * 5 + 4160 * 40) / 1e6)
+
+
+def test_token_kinds_are_priced_separately():
+    row = answered(1, input_tokens=300, output_tokens=1000, total_tokens=1300,
+                   input_tokens_details={"text_tokens": 100, "image_tokens": 200})  # fmt: skip
+    assert GPT_IMAGE_1.cost(row) == pytest.approx((100 * 5 + 200 * 10 + 1000 * 40) / 1e6)
+    assert (row.input_text_tokens, row.input_image_tokens) == (100, 200)
+
+
+def test_without_a_breakdown_input_is_not_guessed():
+    row = answered(1, input_tokens=300, output_tokens=1000, total_tokens=1300)
+    assert GPT_IMAGE_1.cost(row) is None  # text and image input cost differently
+    flat = Pricing(per_million_tokens={"input_text": 5.0, "output_image": 40.0})
+    assert flat.cost(row) == pytest.approx((300 * 5 + 1000 * 40) / 1e6)
+
+
+def test_missing_price_for_a_reported_kind_is_null():
+    row = answered(1, input_tokens=10, output_tokens=10, total_tokens=20,
+                   input_tokens_details={"text_tokens": 10, "image_tokens": 0})  # fmt: skip
+    assert Pricing(per_million_tokens={"input_text": 5.0}).cost(row) is None
+
+
+@pytest.mark.parametrize("status", [400, 429, 500, 502, 504])
+def test_failures_have_no_cost(status):
+    assert DALL_E_3.cost(answered(0, "1024x1024", "standard", status=status)) is None
+
+
+def test_cost_reaches_the_ledger(make_app, config, upstream):
+    config["models"][1]["pricing"] = {
+        "per_image": {"1024x1024": {"standard": 0.04, "hd": 0.08}},
+        "defaults": {"size": "1024x1024", "quality": "standard"},
+    }
+    config["models"][0]["pricing"] = {
+        "per_million_tokens": {"input_text": 5, "input_image": 10, "output_image": 40}
+    }
+    app = make_app(config)
+    client = app.test_client()
+    upstream.post(IMAGES_URL, json={"created": 1, "data": [{"url": "a"}, {"url": "b"}]})
+    upstream.post(IMAGES_URL, json={"created": 1, "data": [{"b64_json": "x"}], "usage": {
+        "input_tokens": 20, "output_tokens": 272, "total_tokens": 292,
+        "input_tokens_details": {"text_tokens": 20, "image_tokens": 0}}})  # fmt: skip
+    client.post(
+        "/v1/images/generations",
+        headers=auth(),
+        json={"model": "dalle", "prompt": "p", "n": 2, "quality": "hd"},
+    )
+    client.post("/v1/images/generations", headers=auth(), json={"model": "image-prod", "prompt": "p"})
+    client.post("/v1/images/generations", headers=auth(), json={"model": "nope", "prompt": "p"})
+    ledger = app.extensions["aisix"].ledger
+    ledger.flush(10)
+    costs = [(r["model"], r["cost_usd"]) for r in reversed(ledger.query())]
+    assert costs == [
+        ("dalle", pytest.approx(0.16)),
+        ("image-prod", pytest.approx((20 * 5 + 272 * 40) / 1e6)),
+        ("nope", None),
+    ]
+
+
+def test_pricing_config_is_validated(tmp_path, config):
+    from aisix_flask.config import ConfigError, load_config
+
+    from .conftest import write_config
+
+    config["models"][0]["pricing"] = {
+        "per_image": {"1024x1024": {"hd": -1}},
+        "per_million_tokens": {"output": 1},
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config(str(write_config(tmp_path / "c.yaml", config)))
+    assert info.value.problems == ["models[0].pricing.per_image.1024x1024.hd: Must be a number ≥ 0."]
