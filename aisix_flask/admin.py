@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from flask import Blueprint, Response, jsonify, request
 
 from .auth import authenticate
 from .errors import InvalidRequest, ServiceUnavailable
 from .gateway import current
+from .ledger import SUMMARY_GROUPS, parse_since
 
 bp = Blueprint("admin", __name__)
 
@@ -46,6 +47,19 @@ def usage() -> Response:
     return jsonify(object="list", data=rows)
 
 
+@bp.get("/admin/v1/usage/summary")
+def usage_summary() -> Response:
+    """Totals per group: ``?since=7d&by=api_key|model|day`` (the same as ``flask aisix usage``)."""
+    gateway = current()
+    authenticate(gateway.config().gateway.admin_keys, request.headers)
+    by = request.args.get("by", "model")
+    if by not in SUMMARY_GROUPS:
+        raise InvalidRequest(f"'by' must be one of {', '.join(SUMMARY_GROUPS)}.", param="by")
+    since = _since(request.args.get("since", "7d"))
+    rows = gateway.ledger.summary(since=since, by=by)
+    return jsonify(object="list", by=by, since=since.isoformat() if since else None, data=rows)
+
+
 def _limit(value: str | None) -> int:
     if value is None:
         return 100
@@ -58,10 +72,9 @@ def _since(value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        # An unencoded "+00:00" in a query string arrives as " 00:00".
-        since = datetime.fromisoformat(value.replace(" ", "+"))
+        return parse_since(value)
     except ValueError:
         raise InvalidRequest(
-            "'since' must be an ISO-8601 time, e.g. 2026-01-31T00:00:00Z.", param="since"
+            "'since' must be like 7d, 24h, 30m or an ISO-8601 time such as 2026-01-31T00:00:00Z.",
+            param="since",
         ) from None
-    return since if since.tzinfo else since.replace(tzinfo=UTC)

@@ -1,19 +1,22 @@
-"""``flask aisix …``: check-config and hash-key."""
+"""``flask aisix …``: check-config, hash-key and the usage report."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import secrets
 
 import click
 from flask import Flask
+from flask.cli import AppGroup
 
 from .config import ConfigError, hash_key, load_config
+from .gateway import current
+from .ledger import SUMMARY_GROUPS, parse_since
 
-
-@click.group("aisix")
-def aisix() -> None:
-    """aisix-flask gateway tools."""
+aisix = AppGroup("aisix", help="aisix-flask gateway tools.")
 
 
 @aisix.command("check-config")
@@ -50,6 +53,65 @@ def hash_key_command(key: str | None, new: bool) -> None:
     if key is None:
         key = click.prompt("Key", hide_input=True)
     click.echo(hash_key(key))
+
+
+COLUMNS = ("requests", "errors", "images", "input_tokens", "output_tokens", "total_tokens", "cost_usd")
+
+
+@aisix.command("usage")
+@click.option("--since", default="7d", show_default=True, help="7d, 24h, 30m or an ISO-8601 time.")
+@click.option("--by", type=click.Choice(SUMMARY_GROUPS), default="model", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True
+)
+def usage_report(since: str, by: str, fmt: str) -> None:
+    """Requests, errors, images, tokens and cost per API key, model or day, from the ledger."""
+    try:
+        start = parse_since(since)
+    except ValueError:
+        raise click.BadParameter("use 7d, 24h, 30m or an ISO-8601 time", param_hint="--since") from None
+    gateway = current()
+    if gateway.ledger is None:
+        raise click.ClickException("the config is broken; run `flask aisix check-config`")
+    rows = gateway.ledger.summary(since=start, by=by)
+    click.echo(render(rows, by, fmt), nl=False)
+
+
+def render(rows: list[dict], by: str, fmt: str) -> str:
+    """The report as an aligned table, CSV or JSON."""
+    header = (by, *COLUMNS)
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([[row[h] if row[h] is not None else "" for h in header] for row in rows])
+        return out.getvalue()
+    cells = [[_cell(row[h], h) for h in header] for row in rows]
+    totals = ["total", *(_cell(_total(rows, h), h) for h in COLUMNS)]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *cells, totals, strict=True)]
+    return "".join(_line(line, widths) for line in (header, *cells, totals))
+
+
+def _line(cells: object, widths: list[int]) -> str:
+    """The first column left-aligned, numbers right-aligned."""
+    parts = [
+        str(x).ljust(w) if i == 0 else str(x).rjust(w)
+        for i, (x, w) in enumerate(zip(cells, widths, strict=True))
+    ]
+    return "  ".join(parts).rstrip() + "\n"
+
+
+def _total(rows: list[dict], column: str) -> float | int | None:
+    values = [row[column] for row in rows if row[column] is not None]
+    return round(sum(values), 6) if values else None
+
+
+def _cell(value: object, column: str) -> str:
+    if value is None:
+        return "-" if column == "cost_usd" else "(none)"
+    return f"{value:.4f}" if column == "cost_usd" else str(value)
 
 
 def init_app(app: Flask) -> None:

@@ -6,10 +6,11 @@ import atexit
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -20,8 +21,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    case,
     create_engine,
     event,
+    func,
     inspect,
     select,
     text,
@@ -65,6 +68,19 @@ usage = Table(
 )
 
 _TEXT_LIMIT = 256
+SUMMARY_GROUPS = ("api_key", "model", "day")
+_RELATIVE = re.compile(r"(\d+)([mhd])")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_since(value: str) -> datetime:
+    """``7d``, ``24h``, ``30m`` (ago) or an ISO-8601 time (naive means UTC); ValueError otherwise."""
+    relative = _RELATIVE.fullmatch(value.strip())
+    if relative:
+        return datetime.now(UTC) - timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
+    # An unencoded "+00:00" in a query string arrives as " 00:00".
+    since = datetime.fromisoformat(value.strip().replace(" ", "+"))
+    return since if since.tzinfo else since.replace(tzinfo=UTC)
 
 
 def _short(value: Any, limit: int = 64) -> str | None:
@@ -271,6 +287,36 @@ class Ledger:
             atexit.unregister(self.flush)
             self._thread, self._pid = None, None
         self.engine.dispose()
+
+    def summary(self, *, since: datetime | None, by: str) -> list[dict[str, Any]]:
+        """Requests, errors, images, tokens and cost per API key, model or UTC day."""
+        c = usage.c
+        group = {"api_key": c.api_key, "model": c.model, "day": func.date(c.created_at)}[by]
+        stmt = (
+            select(
+                group.label(by),
+                func.count().label("requests"),
+                func.sum(case((c.status >= 400, 1), else_=0)).label("errors"),
+                func.sum(c.images).label("images"),
+                func.sum(c.input_tokens).label("input_tokens"),
+                func.sum(c.output_tokens).label("output_tokens"),
+                func.sum(c.total_tokens).label("total_tokens"),
+                func.sum(c.cost_usd).label("cost_usd"),
+                func.count(c.cost_usd).label("priced_requests"),
+            )
+            .group_by(group)
+            .order_by(group)
+        )
+        if since is not None:
+            stmt = stmt.where(c.created_at >= since.astimezone(UTC).replace(tzinfo=None))
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(stmt).mappings()]
+        for row in rows:
+            row[by] = None if row[by] is None else str(row[by])  # SQLite gives text, PostgreSQL a date
+            for key in ("requests", "errors", "images", "input_tokens", "output_tokens", "total_tokens"):
+                row[key] = int(row[key] or 0)
+            row["cost_usd"] = None if row["cost_usd"] is None else round(float(row["cost_usd"]), 6)
+        return rows
 
     def ping(self) -> bool:
         """Tell whether the database answers."""
