@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+import shutil
 
 bind = "127.0.0.1:3000"
 
@@ -25,3 +26,22 @@ if os.path.isdir("/dev/shm"):
 # gunicorn 24+ opens a control socket at one default path per user; several gateways
 # on one host (or the test suite's) would take it from each other.
 control_socket_disable = True
+
+# /metrics sums every worker (prometheus_client's multiprocess mode): the workers share a
+# directory, which is emptied when the server starts. Set PROMETHEUS_MULTIPROC_DIR to move it.
+prometheus_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", os.path.abspath(os.path.join("var", "prometheus"))
+)
+
+
+def on_starting(server):
+    """Start the metrics from zero."""
+    shutil.rmtree(prometheus_dir, ignore_errors=True)
+    os.makedirs(prometheus_dir, exist_ok=True)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (its counters stay in the totals)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,4 +1,4 @@
-"""Admin API (/admin/v1/usage) and health probes (/livez, /readyz)."""
+"""Admin API (/admin/v1/usage, /admin/v1/usage/summary), health probes (/livez, /readyz), /metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from datetime import datetime
 
 from flask import Blueprint, Response, jsonify, request
 
+from . import metrics
 from .auth import authenticate
 from .errors import InvalidRequest, ServiceUnavailable
 from .gateway import current
@@ -30,6 +31,13 @@ def readyz() -> Response:
     if not gateway.ledger.ping():
         raise ServiceUnavailable("The usage ledger database is not reachable.")
     return jsonify(status="ok")
+
+
+@bp.get("/metrics")
+def prometheus() -> Response:
+    """Prometheus text format, summed over every gunicorn worker."""
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)
 
 
 @bp.get("/admin/v1/usage")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from . import pii
+from . import metrics, pii
 from .errors import ContentPolicyViolation
 from .resources import Guardrail
 
@@ -39,6 +39,7 @@ def check_input(guardrails: Iterable[Guardrail], prompt: str) -> Verdict:
             verdict.masked += count
             folded = None
         else:
+            metrics.GUARDRAIL_BLOCKS.labels(guardrail.name).inc()
             raise ContentPolicyViolation(
                 f"The prompt was blocked by the gateway's guardrail '{guardrail.name}'."
             )

@@ -6,12 +6,12 @@ import json
 import time
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
 from marshmallow import INCLUDE, Schema, ValidationError, fields
 from marshmallow.validate import Length, OneOf, Range
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import upstream
+from . import metrics, upstream
 from .auth import authenticate
 from .bridges import BRIDGES, endpoint_url
 from .config import Registry
@@ -49,6 +49,7 @@ def generate() -> Response:
     registry = gateway.config()  # this request's config, start to finish
     key = authenticate(registry.api_keys, request.headers)  # 1
     row = UsageRow(request_id(), key.display_name, ROUTE, request.remote_addr)
+    route = None
     try:
         body = read_json_object(registry.gateway.request_body_limit_bytes)  # 2
         row.note_request(body)
@@ -87,6 +88,8 @@ def generate() -> Response:
     finally:
         row.latency_ms = (time.perf_counter() - started) * 1000
         gateway.ledger.record(row)  # 13: queued; written off this thread
+        metrics.observe(row, route.model.display_name if route else "")
+        g.usage_row = row  # for the access log line
 
 
 def read_json_object(limit: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from limits.errors import StorageError
 from limits.storage import RedisStorage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
+from . import metrics
 from .errors import RateLimited
 from .limit_stores import RedisSlots, SlotStore
 from .resources import RateLimit
@@ -195,6 +196,7 @@ def _windows(
 
 
 def _exceeded(scope: Scope, rule: str, wait: float) -> RateLimited:
+    metrics.RATE_LIMITED.labels(scope.kind, rule).inc()
     seconds = max(1, math.ceil(wait))
     amount = getattr(scope.limit, rule)
     return RateLimited(

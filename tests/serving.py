@@ -40,7 +40,12 @@ class Gunicorn:
             self.process = subprocess.Popen(
                 command,
                 cwd=REPO,
-                env={**os.environ, **(env or {}), "AISIX_CONFIG": str(config)},
+                env={
+                    **os.environ,
+                    **(env or {}),
+                    "AISIX_CONFIG": str(config),
+                    "PROMETHEUS_MULTIPROC_DIR": str(config.parent / f"prometheus-{self.port}"),
+                },
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )

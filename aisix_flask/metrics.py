@@ -1,0 +1,67 @@
+"""Prometheus metrics, correct across gunicorn workers (prometheus_client's multiprocess mode).
+
+gunicorn.conf.py points ``PROMETHEUS_MULTIPROC_DIR`` at a directory the workers share; without
+it (``flask run``, tests) the metrics are this process's own. Labels name configured model rows,
+routes, statuses and guardrails, never caller input or key names: the label set stays bounded.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+REQUESTS = Counter(
+    "aisix_requests", "Requests answered, by route, model row and status.", ["route", "model", "status"]
+)
+LATENCY = Histogram(
+    "aisix_request_latency_seconds",
+    "Time from the request to the answer.",
+    ["route", "model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+UPSTREAM_LATENCY = Histogram(
+    "aisix_upstream_latency_seconds",
+    "Time the upstream took to answer.",
+    ["route", "model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+TOKENS = Counter("aisix_tokens", "Tokens the upstream reported, by kind (input, output).", ["model", "kind"])
+IMAGES = Counter("aisix_images", "Images returned.", ["model"])
+COST = Counter("aisix_cost_usd", "Cost of the requests that had a price, in USD.", ["model"])
+GUARDRAIL_BLOCKS = Counter("aisix_guardrail_blocks", "Requests a guardrail blocked.", ["guardrail"])
+RATE_LIMITED = Counter("aisix_rate_limit_rejections", "Requests refused by a rate limit.", ["scope", "limit"])
+
+
+def observe(row, model: str) -> None:
+    """Count one answered request from its ledger row; ``model`` is the configured row's name."""
+    REQUESTS.labels(row.route, model, str(row.status)).inc()
+    if row.latency_ms is not None:
+        LATENCY.labels(row.route, model).observe(row.latency_ms / 1000)
+    if row.upstream_latency_ms is not None:
+        UPSTREAM_LATENCY.labels(row.route, model).observe(row.upstream_latency_ms / 1000)
+    if row.input_tokens:
+        TOKENS.labels(model, "input").inc(row.input_tokens)
+    if row.output_tokens:
+        TOKENS.labels(model, "output").inc(row.output_tokens)
+    if row.images:
+        IMAGES.labels(model).inc(row.images)
+    if row.cost_usd:
+        COST.labels(model).inc(row.cost_usd)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text format, summed over every worker when gunicorn runs several."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
