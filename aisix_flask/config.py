@@ -47,6 +47,7 @@ class GatewaySettings:
     usage_database_url: str = DEFAULT_USAGE_URL
     ratelimit_storage_url: str = DEFAULT_RATELIMIT_URL
     admin_keys: tuple[ApiKey, ...] = ()
+    access_log: bool = True
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,7 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str]) -> Registry:
         ),
         usage_database_url=gw.get("usage", {}).get("database_url", DEFAULT_USAGE_URL),
         ratelimit_storage_url=gw.get("ratelimit", {}).get("storage_url", DEFAULT_RATELIMIT_URL),
+        access_log=gw.get("access_log", True),
         admin_keys=tuple(
             _api_key(row, f"gateway.admin_keys[{i}]", warnings)
             for i, row in enumerate(gw.get("admin_keys", []))

@@ -95,6 +95,7 @@ class GatewaySchema(_Schema):
     usage = fields.Nested(UsageSchema)
     ratelimit = fields.Nested(RateLimitStorageSchema)
     admin_keys = fields.List(fields.Nested(KeySchema))
+    access_log = fields.Boolean()
 
 
 class ProviderKeySchema(_Schema):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,40 @@ SECRETS = (UPSTREAM_KEY, CALLER_KEY, LIMITED_KEY, DISABLED_KEY, EXPIRED_KEY, ADM
 def sha(secret: str) -> str:
     """The key_hash of ``secret``."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class _Recorder(logging.Handler):
+    """Keeps every formatted log line of the session."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_secret_is_logged():
+    """Whatever the gateway logged during the suite, in this process or in any gunicorn it
+    started, holds no caller or upstream key and no image data."""
+    from . import serving, test_integration
+    from .fake_upstream import PNG_1PX
+
+    recorder = _Recorder()
+    loggers = [logging.getLogger(), logging.getLogger("aisix_flask"), logging.getLogger("aisix_flask.access")]
+    for logger in loggers:
+        logger.addHandler(recorder)
+    yield recorder
+    for logger in loggers:
+        logger.removeHandler(recorder)
+    forbidden = [*SECRETS, *test_integration.SECRETS, PNG_1PX, "aGVsbG8=", "d29ybGQ="]
+    texts = [("in-process log", "\n".join(recorder.lines))]
+    texts += [(str(path), path.read_text(errors="replace")) for path in serving.LOGS if path.exists()]
+    assert recorder.lines, "the scan saw no log lines at all"
+    for where, text in texts:
+        for secret in forbidden:
+            assert secret not in text, f"{where} contains {secret[:12]}…"
 
 
 def base_config(tmp_path: Path, upstream: str = UPSTREAM) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
+LOGS: list[Path] = []  # every gunicorn log of this test session, scanned for secrets at the end
 
 
 def free_port() -> int:
@@ -31,6 +32,7 @@ class Gunicorn:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = config.with_suffix(".log")
+        LOGS.append(self.log)
         command = [
             sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
             "-b", f"127.0.0.1:{self.port}", "-w", str(workers), "--threads", str(threads),

@@ -23,6 +23,7 @@ LIMITED_KEY = "integration-limited-SECRET-77de"
 LOAD_KEY = "integration-load-SECRET-e901"
 ADMIN_KEY = "integration-admin-SECRET-4c2a"
 UPSTREAM_KEY = "sk-integration-upstream-SECRET-a8c3"
+SECRETS = (DEV_KEY, LIMITED_KEY, LOAD_KEY, ADMIN_KEY, UPSTREAM_KEY)
 
 
 def gateway_config(
@@ -79,8 +80,10 @@ def gateway(tmp_path_factory, fake):
     yield server
     assert server.stop() == 0
     log = server.log.read_text()
-    for secret in (DEV_KEY, LIMITED_KEY, LOAD_KEY, ADMIN_KEY, UPSTREAM_KEY):
+    for secret in SECRETS:
         assert secret not in log
+    access = [json.loads(line) for line in log.splitlines() if line.startswith('{"time"')]
+    assert any(e["path"] == "/v1/images/generations" and e["api_key"] == "dev" for e in access)
 
 
 @pytest.fixture
