@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create the gateway: load the config (``AISIX_CONFIG``), open the ledger, add the routes."""
-    from . import admin, cli, errors, gateway, images
+    from . import admin, cli, dashboard, errors, gateway, images
 
     app = Flask(__name__)
     if test_config is not None:
@@ -24,5 +24,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     gateway.init_app(app, config_path)
     app.register_blueprint(images.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(dashboard.bp)
     cli.init_app(app)
     return app

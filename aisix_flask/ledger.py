@@ -334,8 +334,9 @@ class Ledger:
         since: datetime | None = None,
         api_key: str | None = None,
         model: str | None = None,
+        failed: bool = False,
     ) -> list[dict[str, Any]]:
-        """Rows, newest first, filtered as the admin API asks."""
+        """Rows, newest first, filtered as the admin API asks (``failed``: status 400 and up)."""
         stmt = select(usage).order_by(usage.c.created_at.desc(), usage.c.id.desc()).limit(limit)
         if since is not None:
             stmt = stmt.where(usage.c.created_at >= since.astimezone(UTC).replace(tzinfo=None))
@@ -343,6 +344,8 @@ class Ledger:
             stmt = stmt.where(usage.c.api_key == api_key)
         if model is not None:
             stmt = stmt.where(usage.c.model == model)
+        if failed:
+            stmt = stmt.where(usage.c.status >= 400)
         with self.engine.connect() as conn:
             result = conn.execute(stmt).mappings().all()
         rows = []
