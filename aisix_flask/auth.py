@@ -13,19 +13,21 @@ from .resources import ApiKey
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key from ``Authorization: Bearer …`` (any case), ``x-api-key``, or the password of
-    HTTP Basic (what a browser sends for the usage page; the user name is ignored)."""
+    """The key from ``Authorization: Bearer …`` (any case) or ``x-api-key``; failing both, the
+    password of HTTP Basic (what a browser sends for the usage page; the user name is ignored)."""
     scheme, _, token = (headers.get("Authorization") or "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
+    api_key = (headers.get("x-api-key") or "").strip()
+    if api_key:
+        return api_key
     if scheme.lower() == "basic" and token.strip():
         try:
             password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")[2]
         except (ValueError, UnicodeDecodeError):
-            password = ""
-        if password:
-            return password
-    return (headers.get("x-api-key") or "").strip() or None
+            return None
+        return password or None
+    return None
 
 
 def authenticate(keys: Iterable[ApiKey], headers: Mapping[str, str]) -> ApiKey:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -154,7 +155,8 @@ def test_model_timeout_overrides_gateway_timeout(client, upstream):
         {"Authorization": f"Bearer {CALLER_KEY}"},
         {"Authorization": f"BEARER   {CALLER_KEY}"},
         {"x-api-key": CALLER_KEY},
-        {"Authorization": "Basic Zm9vOmJhcg==", "x-api-key": CALLER_KEY},
+        {"Authorization": "Basic Zm9vOmJhcg==", "x-api-key": CALLER_KEY},  # x-api-key wins over Basic
+        {"Authorization": "Basic " + base64.b64encode(f"anyone:{CALLER_KEY}".encode()).decode()},
     ],
 )
 def test_key_forms(client, upstream, headers):
