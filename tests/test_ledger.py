@@ -105,9 +105,10 @@ def test_many_writers_lose_nothing(ledger):
     assert len(ledger.query(limit=1000)) == 800
 
 
-def test_postgres_ledger_under_four_workers_and_a_sigterm(tmp_path, fake, pg_schema):
-    """Several hosts would share this database; here four workers write to it at once, and
-    a graceful stop in the middle of the load still answers and records every request."""
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_four_workers_and_a_sigterm_mid_load(tmp_path, fake, request, backend):
+    """Four workers write at once, and a graceful stop in the middle of the load still answers
+    and records every request it accepted: rows == answered requests."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -116,10 +117,11 @@ def test_postgres_ledger_under_four_workers_and_a_sigterm(tmp_path, fake, pg_sch
     from .serving import Gunicorn
     from .test_integration import ENV, LOAD_KEY, gateway_config
 
-    engine = create_engine(pg_schema.replace("postgresql://", "postgresql+psycopg://"))
+    url = f"sqlite:///{tmp_path}/usage.db" if backend == "sqlite" else request.getfixturevalue("pg_schema")
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS usage"))
-    server = Gunicorn(gateway_config(tmp_path, fake, usage_url=pg_schema), workers=4, threads=8, env=ENV)
+    server = Gunicorn(gateway_config(tmp_path, fake, usage_url=url), workers=4, threads=8, env=ENV)
     answered: list[int] = []
 
     def one(i: int) -> None:
