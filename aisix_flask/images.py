@@ -29,11 +29,11 @@ from .errors import (
 )
 from .gateway import current, request_id
 from .guardrails import check_input
-from .ledger import UsageRow
 from .limits import Scope
 from .resources import ApiKey
 from .routing import Route
 from .upstream import Timeout
+from .usage import UsageRow
 
 bp = Blueprint("images", __name__)
 

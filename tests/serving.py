@@ -16,6 +16,16 @@ REPO = Path(__file__).resolve().parent.parent
 LOGS: list[Path] = []  # every gunicorn log of this test session, scanned for secrets at the end
 
 
+def generate(url: str, key: str, model: str = "image-prod", prompt: str = "p") -> requests.Response:
+    """POST /v1/images/generations to a running gateway, with a caller key."""
+    return requests.post(
+        f"{url}/v1/images/generations",
+        json={"model": model, "prompt": prompt},
+        headers={"x-api-key": key},
+        timeout=30,
+    )
+
+
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
     with socket.socket() as s:

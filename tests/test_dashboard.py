@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aisix_flask.ledger import Ledger, UsageRow
+from aisix_flask.ledger import Ledger
+from aisix_flask.usage import UsageRow
 
 from .conftest import ADMIN_KEY, auth
 

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import create_engine, text
 
-from aisix_flask.ledger import Ledger, UsageRow
+from aisix_flask.ledger import Ledger
+from aisix_flask.usage import UsageRow
 
 POSTGRES = "postgresql://127.0.0.1:5432/test"
 
@@ -114,7 +115,7 @@ def test_four_workers_and_a_sigterm_mid_load(tmp_path, fake, request, backend):
 
     import requests
 
-    from .serving import Gunicorn
+    from .serving import Gunicorn, generate
     from .test_integration import ENV, LOAD_KEY, gateway_config
 
     url = f"sqlite:///{tmp_path}/usage.db" if backend == "sqlite" else request.getfixturevalue("pg_schema")
@@ -126,13 +127,7 @@ def test_four_workers_and_a_sigterm_mid_load(tmp_path, fake, request, backend):
 
     def one(i: int) -> None:
         try:
-            r = requests.post(
-                f"{server.url}/v1/images/generations",
-                json={"model": "dalle", "prompt": f"[sleep:0.3] {i}"},
-                headers={"x-api-key": LOAD_KEY},
-                timeout=30,
-            )
-            answered.append(r.status_code)
+            answered.append(generate(server.url, LOAD_KEY, "dalle", f"[sleep:0.3] {i}").status_code)
         except requests.ConnectionError:
             pass  # sent after the stop began: refused, never accepted
 

@@ -11,7 +11,7 @@ from collections import Counter
 import requests
 
 from .conftest import sha
-from .serving import Gunicorn
+from .serving import Gunicorn, generate
 from .test_integration import DEV_KEY, ENV, gateway_config
 
 LATE_KEY = "integration-late-SECRET-81fa"
@@ -35,13 +35,7 @@ class Traffic(threading.Thread):
         deadline = time.monotonic() + 60
         while not self.stopping.is_set() and time.monotonic() < deadline:
             try:
-                r = requests.post(
-                    f"{self.url}/v1/images/generations",
-                    json={"model": "dalle", "prompt": "traffic"},
-                    headers={"x-api-key": DEV_KEY},
-                    timeout=30,
-                )
-                self.statuses[r.status_code] += 1
+                self.statuses[generate(self.url, DEV_KEY, "dalle", "traffic").status_code] += 1
             except requests.RequestException as e:
                 self.statuses[type(e).__name__] += 1
 
@@ -52,15 +46,7 @@ class Traffic(threading.Thread):
 
 
 def late_key_statuses(url: str, count: int = 40) -> Counter:
-    return Counter(
-        requests.post(
-            f"{url}/v1/images/generations",
-            json={"model": "dalle", "prompt": "late"},
-            headers={"x-api-key": LATE_KEY},
-            timeout=30,
-        ).status_code
-        for _ in range(count)
-    )
+    return Counter(generate(url, LATE_KEY, "dalle", "late").status_code for _ in range(count))
 
 
 def add_late_key(path) -> None:

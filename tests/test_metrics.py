@@ -8,7 +8,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import IMAGES_URL, auth
-from .serving import Gunicorn
+from .serving import Gunicorn, generate
 from .test_integration import ENV, LOAD_KEY, gateway_config
 
 
@@ -83,12 +83,7 @@ def test_workers_are_summed_and_outlive_restarts(tmp_path, fake):
 
     def batch(count: int) -> None:
         def one(i: int) -> int:
-            return requests.post(
-                f"{server.url}/v1/images/generations",
-                json={"model": "image-prod", "prompt": f"m {i}"},
-                headers={"x-api-key": LOAD_KEY},
-                timeout=30,
-            ).status_code
+            return generate(server.url, LOAD_KEY, prompt=f"m {i}").status_code
 
         with ThreadPoolExecutor(max_workers=16) as pool:
             assert set(pool.map(one, range(count))) == {200}

@@ -8,10 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-import requests
 
 from .conftest import away_from_a_minute_boundary
-from .serving import Gunicorn
+from .serving import Gunicorn, generate
 from .test_integration import ENV, LOAD_KEY, gateway_config
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -21,12 +20,7 @@ def burst(urls: list[str], count: int, prompt: str = "p", parallel: int | None =
     """Send ``count`` requests (``parallel`` at a time, default all), spread over ``urls``."""
 
     def one(i: int) -> int:
-        r = requests.post(
-            f"{urls[i % len(urls)]}/v1/images/generations",
-            json={"model": "dalle", "prompt": prompt},
-            headers={"x-api-key": LOAD_KEY},
-            timeout=30,
-        )
+        r = generate(urls[i % len(urls)], LOAD_KEY, "dalle", prompt)
         if r.status_code == 429:
             assert int(r.headers["Retry-After"]) >= 1
         return r.status_code

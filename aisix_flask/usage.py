@@ -1,0 +1,80 @@
+"""The usage row: what one request records, filled in step by step as the route runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .guardrails import Verdict
+
+_TEXT_LIMIT = 256
+
+
+def _short(value: Any, limit: int = 64) -> str | None:
+    """A caller-chosen string as stored: strings only, cut to ``limit``."""
+    return value[:limit] if isinstance(value, str) else None
+
+
+def _count(value: Any) -> int:
+    """A token count as the upstream reported it: a non-negative int, else 0 (never guessed)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+@dataclass
+class UsageRow:
+    """One ledger row; the route fills it in as the request goes. Never prompt text or image data."""
+
+    request_id: str
+    api_key: str
+    route: str
+    client_ip: str | None
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+    model: str | None = None
+    upstream_model: str | None = None
+    provider: str | None = None
+    status: int = 0
+    error_code: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    images: int = 0
+    size: str | None = None
+    quality: str | None = None
+    n: int | None = None
+    latency_ms: float | None = None
+    upstream_latency_ms: float | None = None
+    pii_masked: int = 0
+    guardrails_flagged: str | None = None  # monitor-mode guardrails that would have acted
+    input_text_tokens: int | None = None  # from usage.input_tokens_details, when reported
+    input_image_tokens: int | None = None
+    cost_usd: float | None = None  # None when no price applies
+
+    def note_request(self, body: dict[str, Any]) -> None:
+        """Record what the caller asked for (as requested, whatever the upstream does)."""
+        self.model = _short(body.get("model"), _TEXT_LIMIT)
+        self.size = _short(body.get("size"))
+        self.quality = _short(body.get("quality"))
+        n = body.get("n")
+        self.n = n if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**31 else None
+
+    def note_guardrails(self, verdict: Verdict) -> None:
+        """Record how many PII matches were masked and which monitor-mode guardrails matched."""
+        self.pii_masked = verdict.masked
+        self.guardrails_flagged = ",".join(verdict.flagged)[:256] or None
+
+    def note_answer(self, document: Any) -> None:
+        """Record the tokens the upstream reported and the images it returned."""
+        if not isinstance(document, dict):
+            return
+        data = document.get("data")
+        self.images = len(data) if isinstance(data, list) else 0
+        usage = document.get("usage")
+        if isinstance(usage, dict):
+            self.input_tokens = _count(usage.get("input_tokens", usage.get("prompt_tokens")))
+            self.output_tokens = _count(usage.get("output_tokens", usage.get("completion_tokens")))
+            self.total_tokens = _count(usage.get("total_tokens")) or self.input_tokens + self.output_tokens
+            details = usage.get("input_tokens_details")
+            if isinstance(details, dict):
+                self.input_text_tokens = _count(details.get("text_tokens"))
+                self.input_image_tokens = _count(details.get("image_tokens"))
