@@ -72,6 +72,36 @@ def test_filters_and_order(ledger):
     assert len(ledger.query(since=datetime.now(UTC) - timedelta(days=1))) == 2
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_older_table_gets_the_new_columns(tmp_path, request, backend):
+    """The table as the first release created it is upgraded in place; its rows stay."""
+    from sqlalchemy import Column, MetaData, Table, inspect
+
+    from aisix_flask.ledger import usage
+
+    url = f"sqlite:///{tmp_path}/old.db" if backend == "sqlite" else request.getfixturevalue("pg_schema")
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    added_since = ("pii_masked", "guardrails_flagged", "input_text_tokens", "input_image_tokens", "cost_usd")
+    old = MetaData()
+    Table("usage", old, *[Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                          for c in usage.columns if c.name not in added_since])  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS usage"))
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO usage (request_id, created_at, api_key, route, status, input_tokens, output_tokens,"
+            " total_tokens, images) VALUES ('old', '2026-01-01 00:00:00', 'k', '/r', 200, 0, 0, 0, 1)"
+        ))  # fmt: skip
+    Ledger(url).close()
+    columns = {c["name"] for c in inspect(engine).get_columns("usage")}
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT request_id, pii_masked, cost_usd FROM usage")).fetchall()
+    engine.dispose()
+    assert set(added_since) <= columns
+    assert [tuple(r) for r in rows] == [("old", 0, None)]
+
+
 def test_a_failed_write_is_retried_and_logged(ledger, monkeypatch, caplog):
     real_begin, failures = ledger.engine.begin, []
 

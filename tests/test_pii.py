@@ -165,33 +165,3 @@ def test_masking_runs_before_later_guardrails(make_app, config, upstream):
     app = make_app(config)
     upstream.post(IMAGES_URL, json={"created": 1, "data": [{"url": "u"}]})
     assert send(app, "for jane@example.com").status_code == 200
-
-
-def test_old_ledger_files_get_the_new_columns(tmp_path):
-    import sqlite3
-
-    from sqlalchemy import Column, MetaData, Table, create_engine
-
-    from aisix_flask.ledger import Ledger, usage
-
-    path = tmp_path / "old.db"
-    engine = create_engine(f"sqlite:///{path}")
-    old = MetaData()  # the table as the first release created it
-    first_release = [
-        Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-        for c in usage.columns
-        if c.name not in ("pii_masked", "guardrails_flagged")
-    ]
-    Table("usage", old, *first_release)
-    old.create_all(engine)
-    engine.dispose()
-    with sqlite3.connect(path) as db:
-        db.execute(
-            "INSERT INTO usage (request_id, created_at, api_key, route, status, input_tokens, output_tokens,"
-            " total_tokens, images) VALUES ('old', '2026-01-01 00:00:00', 'k', '/r', 200, 0, 0, 0, 1)"
-        )
-    Ledger(f"sqlite:///{path}").close()
-    with sqlite3.connect(path) as db:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
-        assert {"pii_masked", "guardrails_flagged", "total_tokens"} <= columns
-        assert db.execute("SELECT request_id, pii_masked FROM usage").fetchall() == [("old", 0)]
