@@ -121,6 +121,11 @@ def _create_or_upgrade(engine: Engine) -> None:
                 log.warning("usage ledger: added column %s", column.name)
 
 
+def _safe(url: str) -> str:
+    """The URL without its password, for logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 class Ledger:
     """Queues rows from request threads; one writer thread per process inserts them in batches."""
 
@@ -130,18 +135,15 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _engine(url)
-        try:
-            _create_or_upgrade(self.engine)
-        except SQLAlchemyError:
-            # Several workers starting at once may race to create the table or a column;
-            # the loser finds it done on the second look.
-            time.sleep(0.2)
-            _create_or_upgrade(self.engine)
+        # A database that is down at start-up does not stop the gateway: rows wait in memory,
+        # the writer keeps trying, and /readyz says 503 until the table is there.
+        self._schema_ready = self._prepare()
         self._lock = threading.Lock()
         self._queue: queue.Queue[UsageRow | None] = queue.Queue()
         self._pid: int | None = None  # the process whose writer thread runs
         self._engine_pid = os.getpid()  # the process whose connections the pool holds
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()  # set by close(): give up on rows that cannot be written
 
     def record(self, row: UsageRow) -> None:
         """Queue ``row``; the caller does not wait for the database."""
@@ -181,20 +183,40 @@ class Ledger:
             if len(rows) < len(batch):
                 return  # close() asked this thread to stop
 
+    def _prepare(self) -> bool:
+        """Create or upgrade the table; False (logged) while the database cannot be reached."""
+        try:
+            try:
+                _create_or_upgrade(self.engine)
+            except SQLAlchemyError:
+                # Several workers starting at once may race to create the table or a column;
+                # the loser finds it done on the second look.
+                time.sleep(0.2)
+                _create_or_upgrade(self.engine)
+        except SQLAlchemyError as e:
+            log.error("usage ledger %s is not reachable (rows wait until it is): %s", _safe(self.url), e)
+            return False
+        return True
+
     def _write(self, batch: list[UsageRow]) -> None:
         rows = [asdict(r) for r in batch]
         delay = 0.05
         while True:
             try:
-                with self.engine.begin() as conn:
-                    conn.execute(usage.insert(), rows)
-                return
+                if not self._schema_ready:
+                    self._schema_ready = self._prepare()
+                if self._schema_ready:
+                    with self.engine.begin() as conn:
+                        conn.execute(usage.insert(), rows)
+                    return
             except SQLAlchemyError as e:
                 # Keep the rows and try again: a locked or restarting database is
                 # usually back soon, and a lost row is lost money.
                 log.warning("usage ledger write of %d rows failed, retrying: %s", len(rows), e)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            if self._stopping.wait(delay):
+                log.error("usage ledger closed: %d rows were not written", len(rows))
+                return
+            delay = min(delay * 2, 5.0)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued row is written; False if ``timeout`` passed first."""
@@ -209,13 +231,17 @@ class Ledger:
                 q.all_tasks_done.wait(remaining)
         return True
 
-    def close(self) -> None:
-        """Write what is queued, stop the writer thread and close the connections."""
+    def close(self, timeout: float | None = None) -> None:
+        """Write what is queued (waiting at most ``timeout``, default ``drain_timeout_s``), stop
+        the writer thread and close the connections."""
         if self._thread is not None and self._pid == os.getpid():
+            self.flush(self.drain_timeout_s if timeout is None else timeout)
+            self._stopping.set()
             self._queue.put(None)
-            self._thread.join(self.drain_timeout_s)
+            self._thread.join(5)
             atexit.unregister(self.flush)
             self._thread, self._pid = None, None
+            self._stopping.clear()
         self.engine.dispose()
 
     def summary(self, *, since: datetime | None, by: str) -> list[dict[str, Any]]:
@@ -249,7 +275,11 @@ class Ledger:
         return rows
 
     def ping(self) -> bool:
-        """Tell whether the database answers."""
+        """Tell whether the database answers (and has the table)."""
+        if not self._schema_ready:
+            self._schema_ready = self._prepare()
+            if not self._schema_ready:
+                return False
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))

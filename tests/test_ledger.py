@@ -172,3 +172,29 @@ def test_four_workers_and_a_sigterm_mid_load(tmp_path, fake, request, backend):
     engine.dispose()
     assert len(answered) >= 32 and set(answered) == {200}
     assert recorded == len(answered)
+
+
+def test_the_gateway_starts_and_serves_while_its_stores_are_down(make_app, config, upstream, caplog):
+    """Nothing listens on port 1: the ledger database and the Redis limiter are both down."""
+    from .conftest import IMAGES_URL, auth
+
+    config["gateway"]["usage"]["database_url"] = "postgresql://127.0.0.1:1/test?connect_timeout=2"
+    config["gateway"]["ratelimit"]["storage_url"] = "redis://127.0.0.1:1/0"
+    config["api_keys"][0]["rate_limit"] = {"rpm": 5}
+    app = make_app(config)
+    client = app.test_client()
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 503
+    upstream.post(IMAGES_URL, json={"created": 1, "data": [{"url": "u"}]})
+    assert (
+        client.post(
+            "/v1/images/generations", headers=auth(), json={"model": "image-prod", "prompt": "p"}
+        ).status_code
+        == 200
+    )
+    ledger = app.extensions["aisix"].ledger
+    assert not ledger.flush(0.3)  # the row waits for the database
+    ledger.close(timeout=0.1)
+    assert "is not reachable (rows wait until it is)" in caplog.text
+    assert "usage ledger closed: 1 rows were not written" in caplog.text
+    assert "request let through" in caplog.text
