@@ -1,7 +1,10 @@
 """A loopback fake of OpenAI's image API, for the integration tests and the benchmarks.
 
 ``gpt-image-*`` models answer ``b64_json`` items with token usage; other models answer URLs.
-A prompt may steer it: ``[status:503]`` answers that status, ``[sleep:1.5]`` waits first.
+A prompt may steer it: ``[status:503]`` answers that status (``[status:429]`` with
+``Retry-After: 7``), ``[sleep:1.5]`` waits first, ``[redirect]`` answers 302, ``[html]`` a 200 page
+that is not JSON, ``[reset]`` drops the connection halfway through the body, ``[trickle:3]``
+sends the body a byte at a time over 3 s.
 ``GET /_calls`` lists what it received (headers and body); ``DELETE /_calls`` forgets it.
 Run alone: ``python -m tests.fake_upstream --port 8090``.
 """
@@ -12,6 +15,8 @@ import argparse
 import base64
 import json
 import re
+import socket
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -87,13 +92,59 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _send(self, status: int, document: Any) -> None:
+    def _send(self, status: int, document: Any, headers: dict[str, str] | None = None) -> None:
         payload = json.dumps(document).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
+
+    def _fault(self, prompt: str) -> bool:
+        """Misbehave as the prompt asks; True when the answer has been given (or withheld)."""
+        if "[redirect]" in prompt:
+            self.send_response(302)
+            self.send_header("Location", "https://elsewhere.example/v1/images/generations")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif "[html]" in prompt:
+            page = b"<html><body>Sign in to the proxy</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+        elif "[reset]" in prompt:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b'{"created": 1, "data": [{"b64_json": "')
+            self.wfile.flush()
+            # SO_LINGER 0: close with a TCP reset instead of a clean end of stream.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+        elif m := re.search(r"\[trickle:([\d.]+)\]", prompt):
+            body = json.dumps({"created": 1, "data": [{"url": "https://images.example/slow.png"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            pause = float(m.group(1)) / len(body)
+            try:
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(pause)
+            except OSError:
+                pass  # the gateway gave up on us, as it should
+            self.close_connection = True
+        else:
+            return False
+        return True
 
     def do_GET(self) -> None:
         if self.path == "/_calls":
@@ -115,7 +166,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(raw)
         with self.server.lock:
             self.server.calls.append({"headers": dict(self.headers), "body": body})
-        self._send(*answer_for(body))
+        if self._fault(str(body.get("prompt", ""))):
+            return
+        status, document = answer_for(body)
+        self._send(status, document, {"Retry-After": "7"} if status == 429 else None)
 
 
 def main() -> None:
