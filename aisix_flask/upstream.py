@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from . import __version__
 from .errors import (
@@ -108,21 +108,15 @@ def post_json(
         with session().send(
             prepared, timeout=timeout, allow_redirects=False, stream=True, verify=True, proxies={}
         ) as r:
-            chunks = []
-            for chunk in r.iter_content(64 * 1024):
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise requests.Timeout("deadline passed while reading the answer")
-            content = b"".join(chunks)
-    # Timeout first: ConnectTimeout is a ConnectionError too, and requests wraps a
-    # read timeout in the middle of the body as a ConnectionError.
-    except requests.Timeout:
+            content = _read_until(r, deadline)
+    # Timeout first: ConnectTimeout is a ConnectionError too.
+    except (requests.Timeout, ReadTimeoutError):
         raise _timeout(host, timeout[1]) from None
     except requests.ConnectionError as e:
         if isinstance(_innermost(e), ReadTimeoutError):
             raise _timeout(host, timeout[1]) from None
         raise UpstreamUnreachable(f"Could not reach the upstream {host}: {_innermost(e)}") from None
-    except requests.RequestException as e:
+    except (requests.RequestException, HTTPError) as e:
         raise UpstreamUnreachable(f"The connection to the upstream {host} failed: {_innermost(e)}") from None
     return Answer(
         status=r.status_code,
@@ -131,6 +125,20 @@ def post_json(
         retry_after=r.headers.get("Retry-After"),
         latency_ms=(time.perf_counter() - started) * 1000,
     )
+
+
+def _read_until(r: requests.Response, deadline: float) -> bytes:
+    """The whole (decoded) body, or Timeout once ``deadline`` passes.
+
+    ``read1`` returns whatever has arrived, so an upstream that trickles its answer a byte at
+    a time is caught at the deadline rather than when a 64 KiB read finally fills up.
+    """
+    chunks = []
+    while chunk := r.raw.read1(64 * 1024, decode_content=True):
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise requests.Timeout("deadline passed while reading the answer")
+    return b"".join(chunks)
 
 
 def _timeout(host: str, seconds: float) -> UpstreamTimeout:

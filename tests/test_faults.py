@@ -46,11 +46,11 @@ def gateway(tmp_path_factory, fake):
 @pytest.mark.parametrize(("prompt", "model", "status", "type_", "code"), FAULTS)
 def test_fault(gateway, prompt, model, status, type_, code):
     r = generate(gateway.url, DEV_KEY, model, prompt)
-    assert r.status_code == status
+    assert r.status_code == status, r.text
     assert r.headers["Content-Type"] == "application/json"
     error = r.json()["error"]
     if code is not None:  # the gateway's own envelope
-        assert (error["type"], error["code"]) == (type_, code)
+        assert (error["type"], error["code"]) == (type_, code), error["message"]
     else:  # passed through: the upstream's own envelope
         assert error["message"].startswith("fake upstream error")
     if status == 429:
@@ -76,7 +76,8 @@ def ledger_rows(url: str, request_id: str) -> list[dict]:
 def test_no_worker_crashed(gateway):
     """After every fault the same workers still serve: no restarts, no tracebacks."""
     for _ in range(10):
-        assert generate(gateway.url, DEV_KEY).status_code == 200
+        r = generate(gateway.url, DEV_KEY)
+        assert r.status_code == 200, r.text
     log = gateway.log.read_text()
     assert len(re.findall(r"Booting worker", log)) == 2
     assert "Traceback" not in log and "WORKER TIMEOUT" not in log and "exited with code" not in log

@@ -139,3 +139,42 @@ def test_upstream_transport_failures(client, upstream, ledger_rows, exc, status,
     assert len(upstream.calls) == 1
     [row] = ledger_rows()
     assert (row["status"], row["error_code"]) == (status, code)
+
+
+def test_a_gzip_answer_is_decoded():
+    """Over a real socket: requests hands urllib3 decode_content=False, so the reader must ask
+    for decoding itself (``responses`` decodes on its own and would not notice)."""
+    import gzip
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from aisix_flask import upstream
+    from aisix_flask.resources import ProviderKey
+
+    document = {"created": 1, "data": [{"url": "https://example.com/a.png"}]}
+    body = gzip.compress(json.dumps(document).encode())
+
+    class Gzipping(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            for name, value in (("Content-Type", "application/json"), ("Content-Encoding", "gzip"),
+                                ("Content-Length", str(len(body)))):  # fmt: skip
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Gzipping)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1/images/generations"
+        key = ProviderKey("k", "openai", "openai", "sk-x")
+        answer = upstream.post_json(url, b"{}", key=key, request_id="r", timeout=(2, 5))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert json.loads(answer.content) == document
