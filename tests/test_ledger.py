@@ -162,7 +162,7 @@ def test_four_workers_and_a_sigterm_mid_load(tmp_path, fake, request, backend):
             pass  # sent after the stop began: refused, never accepted
 
     with ThreadPoolExecutor(max_workers=32) as pool:
-        futures = [pool.submit(one, i) for i in range(300)]
+        futures = [pool.submit(one, i) for i in range(500)]
         threading.Event().wait(1.5)
         assert server.stop() == 0
         for f in futures:

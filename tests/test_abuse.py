@@ -1,0 +1,121 @@
+"""Bad input, generated: whatever arrives, the answer is an envelope, never a 500, and nothing
+reaches the upstream unless the request was valid."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import responses
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .conftest import CALLER_KEY, IMAGES_URL, auth
+
+ROUTE = "/v1/images/generations"
+FIELDS = [
+    "model",
+    "prompt",
+    "n",
+    "size",
+    "quality",
+    "response_format",
+    "stream",
+    "style",
+    "user",
+    "background",
+]
+EXAMPLES = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+# Requests that look almost right: known fields, any values, sometimes a real model and prompt.
+near_misses = st.fixed_dictionaries(
+    {},
+    optional={
+        **{name: json_values for name in FIELDS},
+        "model": st.sampled_from(["image-prod", "dalle", "openai/x", "compat-image", "keyless", ""])
+        | json_values,
+        "prompt": st.text(max_size=30) | json_values,
+    },
+)
+bodies = st.one_of(
+    near_misses.map(lambda d: json.dumps(d).encode()),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=300),  # invalid UTF-8, truncated JSON, NaN, nothing at all…
+    st.integers(1, 5000).map(lambda depth: b"[" * depth + b"]" * depth),
+    st.integers(1, 5000).map(lambda depth: b'{"a":' * depth + b"1" + b"}" * depth),
+)
+header_values = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
+auth_headers = st.one_of(
+    st.just(auth()),
+    st.just({"x-api-key": CALLER_KEY}),
+    st.builds(lambda v: {"Authorization": v}, header_values),
+    st.builds(lambda v: {"Authorization": f"Bearer {v}"}, header_values),
+    st.builds(lambda v: {"x-api-key": v}, header_values),
+    st.just({}),
+)
+
+
+@pytest.fixture
+def fuzz_client(client):
+    """The client, and an upstream that answers every call (so valid requests succeed)."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as upstream:
+        upstream.post(IMAGES_URL, json={"created": 1, "data": [{"url": "u"}]})
+        yield client, upstream
+
+
+def check(r, upstream, calls_before: int) -> None:
+    assert r.status_code != 500, r.get_data(as_text=True)
+    if r.status_code == 200:
+        return
+    assert r.status_code in (400, 401, 403, 404, 413, 422, 501, 503), r.status_code
+    assert r.headers["Content-Type"] == "application/json"
+    assert set(r.get_json()["error"]) == {"message", "type", "param", "code"}
+    assert len(upstream.calls) == calls_before  # refused before anything was sent
+
+
+@EXAMPLES
+@given(body=bodies)
+def test_any_body(fuzz_client, body):
+    client, upstream = fuzz_client
+    before = len(upstream.calls)
+    check(
+        client.post(ROUTE, data=body, headers={**auth(), "Content-Type": "application/json"}),
+        upstream,
+        before,
+    )
+
+
+@EXAMPLES
+@given(headers=auth_headers, body=near_misses)
+def test_any_credentials(fuzz_client, headers, body):
+    client, upstream = fuzz_client
+    before = len(upstream.calls)
+    check(client.post(ROUTE, json=body, headers=headers), upstream, before)
+
+
+def test_thirty_megabytes(fuzz_client):
+    client, upstream = fuzz_client
+    body = b'{"model": "image-prod", "prompt": "' + b"x" * (30 * 1024 * 1024) + b'"}'
+    r = client.post(ROUTE, data=body, headers={**auth(), "Content-Type": "application/json"})
+    assert r.status_code == 413 and r.get_json()["error"]["code"] == "request_too_large"
+    assert not upstream.calls
+
+
+def test_duplicate_keys_send_what_was_checked(fuzz_client):
+    """The gateway forwards the value it validated, never a different one the upstream might pick."""
+    client, upstream = fuzz_client
+    raw = b'{"model": "image-prod", "prompt": "forbidden phrase", "prompt": "a cat", "n": "x", "n": 1}'
+    r = client.post(ROUTE, data=raw, headers={**auth(), "Content-Type": "application/json"})
+    assert r.status_code == 200
+    assert json.loads(upstream.calls[0].request.body) == {"model": "gpt-image-1", "prompt": "a cat", "n": 1}
+    raw = b'{"model": "image-prod", "prompt": "a cat", "prompt": "forbidden phrase"}'
+    assert client.post(ROUTE, data=raw, headers=auth()).status_code == 422
