@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -27,6 +28,8 @@ class SlotStore(Protocol):
     def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None: ...
 
     def release_slot(self, key: str, slot: str) -> None: ...
+
+    def release_slots(self, slots: list[tuple[str, str]]) -> None: ...
 
 
 _SQLITE_SCHEMA = """
@@ -52,43 +55,66 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
 
     STORAGE_SCHEME = ["sqlite"]
 
+    pool_size = 4  # writes take turns on the file anyway; a connection per thread only costs memory
+
     def __init__(self, uri: str, wrap_exceptions: bool = False, **options: Any) -> None:
         self.path = sqlite_path(uri)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._local = threading.local()
+        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._opened, self._pool_pid, self._pool_lock = 0, os.getpid(), threading.Lock()
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-        self._db().executescript(_SQLITE_SCHEMA)
+        with self._write() as db:
+            for statement in _SQLITE_SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
 
     @property
     def base_exceptions(self) -> type[Exception]:
         return sqlite3.Error
 
-    def _db(self) -> sqlite3.Connection:
-        """This thread's connection (a new one after a fork)."""
-        db = getattr(self._local, "db", None)
-        if db is None or self._local.pid != os.getpid():
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            for attempt in range(50):  # switching to WAL needs a moment alone with the file
-                try:
-                    db.execute("PRAGMA journal_mode=WAL")
-                    break
-                except sqlite3.OperationalError:
-                    time.sleep(0.02 * (attempt + 1))
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db, self._local.pid = db, os.getpid()
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        for attempt in range(50):  # switching to WAL needs a moment alone with the file
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                time.sleep(0.02 * (attempt + 1))
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA cache_size=-256")  # KiB: the tables are tiny
         return db
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection from this process's pool (a new pool after a fork)."""
+        with self._pool_lock:
+            if self._pool_pid != os.getpid():
+                self._pool, self._opened, self._pool_pid = queue.LifoQueue(), 0, os.getpid()
+            pool = self._pool
+            fresh = self._opened < self.pool_size and pool.empty()
+            if fresh:
+                self._opened += 1
+        db = self._connect() if fresh else pool.get()
+        try:
+            yield db
+        finally:
+            pool.put(db)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the file's write lock from its first statement."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple) -> list[tuple]:
+        with self._connection() as db:
+            return db.execute(sql, args).fetchall()
 
     # -- the storage contract of ``limits`` --
 
@@ -103,20 +129,16 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
             return db.execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()[0]
 
     def get(self, key: str) -> int:
-        row = (
-            self._db()
-            .execute("SELECT value FROM counters WHERE key = ? AND expires_at > ?", (key, time.time()))
-            .fetchone()
-        )
-        return row[0] if row else 0
+        rows = self._read("SELECT value FROM counters WHERE key = ? AND expires_at > ?", (key, time.time()))
+        return rows[0][0] if rows else 0
 
     def get_expiry(self, key: str) -> float:
-        row = self._db().execute("SELECT expires_at FROM counters WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else time.time()
+        rows = self._read("SELECT expires_at FROM counters WHERE key = ?", (key,))
+        return rows[0][0] if rows else time.time()
 
     def check(self) -> bool:
         try:
-            self._db().execute("SELECT 1").fetchone()
+            self._read("SELECT 1", ())
             return True
         except sqlite3.Error:
             return False
@@ -142,7 +164,8 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
         return previous_count, (to_end if previous_count else 0.0), current_count, to_end + expiry
 
     def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
-        return self._window(self._db(), key, expiry, time.time())
+        with self._connection() as db:
+            return self._window(db, key, expiry, time.time())
 
     def acquire_sliding_window_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
         if amount > limit:
@@ -152,14 +175,18 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
             previous, previous_ttl, current, _ = self._window(db, key, expiry, now)
             if math.floor(previous * previous_ttl / expiry) + current + amount > limit:
                 return False
-            window = int(now // expiry)
-            db.execute(
-                "INSERT INTO windows VALUES (?, ?, ?) "
-                "ON CONFLICT(key, window) DO UPDATE SET count = count + excluded.count",
-                (key, window, amount),
-            )
-            db.execute("DELETE FROM windows WHERE key = ? AND window < ?", (key, window - 1))
+            self._add(db, key, expiry, now, amount)
         return True
+
+    @staticmethod
+    def _add(db: sqlite3.Connection, key: str, expiry: int, now: float, amount: int) -> None:
+        window = int(now // expiry)
+        db.execute(
+            "INSERT INTO windows VALUES (?, ?, ?) "
+            "ON CONFLICT(key, window) DO UPDATE SET count = count + excluded.count",
+            (key, window, amount),
+        )
+        db.execute("DELETE FROM windows WHERE key = ? AND window < ?", (key, window - 1))
 
     def clear_sliding_window(self, key: str, expiry: int) -> None:
         with self._write() as db:
@@ -168,18 +195,63 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
     # -- concurrency slots --
 
     def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
-        slot = uuid.uuid4().hex
         with self._write() as db:
-            now = time.time()
-            db.execute("DELETE FROM slots WHERE key = ? AND expires_at <= ?", (key, now))
-            (taken,) = db.execute("SELECT count(*) FROM slots WHERE key = ?", (key,)).fetchone()
-            if taken >= limit:
-                return None
-            db.execute("INSERT INTO slots VALUES (?, ?, ?)", (key, slot, now + ttl_s))
+            return self._take_slot(db, key, limit, ttl_s, time.time())
+
+    @staticmethod
+    def _take_slot(db: sqlite3.Connection, key: str, limit: int, ttl_s: float, now: float) -> str | None:
+        db.execute("DELETE FROM slots WHERE key = ? AND expires_at <= ?", (key, now))
+        (taken,) = db.execute("SELECT count(*) FROM slots WHERE key = ?", (key,)).fetchone()
+        if taken >= limit:
+            return None
+        slot = uuid.uuid4().hex
+        db.execute("INSERT INTO slots VALUES (?, ?, ?)", (key, slot, now + ttl_s))
         return slot
 
     def release_slot(self, key: str, slot: str) -> None:
-        self._db().execute("DELETE FROM slots WHERE key = ? AND id = ?", (key, slot))
+        self.release_slots([(key, slot)])
+
+    def release_slots(self, slots: list[tuple[str, str]]) -> None:
+        with self._write() as db:
+            db.executemany("DELETE FROM slots WHERE key = ? AND id = ?", slots)
+
+    # -- a whole admission in one transaction --
+
+    def admit_all(
+        self,
+        slots: list[tuple[str, int, float]],
+        checks: list[tuple[str, int, int]],
+        hits: list[tuple[str, int]],
+    ) -> tuple[list[str], tuple | None]:
+        """Take every slot, check every window has room for one more, spend the ``hits``: all
+        or nothing, in one write transaction (one turn at the file lock instead of several).
+
+        ``slots`` are (key, limit, ttl_s); ``checks`` (key, expiry, limit); ``hits`` (key,
+        expiry). Returns the slot ids, or the refusal: ("slot", i) or ("window", i, window).
+        """
+        try:
+            with self._write() as db:
+                now = time.time()
+                ids = []
+                for i, (key, limit, ttl_s) in enumerate(slots):
+                    slot = self._take_slot(db, key, limit, ttl_s, now)
+                    if slot is None:
+                        raise _Refused(("slot", i))
+                    ids.append(slot)
+                for i, (key, expiry, limit) in enumerate(checks):
+                    window = self._window(db, key, expiry, now)
+                    previous, previous_ttl, current, _ = window
+                    if math.floor(previous * previous_ttl / expiry) + current + 1 > limit:
+                        raise _Refused(("window", i, window))
+                for key, expiry in hits:
+                    self._add(db, key, expiry, now, 1)
+                return ids, None
+        except _Refused as refused:  # rolled back: nothing was taken
+            return [], refused.args[0]
+
+
+class _Refused(Exception):
+    """Ends an admission transaction early (and rolls it back)."""
 
 
 # Slots are a sorted set scored by expiry; the server's clock decides, so hosts may drift.
@@ -214,3 +286,9 @@ class RedisSlots:
 
     def release_slot(self, key: str, slot: str) -> None:
         self._redis.zrem(f"{SLOT_PREFIX}{key}", slot)
+
+    def release_slots(self, slots: list[tuple[str, str]]) -> None:
+        with self._redis.pipeline(transaction=False) as pipe:
+            for key, slot in slots:
+                pipe.zrem(f"{SLOT_PREFIX}{key}", slot)
+            pipe.execute()

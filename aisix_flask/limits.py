@@ -122,6 +122,8 @@ class Limiter:
         admission = Admission()
         if not any(scope.limit for scope in scopes):
             return admission
+        if hasattr(self.storage, "admit_all"):
+            return self._admit_at_once(scopes, slot_ttl_s)
         try:
             for scope in scopes:
                 if scope.limit.concurrency:
@@ -152,6 +154,30 @@ class Limiter:
             self.release(admission)
             return Admission()
         return admission
+
+    def _admit_at_once(self, scopes: Sequence[Scope], slot_ttl_s: float) -> Admission:
+        """The same admission in one store transaction (SQLite): check everything, then spend."""
+        requests, tokens = _windows(scopes, REQUEST_RULES), _windows(scopes, TOKEN_RULES)
+        slotted = [s for s in scopes if s.limit.concurrency]
+        windows = [*requests, *tokens]
+        try:
+            ids, refusal = self.storage.admit_all(
+                [(":".join(s.ids), s.limit.concurrency, slot_ttl_s) for s in slotted],
+                [(item.key_for(*s.ids), item.get_expiry(), item.amount) for s, _, item in windows],
+                [(item.key_for(*s.ids), item.get_expiry()) for s, _, item in requests],
+            )
+        except _STORAGE_ERRORS as e:
+            log.error("rate-limit store %s failed, request let through: %s", _safe(self.url), e)
+            return Admission()
+        if refusal is not None:
+            if refusal[0] == "slot":
+                raise _exceeded(slotted[refusal[1]], "concurrency", 1)
+            scope, rule, item = windows[refusal[1]]
+            raise _exceeded(scope, rule, seconds_until_free(refusal[2], item.get_expiry(), item.amount))
+        return Admission(
+            slots=[(":".join(s.ids), slot) for s, slot in zip(slotted, ids, strict=True)],
+            token_windows=[(item, scope.ids) for scope, _, item in tokens],
+        )
 
     def charge(self, admission: Admission, tokens: int) -> None:
         """Count the tokens the upstream reported against every token window of the request."""
