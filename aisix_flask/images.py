@@ -78,6 +78,7 @@ def generate() -> Response:
         gateway.limiter.charge(admission, row.total_tokens)
         if answer.status >= 400:
             row.error_code = answer.error_code()
+        answer.document = None  # a large answer's parsed copy is not needed to send its bytes
         return passthrough(answer)  # 12
     except GatewayError as e:
         row.status, row.error_code = e.code, e.error_code
