@@ -130,6 +130,11 @@ class Ledger:
     """Queues rows from request threads; one writer thread per process inserts them in batches."""
 
     batch_size = 500
+    # After a batch's first row, wait this long for more. The writer then wakes a few times a
+    # second instead of once per request: one insert for many rows costs far less CPU, and a
+    # writer busy in Python for every row holds the GIL just when request threads come back
+    # from I/O (the rate limiter's SQLite calls measured 4x slower beside a per-row writer).
+    linger_s = 0.2
     drain_timeout_s = 30.0
 
     def __init__(self, url: str) -> None:
@@ -170,9 +175,10 @@ class Ledger:
         q = self._queue
         while True:
             batch = [q.get()]
-            while len(batch) < self.batch_size:
+            deadline = time.monotonic() + self.linger_s
+            while len(batch) < self.batch_size and batch[-1] is not None:
                 try:
-                    batch.append(q.get_nowait())
+                    batch.append(q.get(timeout=max(deadline - time.monotonic(), 0)))
                 except queue.Empty:
                     break
             rows = [r for r in batch if r is not None]

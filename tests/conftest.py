@@ -171,8 +171,12 @@ def config(tmp_path):
 
 
 @pytest.fixture
-def make_app(tmp_path):
-    """Build an app from a config dict; ledgers are closed at teardown."""
+def make_app(tmp_path, monkeypatch):
+    """Build an app from a config dict; ledgers are closed at teardown. In-process tests read
+    the ledger right after a request, so its writer does not wait for more rows."""
+    from aisix_flask.ledger import Ledger
+
+    monkeypatch.setattr(Ledger, "linger_s", 0.0)
     apps = []
 
     def make(config: dict[str, Any]):

@@ -198,3 +198,16 @@ def test_the_gateway_starts_and_serves_while_its_stores_are_down(make_app, confi
     assert "is not reachable (rows wait until it is)" in caplog.text
     assert "usage ledger closed: 1 rows were not written" in caplog.text
     assert "request let through" in caplog.text
+
+
+def test_rows_arriving_together_are_written_in_one_insert(tmp_path, monkeypatch):
+    ledger = Ledger(f"sqlite:///{tmp_path}/usage.db")
+    ledger.linger_s = 0.5
+    batches = []
+    write = ledger._write
+    monkeypatch.setattr(ledger, "_write", lambda rows: (batches.append(len(rows)), write(rows)))
+    for i in range(50):
+        ledger.record(row(i))
+    assert ledger.flush(10)
+    assert batches == [50] and len(ledger.query(limit=100)) == 50
+    ledger.close()
