@@ -38,6 +38,9 @@ class GatewayError(HTTPException):
     error_type = "server_error"
     error_code: str | None = "internal_error"
     message = "The gateway failed to handle the request."
+    # x-should-retry (the OpenAI clients obey it): True only where a retry can help and the
+    # upstream cannot have generated (and billed) anything yet.
+    should_retry = False
 
     def __init__(
         self,
@@ -53,6 +56,10 @@ class GatewayError(HTTPException):
             self.error_code = error_code
         self.extra_headers = headers or {}
 
+    def headers_out(self) -> dict[str, str]:
+        """The extra headers and the retry hint."""
+        return {**self.extra_headers, "x-should-retry": "true" if self.should_retry else "false"}
+
     def get_response(self, environ=None, scope=None) -> Response:
         """Render the error as the OpenAI envelope."""
         return envelope(
@@ -61,7 +68,7 @@ class GatewayError(HTTPException):
             self.error_type,
             self.error_code,
             self.param,
-            self.extra_headers,
+            self.headers_out(),
         )
 
 
@@ -129,6 +136,7 @@ class RateLimited(GatewayError):
     code = 429
     error_type = "rate_limit_error"
     error_code = "rate_limit_exceeded"
+    should_retry = True  # after Retry-After; nothing was sent upstream
 
 
 class NotImplementedOperation(GatewayError):
@@ -160,6 +168,8 @@ class UpstreamAuthFailed(UpstreamError):
 
 
 class UpstreamUnreachable(UpstreamError):
+    """The connection failed; ``should_retry`` when it failed before the request was sent."""
+
     error_code = "upstream_unreachable"
 
 
@@ -189,6 +199,7 @@ def handle_http_exception(e: HTTPException) -> Response:
     else:
         message = e.description or e.name
     headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
+    headers["x-should-retry"] = "false"
     error_type = "invalid_request_error" if (e.code or 500) < 500 else "server_error"
     return envelope(e.code or 500, message, error_type, _HTTP_CODES.get(e.code), None, headers)
 

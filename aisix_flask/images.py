@@ -253,6 +253,9 @@ def forward(route: Route, body: dict[str, Any], row: UsageRow, timeout: Timeout)
 def passthrough(answer: upstream.Answer) -> Response:
     """The upstream's body bytes unchanged, with its status and Content-Type."""
     response = Response(answer.content, status=answer.status, content_type=answer.content_type)
+    if answer.status >= 400:
+        # The upstream's own 4xx: only its rate limit is worth retrying (nothing was generated).
+        response.headers["x-should-retry"] = "true" if answer.status == 429 else "false"
     if answer.status == 429 and answer.retry_after:
         response.headers["Retry-After"] = answer.retry_after
     return response

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import HTTPError, ReadTimeoutError
+from urllib3.exceptions import HTTPError, NameResolutionError, NewConnectionError, ReadTimeoutError
 
 from . import __version__
 from .errors import (
@@ -109,13 +109,20 @@ def post_json(
             prepared, timeout=timeout, allow_redirects=False, stream=True, verify=True, proxies={}
         ) as r:
             content = _read_until(r, deadline)
-    # Timeout first: ConnectTimeout is a ConnectionError too.
+    # Timeouts first: ConnectTimeout is a ConnectionError too.
+    except requests.ConnectTimeout:
+        error = _timeout(host, timeout[0])
+        error.should_retry = True  # no connection, so nothing was sent
+        raise error from None
     except (requests.Timeout, ReadTimeoutError):
         raise _timeout(host, timeout[1]) from None
     except requests.ConnectionError as e:
         if isinstance(_innermost(e), ReadTimeoutError):
             raise _timeout(host, timeout[1]) from None
-        raise UpstreamUnreachable(f"Could not reach the upstream {host}: {_innermost(e)}") from None
+        error = UpstreamUnreachable(f"Could not reach the upstream {host}: {_innermost(e)}")
+        # Refused or unresolvable: the request never left, so a retry cannot bill twice.
+        error.should_retry = _never_sent(e)
+        raise error from None
     except (requests.RequestException, HTTPError) as e:
         raise UpstreamUnreachable(f"The connection to the upstream {host} failed: {_innermost(e)}") from None
     return Answer(
@@ -141,21 +148,34 @@ def _read_until(r: requests.Response, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
+def _never_sent(e: BaseException) -> bool:
+    """Whether the failure happened while connecting, before any byte of the request was sent."""
+    return any(isinstance(x, NewConnectionError | NameResolutionError) for x in _chain(e))
+
+
 def _timeout(host: str, seconds: float) -> UpstreamTimeout:
     return UpstreamTimeout(f"The upstream {host} did not answer within {seconds:g} s.")
 
 
-def _innermost(e: BaseException) -> BaseException:
-    """The root cause buried in requests' and urllib3's wrappers (it names no credentials)."""
-    seen = {id(e)}
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e`` and the causes buried in requests' and urllib3's wrappers, outermost first."""
+    chain = [e]
     while True:
-        inner = getattr(e, "reason", None)
-        if not isinstance(inner, BaseException) and e.args and isinstance(e.args[-1], BaseException):
-            inner = e.args[-1]
-        if not isinstance(inner, BaseException) or id(inner) in seen:
-            return e
-        seen.add(id(inner))
-        e = inner
+        inner = getattr(chain[-1], "reason", None)
+        if (
+            not isinstance(inner, BaseException)
+            and chain[-1].args
+            and isinstance(chain[-1].args[-1], BaseException)
+        ):
+            inner = chain[-1].args[-1]
+        if not isinstance(inner, BaseException) or any(inner is x for x in chain):
+            return chain
+        chain.append(inner)
+
+
+def _innermost(e: BaseException) -> BaseException:
+    """The root cause (its text names no credentials)."""
+    return _chain(e)[-1]
 
 
 def interpret(answer: Answer, key: ProviderKey) -> Answer:
@@ -192,6 +212,7 @@ def interpret(answer: Answer, key: ProviderKey) -> Answer:
             headers={"Retry-After": answer.retry_after} if answer.retry_after else None,
         )
         error.code = status
+        error.should_retry = status == 429
         raise error
     return answer
 

@@ -55,6 +55,8 @@ def test_fault(gateway, prompt, model, status, type_, code):
         assert error["message"].startswith("fake upstream error")
     if status == 429:
         assert r.headers["Retry-After"] == "7"
+    # Retry only what cannot have been generated: a rate limit, or a connection never made.
+    assert r.headers["x-should-retry"] == ("true" if status == 429 or model == "refused" else "false")
     [row] = ledger_rows(gateway.url, r.headers["x-aisix-request-id"])
     # A passed-through error is recorded with the upstream's own error type (the fake's is server_error).
     assert (row["status"], row["error_code"]) == (status, code or "server_error")
