@@ -48,6 +48,7 @@ class GatewaySettings:
     ratelimit_storage_url: str = DEFAULT_RATELIMIT_URL
     admin_keys: tuple[ApiKey, ...] = ()
     access_log: bool = True
+    trusted_proxy_hops: int = 0
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,14 @@ def _cross_check(data: dict[str, Any]) -> list[str]:
         if isinstance(provider, str) and provider != "openai" and not row.get("api_base"):
             problems.append(f"{path}.api_base: required for provider {provider!r}")
 
+    upstream_settings = (
+        (data.get("gateway") or {}).get("upstream") if isinstance(data.get("gateway"), dict) else None
+    )
+    for path, row in [("gateway.upstream", upstream_settings), *_items(data, "provider_keys")]:
+        bundle = row.get("ca_bundle") if isinstance(row, dict) else None
+        if isinstance(bundle, str) and bundle and not os.path.isfile(bundle):
+            problems.append(f"{path}.ca_bundle: no such file: {bundle}")
+
     for path, row in _items(data, "models"):
         key, name, upstream = row.get("provider_key"), row.get("display_name"), row.get("model_name")
         if isinstance(key, str) and key not in provider_keys:
@@ -237,10 +246,13 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str]) -> Registry:
         upstream=UpstreamSettings(
             connect_timeout_s=upstream.get("connect_timeout_s", UpstreamSettings.connect_timeout_s),
             timeout_s=upstream.get("timeout_s", UpstreamSettings.timeout_s),
+            proxy=upstream.get("proxy") or None,
+            ca_bundle=upstream.get("ca_bundle") or None,
         ),
         usage_database_url=gw.get("usage", {}).get("database_url", DEFAULT_USAGE_URL),
         ratelimit_storage_url=gw.get("ratelimit", {}).get("storage_url", DEFAULT_RATELIMIT_URL),
         access_log=gw.get("access_log", True),
+        trusted_proxy_hops=gw.get("trusted_proxy_hops", 0),
         admin_keys=tuple(
             _api_key(row, f"gateway.admin_keys[{i}]", warnings)
             for i, row in enumerate(gw.get("admin_keys", []))
@@ -253,6 +265,8 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str]) -> Registry:
             adapter=row.get("adapter") or default_adapter(row["provider"]),
             api_key=row.get("api_key", ""),
             api_base=row.get("api_base") or None,
+            proxy=row.get("proxy") or None,
+            ca_bundle=row.get("ca_bundle") or None,
         )
         for row in data.get("provider_keys", [])
     }

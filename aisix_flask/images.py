@@ -30,7 +30,7 @@ from .errors import (
 from .gateway import current, request_id
 from .guardrails import check_input
 from .limits import Scope
-from .resources import ApiKey
+from .resources import ApiKey, UpstreamSettings
 from .routing import Route
 from .upstream import Timeout
 from .usage import UsageRow
@@ -68,7 +68,7 @@ def generate() -> Response:
         timeout = upstream_timeout(route, registry)
         admission = gateway.limiter.admit(limit_scopes(key, route), timeout.slot_ttl_s)  # 10
         try:
-            answer = forward(route, body, row, timeout)  # 11
+            answer = forward(route, body, row, timeout, registry.gateway.upstream)  # 11
         finally:
             gateway.limiter.release(admission)
         row.status = answer.status
@@ -233,17 +233,23 @@ def upstream_timeout(route: Route, registry: Registry) -> Timeout:
     return Timeout(settings.connect_timeout_s, route.model.timeout_s or settings.timeout_s)
 
 
-def forward(route: Route, body: dict[str, Any], row: UsageRow, timeout: Timeout) -> upstream.Answer:
+def forward(
+    route: Route, body: dict[str, Any], row: UsageRow, timeout: Timeout, settings: UpstreamSettings
+) -> upstream.Answer:
     """Send the body with only ``model`` rewritten, once, and interpret the answer."""
     payload = json.dumps({**body, "model": route.upstream_model}, ensure_ascii=False).encode()
+    url = endpoint_url(route.provider_key.api_base, "/images/generations")
+    proxies, verify = upstream.route_settings(url, route.provider_key, settings)
     started = time.perf_counter()
     try:
         answer = upstream.post_json(
-            endpoint_url(route.provider_key.api_base, "/images/generations"),
+            url,
             payload,
             key=route.provider_key,
             request_id=row.request_id,
             timeout=(timeout.connect_s, timeout.read_s),
+            proxies=proxies,
+            verify=verify,
         )
     finally:
         row.upstream_latency_ms = (time.perf_counter() - started) * 1000

@@ -17,6 +17,8 @@ class UpstreamSettings:
 
     connect_timeout_s: float = 5.0
     timeout_s: float = 300.0
+    proxy: str | None = field(default=None, repr=False)  # may carry credentials
+    ca_bundle: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class ProviderKey:
     adapter: str
     api_key: str = field(repr=False)
     api_base: str | None = None
+    proxy: str | None = field(default=None, repr=False)  # may carry credentials
+    ca_bundle: str | None = None
 
 
 @dataclass(frozen=True)

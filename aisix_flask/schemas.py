@@ -42,9 +42,17 @@ class _Timestamp(fields.Field):
 _seconds = fields.Float(validate=Range(min=0, min_inclusive=False))
 
 
+_proxy_url = fields.String(
+    validate=Regexp(r"^https?://[^/]+", error="Must be an http:// or https:// proxy URL.")
+)
+_ca_bundle = _name()
+
+
 class UpstreamSchema(_Schema):
     connect_timeout_s = _seconds
     timeout_s = _seconds
+    proxy = _proxy_url
+    ca_bundle = _ca_bundle
 
 
 class UsageSchema(_Schema):
@@ -96,6 +104,7 @@ class GatewaySchema(_Schema):
     ratelimit = fields.Nested(RateLimitStorageSchema)
     admin_keys = fields.List(fields.Nested(KeySchema))
     access_log = fields.Boolean()
+    trusted_proxy_hops = fields.Integer(strict=True, validate=Range(min=0, max=10))
 
 
 class ProviderKeySchema(_Schema):
@@ -104,6 +113,8 @@ class ProviderKeySchema(_Schema):
     adapter = fields.String(validate=OneOf(sorted(BRIDGES)))
     api_key = fields.String()
     api_base = fields.String(validate=Regexp(r"^https?://", error="Must be an http:// or https:// URL."))
+    proxy = _proxy_url
+    ca_bundle = _ca_bundle
 
 
 _price = fields.Float(validate=Range(min=0))

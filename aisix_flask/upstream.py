@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
+import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from .resources import ProviderKey
+from .resources import ProviderKey, UpstreamSettings
 
 USER_AGENT = f"aisix-flask/{__version__}"
 MESSAGE_LIMIT = 1024
@@ -77,6 +79,18 @@ class Answer:
         return f"upstream_{self.status}"
 
 
+def route_settings(
+    url: str, key: ProviderKey, settings: UpstreamSettings
+) -> tuple[dict[str, str], str | bool]:
+    """The proxies and TLS verification for a call: the provider key's, else the gateway's, else the
+    environment's (``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``, ``REQUESTS_CA_BUNDLE``), else
+    direct and certifi. ``.netrc`` is never read: the Session does not trust the environment."""
+    proxy = key.proxy or settings.proxy
+    proxies = {"http": proxy, "https": proxy} if proxy else requests.utils.get_environ_proxies(url)
+    verify = key.ca_bundle or settings.ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or True
+    return proxies, verify
+
+
 def post_json(
     url: str,
     payload: bytes,
@@ -84,6 +98,8 @@ def post_json(
     key: ProviderKey,
     request_id: str,
     timeout: tuple[float, float],
+    proxies: dict[str, str] | None = None,
+    verify: str | bool = True,
 ) -> Answer:
     """POST ``payload`` once (never retried: generations are billed) and read the whole answer."""
     # Every header is named here: nothing of the caller's, nothing merged from Session defaults.
@@ -106,7 +122,12 @@ def post_json(
         # send() skips Session.request's per-call merging of environment and session
         # settings (none apply: trust_env is off and the headers are complete).
         with session().send(
-            prepared, timeout=timeout, allow_redirects=False, stream=True, verify=True, proxies={}
+            prepared,
+            timeout=timeout,
+            allow_redirects=False,
+            stream=True,
+            verify=verify,
+            proxies=proxies or {},
         ) as r:
             content = _read_until(r, deadline)
     # Timeouts first: ConnectTimeout is a ConnectionError too.
@@ -116,6 +137,14 @@ def post_json(
         raise error from None
     except (requests.Timeout, ReadTimeoutError):
         raise _timeout(host, timeout[1]) from None
+    except requests.exceptions.ProxyError as e:
+        proxy = urlsplit((proxies or {}).get(urlsplit(url).scheme, ""))
+        error = UpstreamUnreachable(
+            f"Could not reach the upstream {host} through the proxy {proxy.hostname}:{proxy.port}: "
+            f"{_no_credentials(str(_innermost(e)))}"
+        )
+        error.should_retry = _never_sent(e)
+        raise error from None
     except requests.ConnectionError as e:
         if isinstance(_innermost(e), ReadTimeoutError):
             raise _timeout(host, timeout[1]) from None
@@ -146,6 +175,11 @@ def _read_until(r: requests.Response, deadline: float) -> bytes:
         if time.monotonic() > deadline:
             raise requests.Timeout("deadline passed while reading the answer")
     return b"".join(chunks)
+
+
+def _no_credentials(text: str) -> str:
+    """Text with any ``user:password@`` of a URL removed."""
+    return re.sub(r"//[^/@\s]+@", "//", text)
 
 
 def _never_sent(e: BaseException) -> bool:
