@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import click
 from flask import Flask, Response, current_app, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, Registry, load_config
 from .errors import ServiceUnavailable
@@ -177,6 +178,12 @@ def init_app(app: Flask, config_path: str) -> None:
         ledger, limiter = Ledger(settings.usage_database_url), Limiter(settings.ratelimit_storage_url)
         app.extensions["aisix"] = Gateway(config_path, signature, registry, ledger, limiter)
         app.config["MAX_CONTENT_LENGTH"] = settings.request_body_limit_bytes
+        if settings.trusted_proxy_hops:
+            # Believe X-Forwarded-For/-Proto only as far as the operator says proxies stand in
+            # front: by default a caller cannot forge its address in the ledger. (A change needs
+            # a restart: the middleware wraps the app once.)
+            hops = settings.trusted_proxy_hops
+            app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     _init_access_log()
     app.before_request(_start_clock)
     app.after_request(_add_request_id)

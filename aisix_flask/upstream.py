@@ -230,6 +230,14 @@ def interpret(answer: Answer, key: ProviderKey) -> Answer:
             f"The upstream answered with a redirect (HTTP {status}), which the gateway does not "
             f"follow; check api_base of provider key '{key.display_name}'."
         )
+    if status == 407:
+        # A forward proxy refused the gateway's proxy credentials: nothing reached the upstream.
+        error = UpstreamAuthFailed(
+            "The outbound proxy rejected the gateway's proxy credentials (HTTP 407); check the proxy "
+            f"URL of provider key '{key.display_name}' or gateway.upstream.proxy."
+        )
+        error.should_retry = False
+        raise error
     if status in (401, 403):
         # The upstream's own message is not passed on: it may quote part of the key.
         raise UpstreamAuthFailed(
