@@ -16,6 +16,7 @@ from marshmallow import Schema, ValidationError, fields
 
 from . import pii
 from .bridges import default_adapter
+from .idempotency import IdempotencySettings
 from .pricing import Pricing
 from .resources import ApiKey, Guardrail, Model, Pattern, ProviderKey, RateLimit, UpstreamSettings
 from .routing import Router
@@ -49,6 +50,7 @@ class GatewaySettings:
     admin_keys: tuple[ApiKey, ...] = ()
     access_log: bool = True
     trusted_proxy_hops: int = 0
+    idempotency: IdempotencySettings = IdempotencySettings()
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,7 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str]) -> Registry:
         ratelimit_storage_url=gw.get("ratelimit", {}).get("storage_url", DEFAULT_RATELIMIT_URL),
         access_log=gw.get("access_log", True),
         trusted_proxy_hops=gw.get("trusted_proxy_hops", 0),
+        idempotency=IdempotencySettings(**gw.get("idempotency", {})),
         admin_keys=tuple(
             _api_key(row, f"gateway.admin_keys[{i}]", warnings)
             for i, row in enumerate(gw.get("admin_keys", []))

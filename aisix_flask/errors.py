@@ -114,6 +114,24 @@ class RequestTooLarge(InvalidRequest):
     error_code = "request_too_large"
 
 
+class IdempotencyKeyReused(InvalidRequest):
+    code = 422
+    error_code = "idempotency_key_reused"
+    message = "This Idempotency-Key was used with a different request body; use a new key for a new request."
+
+
+class IdempotencyInProgress(InvalidRequest):
+    code = 409
+    error_code = "idempotency_in_progress"
+    message = "A request with this Idempotency-Key is still running; retry after it finishes."
+    should_retry = True  # nothing new is sent: the retry gets the first request's answer
+
+
+class IdempotencyAnswerNotStored(InvalidRequest):
+    code = 409
+    error_code = "idempotency_answer_not_stored"
+
+
 class PermissionDenied(GatewayError):
     code = 403
     error_type = "permission_error"

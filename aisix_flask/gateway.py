@@ -19,6 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, Registry, load_config
 from .errors import ServiceUnavailable
+from .idempotency import Idempotency, store_for
 from .ledger import Ledger
 from .limits import Limiter
 
@@ -59,6 +60,7 @@ class Gateway:
         self.path = path
         self.ledger = ledger
         self.limiter = limiter
+        self.idempotency = Idempotency(store_for(limiter.storage)) if limiter else None
         self._registry = registry
         self._signature = signature  # of the file as it was *before* ``registry`` was read from it
         self._checked = time.monotonic()

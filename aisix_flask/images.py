@@ -27,7 +27,7 @@ from .errors import (
     RequestTooLarge,
     UnsupportedProvider,
 )
-from .gateway import current, request_id
+from .gateway import Gateway, current, request_id
 from .guardrails import check_input
 from .limits import Scope
 from .resources import ApiKey, UpstreamSettings
@@ -65,21 +65,16 @@ def generate() -> Response:
         row.note_guardrails(verdict)
         if verdict.masked:
             body = {**body, "prompt": verdict.prompt}
-        timeout = upstream_timeout(route, registry)
-        admission = gateway.limiter.admit(limit_scopes(key, route), timeout.slot_ttl_s)  # 10
-        try:
-            answer = forward(route, body, row, timeout, registry.gateway.upstream)  # 11
-        finally:
-            gateway.limiter.release(admission)
-        row.status = answer.status
-        row.note_answer(answer.document)
-        if route.model.pricing is not None:
-            row.cost_usd = route.model.pricing.cost(row)
-        gateway.limiter.charge(admission, row.total_tokens)
-        if answer.status >= 400:
-            row.error_code = answer.error_code()
-        answer.document = None  # a large answer's parsed copy is not needed to send its bytes
-        return passthrough(answer)  # 12
+        # 10-12, at most once per Idempotency-Key: a repeat gets the stored answer.
+        return gateway.idempotency.run(
+            request.headers,
+            key.display_name,
+            body,
+            row,
+            lambda: generate_upstream(gateway, registry, key, route, body, row),
+            registry.gateway.idempotency,
+            upstream_timeout(route, registry).slot_ttl_s,
+        )
     except GatewayError as e:
         row.status, row.error_code = e.code, e.error_code
         raise
@@ -91,6 +86,27 @@ def generate() -> Response:
         gateway.ledger.record(row)  # 13: queued; written off this thread
         metrics.observe(row, route.model.display_name if route else "")
         g.usage_row = row  # for the access log line
+
+
+def generate_upstream(
+    gateway: Gateway, registry: Registry, key: ApiKey, route: Route, body: dict[str, Any], row: UsageRow
+) -> Response:
+    """Steps 10 to 12: the rate limits, the upstream call, the answer as the upstream gave it."""
+    timeout = upstream_timeout(route, registry)
+    admission = gateway.limiter.admit(limit_scopes(key, route), timeout.slot_ttl_s)  # 10
+    try:
+        answer = forward(route, body, row, timeout, registry.gateway.upstream)  # 11
+    finally:
+        gateway.limiter.release(admission)
+    row.status = answer.status
+    row.note_answer(answer.document)
+    if route.model.pricing is not None:
+        row.cost_usd = route.model.pricing.cost(row)
+    gateway.limiter.charge(admission, row.total_tokens)
+    if answer.status >= 400:
+        row.error_code = answer.error_code()
+    answer.document = None  # a large answer's parsed copy is not needed to send its bytes
+    return passthrough(answer)  # 12
 
 
 def read_json_object(limit: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     case,
     create_engine,
     event,
+    false,
     func,
     inspect,
     select,
@@ -65,6 +67,7 @@ usage = Table(
     Column("input_text_tokens", Integer),
     Column("input_image_tokens", Integer),
     Column("cost_usd", Float),
+    Column("idempotent_replay", Boolean, nullable=False, server_default=false()),
 )
 
 SUMMARY_GROUPS = ("api_key", "model", "day")
@@ -115,7 +118,12 @@ def _create_or_upgrade(engine: Engine) -> None:
         for column in usage.columns:
             if column.name not in present:
                 ddl = column.type.compile(engine.dialect)
-                default = f" DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
+                default = ""
+                if column.server_default is not None:
+                    arg = column.server_default.arg  # a string, or an expression such as false()
+                    default = (
+                        f" DEFAULT {arg.compile(dialect=engine.dialect) if hasattr(arg, 'compile') else arg}"
+                    )
                 null = " NOT NULL" if default and not column.nullable else ""
                 conn.execute(text(f"ALTER TABLE {usage.name} ADD COLUMN {column.name} {ddl}{null}{default}"))
                 log.warning("usage ledger: added column %s", column.name)

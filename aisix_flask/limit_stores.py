@@ -6,6 +6,7 @@ Importing this module registers ``sqlite:///…`` URLs with ``limits.storage.sto
 from __future__ import annotations
 
 import fcntl
+import json
 import math
 import os
 import queue
@@ -41,6 +42,10 @@ CREATE TABLE IF NOT EXISTS windows (
 CREATE TABLE IF NOT EXISTS slots (
     key TEXT NOT NULL, id TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (key, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY, body_hash TEXT NOT NULL, state TEXT NOT NULL, running_until REAL NOT NULL,
+    expires_at REAL NOT NULL, status INTEGER, content_type TEXT, headers TEXT, body BLOB
+);
 """
 
 
@@ -263,6 +268,67 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
         except _Refused as refused:  # rolled back: nothing was taken
             return [], refused.args[0]
 
+    # -- idempotency keys --
+
+    def claim(self, key: str, body_hash: str, running_s: float, ttl_s: float) -> Record | None:
+        """Claim ``key`` for a new request (None), or return the record that holds it. A running
+        record whose request outlived ``running_s`` (a crashed worker) is taken over."""
+        with self._write() as db:
+            now = time.time()
+            db.execute("DELETE FROM idempotency WHERE key = ? AND expires_at <= ?", (key, now))
+            row = db.execute(f"SELECT {_RECORD} FROM idempotency WHERE key = ?", (key,)).fetchone()
+            if row is not None and not (row[1] == "running" and row[2] <= now):
+                return _record(row)
+            db.execute(
+                "INSERT OR REPLACE INTO idempotency (key, body_hash, state, running_until, expires_at)"
+                " VALUES (?, ?, 'running', ?, ?)",
+                (key, body_hash, now + running_s, now + ttl_s),
+            )
+        return None
+
+    def record(self, key: str) -> Record | None:
+        rows = self._read(
+            f"SELECT {_RECORD} FROM idempotency WHERE key = ? AND expires_at > ?", (key, time.time())
+        )
+        return _record(rows[0]) if rows else None
+
+    def finish(self, key: str, answer: Record) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE idempotency SET state = ?, status = ?, content_type = ?, headers = ?, body = ?"
+                " WHERE key = ?",
+                (
+                    answer.state,
+                    answer.status,
+                    answer.content_type,
+                    json.dumps(answer.headers),
+                    answer.body,
+                    key,
+                ),
+            )
+
+    def release(self, key: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM idempotency WHERE key = ? AND state = 'running'", (key,))
+
+
+_RECORD = "body_hash, state, running_until, status, content_type, headers, body"
+
+
+def _record(row: tuple) -> Record:
+    return Record(row[0], row[1], row[3], row[4], json.loads(row[5]) if row[5] else {}, row[6])
+
+
+class Record(NamedTuple):
+    """What an idempotency key holds: the request's body hash, and its answer once finished."""
+
+    body_hash: str
+    state: str  # running | done | too_large
+    status: int | None = None
+    content_type: str | None = None
+    headers: dict[str, str] = {}
+    body: bytes | None = None
+
 
 class _Refused(Exception):
     """Ends an admission transaction early (and rolls it back)."""
@@ -283,6 +349,64 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
 end
 return 1
 """
+
+
+_REDIS_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and not (state == 'running' and tonumber(redis.call('HGET', KEYS[1], 'running_until')) <= now) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'body_hash', ARGV[1], 'state', 'running',
+           'running_until', now + tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+_REDIS_RELEASE = """
+if redis.call('HGET', KEYS[1], 'state') == 'running' then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+IDEMPOTENCY_PREFIX = "aisix:idem:"
+
+
+class RedisIdempotency:
+    """Idempotency records in Redis hashes, shared by every host on the same server."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self._redis = connection
+        self._claim = connection.register_script(_REDIS_CLAIM)
+        self._release = connection.register_script(_REDIS_RELEASE)
+
+    def claim(self, key: str, body_hash: str, running_s: float, ttl_s: float) -> Record | None:
+        if self._claim(keys=[IDEMPOTENCY_PREFIX + key], args=[body_hash, running_s, int(ttl_s)]):
+            return None
+        return self.record(key) or self.claim(key, body_hash, running_s, ttl_s)
+
+    def record(self, key: str) -> Record | None:
+        fields = self._redis.hgetall(IDEMPOTENCY_PREFIX + key)
+        if not fields:
+            return None
+        text = {k.decode(): v for k, v in fields.items()}
+        return Record(
+            body_hash=text["body_hash"].decode(),
+            state=text["state"].decode(),
+            status=int(text["status"]) if "status" in text else None,
+            content_type=text["content_type"].decode() if "content_type" in text else None,
+            headers=json.loads(text["headers"]) if "headers" in text else {},
+            body=text.get("body"),
+        )
+
+    def finish(self, key: str, answer: Record) -> None:
+        mapping = {"state": answer.state, "status": answer.status or 0, "headers": json.dumps(answer.headers),
+                   "content_type": answer.content_type or "application/json"}  # fmt: skip
+        if answer.body is not None:
+            mapping["body"] = answer.body
+        self._redis.hset(IDEMPOTENCY_PREFIX + key, mapping=mapping)
+
+    def release(self, key: str) -> None:
+        self._release(keys=[IDEMPOTENCY_PREFIX + key])
 
 
 class RedisSlots:

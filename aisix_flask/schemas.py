@@ -97,6 +97,12 @@ class CallerKeySchema(KeySchema):
     display_name = _name(required=True)
 
 
+class IdempotencySchema(_Schema):
+    ttl_s = _seconds
+    max_answer_bytes = fields.Integer(strict=True, validate=Range(min=0))
+    wait_s = fields.Float(validate=Range(min=0))
+
+
 class GatewaySchema(_Schema):
     request_body_limit_bytes = fields.Integer(strict=True, validate=Range(min=1))
     upstream = fields.Nested(UpstreamSchema)
@@ -105,6 +111,7 @@ class GatewaySchema(_Schema):
     admin_keys = fields.List(fields.Nested(KeySchema))
     access_log = fields.Boolean()
     trusted_proxy_hops = fields.Integer(strict=True, validate=Range(min=0, max=10))
+    idempotency = fields.Nested(IdempotencySchema)
 
 
 class ProviderKeySchema(_Schema):

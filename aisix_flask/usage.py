@@ -49,6 +49,7 @@ class UsageRow:
     input_text_tokens: int | None = None  # from usage.input_tokens_details, when reported
     input_image_tokens: int | None = None
     cost_usd: float | None = None  # None when no price applies
+    idempotent_replay: bool = False  # answered from a stored answer: nothing generated, no tokens
 
     def note_request(self, body: dict[str, Any]) -> None:
         """Record what the caller asked for (as requested, whatever the upstream does)."""
@@ -57,6 +58,10 @@ class UsageRow:
         self.quality = _short(body.get("quality"))
         n = body.get("n")
         self.n = n if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**31 else None
+
+    def note_replay(self, status: int) -> None:
+        """Record a replayed answer: its status, and nothing spent."""
+        self.idempotent_replay, self.status = True, status
 
     def note_guardrails(self, verdict: Verdict) -> None:
         """Record how many PII matches were masked and which monitor-mode guardrails matched."""

@@ -81,7 +81,8 @@ def test_an_older_table_gets_the_new_columns(tmp_path, request, backend):
 
     url = f"sqlite:///{tmp_path}/old.db" if backend == "sqlite" else request.getfixturevalue("pg_schema")
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
-    added_since = ("pii_masked", "guardrails_flagged", "input_text_tokens", "input_image_tokens", "cost_usd")
+    added_since = ("pii_masked", "guardrails_flagged", "input_text_tokens", "input_image_tokens", "cost_usd",
+                   "idempotent_replay")  # fmt: skip
     old = MetaData()
     Table("usage", old, *[Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
                           for c in usage.columns if c.name not in added_since])  # fmt: skip

@@ -1,0 +1,129 @@
+"""Idempotency-Key: the first request with a key is forwarded and its answer kept; a repeat
+gets that answer back without a second (billed) generation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Response
+
+from .errors import (
+    IdempotencyAnswerNotStored,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    UpstreamError,
+)
+from .limit_stores import Record
+from .usage import UsageRow
+
+HEADER = "Idempotency-Key"
+REPLAY_HEADER = "x-aisix-idempotent-replay"
+KEPT_HEADERS = ("Retry-After", "x-should-retry")
+_VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+@dataclass(frozen=True)
+class IdempotencySettings:
+    """``gateway.idempotency``: how long answers are kept, how large, how long a repeat waits."""
+
+    ttl_s: float = 86400.0
+    max_answer_bytes: int = 32 * 1024 * 1024  # a 4-image b64_json answer fits
+    wait_s: float = 10.0
+
+
+class Idempotency:
+    """Runs a request once per (caller key, Idempotency-Key) in the rate-limit store."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store  # limit_stores.SQLiteStorage or limit_stores.RedisIdempotency
+
+    def run(
+        self,
+        headers: Mapping[str, str],
+        api_key: str,
+        body: dict[str, Any],
+        row: UsageRow,
+        produce: Callable[[], Response],
+        settings: IdempotencySettings,
+        running_s: float,
+    ) -> Response:
+        """``produce()`` the answer, or replay the one a request with the same key produced."""
+        raw = headers.get(HEADER)
+        if raw is None:
+            return produce()
+        if not _VALID_KEY.fullmatch(raw):
+            raise InvalidRequest("Idempotency-Key must be 1 to 255 printable ASCII characters.", param=HEADER)
+        key = hashlib.sha256(f"{api_key}\0{raw}".encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        held = self._claim(key, digest, running_s, settings)
+        if held is not None:
+            row.note_replay(held.status or 0)
+            return _replay(held)
+        try:
+            response = produce()
+        except UpstreamError as e:
+            if e.should_retry:  # nothing reached the upstream: a retry may really run
+                self.store.release(key)
+            else:  # the upstream may have generated: the error is the answer to keep
+                self.store.finish(key, _record(digest, e.get_response(), settings))
+            raise
+        except BaseException:
+            self.store.release(key)  # refused before sending (a rate limit, a bug): free the key
+            raise
+        self.store.finish(key, _record(digest, response, settings))
+        return response
+
+    def _claim(self, key: str, digest: str, running_s: float, settings: IdempotencySettings) -> Record | None:
+        """None when this request owns the key; else the finished record (waiting, bounded)."""
+        deadline = time.monotonic() + settings.wait_s
+        while True:
+            held = self.store.claim(key, digest, running_s, settings.ttl_s)
+            if held is None:
+                return None
+            if held.body_hash != digest:
+                raise IdempotencyKeyReused()
+            if held.state != "running":
+                return held
+            if time.monotonic() >= deadline:
+                raise IdempotencyInProgress(headers={"Retry-After": "5"})
+            time.sleep(0.1)
+
+
+def _record(digest: str, response: Response, settings: IdempotencySettings) -> Record:
+    body = response.get_data()
+    headers = {name: response.headers[name] for name in KEPT_HEADERS if name in response.headers}
+    if len(body) > settings.max_answer_bytes:
+        return Record(digest, "too_large", response.status_code, response.content_type, headers, None)
+    return Record(digest, "done", response.status_code, response.content_type, headers, body)
+
+
+def _replay(held: Record) -> Response:
+    if held.state == "too_large":
+        error = IdempotencyAnswerNotStored(
+            "The first request with this Idempotency-Key finished, but its answer was larger than "
+            "the gateway keeps (gateway.idempotency.max_answer_bytes), so it cannot be replayed; "
+            "it is not sent upstream again. Use a new key to generate again."
+        )
+        raise error
+    response = Response(held.body, status=held.status, content_type=held.content_type)
+    response.headers.update(held.headers)
+    response.headers[REPLAY_HEADER] = "true"
+    return response
+
+
+def store_for(limit_storage: Any) -> Any:
+    """The idempotency store beside the rate-limit counters: the same SQLite file or Redis."""
+    from limits.storage import RedisStorage
+
+    from .limit_stores import RedisIdempotency
+
+    if isinstance(limit_storage, RedisStorage):
+        return RedisIdempotency(limit_storage.get_connection())
+    return limit_storage
