@@ -361,7 +361,14 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'body_hash', ARGV[1], 'state', 'running',
            'running_until', now + tonumber(ARGV[2]))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+# Only a record that still exists is finished: an expired one must not come back without a TTL.
+_REDIS_FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'status', ARGV[2], 'content_type', ARGV[3], 'headers', ARGV[4])
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'body', ARGV[6]) end
 return 1
 """
 _REDIS_RELEASE = """
@@ -377,10 +384,13 @@ class RedisIdempotency:
     def __init__(self, connection: redis.Redis) -> None:
         self._redis = connection
         self._claim = connection.register_script(_REDIS_CLAIM)
+        self._finish = connection.register_script(_REDIS_FINISH)
         self._release = connection.register_script(_REDIS_RELEASE)
 
     def claim(self, key: str, body_hash: str, running_s: float, ttl_s: float) -> Record | None:
-        if self._claim(keys=[IDEMPOTENCY_PREFIX + key], args=[body_hash, running_s, int(ttl_s)]):
+        if self._claim(
+            keys=[IDEMPOTENCY_PREFIX + key], args=[body_hash, running_s, max(int(ttl_s * 1000), 1)]
+        ):
             return None
         return self.record(key) or self.claim(key, body_hash, running_s, ttl_s)
 
@@ -399,11 +409,12 @@ class RedisIdempotency:
         )
 
     def finish(self, key: str, answer: Record) -> None:
-        mapping = {"state": answer.state, "status": answer.status or 0, "headers": json.dumps(answer.headers),
-                   "content_type": answer.content_type or "application/json"}  # fmt: skip
-        if answer.body is not None:
-            mapping["body"] = answer.body
-        self._redis.hset(IDEMPOTENCY_PREFIX + key, mapping=mapping)
+        has_body = answer.body is not None
+        self._finish(
+            keys=[IDEMPOTENCY_PREFIX + key],
+            args=[answer.state, answer.status or 0, answer.content_type or "application/json",
+                  json.dumps(answer.headers), "1" if has_body else "0", answer.body if has_body else b""],
+        )  # fmt: skip
 
     def release(self, key: str) -> None:
         self._release(keys=[IDEMPOTENCY_PREFIX + key])
