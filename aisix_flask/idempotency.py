@@ -122,7 +122,7 @@ def store_for(limit_storage: Any) -> Any:
     """The idempotency store beside the rate-limit counters: the same SQLite file or Redis."""
     from limits.storage import RedisStorage
 
-    from .limit_stores import RedisIdempotency
+    from .redis_stores import RedisIdempotency
 
     if isinstance(limit_storage, RedisStorage):
         return RedisIdempotency(limit_storage.get_connection())

@@ -22,7 +22,8 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 
 from . import metrics
 from .errors import RateLimited
-from .limit_stores import RedisSlots, SlotStore
+from .limit_stores import SlotStore
+from .redis_stores import RedisSlots
 from .resources import RateLimit
 
 log = logging.getLogger(__name__)
