@@ -158,3 +158,66 @@ def test_trusted_proxy_hops(make_app, config, hops, forwarded, recorded):
     ledger = app.extensions["aisix"].ledger
     ledger.flush(10)
     assert ledger.query(limit=1)[0]["client_ip"] == recorded
+
+
+@pytest.fixture(scope="module")
+def tls_upstream(tmp_path_factory):
+    """The fake upstream over HTTPS, its certificate signed by a throwaway 'corporate' CA."""
+    import shutil
+    import ssl
+    import subprocess
+
+    from .fake_upstream import FakeOpenAI
+
+    if not shutil.which("openssl"):
+        pytest.skip("needs the openssl command")
+    d = tmp_path_factory.mktemp("tls")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=aisix test corporate CA")  # fmt: skip
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "1", "-extfile", "san.ext")  # fmt: skip
+    server = FakeOpenAI()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(d / "server.pem", d / "server.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}/v1", str(d / "ca.pem")
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("where", ["none", "gateway", "provider_key", "environment"])
+def test_a_corporate_ca_over_real_tls(make_app, config, monkeypatch, tls_upstream, where):
+    url, ca = tls_upstream
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    config["provider_keys"][0]["api_base"] = url
+    if where == "gateway":
+        config["gateway"]["upstream"]["ca_bundle"] = ca
+    elif where == "provider_key":
+        config["provider_keys"][0]["ca_bundle"] = ca
+    elif where == "environment":
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)
+    r = make_app(config).test_client().post(ROUTE, headers=auth(), json=OK)
+    if where == "none":  # certifi does not know the corporate CA: refused, not sent
+        assert (r.status_code, r.get_json()["error"]["code"]) == (502, "upstream_unreachable")
+        assert "certificate" in r.get_json()["error"]["message"].lower()
+        assert r.headers["x-should-retry"] == "false"  # it will fail the same way until configured
+    else:
+        assert r.status_code == 200, r.get_data(as_text=True)
