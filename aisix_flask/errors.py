@@ -49,11 +49,14 @@ class GatewayError(HTTPException):
         param: str | None = None,
         error_code: str | None = None,
         headers: dict[str, str] | None = None,
+        should_retry: bool | None = None,
     ) -> None:
         super().__init__(message or self.message)
         self.param = param
         if error_code is not None:
             self.error_code = error_code
+        if should_retry is not None:
+            self.should_retry = should_retry
         self.extra_headers = headers or {}
 
     def headers_out(self) -> dict[str, str]:

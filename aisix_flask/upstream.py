@@ -132,26 +132,23 @@ def post_json(
             content = _read_until(r, deadline)
     # Timeouts first: ConnectTimeout is a ConnectionError too.
     except requests.ConnectTimeout:
-        error = _timeout(host, timeout[0])
-        error.should_retry = True  # no connection, so nothing was sent
-        raise error from None
+        raise _timeout(host, timeout[0], should_retry=True) from None  # nothing was sent
     except (requests.Timeout, ReadTimeoutError):
         raise _timeout(host, timeout[1]) from None
     except requests.exceptions.ProxyError as e:
         proxy = urlsplit((proxies or {}).get(urlsplit(url).scheme, ""))
-        error = UpstreamUnreachable(
+        raise UpstreamUnreachable(
             f"Could not reach the upstream {host} through the proxy {proxy.hostname}:{proxy.port}: "
-            f"{_no_credentials(str(_innermost(e)))}"
-        )
-        error.should_retry = _never_sent(e)
-        raise error from None
+            f"{_no_credentials(str(_innermost(e)))}",
+            should_retry=_never_sent(e),
+        ) from None
     except requests.ConnectionError as e:
         if isinstance(_innermost(e), ReadTimeoutError):
             raise _timeout(host, timeout[1]) from None
-        error = UpstreamUnreachable(f"Could not reach the upstream {host}: {_innermost(e)}")
         # Refused or unresolvable: the request never left, so a retry cannot bill twice.
-        error.should_retry = _never_sent(e)
-        raise error from None
+        raise UpstreamUnreachable(
+            f"Could not reach the upstream {host}: {_innermost(e)}", should_retry=_never_sent(e)
+        ) from None
     except (requests.RequestException, HTTPError) as e:
         raise UpstreamUnreachable(f"The connection to the upstream {host} failed: {_innermost(e)}") from None
     return Answer(
@@ -187,8 +184,10 @@ def _never_sent(e: BaseException) -> bool:
     return any(isinstance(x, NewConnectionError | NameResolutionError) for x in _chain(e))
 
 
-def _timeout(host: str, seconds: float) -> UpstreamTimeout:
-    return UpstreamTimeout(f"The upstream {host} did not answer within {seconds:g} s.")
+def _timeout(host: str, seconds: float, should_retry: bool = False) -> UpstreamTimeout:
+    return UpstreamTimeout(
+        f"The upstream {host} did not answer within {seconds:g} s.", should_retry=should_retry
+    )
 
 
 def _chain(e: BaseException) -> list[BaseException]:
@@ -232,12 +231,10 @@ def interpret(answer: Answer, key: ProviderKey) -> Answer:
         )
     if status == 407:
         # A forward proxy refused the gateway's proxy credentials: nothing reached the upstream.
-        error = UpstreamAuthFailed(
+        raise UpstreamAuthFailed(
             "The outbound proxy rejected the gateway's proxy credentials (HTTP 407); check the proxy "
             f"URL of provider key '{key.display_name}' or gateway.upstream.proxy."
         )
-        error.should_retry = False
-        raise error
     if status in (401, 403):
         # The upstream's own message is not passed on: it may quote part of the key.
         raise UpstreamAuthFailed(
@@ -252,9 +249,9 @@ def interpret(answer: Answer, key: ProviderKey) -> Answer:
             f"The upstream answered HTTP {status}: {upstream_message(answer, key)}",
             error_code=f"upstream_{status}",
             headers={"Retry-After": answer.retry_after} if answer.retry_after else None,
+            should_retry=status == 429,
         )
-        error.code = status
-        error.should_retry = status == 429
+        error.code = status  # the upstream's status, in the gateway's envelope
         raise error
     return answer
 
