@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from flask import Response
 
 from .errors import (
@@ -18,12 +21,16 @@ from .errors import (
     IdempotencyInProgress,
     IdempotencyKeyReused,
     InvalidRequest,
+    ServiceUnavailable,
     UpstreamError,
 )
 from .limit_stores import Record
 from .usage import UsageRow
 
+log = logging.getLogger(__name__)
+
 HEADER = "Idempotency-Key"
+STORE_ERRORS = (sqlite3.Error, redis.RedisError)
 REPLAY_HEADER = "x-aisix-idempotent-replay"
 KEPT_HEADERS = ("Retry-After", "x-should-retry")
 _VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -42,7 +49,7 @@ class Idempotency:
     """Runs a request once per (caller key, Idempotency-Key) in the rate-limit store."""
 
     def __init__(self, store: Any) -> None:
-        self.store = store  # limit_stores.SQLiteStorage or limit_stores.RedisIdempotency
+        self.store = store  # limit_stores.SQLiteStorage or redis_stores.RedisIdempotency
 
     def run(
         self,
@@ -62,7 +69,16 @@ class Idempotency:
             raise InvalidRequest("Idempotency-Key must be 1 to 255 printable ASCII characters.", param=HEADER)
         key = hashlib.sha256(f"{api_key}\0{raw}".encode()).hexdigest()
         digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-        held = self._claim(key, digest, running_s, settings)
+        try:
+            held = self._claim(key, digest, running_s, settings)
+        except STORE_ERRORS as e:
+            # Without the store the promise cannot be kept; refusing is safer than billing twice.
+            log.error("idempotency store failed: %s", e)
+            raise ServiceUnavailable(
+                "The gateway cannot check this Idempotency-Key right now; retry shortly.",
+                error_code="idempotency_unavailable",
+                should_retry=True,
+            ) from None
         if held is not None:
             row.note_replay(held.status or 0)
             return _replay(held)
@@ -70,15 +86,24 @@ class Idempotency:
             response = produce()
         except UpstreamError as e:
             if e.should_retry:  # nothing reached the upstream: a retry may really run
-                self.store.release(key)
+                self._quietly(self.store.release, key)
             else:  # the upstream may have generated: the error is the answer to keep
-                self.store.finish(key, _record(digest, e.get_response(), settings))
+                self._quietly(self.store.finish, key, _record(digest, e.get_response(), settings))
             raise
         except BaseException:
-            self.store.release(key)  # refused before sending (a rate limit, a bug): free the key
+            self._quietly(self.store.release, key)  # refused before sending: free the key
             raise
-        self.store.finish(key, _record(digest, response, settings))
+        self._quietly(self.store.finish, key, _record(digest, response, settings))
         return response
+
+    @staticmethod
+    def _quietly(action: Callable[..., None], *args: Any) -> None:
+        """Update the store; a failure is logged, never put between the caller and its answer
+        (the key then stays claimed until its request's timeout has passed)."""
+        try:
+            action(*args)
+        except STORE_ERRORS as e:
+            log.error("idempotency store failed to record an answer: %s", e)
 
     def _claim(self, key: str, digest: str, running_s: float, settings: IdempotencySettings) -> Record | None:
         """None when this request owns the key; else the finished record (waiting, bounded)."""

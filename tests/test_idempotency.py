@@ -224,3 +224,26 @@ def test_two_hosts_share_keys_through_redis(tmp_path, fake):
             server.stop()
         redis.Redis.from_url(REDIS_URL).flushdb()
     assert [a.status_code for a in answers] == [200] * 4
+
+
+def test_a_broken_store(build, upstream, monkeypatch):
+    import sqlite3
+
+    app = build()
+    store = app.extensions["aisix"].idempotency.store
+
+    def down(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "claim", down)  # cannot check the key: refuse rather than bill twice
+    r = post(app.test_client(), "k-10")
+    assert (r.status_code, r.get_json()["error"]["code"], r.headers["x-should-retry"]) == (
+        503,
+        "idempotency_unavailable",
+        "true",
+    )
+    assert not upstream.calls
+    monkeypatch.undo()
+    monkeypatch.setattr(store, "finish", down)  # cannot keep the answer: the caller still gets it
+    once(upstream)
+    assert post(app.test_client(), "k-11").status_code == 200
