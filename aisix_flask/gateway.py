@@ -126,7 +126,7 @@ def _add_request_id(response: Response) -> Response:
 # What the access log takes from a route's usage row: names, numbers, never text or secrets.
 _ACCESS_FIELDS = (
     "api_key", "model", "upstream_model", "error_code", "upstream_latency_ms",
-    "input_tokens", "output_tokens", "total_tokens", "images", "cost_usd", "pii_masked",
+    "input_tokens", "output_tokens", "total_tokens", "images", "cost_usd", "pii_masked", "idempotent_replay",
 )  # fmt: skip
 
 

@@ -48,6 +48,7 @@ def test_one_json_line_per_request(client, upstream, access_lines):
         1,
     )
     assert first["latency_ms"] >= first["upstream_latency_ms"] >= 0
+    assert first["idempotent_replay"] is False
     assert "api_key" not in entries[1]
     text = "\n".join(access_lines)
     assert "secret plan" not in text and "aGVsbG8=" not in text and "SECRET" not in text
