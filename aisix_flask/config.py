@@ -167,9 +167,8 @@ def _cross_check(data: dict[str, Any]) -> list[str]:
         if isinstance(provider, str) and provider != "openai" and not row.get("api_base"):
             problems.append(f"{path}.api_base: required for provider {provider!r}")
 
-    upstream_settings = (
-        (data.get("gateway") or {}).get("upstream") if isinstance(data.get("gateway"), dict) else None
-    )
+    gateway = data.get("gateway")
+    upstream_settings = gateway.get("upstream") if isinstance(gateway, dict) else None
     for path, row in [("gateway.upstream", upstream_settings), *_items(data, "provider_keys")]:
         bundle = row.get("ca_bundle") if isinstance(row, dict) else None
         if isinstance(bundle, str) and bundle and not os.path.isfile(bundle):

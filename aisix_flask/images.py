@@ -65,15 +65,16 @@ def generate() -> Response:
         row.note_guardrails(verdict)
         if verdict.masked:
             body = {**body, "prompt": verdict.prompt}
+        timeout = upstream_timeout(route, registry)
         # 10-12, at most once per Idempotency-Key: a repeat gets the stored answer.
         return gateway.idempotency.run(
             request.headers,
             key.display_name,
             body,
             row,
-            lambda: generate_upstream(gateway, registry, key, route, body, row),
+            lambda: generate_upstream(gateway, registry, key, route, body, row, timeout),
             registry.gateway.idempotency,
-            upstream_timeout(route, registry).slot_ttl_s,
+            timeout.slot_ttl_s,
         )
     except GatewayError as e:
         row.status, row.error_code = e.code, e.error_code
@@ -89,10 +90,15 @@ def generate() -> Response:
 
 
 def generate_upstream(
-    gateway: Gateway, registry: Registry, key: ApiKey, route: Route, body: dict[str, Any], row: UsageRow
+    gateway: Gateway,
+    registry: Registry,
+    key: ApiKey,
+    route: Route,
+    body: dict[str, Any],
+    row: UsageRow,
+    timeout: Timeout,
 ) -> Response:
     """Steps 10 to 12: the rate limits, the upstream call, the answer as the upstream gave it."""
-    timeout = upstream_timeout(route, registry)
     admission = gateway.limiter.admit(limit_scopes(key, route), timeout.slot_ttl_s)  # 10
     try:
         answer = forward(route, body, row, timeout, registry.gateway.upstream)  # 11

@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from .redact import without_credentials
 from .usage import UsageRow
 
 log = logging.getLogger(__name__)
@@ -129,11 +130,6 @@ def _create_or_upgrade(engine: Engine) -> None:
                 log.warning("usage ledger: added column %s", column.name)
 
 
-def _safe(url: str) -> str:
-    """The URL without its password, for logs."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
 class Ledger:
     """Queues rows from request threads; one writer thread per process inserts them in batches."""
 
@@ -208,7 +204,11 @@ class Ledger:
                 time.sleep(0.2)
                 _create_or_upgrade(self.engine)
         except SQLAlchemyError as e:
-            log.error("usage ledger %s is not reachable (rows wait until it is): %s", _safe(self.url), e)
+            log.error(
+                "usage ledger %s is not reachable (rows wait until it is): %s",
+                without_credentials(self.url),
+                e,
+            )
             return False
         return True
 

@@ -46,6 +46,13 @@ CREATE TABLE IF NOT EXISTS idempotency (
 """
 
 
+def weighted_count(window: tuple[int, float, int, float], expiry: int) -> int:
+    """A sliding-window counter's count now: the previous window in proportion to how much of it
+    still overlaps, plus the current one (``window`` as ``get_sliding_window`` returns it)."""
+    previous, previous_ttl, current, _ = window
+    return math.floor(previous * previous_ttl / expiry) + current
+
+
 def sqlite_path(url: str) -> str:
     """``sqlite:///var/x.db`` → ``var/x.db``; ``sqlite:////abs/x.db`` → ``/abs/x.db``."""
     if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
@@ -188,8 +195,7 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
             return False
         with self._write() as db:
             now = time.time()
-            previous, previous_ttl, current, _ = self._window(db, key, expiry, now)
-            if math.floor(previous * previous_ttl / expiry) + current + amount > limit:
+            if weighted_count(self._window(db, key, expiry, now), expiry) + amount > limit:
                 return False
             self._add(db, key, expiry, now, amount)
         return True
@@ -256,8 +262,7 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
                     ids.append(slot)
                 for i, (key, expiry, limit) in enumerate(checks):
                     window = self._window(db, key, expiry, now)
-                    previous, previous_ttl, current, _ = window
-                    if math.floor(previous * previous_ttl / expiry) + current + 1 > limit:
+                    if weighted_count(window, expiry) + 1 > limit:
                         raise _Refused(("window", i, window))
                 for key, expiry in hits:
                     self._add(db, key, expiry, now, 1)
@@ -282,12 +287,6 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
                 (key, body_hash, now + running_s, now + ttl_s),
             )
         return None
-
-    def record(self, key: str) -> Record | None:
-        rows = self._read(
-            f"SELECT {_RECORD} FROM idempotency WHERE key = ? AND expires_at > ?", (key, time.time())
-        )
-        return _record(rows[0]) if rows else None
 
     def finish(self, key: str, answer: Record) -> None:
         with self._write() as db:

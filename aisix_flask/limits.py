@@ -22,7 +22,8 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 
 from . import metrics
 from .errors import RateLimited
-from .limit_stores import SlotStore
+from .limit_stores import SlotStore, weighted_count
+from .redact import without_credentials
 from .redis_stores import RedisSlots
 from .resources import RateLimit
 
@@ -56,7 +57,7 @@ def seconds_until_free(
     room = limit - cost
     if room < 0:
         return float(expiry)
-    if math.floor(previous * previous_ttl / expiry) + current <= room:
+    if weighted_count(window, expiry) <= room:
         return 0.0
     # The conditions below are strict (count < room + 1): a moment past the boundary fits.
     end = current_ttl - expiry if current_ttl > expiry else previous_ttl
@@ -84,6 +85,11 @@ class Scope:
     def ids(self) -> tuple[str, str]:
         """What identifies this scope's windows and slots in the store."""
         return (self.kind, self.name)
+
+    @property
+    def slot_key(self) -> str:
+        """Where this scope's concurrency slots are kept."""
+        return ":".join(self.ids)
 
     @property
     def label(self) -> str:
@@ -128,11 +134,10 @@ class Limiter:
         try:
             for scope in scopes:
                 if scope.limit.concurrency:
-                    key = ":".join(scope.ids)
-                    slot = self.slots.acquire_slot(key, scope.limit.concurrency, slot_ttl_s)
+                    slot = self.slots.acquire_slot(scope.slot_key, scope.limit.concurrency, slot_ttl_s)
                     if slot is None:
                         raise _exceeded(scope, "concurrency", 1)
-                    admission.slots.append((key, slot))
+                    admission.slots.append((scope.slot_key, slot))
             requests, tokens = _windows(scopes, REQUEST_RULES), _windows(scopes, TOKEN_RULES)
             waits = [
                 (seconds_until_free(self.storage.get_sliding_window(item.key_for(*s.ids), item.get_expiry()),
@@ -151,7 +156,7 @@ class Limiter:
             self.release(admission)
             raise
         except _STORAGE_ERRORS as e:
-            log.error("rate-limit store %s failed, request let through: %s", _safe(self.url), e)
+            log.error("rate-limit store %s failed, request let through: %s", without_credentials(self.url), e)
             self.release(admission)
             return Admission()
         return admission
@@ -163,12 +168,12 @@ class Limiter:
         windows = [*requests, *tokens]
         try:
             ids, refusal = self.storage.admit_all(
-                [(":".join(s.ids), s.limit.concurrency, slot_ttl_s) for s in slotted],
+                [(s.slot_key, s.limit.concurrency, slot_ttl_s) for s in slotted],
                 [(item.key_for(*s.ids), item.get_expiry(), item.amount) for s, _, item in windows],
                 [(item.key_for(*s.ids), item.get_expiry()) for s, _, item in requests],
             )
         except _STORAGE_ERRORS as e:
-            log.error("rate-limit store %s failed, request let through: %s", _safe(self.url), e)
+            log.error("rate-limit store %s failed, request let through: %s", without_credentials(self.url), e)
             return Admission()
         if refusal is not None:
             if refusal[0] == "slot":
@@ -176,7 +181,7 @@ class Limiter:
             scope, rule, item = windows[refusal[1]]
             raise _exceeded(scope, rule, seconds_until_free(refusal[2], item.get_expiry(), item.amount))
         return Admission(
-            slots=[(":".join(s.ids), slot) for s, slot in zip(slotted, ids, strict=True)],
+            slots=[(s.slot_key, slot) for s, slot in zip(slotted, ids, strict=True)],
             token_windows=[(item, scope.ids) for scope, _, item in tokens],
         )
 
@@ -190,18 +195,23 @@ class Limiter:
                     item.key_for(*ids), UNBOUNDED, item.get_expiry(), tokens
                 )
             except _STORAGE_ERRORS as e:
-                log.error("rate-limit store %s failed to count %d tokens: %s", _safe(self.url), tokens, e)
+                log.error(
+                    "rate-limit store %s failed to count %d tokens: %s",
+                    without_credentials(self.url),
+                    tokens,
+                    e,
+                )
 
     def release(self, admission: Admission) -> None:
-        """Give back the request's concurrency slots (they also expire on their own)."""
-        while admission.slots:
-            key, slot = admission.slots.pop()
-            try:
-                self.slots.release_slot(key, slot)
-            except _STORAGE_ERRORS as e:
-                log.error(
-                    "rate-limit store %s failed to release a slot (it will expire): %s", _safe(self.url), e
-                )
+        """Give back the request's concurrency slots, all at once (they also expire on their own)."""
+        if not admission.slots:
+            return
+        slots, admission.slots = admission.slots, []
+        try:
+            self.slots.release_slots(slots)
+        except _STORAGE_ERRORS as e:
+            log.error("rate-limit store %s failed to release slots (they will expire): %s",
+                      without_credentials(self.url), e)  # fmt: skip
 
     def ping(self) -> bool:
         """Tell whether the store answers."""
@@ -230,9 +240,3 @@ def _exceeded(scope: Scope, rule: str, wait: float) -> RateLimited:
         f"Rate limit exceeded: {scope.label} allows {amount} {UNITS[rule]}. Retry after {seconds} s.",
         headers={"Retry-After": str(seconds)},
     )
-
-
-def _safe(url: str) -> str:
-    """The store's URL without a password."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from .redact import without_credentials
 from .resources import ProviderKey, UpstreamSettings
 
 USER_AGENT = f"aisix-flask/{__version__}"
@@ -139,7 +139,7 @@ def post_json(
         proxy = urlsplit((proxies or {}).get(urlsplit(url).scheme, ""))
         raise UpstreamUnreachable(
             f"Could not reach the upstream {host} through the proxy {proxy.hostname}:{proxy.port}: "
-            f"{_no_credentials(str(_innermost(e)))}",
+            f"{without_credentials(str(_innermost(e)))}",
             should_retry=_never_sent(e),
         ) from None
     except requests.ConnectionError as e:
@@ -172,11 +172,6 @@ def _read_until(r: requests.Response, deadline: float) -> bytes:
         if time.monotonic() > deadline:
             raise requests.Timeout("deadline passed while reading the answer")
     return b"".join(chunks)
-
-
-def _no_credentials(text: str) -> str:
-    """Text with any ``user:password@`` of a URL removed."""
-    return re.sub(r"//[^/@\s]+@", "//", text)
 
 
 def _never_sent(e: BaseException) -> bool:

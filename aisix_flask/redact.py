@@ -1,0 +1,12 @@
+"""What a log line or an error message may say about a URL: never its user name or password."""
+
+from __future__ import annotations
+
+import re
+
+_USERINFO = re.compile(r"//[^/@\s]+@")
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it removed."""
+    return _USERINFO.sub("//", text)
