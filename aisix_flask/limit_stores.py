@@ -24,7 +24,9 @@ from limits.storage import SlidingWindowCounterSupport, Storage
 class SlotStore(Protocol):
     """Concurrency slots that expire on their own."""
 
-    def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None: ...
+    def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
+        ids, refusal = self.admit_all([(key, limit, ttl_s)], [], [])
+        return None if refusal else ids[0]
 
     def release_slot(self, key: str, slot: str) -> None: ...
 
@@ -77,6 +79,7 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._pool: queue.LifoQueue[_Connection] = queue.LifoQueue()
         self._opened, self._pool_pid, self._pool_lock = 0, os.getpid(), threading.Lock()
+        self._next_sweep = 0.0
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
         with self._write() as db:
             for statement in _SQLITE_SCHEMA.split(";"):
@@ -177,14 +180,8 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
     def _window(
         self, db: sqlite3.Connection, key: str, expiry: int, now: float
     ) -> tuple[int, float, int, float]:
-        # Windows are aligned to multiples of ``expiry``, as in limits' MemoryStorage.
-        current = int(now // expiry)
-        counts = dict(
-            db.execute("SELECT window, count FROM windows WHERE key = ? AND window >= ?", (key, current - 1))
-        )
-        previous_count, current_count = counts.get(current - 1, 0), counts.get(current, 0)
-        to_end = (current + 1) * expiry - now
-        return previous_count, (to_end if previous_count else 0.0), current_count, to_end + expiry
+        rows = db.execute("SELECT window, count FROM windows WHERE key = ?", (key,))
+        return _sliding({(key, window): count for window, count in rows}, key, expiry, now)
 
     def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
         with self._connection() as (db, _):
@@ -203,11 +200,7 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
     @staticmethod
     def _add(db: sqlite3.Connection, key: str, expiry: int, now: float, amount: int) -> None:
         window = int(now // expiry)
-        db.execute(
-            "INSERT INTO windows VALUES (?, ?, ?) "
-            "ON CONFLICT(key, window) DO UPDATE SET count = count + excluded.count",
-            (key, window, amount),
-        )
+        db.execute(_ADD_TO_WINDOW, (key, window, amount))
         db.execute("DELETE FROM windows WHERE key = ? AND window < ?", (key, window - 1))
 
     def clear_sliding_window(self, key: str, expiry: int) -> None:
@@ -250,25 +243,61 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
 
         ``slots`` are (key, limit, ttl_s); ``checks`` (key, expiry, limit); ``hits`` (key,
         expiry). Returns the slot ids, or the refusal: ("slot", i) or ("window", i, window).
+
+        This runs for every request, so it reads every slot count in one query and every window
+        in another, and writes with one ``executemany`` each: each statement is a turn at the GIL
+        while the lock is held, and the other workers wait for the lock.
         """
-        try:
-            with self._write() as db:
-                now = time.time()
-                ids = []
-                for i, (key, limit, ttl_s) in enumerate(slots):
-                    slot = self._take_slot(db, key, limit, ttl_s, now)
-                    if slot is None:
-                        raise _Refused(("slot", i))
-                    ids.append(slot)
-                for i, (key, expiry, limit) in enumerate(checks):
-                    window = self._window(db, key, expiry, now)
-                    if weighted_count(window, expiry) + 1 > limit:
-                        raise _Refused(("window", i, window))
-                for key, expiry in hits:
-                    self._add(db, key, expiry, now, 1)
-                return ids, None
-        except _Refused as refused:  # rolled back: nothing was taken
-            return [], refused.args[0]
+        now = time.time()
+        with self._write() as db:
+            taken = self._slots_taken(db, [key for key, _, _ in slots], now)
+            for i, (key, limit, _) in enumerate(slots):
+                if taken.get(key, 0) >= limit:
+                    return [], ("slot", i)
+            counts = self._window_counts(db, {key for key, _, _ in checks}, now)
+            for i, (key, expiry, limit) in enumerate(checks):
+                window = _sliding(counts, key, expiry, now)
+                if weighted_count(window, expiry) + 1 > limit:
+                    return [], ("window", i, window)
+            ids = [uuid.uuid4().hex for _ in slots]
+            db.executemany(
+                "INSERT INTO slots VALUES (?, ?, ?)",
+                [(key, slot, now + ttl_s) for (key, _, ttl_s), slot in zip(slots, ids, strict=True)],
+            )
+            db.executemany(_ADD_TO_WINDOW, [(key, int(now // expiry), 1) for key, expiry in hits])
+            if now >= self._next_sweep:
+                self._sweep(db, now, checks)
+        return ids, None
+
+    @staticmethod
+    def _slots_taken(db: sqlite3.Connection, keys: list[str], now: float) -> dict[str, int]:
+        if not keys:
+            return {}
+        marks = ", ".join("?" * len(keys))
+        return dict(
+            db.execute(
+                f"SELECT key, count(*) FROM slots WHERE key IN ({marks}) AND expires_at > ? GROUP BY key",
+                (*keys, now),
+            )
+        )
+
+    @staticmethod
+    def _window_counts(db: sqlite3.Connection, keys: set[str], now: float) -> dict[tuple[str, int], int]:
+        if not keys:
+            return {}
+        marks = ", ".join("?" * len(keys))
+        rows = db.execute(f"SELECT key, window, count FROM windows WHERE key IN ({marks})", tuple(keys))
+        return {(key, window): count for key, window, count in rows}
+
+    def _sweep(self, db: sqlite3.Connection, now: float, windows: list[tuple[str, int, int]]) -> None:
+        """Drop expired slots, and windows before the previous one, about once a second (the
+        queries skip them anyway; this keeps the tables as small as what is live)."""
+        self._next_sweep = now + 1.0
+        db.execute("DELETE FROM slots WHERE expires_at <= ?", (now,))
+        db.executemany(
+            "DELETE FROM windows WHERE key = ? AND window < ?",
+            [(key, int(now // expiry) - 1) for key, expiry, _ in windows],
+        )
 
     # -- idempotency keys --
 
@@ -308,6 +337,23 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
             db.execute("DELETE FROM idempotency WHERE key = ? AND state = 'running'", (key,))
 
 
+def _sliding(
+    counts: dict[tuple[str, int], int], key: str, expiry: int, now: float
+) -> tuple[int, float, int, float]:
+    """``key``'s window as ``get_sliding_window`` returns it, from its (key, window) counts.
+
+    Windows are aligned to multiples of ``expiry``, as in limits' MemoryStorage.
+    """
+    current = int(now // expiry)
+    previous_count, current_count = counts.get((key, current - 1), 0), counts.get((key, current), 0)
+    to_end = (current + 1) * expiry - now
+    return previous_count, (to_end if previous_count else 0.0), current_count, to_end + expiry
+
+
+_ADD_TO_WINDOW = (
+    "INSERT INTO windows VALUES (?, ?, ?) "
+    "ON CONFLICT(key, window) DO UPDATE SET count = count + excluded.count"
+)
 _RECORD = "body_hash, state, running_until, status, content_type, headers, body"
 
 

@@ -37,7 +37,13 @@ class Gunicorn:
     """``gunicorn -c gunicorn.conf.py -b 127.0.0.1:<port> wsgi:app`` with AISIX_CONFIG set."""
 
     def __init__(
-        self, config: Path, *, workers: int = 2, threads: int = 8, env: dict[str, str] | None = None
+        self,
+        config: Path,
+        *,
+        workers: int = 2,
+        threads: int = 8,
+        env: dict[str, str] | None = None,
+        app: str = "wsgi:app",
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -46,7 +52,7 @@ class Gunicorn:
         command = [
             sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
             "-b", f"127.0.0.1:{self.port}", "-w", str(workers), "--threads", str(threads),
-            "wsgi:app",
+            app,
         ]  # fmt: skip
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
