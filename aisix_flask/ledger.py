@@ -9,7 +9,6 @@ import queue
 import re
 import threading
 import time
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -179,10 +178,13 @@ class Ledger:
         q = self._queue
         while True:
             batch = [q.get()]
-            deadline = time.monotonic() + self.linger_s
+            if batch[0] is not None and q.qsize() < self.batch_size - 1:
+                # Sleep rather than wait on the queue: a waiting writer would be woken (a thread
+                # switch and a turn at the GIL) by every row the request threads put.
+                self._stopping.wait(self.linger_s)
             while len(batch) < self.batch_size and batch[-1] is not None:
                 try:
-                    batch.append(q.get(timeout=max(deadline - time.monotonic(), 0)))
+                    batch.append(q.get_nowait())
                 except queue.Empty:
                     break
             rows = [r for r in batch if r is not None]
@@ -213,7 +215,7 @@ class Ledger:
         return True
 
     def _write(self, batch: list[UsageRow]) -> None:
-        rows = [asdict(r) for r in batch]
+        rows = [dict(vars(r)) for r in batch]  # flat: dataclasses.asdict costs 30 µs a row
         delay = 0.05
         while True:
             try:

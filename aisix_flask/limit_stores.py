@@ -9,11 +9,11 @@ import fcntl
 import json
 import math
 import os
-import queue
 import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol
@@ -24,9 +24,7 @@ from limits.storage import SlidingWindowCounterSupport, Storage
 class SlotStore(Protocol):
     """Concurrency slots that expire on their own."""
 
-    def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
-        ids, refusal = self.admit_all([(key, limit, ttl_s)], [], [])
-        return None if refusal else ids[0]
+    def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None: ...
 
     def release_slot(self, key: str, slot: str) -> None: ...
 
@@ -46,6 +44,17 @@ CREATE TABLE IF NOT EXISTS idempotency (
     expires_at REAL NOT NULL, status INTEGER, content_type TEXT, headers TEXT, body BLOB
 );
 """
+
+
+_STORAGES: weakref.WeakSet[SQLiteStorage] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for storage in _STORAGES:
+        storage._forget_connection()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def weighted_count(window: tuple[int, float, int, float], expiry: int) -> int:
@@ -72,19 +81,22 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
 
     STORAGE_SCHEME = ["sqlite"]
 
-    pool_size = 4  # writes take turns on the file anyway; a connection per thread only costs memory
-
     def __init__(self, uri: str, wrap_exceptions: bool = False, **options: Any) -> None:
         self.path = sqlite_path(uri)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._pool: queue.LifoQueue[_Connection] = queue.LifoQueue()
-        self._opened, self._pool_pid, self._pool_lock = 0, os.getpid(), threading.Lock()
+        self._forget_connection()
+        _STORAGES.add(self)
         self._next_sweep = 0.0
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
         with self._write() as db:
             for statement in _SQLITE_SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+
+    def _forget_connection(self) -> None:
+        """Start without a connection (and, after a fork, leave the parent's to the parent)."""
+        self._lock = threading.Lock()
+        self._open: _Connection | None = None
 
     @property
     def base_exceptions(self) -> type[Exception]:
@@ -108,19 +120,12 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
 
     @contextmanager
     def _connection(self) -> Iterator[_Connection]:
-        """A connection from this process's pool (a new pool after a fork)."""
-        with self._pool_lock:
-            if self._pool_pid != os.getpid():
-                self._pool, self._opened, self._pool_pid = queue.LifoQueue(), 0, os.getpid()
-            pool = self._pool
-            fresh = self._opened < self.pool_size and pool.empty()
-            if fresh:
-                self._opened += 1
-        connection = self._connect() if fresh else pool.get()
-        try:
-            yield connection
-        finally:
-            pool.put(connection)
+        """This process's one connection, to one thread at a time. Writers take turns on the file
+        anyway; a connection per thread cost memory, and a pool cost a Python-level queue."""
+        with self._lock:
+            if self._open is None:
+                self._open = self._connect()
+            yield self._open
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -210,18 +215,8 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
     # -- concurrency slots --
 
     def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
-        with self._write() as db:
-            return self._take_slot(db, key, limit, ttl_s, time.time())
-
-    @staticmethod
-    def _take_slot(db: sqlite3.Connection, key: str, limit: int, ttl_s: float, now: float) -> str | None:
-        db.execute("DELETE FROM slots WHERE key = ? AND expires_at <= ?", (key, now))
-        (taken,) = db.execute("SELECT count(*) FROM slots WHERE key = ?", (key,)).fetchone()
-        if taken >= limit:
-            return None
-        slot = uuid.uuid4().hex
-        db.execute("INSERT INTO slots VALUES (?, ?, ?)", (key, slot, now + ttl_s))
-        return slot
+        ids, refusal = self.admit_all([(key, limit, ttl_s)], [], [])
+        return None if refusal else ids[0]
 
     def release_slot(self, key: str, slot: str) -> None:
         self.release_slots([(key, slot)])

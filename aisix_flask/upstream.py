@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import http.cookiejar
 import json
 import os
@@ -79,6 +80,18 @@ class Answer:
         return f"upstream_{self.status}"
 
 
+# What urllib reads for proxies (in either case). Working proxies out from them means a scan of
+# the whole environment (a tenth of a millisecond), so the answer is kept per URL for as long as
+# these variables keep their values.
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+_PROXY_VARIABLES += tuple(name.upper() for name in _PROXY_VARIABLES)
+
+
+@functools.lru_cache(maxsize=256)
+def _environ_proxies(url: str, _values: tuple[str | None, ...]) -> dict[str, str]:
+    return requests.utils.get_environ_proxies(url)
+
+
 def route_settings(
     url: str, key: ProviderKey, settings: UpstreamSettings
 ) -> tuple[dict[str, str], str | bool]:
@@ -86,7 +99,10 @@ def route_settings(
     environment's (``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``, ``REQUESTS_CA_BUNDLE``), else
     direct and certifi. ``.netrc`` is never read: the Session does not trust the environment."""
     proxy = key.proxy or settings.proxy
-    proxies = {"http": proxy, "https": proxy} if proxy else requests.utils.get_environ_proxies(url)
+    if proxy:
+        proxies = {"http": proxy, "https": proxy}
+    else:
+        proxies = dict(_environ_proxies(url, tuple(map(os.environ.get, _PROXY_VARIABLES))))
     verify = key.ca_bundle or settings.ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or True
     return proxies, verify
 
