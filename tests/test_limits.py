@@ -276,3 +276,84 @@ def test_backend_concurrency_slots(limiter):
     assert refused(limiter, scopes) == 1
     time.sleep(0.3)  # both holders "crashed": their slots expire
     limiter.admit(scopes, 60)
+
+
+# -- SQLite batches: every admission and release waiting in a process goes in one transaction --
+
+
+def test_a_batch_decides_each_admission_on_what_the_ones_before_it_left(tmp_path):
+    from aisix_flask.limit_stores import SQLiteStorage, _Batched
+
+    store = SQLiteStorage(f"sqlite:///{tmp_path}/rl.db")
+    (held,), _ = store.admit_all([("k", 1, 60)], [], [])
+    batch = [
+        _Batched(releases=[("k", held)]),  # released first: the next admission may take it
+        _Batched(admission=([("k", 1, 60)], [], [])),
+        _Batched(admission=([("k", 1, 60)], [], [])),  # the slot the one before took
+        _Batched(admission=([], [("w", 60, 1)], [("w", 60)])),
+        _Batched(admission=([], [("w", 60, 1)], [("w", 60)])),  # its window spent just before
+        _Batched(admission=([("k", 1, 60)], [], [])),  # refusals spent nothing
+    ]
+    store._pending.extend(batch)
+    store._run_pending()
+    outcomes = [operation.result for operation in batch]
+    assert all(operation.done and operation.error is None for operation in batch)
+    assert outcomes[1][1] is None and len(outcomes[1][0]) == 1
+    assert outcomes[2] == ([], ("slot", 0))
+    assert outcomes[3] == ([], None)
+    assert outcomes[4][0] == [] and outcomes[4][1][:2] == ("window", 0)
+    assert outcomes[5] == ([], ("slot", 0))
+    # Committed: the store agrees with the batch.
+    assert store.admit_all([("k", 1, 60)], [], [])[1] == ("slot", 0)
+    assert store.get_sliding_window("w", 60)[2] == 1
+
+
+def test_a_failed_batch_fails_every_operation_in_it(tmp_path, monkeypatch):
+    from aisix_flask.limit_stores import SQLiteStorage
+
+    store = SQLiteStorage(f"sqlite:///{tmp_path}/rl.db")
+
+    def broken(*args):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_run_batch", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        store.admit_all([("k", 1, 60)], [], [])
+    with pytest.raises(sqlite3.OperationalError):
+        store.release_slots([("k", "x")])
+    assert not store._pending
+
+
+def test_threads_admitting_at_once_never_hold_more_than_the_limit(tmp_path):
+    """32 threads taking and giving back slots of one key with a limit of 3, through the batches."""
+    import threading
+
+    limiter = Limiter(f"sqlite:///{tmp_path}/rl.db")
+    scopes = [Scope("key", "busy", RateLimit(concurrency=3))]
+    lock, holding, most, admitted, refusals = threading.Lock(), [0], [0], [0], [0]
+
+    def client() -> None:
+        for _ in range(60):
+            try:
+                admission = limiter.admit(scopes, 60)
+            except RateLimited:
+                with lock:
+                    refusals[0] += 1
+                continue
+            with lock:
+                holding[0] += 1
+                admitted[0] += 1
+                most[0] = max(most[0], holding[0])
+            time.sleep(0.0005)
+            with lock:
+                holding[0] -= 1
+            limiter.release(admission)
+
+    threads = [threading.Thread(target=client) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 3 and admitted[0] >= 60 and refusals[0] > 0
+    assert admitted[0] + refusals[0] == 32 * 60
+    assert limiter.storage._read("SELECT count(*) FROM slots", ()) == [(0,)]  # all given back
