@@ -48,6 +48,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument(
+        "--prompt",
+        default="A minimal illustration of an AI gateway",
+        help="steers the fake upstream: '[b64:8mb]' profiles an 8 MB answer",
+    )
     args = parser.parse_args()
     port = free_port()
     fake = subprocess.Popen([sys.executable, str(ROOT / "bench/fake_upstream.py"), "--port", str(port)])
@@ -82,9 +87,9 @@ def main() -> None:
                 setattr(owner, attr, timed(label, getattr(owner, attr)))
             ledger.Ledger._write = timed("ledger: insert (writer thread)", ledger.Ledger._write)
             client = app.test_client()
-            body = {"model": "image-prod", "prompt": "A minimal illustration of an AI gateway"}
+            body = {"model": "image-prod", "prompt": args.prompt}
             headers = {"Authorization": f"Bearer {KEY}"}
-            for _ in range(200):
+            for _ in range(min(200, args.requests)):
                 client.post("/v1/images/generations", json=body, headers=headers)
             gateway.ledger.flush(30)
             spent.clear()
