@@ -40,23 +40,38 @@ wrk.headers["Authorization"] = "Bearer {key}"
 """
 
 
-def gateway_config(tmp: Path, upstream: str) -> str:
-    limits = "rate_limit: {rpm: 100000000, tpm: 1000000000, concurrency: 5000}"
+FULL_LIMITS = "rpm: 100000000, tpm: 1000000000, concurrency: 5000"
+
+
+def gateway_config(tmp: Path, upstream: str, limits: str = FULL_LIMITS, access_log: bool = True) -> str:
+    """The bench's gateway: rate limits on the key and on the model (none when ``limits`` is
+    empty), a keyword guardrail, the SQLite ledger and store, the access log."""
+    limits = f", rate_limit: {{{limits}}}" if limits else ""
     return f"""
 gateway:
+  access_log: {str(access_log).lower()}
   usage: {{database_url: "sqlite:///{tmp}/usage.db"}}
   ratelimit: {{storage_url: "sqlite:///{tmp}/ratelimit.db"}}
 provider_keys:
   - {{display_name: openai-main, provider: openai, api_key: sk-bench, api_base: "{upstream}"}}
 models:
-  - {{display_name: image-prod, provider: openai, model_name: dall-e-3, provider_key: openai-main, {limits}}}
+  - {{display_name: image-prod, provider: openai, model_name: dall-e-3, provider_key: openai-main{limits}}}
 api_keys:
-  - {{display_name: bench, key_hash: {hashlib.sha256(KEY.encode()).hexdigest()}, {limits}}}
+  - {{display_name: bench, key_hash: {hashlib.sha256(KEY.encode()).hexdigest()}{limits}}}
 guardrails:
   - name: no-secrets
     kind: keyword
     patterns: [{{kind: regex, value: "(?i)password\\\\s*="}}, {{kind: literal, value: forbidden phrase}}]
 """
+
+
+# Throughput at c=64 with parts of the config taken away, each beside the bare proxy.
+BREAKDOWN = [
+    ("limits: rpm + tpm + concurrency", FULL_LIMITS, True),
+    ("limits: rpm + tpm (no concurrency slots)", "rpm: 100000000, tpm: 1000000000", True),
+    ("no rate limits", "", True),
+    ("no rate limits, no access log", "", False),
+]
 
 
 class Server:
@@ -201,24 +216,29 @@ def main() -> None:
                             f"bare {b['rps']:.0f}: gateway {g['rps'] / b['rps']:.0%} of bare",
                         )
                     )
-            bare.stop()
-            gw.stop()
-            servers.clear()
+            if not args.quick:
+                # What each part costs: the same gateway, its config edited (reloaded live).
+                for label, limits, access_log in BREAKDOWN:
+                    (tmp / "config.yaml").write_text(gateway_config(tmp, upstream, limits, access_log))
+                    time.sleep(2.5)
+                    b = wrk(bare.url + route, small, 64, args.seconds, tmp)
+                    g = wrk(gw.url + route, small, 64, args.seconds, tmp)
+                    share = f"gateway {g['rps'] / b['rps']:.0%} of bare (bare in the direct column)"
+                    rows.append((f"c=64 req/s, {label}", "", b["rps"], g["rps"], share))
+                (tmp / "config.yaml").write_text(gateway_config(tmp, upstream))
+            gw.stop()  # the bare proxy stays: the large answers are measured through it too
+            servers.remove(gw)
             if not args.quick:
                 slow = {"model": "image-prod", "prompt": "[sleep:5] a slow generation"}
                 gw = gunicorn("wsgi:app", free_port(), 4, 256, env, tmp, "gateway-slow")
                 servers.append(gw)
                 d = wrk(direct, {**slow, "model": "dall-e-3"}, 1000, 12, tmp)
+                d_slow_p99 = d["p99"]
                 g = wrk(gw.url + route, slow, 1000, 12, tmp, watch=gw)
-                rows.append(
-                    (
-                        "1000 × 5 s p99 ms",
-                        "≤ 1.1 × direct",
-                        d["p99"],
-                        g["p99"],
-                        f"{g['p99'] / d['p99']:.2f} × direct; failed {d['failed']} / {g['failed']}",
-                    )
-                )
+                failed = f"failed {d['failed']} / {g['failed']}"
+                slow_row = ["1000 × 5 s p99 ms", "≤ 1.1 × direct", d["p99"], g["p99"],
+                            f"{g['p99'] / d['p99']:.2f} × direct; {failed}"]  # fmt: skip
+                rows.append(slow_row)
                 rows.append(
                     (
                         "1000 × 5 s RSS MB",
@@ -234,6 +254,7 @@ def main() -> None:
                     d = wrk(direct, big, 1, args.seconds, tmp)
                     g = wrk(gw.url + route, big, 4, args.seconds, tmp, watch=gw)
                     g1 = wrk(gw.url + route, big, 1, args.seconds, tmp)
+                    b = wrk(bare.url + route, big, 1, args.seconds, tmp)
                     per = (g["peak_rss_mb"] - idle) / 4 / size
                     rows.append(
                         (
@@ -241,9 +262,17 @@ def main() -> None:
                             "≤ 1.2 × direct",
                             d["p50"],
                             g1["p50"],
-                            f"{g1['p50'] / d['p50']:.2f} × direct; peak RSS {per:.1f} × payload per request",
+                            f"{g1['p50'] / d['p50']:.2f} × direct (bare proxy {b['p50'] / d['p50']:.2f} ×); "
+                            f"peak RSS {per:.1f} × payload per request",
                         )
                     )
+                gw.stop()
+                # The floor for the slow scenario: the bare proxy, same workers and threads.
+                bare_slow = gunicorn("bench.bare_proxy:app", free_port(), 4, 256,
+                                     {"BARE_UPSTREAM": upstream}, tmp, "bare-slow")  # fmt: skip
+                servers.append(bare_slow)
+                b = wrk(bare_slow.url + route, slow, 1000, 12, tmp)
+                slow_row[4] += f"; bare proxy {b['p99'] / d_slow_p99:.2f} × direct"
         finally:
             for server in servers:
                 server.stop()
