@@ -102,13 +102,13 @@ def generate_upstream(
     admission = gateway.limiter.admit(limit_scopes(key, route), timeout.slot_ttl_s)  # 10
     try:
         answer = forward(route, body, row, timeout, registry.gateway.upstream)  # 11
+        row.status = answer.status
+        row.note_answer(answer.document)
     finally:
-        gateway.limiter.release(admission)
-    row.status = answer.status
-    row.note_answer(answer.document)
+        # Count the tokens the upstream reported (none on failure) and give back the slots.
+        gateway.limiter.finish(admission, row.total_tokens)
     if route.model.pricing is not None:
         row.cost_usd = route.model.pricing.cost(row)
-    gateway.limiter.charge(admission, row.total_tokens)
     if answer.status >= 400:
         row.error_code = answer.error_code()
     answer.document = None  # a large answer's parsed copy is not needed to send its bytes

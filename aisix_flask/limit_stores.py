@@ -77,6 +77,7 @@ class _Batched:
 
     admission: tuple[list, list, list] | None = None  # admit_all's arguments
     releases: list[tuple[str, str]] = field(default_factory=list)
+    adds: list[tuple[str, int, int]] = field(default_factory=list)  # (window key, expiry, amount)
     done: bool = False
     # Released when done. A bare lock rather than an Event: an Event is a Condition, whose
     # Python-level bookkeeping cost more under load than the work it waited for.
@@ -347,6 +348,10 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
     def release_slots(self, slots: list[tuple[str, str]]) -> None:
         self._batched(_Batched(releases=slots))
 
+    def finish_all(self, slots: list[tuple[str, str]], counted: list[tuple[str, int, int]]) -> None:
+        """Release ``slots`` and add to windows (``counted``: key, expiry, amount) at once."""
+        self._batched(_Batched(releases=slots, adds=counted))
+
     # -- a whole admission in one transaction --
 
     def admit_all(
@@ -365,19 +370,35 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
         return self._batched(_Batched(admission=(slots, checks, hits)))
 
     def _run_batch(self, db: sqlite3.Connection, batch: list[_Batched], now: float) -> None:
-        """Releases first (an admission in the same batch may take a freed slot), then each
+        """Releases and counted tokens first (an admission in the same batch sees them), then each
         admission in turn against the counts as the ones before it left them, then the writes:
         one query and one ``executemany`` each, whatever the batch holds."""
         releases = [slot for operation in batch for slot in operation.releases]
         if releases:
             db.executemany("DELETE FROM slots WHERE key = ? AND id = ?", releases)
+        added: dict[tuple[str, int], int] = {}
+        for operation in batch:
+            for key, expiry, amount in operation.adds:
+                window = (key, int(now // expiry))
+                added[window] = added.get(window, 0) + amount
         admissions = [operation for operation in batch if operation.admission is not None]
-        if not admissions:
-            return
+        if admissions:
+            self._admit_batch(db, admissions, added, now)
+        if added:
+            db.executemany(_ADD_TO_WINDOW, [(key, window, n) for (key, window), n in added.items()])
+
+    def _admit_batch(
+        self,
+        db: sqlite3.Connection,
+        admissions: list[_Batched],
+        added: dict[tuple[str, int], int],
+        now: float,
+    ) -> None:
         taken = _slots_taken(db, {key for o in admissions for key, _, _ in o.admission[0]}, now)
         counts = _window_counts(db, {key for o in admissions for key, _, _ in o.admission[1]})
+        for window, n in added.items():
+            counts[window] = counts.get(window, 0) + n
         new_slots: list[tuple[str, str, float]] = []
-        added: dict[tuple[str, int], int] = {}
         for operation in admissions:
             slots, checks, hits = operation.admission
             operation.result = _admit(slots, checks, taken, counts, now)
@@ -391,7 +412,6 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
                 counts[window] = counts.get(window, 0) + 1
                 added[window] = added.get(window, 0) + 1
         db.executemany("INSERT INTO slots VALUES (?, ?, ?)", new_slots)
-        db.executemany(_ADD_TO_WINDOW, [(key, window, n) for (key, window), n in added.items()])
         if now >= self._next_sweep:
             self._sweep(db, now, [check for o in admissions for check in o.admission[1]])
 

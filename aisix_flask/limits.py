@@ -102,8 +102,8 @@ class Scope:
 class Admission:
     """What a request holds while it runs: slots to release and token windows to charge."""
 
-    slots: list[tuple[str, str]] = field(default_factory=list)
-    token_windows: list[tuple[RateLimitItem, tuple[str, str]]] = field(default_factory=list)
+    slots: list[tuple[str, str]] = field(default_factory=list)  # (slot key, slot id)
+    token_windows: list[tuple[str, int]] = field(default_factory=list)  # (window key, expiry)
 
 
 _STORAGE_ERRORS = (StorageError, sqlite3.Error, redis.RedisError)
@@ -153,7 +153,7 @@ class Limiter:
                 if not self.windows.hit(item, *scope.ids):  # another request took the last one
                     window = self.storage.get_sliding_window(item.key_for(*scope.ids), item.get_expiry())
                     raise _exceeded(scope, rule, seconds_until_free(window, item.get_expiry(), item.amount))
-            admission.token_windows = [(item, scope.ids) for scope, _, item in tokens]
+            admission.token_windows = [(item.key_for(*s.ids), item.get_expiry()) for s, _, item in tokens]
         except RateLimited:
             self.release(admission)
             raise
@@ -183,15 +183,30 @@ class Limiter:
             token_windows=list(plan.token_windows),
         )
 
+    def finish(self, admission: Admission, tokens: int = 0) -> None:
+        """The request is over: count the tokens the upstream reported against its token
+        windows, and give back its concurrency slots. One store transaction on SQLite."""
+        if not hasattr(self.storage, "finish_all"):
+            self.charge(admission, tokens)
+            self.release(admission)
+            return
+        counted = [(key, expiry, tokens) for key, expiry in admission.token_windows] if tokens > 0 else []
+        slots, admission.slots = admission.slots, []
+        if not (slots or counted):
+            return
+        try:
+            self.storage.finish_all(slots, counted)
+        except _STORAGE_ERRORS as e:
+            log.error("rate-limit store %s failed to count %d tokens and to release slots "
+                      "(they will expire): %s", without_credentials(self.url), tokens, e)  # fmt: skip
+
     def charge(self, admission: Admission, tokens: int) -> None:
         """Count the tokens the upstream reported against every token window of the request."""
         if tokens <= 0:
             return
-        for item, ids in admission.token_windows:
+        for key, expiry in admission.token_windows:
             try:
-                self.storage.acquire_sliding_window_entry(
-                    item.key_for(*ids), UNBOUNDED, item.get_expiry(), tokens
-                )
+                self.storage.acquire_sliding_window_entry(key, UNBOUNDED, expiry, tokens)
             except _STORAGE_ERRORS as e:
                 log.error(
                     "rate-limit store %s failed to count %d tokens: %s",
@@ -227,7 +242,7 @@ class _Plan(NamedTuple):
     windows: list[tuple[Scope, str, RateLimitItem]]  # request windows, then token windows
     checks: list[tuple[str, int, int]]  # (key, expiry, limit) of each window
     hits: list[tuple[str, int]]  # (key, expiry) of the request windows
-    token_windows: list[tuple[RateLimitItem, tuple[str, str]]]
+    token_windows: list[tuple[str, int]]  # (key, expiry) of the token windows
 
 
 @functools.lru_cache(maxsize=1024)
@@ -243,7 +258,7 @@ def _plan(scopes: tuple[Scope, ...]) -> _Plan:
         windows=windows,
         checks=[(item.key_for(*s.ids), item.get_expiry(), item.amount) for s, _, item in windows],
         hits=[(item.key_for(*s.ids), item.get_expiry()) for s, _, item in requests],
-        token_windows=[(item, scope.ids) for scope, _, item in tokens],
+        token_windows=[(item.key_for(*s.ids), item.get_expiry()) for s, _, item in tokens],
     )
 
 

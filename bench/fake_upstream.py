@@ -1,7 +1,7 @@
 """A fast loopback fake of OpenAI's image API for benchmarks (asyncio, HTTP/1.1 keep-alive).
 
 The prompt steers it: ``[sleep:5]`` answers after 5 s, ``[b64:8mb]`` answers one ``b64_json``
-image of that size (``kb`` or ``mb``). Anything else gets a small URL answer at once.
+image of that size (``kb`` or ``mb``). Anything else gets a small URL answer with ``usage`` at once.
 Run: ``python bench/fake_upstream.py --port 8091``.
 """
 
@@ -15,7 +15,14 @@ import re
 
 _SLEEP = re.compile(rb"\[sleep:([\d.]+)\]")
 _B64 = re.compile(rb"\[b64:(\d+)(kb|mb)\]")
-SMALL = json.dumps({"created": 1710000000, "data": [{"url": "https://images.example/0.png"}]}).encode()
+# A gpt-image-1 answer: one image and the token usage (the gateway counts it against tpm).
+SMALL = json.dumps(
+    {
+        "created": 1710000000,
+        "data": [{"url": "https://images.example/0.png"}],
+        "usage": {"input_tokens": 12, "output_tokens": 272, "total_tokens": 284},
+    }
+).encode()
 _large: dict[int, bytes] = {}
 
 

@@ -55,7 +55,7 @@ gateway:
 provider_keys:
   - {{display_name: openai-main, provider: openai, api_key: sk-bench, api_base: "{upstream}"}}
 models:
-  - {{display_name: image-prod, provider: openai, model_name: dall-e-3, provider_key: openai-main{limits}}}
+  - {{display_name: image-prod, provider: openai, model_name: gpt-image-1, provider_key: openai-main{limits}}}
 api_keys:
   - {{display_name: bench, key_hash: {hashlib.sha256(KEY.encode()).hexdigest()}{limits}}}
 guardrails:
@@ -232,7 +232,7 @@ def main() -> None:
                 slow = {"model": "image-prod", "prompt": "[sleep:5] a slow generation"}
                 gw = gunicorn("wsgi:app", free_port(), 4, 256, env, tmp, "gateway-slow")
                 servers.append(gw)
-                d = wrk(direct, {**slow, "model": "dall-e-3"}, 1000, 12, tmp)
+                d = wrk(direct, {**slow, "model": "gpt-image-1"}, 1000, 12, tmp)
                 d_slow_p99 = d["p99"]
                 g = wrk(gw.url + route, slow, 1000, 12, tmp, watch=gw)
                 failed = f"failed {d['failed']} / {g['failed']}"

@@ -263,6 +263,17 @@ def test_backend_tokens_are_charged_after_the_answer(limiter):
     assert refused(limiter, scopes) >= 1
 
 
+def test_backend_finish_counts_the_tokens_and_gives_back_the_slots(limiter):
+    scopes = scope(tpm=500, concurrency=1)
+    admission = limiter.admit(scopes, 60)
+    with pytest.raises(RateLimited, match="concurrent requests"):
+        limiter.admit(scopes, 60)
+    limiter.finish(admission, 600)
+    assert admission.slots == []
+    with pytest.raises(RateLimited, match="tokens per minute"):  # the slot is free, the tokens spent
+        limiter.admit(scopes, 60)
+
+
 def test_backend_concurrency_slots(limiter):
     scopes = scope(concurrency=2)
     first, second = limiter.admit(scopes, 60), limiter.admit(scopes, 60)
@@ -306,6 +317,22 @@ def test_a_batch_decides_each_admission_on_what_the_ones_before_it_left(tmp_path
     # Committed: the store agrees with the batch.
     assert store.admit_all([("k", 1, 60)], [], [])[1] == ("slot", 0)
     assert store.get_sliding_window("w", 60)[2] == 1
+
+
+def test_tokens_counted_in_a_batch_count_for_the_admissions_after_them(tmp_path):
+    from aisix_flask.limit_stores import SQLiteStorage, _Batched
+
+    store = SQLiteStorage(f"sqlite:///{tmp_path}/rl.db")
+    (held,), _ = store.admit_all([("k", 1, 60)], [("t", 60, 500)], [])
+    batch = [
+        _Batched(releases=[("k", held)], adds=[("t", 60, 600)]),  # a request finishing
+        _Batched(admission=([("k", 1, 60)], [("t", 60, 500)], [])),
+    ]
+    store._pending.extend(batch)
+    store._run_pending()
+    assert batch[1].result[0] == [] and batch[1].result[1][:2] == ("window", 0)
+    assert store.get_sliding_window("t", 60)[2] == 600
+    assert store.admit_all([("k", 1, 60)], [], [])[1] is None  # the slot was given back
 
 
 def test_a_failed_batch_fails_every_operation_in_it(tmp_path, monkeypatch):
