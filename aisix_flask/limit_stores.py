@@ -23,14 +23,22 @@ from typing import Any, NamedTuple, Protocol
 from limits.storage import SlidingWindowCounterSupport, Storage
 
 
-class SlotStore(Protocol):
-    """Concurrency slots that expire on their own."""
+class AdmissionStore(Protocol):
+    """Where a whole admission is taken at once, and a request's end given back at once: the
+    SQLite store below, or ``redis_stores.RedisAdmissions``."""
+
+    def admit_all(
+        self,
+        slots: list[tuple[str, int, float]],
+        checks: list[tuple[str, int, int]],
+        hits: list[tuple[str, int]],
+    ) -> tuple[list[str], tuple | None]: ...
+
+    def finish_all(self, slots: list[tuple[str, str]], counted: list[tuple[str, int, int]]) -> None: ...
 
     def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None: ...
 
     def release_slot(self, key: str, slot: str) -> None: ...
-
-    def release_slots(self, slots: list[tuple[str, str]]) -> None: ...
 
 
 _SQLITE_SCHEMA = """

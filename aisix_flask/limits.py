@@ -1,9 +1,11 @@
 """Rate limits and concurrency slots: the one interface the routes use, whatever the store.
 
-Request and token windows use the ``limits`` library's sliding-window-counter strategy: on
-Redis with its own RedisStorage, on SQLite with the storage in ``limit_stores`` (registered with
-``limits`` under the ``sqlite`` scheme). Concurrency slots are not a ``limits`` concept; each
-backend has a small slot store whose slots expire, so a crashed worker cannot hold one forever.
+Request and token windows are the ``limits`` library's sliding-window counters, in its own
+storages: its RedisStorage, or the SQLite storage in ``limit_stores`` (registered with ``limits``
+under the ``sqlite`` scheme). Concurrency slots are not a ``limits`` concept; both stores keep
+slots that expire, so a crashed worker cannot hold one forever. Every request is two calls to the
+store: one admission (all slots and windows, all or nothing) and one finish (tokens counted,
+slots given back): a transaction each on SQLite, a script each on Redis.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ import redis
 from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
 from limits.errors import StorageError
 from limits.storage import RedisStorage, storage_from_string
-from limits.strategies import SlidingWindowCounterRateLimiter
 
 from . import metrics
 from .errors import RateLimited
-from .limit_stores import SlotStore, weighted_count
+from .limit_stores import AdmissionStore, weighted_count
 from .redact import without_credentials
-from .redis_stores import RedisSlots
+from .redis_stores import RedisAdmissions
 from .resources import RateLimit
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,6 @@ UNITS = {
     "tpd": "tokens per day",
     "concurrency": "concurrent requests",
 }
-# Spent tokens are counted even past the limit (the upstream already used them): an
-# acquire against this limit always succeeds.
-UNBOUNDED = 2**53
 
 
 def seconds_until_free(
@@ -110,16 +108,17 @@ _STORAGE_ERRORS = (StorageError, sqlite3.Error, redis.RedisError)
 
 
 class Limiter:
-    """The one interface the routes use: admit, charge tokens, release. The backend is the URL's."""
+    """The one interface the routes use: admit, then finish. The backend is the URL's."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.storage = storage_from_string(url, wrap_exceptions=True)
-        self.windows = SlidingWindowCounterRateLimiter(self.storage)
+        # Both stores take a whole admission at once (SQLite in one transaction, Redis in one
+        # script), and a request's end (tokens counted, slots given back) at once too.
         if isinstance(self.storage, RedisStorage):
-            self.slots: SlotStore = RedisSlots(self.storage.get_connection())
+            self.store: AdmissionStore = RedisAdmissions(self.storage)
         else:
-            self.slots = self.storage
+            self.store = self.storage
 
     def admit(self, scopes: Sequence[Scope], slot_ttl_s: float) -> Admission:
         """Take a concurrency slot and one request from every window, or raise 429.
@@ -128,46 +127,11 @@ class Limiter:
         does not use up the caller key's. When the store is unreachable the request is let
         through (logged): an outage of the limiter should not become an outage of the gateway.
         """
-        admission = Admission()
         if not any(scope.limit for scope in scopes):
-            return admission
-        if hasattr(self.storage, "admit_all"):
-            return self._admit_at_once(scopes, slot_ttl_s)
-        try:
-            for scope in scopes:
-                if scope.limit.concurrency:
-                    slot = self.slots.acquire_slot(scope.slot_key, scope.limit.concurrency, slot_ttl_s)
-                    if slot is None:
-                        raise _exceeded(scope, "concurrency", 1)
-                    admission.slots.append((scope.slot_key, slot))
-            requests, tokens = _windows(scopes, REQUEST_RULES), _windows(scopes, TOKEN_RULES)
-            waits = [
-                (seconds_until_free(self.storage.get_sliding_window(item.key_for(*s.ids), item.get_expiry()),
-                                    item.get_expiry(), item.amount), s, rule)
-                for s, rule, item in (*requests, *tokens)
-            ]  # fmt: skip
-            wait, scope, rule = max(waits, key=lambda w: w[0], default=(0.0, None, None))
-            if wait > 0:
-                raise _exceeded(scope, rule, wait)
-            for scope, rule, item in requests:
-                if not self.windows.hit(item, *scope.ids):  # another request took the last one
-                    window = self.storage.get_sliding_window(item.key_for(*scope.ids), item.get_expiry())
-                    raise _exceeded(scope, rule, seconds_until_free(window, item.get_expiry(), item.amount))
-            admission.token_windows = [(item.key_for(*s.ids), item.get_expiry()) for s, _, item in tokens]
-        except RateLimited:
-            self.release(admission)
-            raise
-        except _STORAGE_ERRORS as e:
-            log.error("rate-limit store %s failed, request let through: %s", without_credentials(self.url), e)
-            self.release(admission)
             return Admission()
-        return admission
-
-    def _admit_at_once(self, scopes: Sequence[Scope], slot_ttl_s: float) -> Admission:
-        """The same admission in one store transaction (SQLite): check everything, then spend."""
         plan = _plan(tuple(scopes))
         try:
-            ids, refusal = self.storage.admit_all(
+            ids, refusal = self.store.admit_all(
                 [(key, limit, slot_ttl_s) for key, limit in plan.slots], plan.checks, plan.hits
             )
         except _STORAGE_ERRORS as e:
@@ -185,46 +149,21 @@ class Limiter:
 
     def finish(self, admission: Admission, tokens: int = 0) -> None:
         """The request is over: count the tokens the upstream reported against its token
-        windows, and give back its concurrency slots. One store transaction on SQLite."""
-        if not hasattr(self.storage, "finish_all"):
-            self.charge(admission, tokens)
-            self.release(admission)
-            return
+        windows (spent tokens count even past the limit), and give back its concurrency slots
+        (they also expire on their own)."""
         counted = [(key, expiry, tokens) for key, expiry in admission.token_windows] if tokens > 0 else []
         slots, admission.slots = admission.slots, []
         if not (slots or counted):
             return
         try:
-            self.storage.finish_all(slots, counted)
+            self.store.finish_all(slots, counted)
         except _STORAGE_ERRORS as e:
             log.error("rate-limit store %s failed to count %d tokens and to release slots "
                       "(they will expire): %s", without_credentials(self.url), tokens, e)  # fmt: skip
 
-    def charge(self, admission: Admission, tokens: int) -> None:
-        """Count the tokens the upstream reported against every token window of the request."""
-        if tokens <= 0:
-            return
-        for key, expiry in admission.token_windows:
-            try:
-                self.storage.acquire_sliding_window_entry(key, UNBOUNDED, expiry, tokens)
-            except _STORAGE_ERRORS as e:
-                log.error(
-                    "rate-limit store %s failed to count %d tokens: %s",
-                    without_credentials(self.url),
-                    tokens,
-                    e,
-                )
-
     def release(self, admission: Admission) -> None:
-        """Give back the request's concurrency slots, all at once (they also expire on their own)."""
-        if not admission.slots:
-            return
-        slots, admission.slots = admission.slots, []
-        try:
-            self.slots.release_slots(slots)
-        except _STORAGE_ERRORS as e:
-            log.error("rate-limit store %s failed to release slots (they will expire): %s",
-                      without_credentials(self.url), e)  # fmt: skip
+        """Give back the request's concurrency slots without counting tokens."""
+        self.finish(admission, 0)
 
     def ping(self) -> bool:
         """Tell whether the store answers."""

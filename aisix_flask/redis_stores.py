@@ -1,35 +1,21 @@
 """Redis stores: concurrency slots and idempotency records shared by every host on one server.
 
-The windows of the rate limits use ``limits``' own RedisStorage; these are what it lacks.
+Rate-limit windows are kept in ``limits``' own layout (its RedisStorage reads them); an admission
+and a request's end are one script each.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import redis
+from limits.storage import RedisStorage
 
 from .limit_stores import Record
 
 SLOT_PREFIX = "aisix:slots:"
-
-
-# Slots are a sorted set scored by expiry; the server's clock decides, so hosts may drift.
-_REDIS_ACQUIRE_SLOT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  return 0
-end
-local expires = now + tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], expires, ARGV[3])
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 1
-"""
 
 
 _REDIS_CLAIM = """
@@ -101,24 +87,135 @@ class RedisIdempotency:
         self._release(keys=[IDEMPOTENCY_PREFIX + key])
 
 
-class RedisSlots:
-    """Concurrency slots in Redis, shared by every host that uses the same server."""
+# The windows in limits' own layout (its RedisStorage reads them: "LIMITS:{key}" is the current
+# window, "LIMITS:{key}/-1" the previous one, with the same roll-over), so these scripts and
+# limits' agree on every count. Slots are a sorted set scored by expiry. The Redis server's clock
+# decides, so hosts may drift.
+_REDIS_WINDOWS = """
+local function roll(previous, current, expiry)
+  local ttl = tonumber(redis.call('PTTL', current))
+  if ttl > 0 and ttl < expiry then  -- the current window has ended: it is now the previous one
+    redis.call('RENAME', current, previous)
+    redis.call('SET', current, 0, 'PX', ttl + expiry)
+  end
+end
+local function add(current, expiry, amount)
+  if redis.call('EXISTS', current) == 1 then
+    redis.call('INCRBY', current, amount)
+  else
+    redis.call('SET', current, amount, 'PX', expiry * 2)
+  end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+# KEYS: the slot sets, then each window's previous and current counter. ARGV: the number of
+# slots and of windows; per slot its limit, TTL (ms) and id; per window its expiry (s), limit and
+# whether the request counts in it (1) or is only checked against it (0, token windows).
+_REDIS_ADMIT = (
+    _REDIS_WINDOWS
+    + """
+local slots, windows = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, slots do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[3 * i]) then return {'slot', i - 1} end
+end
+for j = 1, windows do
+  local a, previous, current = 3 * (slots + j), KEYS[slots + 2 * j - 1], KEYS[slots + 2 * j]
+  local expiry = tonumber(ARGV[a]) * 1000
+  roll(previous, current, expiry)
+  local pc = tonumber(redis.call('GET', previous)) or 0
+  local pt = math.max(tonumber(redis.call('PTTL', previous)), 0)
+  local cc = tonumber(redis.call('GET', current)) or 0
+  local ct = math.max(tonumber(redis.call('PTTL', current)), 0)
+  if math.floor(pc * pt / expiry) + cc + 1 > tonumber(ARGV[a + 1]) then
+    return {'window', j - 1, pc, pt, cc, ct}
+  end
+end
+for i = 1, slots do
+  local ttl = tonumber(ARGV[3 * i + 1])
+  redis.call('ZADD', KEYS[i], now + ttl, ARGV[3 * i + 2])
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+for j = 1, windows do
+  local a = 3 * (slots + j)
+  if ARGV[a + 2] == '1' then add(KEYS[slots + 2 * j], tonumber(ARGV[a]) * 1000, 1) end
+end
+return {'ok'}
+"""
+)
+# KEYS: the slot sets, then each window's previous and current counter. ARGV: the number of
+# slots; each slot's id; each window's expiry (s) and the amount to add.
+_REDIS_FINISH_ADMISSION = (
+    _REDIS_WINDOWS
+    + """
+local slots = tonumber(ARGV[1])
+for i = 1, slots do redis.call('ZREM', KEYS[i], ARGV[1 + i]) end
+for j = 1, (#KEYS - slots) / 2 do
+  local a, previous, current = 2 * j + slots, KEYS[slots + 2 * j - 1], KEYS[slots + 2 * j]
+  local expiry = tonumber(ARGV[a]) * 1000
+  roll(previous, current, expiry)
+  add(current, expiry, tonumber(ARGV[a + 1]))
+end
+return 1
+"""
+)
 
-    def __init__(self, connection: redis.Redis) -> None:
-        self._redis = connection
-        self._acquire = connection.register_script(_REDIS_ACQUIRE_SLOT)
+
+class RedisAdmissions:
+    """A whole admission in one script, and a request's end in another: slots and windows of every
+    host that uses the same server. Same interface as the SQLite store's."""
+
+    def __init__(self, storage: RedisStorage) -> None:
+        self._storage = storage
+        connection = storage.get_connection()
+        self._admit = connection.register_script(_REDIS_ADMIT)
+        self._finish = connection.register_script(_REDIS_FINISH_ADMISSION)
+
+    def _window_keys(self, key: str) -> list[str]:
+        current = self._storage.prefixed_key(f"{{{key}}}")
+        return [f"{current}/-1", current]
+
+    def admit_all(
+        self,
+        slots: list[tuple[str, int, float]],
+        checks: list[tuple[str, int, int]],
+        hits: list[tuple[str, int]],
+    ) -> tuple[list[str], tuple | None]:
+        """See ``SQLiteStorage.admit_all``: the same arguments and answers."""
+        ids = [uuid.uuid4().hex for _ in slots]
+        counted = {key for key, _ in hits}
+        keys = [SLOT_PREFIX + key for key, _, _ in slots]
+        args: list[Any] = [len(slots), len(checks)]
+        for (_, limit, ttl_s), slot in zip(slots, ids, strict=True):
+            args += [limit, max(int(ttl_s * 1000), 1), slot]
+        for key, expiry, limit in checks:
+            keys += self._window_keys(key)
+            args += [expiry, limit, 1 if key in counted else 0]
+        answer = self._admit(keys=keys, args=args)
+        kind = answer[0].decode()
+        if kind == "slot":
+            return [], ("slot", answer[1])
+        if kind == "window":
+            previous, previous_ms, current, current_ms = answer[2:]
+            return [], ("window", answer[1], (previous, previous_ms / 1000, current, current_ms / 1000))
+        return ids, None
+
+    def finish_all(self, slots: list[tuple[str, str]], counted: list[tuple[str, int, int]]) -> None:
+        """Release ``slots`` and add to windows (``counted``: key, expiry, amount) at once."""
+        keys = [SLOT_PREFIX + key for key, _ in slots]
+        args: list[Any] = [len(slots), *(slot for _, slot in slots)]
+        for key, expiry, amount in counted:
+            keys += self._window_keys(key)
+            args += [expiry, amount]
+        self._finish(keys=keys, args=args)
 
     def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
-        slot = uuid.uuid4().hex
-        if self._acquire(keys=[f"{SLOT_PREFIX}{key}"], args=[limit, int(ttl_s * 1000), slot]):
-            return slot
-        return None
+        ids, refusal = self.admit_all([(key, limit, ttl_s)], [], [])
+        return None if refusal else ids[0]
 
     def release_slot(self, key: str, slot: str) -> None:
-        self._redis.zrem(f"{SLOT_PREFIX}{key}", slot)
+        self.release_slots([(key, slot)])
 
     def release_slots(self, slots: list[tuple[str, str]]) -> None:
-        with self._redis.pipeline(transaction=False) as pipe:
-            for key, slot in slots:
-                pipe.zrem(f"{SLOT_PREFIX}{key}", slot)
-            pipe.execute()
+        self.finish_all(slots, [])

@@ -137,9 +137,9 @@ def test_a_rate_limit_refusal_frees_the_key(build, upstream, config):
     config["api_keys"][0]["rate_limit"] = {"concurrency": 1}
     app = build()
     limiter, client = app.extensions["aisix"].limiter, app.test_client()
-    held = limiter.slots.acquire_slot("key:dev", 1, 60)
+    held = limiter.store.acquire_slot("key:dev", 1, 60)
     assert post(client, "k-7").status_code == 429
-    limiter.slots.release_slot("key:dev", held)
+    limiter.store.release_slot("key:dev", held)
     once(upstream)
     assert post(client, "k-7").status_code == 200
 

@@ -127,9 +127,9 @@ def test_tpd_and_rpd_are_day_windows(limited, upstream):
 def test_concurrency_slot(limited, upstream):
     app = limited(key={"concurrency": 1})
     limiter, client = app.extensions["aisix"].limiter, app.test_client()
-    held = limiter.slots.acquire_slot("key:dev", 1, 60)  # another request is in flight
+    held = limiter.store.acquire_slot("key:dev", 1, 60)  # another request is in flight
     assert_429(post(client), "API key 'dev' allows 1 concurrent requests")
-    limiter.slots.release_slot("key:dev", held)
+    limiter.store.release_slot("key:dev", held)
     ok_upstream(upstream)
     assert post(client).status_code == 200
     assert slots_taken(app) == 0
@@ -173,7 +173,7 @@ def test_slot_released_when_the_gateway_itself_fails(limited, monkeypatch):
 
 def test_a_leaked_slot_expires(limited, upstream):
     app = limited(key={"concurrency": 1})
-    app.extensions["aisix"].limiter.slots.acquire_slot("key:dev", 1, 0.2)  # a worker that died
+    app.extensions["aisix"].limiter.store.acquire_slot("key:dev", 1, 0.2)  # a worker that died
     assert post(app.test_client()).status_code == 429
     time.sleep(0.3)
     ok_upstream(upstream)
@@ -259,7 +259,7 @@ def test_backend_rpm_and_retry_after(limiter):
 def test_backend_tokens_are_charged_after_the_answer(limiter):
     scopes = scope(tpm=500, tpd=10_000)
     for _ in range(2):
-        limiter.charge(limiter.admit(scopes, 60), 300)
+        limiter.finish(limiter.admit(scopes, 60), 300)
     assert refused(limiter, scopes) >= 1
 
 
@@ -272,6 +272,20 @@ def test_backend_finish_counts_the_tokens_and_gives_back_the_slots(limiter):
     assert admission.slots == []
     with pytest.raises(RateLimited, match="tokens per minute"):  # the slot is free, the tokens spent
         limiter.admit(scopes, 60)
+
+
+def test_backend_windows_are_the_ones_limits_reads(limiter):
+    """Both stores keep the windows where ``limits``' own storage finds them."""
+    from limits import RateLimitItemPerMinute
+
+    scopes = scope(rpm=10, tpm=1000)
+    limiter.finish(limiter.admit(scopes, 60), 300)
+    limiter.admit(scopes, 60)
+    name = scopes[0].name
+    rpm = RateLimitItemPerMinute(10, namespace="aisix").key_for("key", name)
+    tpm = RateLimitItemPerMinute(1000, namespace="aisix").key_for("key", name)
+    assert limiter.storage.get_sliding_window(rpm, 60)[2] == 2
+    assert limiter.storage.get_sliding_window(tpm, 60)[2] == 300
 
 
 def test_backend_concurrency_slots(limiter):

@@ -39,7 +39,7 @@ def test_the_gateways_own_refusals_say_do_not_retry(client, headers, body, statu
 def test_our_rate_limit_says_retry(make_app, config):
     config["api_keys"][0]["rate_limit"] = {"concurrency": 1}
     app = make_app(config)
-    app.extensions["aisix"].limiter.slots.acquire_slot("key:dev", 1, 60)
+    app.extensions["aisix"].limiter.store.acquire_slot("key:dev", 1, 60)
     r = app.test_client().post(ROUTE, headers=auth(), json=OK)
     assert (r.status_code, r.headers["x-should-retry"]) == (429, "true")
     assert r.headers["Retry-After"]
