@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,15 +44,18 @@ wrk.headers["Authorization"] = "Bearer {key}"
 FULL_LIMITS = "rpm: 100000000, tpm: 1000000000, concurrency: 5000"
 
 
-def gateway_config(tmp: Path, upstream: str, limits: str = FULL_LIMITS, access_log: bool = True) -> str:
+def gateway_config(
+    tmp: Path, upstream: str, limits: str = FULL_LIMITS, access_log: bool = True, store: str = ""
+) -> str:
     """The bench's gateway: rate limits on the key and on the model (none when ``limits`` is
-    empty), a keyword guardrail, the SQLite ledger and store, the access log."""
+    empty) kept in SQLite (or ``store``), a keyword guardrail, the SQLite ledger, the access log."""
+    store = store or f"sqlite:///{tmp}/ratelimit.db"
     limits = f", rate_limit: {{{limits}}}" if limits else ""
     return f"""
 gateway:
   access_log: {str(access_log).lower()}
   usage: {{database_url: "sqlite:///{tmp}/usage.db"}}
-  ratelimit: {{storage_url: "sqlite:///{tmp}/ratelimit.db"}}
+  ratelimit: {{storage_url: "{store}"}}
 provider_keys:
   - {{display_name: openai-main, provider: openai, api_key: sk-bench, api_base: "{upstream}"}}
 models:
@@ -72,6 +76,18 @@ BREAKDOWN = [
     ("no rate limits", "", True),
     ("no rate limits, no access log", "", False),
 ]
+
+
+REDIS_STORE = "redis://127.0.0.1:6379/15"
+
+
+def redis_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 class Server:
@@ -226,6 +242,18 @@ def main() -> None:
                     share = f"gateway {g['rps'] / b['rps']:.0%} of bare (bare in the direct column)"
                     rows.append((f"c=64 req/s, {label}", "", b["rps"], g["rps"], share))
                 (tmp / "config.yaml").write_text(gateway_config(tmp, upstream))
+                if redis_answers():  # the multi-host store; a store URL needs a restart
+                    (tmp / "redis.yaml").write_text(gateway_config(tmp, upstream, store=REDIS_STORE))
+                    redis_env = {"AISIX_CONFIG": str(tmp / "redis.yaml")}
+                    gw_redis = gunicorn("wsgi:app", free_port(), args.workers, args.threads,
+                                        redis_env, tmp, "gateway-redis")  # fmt: skip
+                    servers.append(gw_redis)
+                    b = wrk(bare.url + route, small, 64, args.seconds, tmp)
+                    g = wrk(gw_redis.url + route, small, 64, args.seconds, tmp)
+                    share = f"gateway {g['rps'] / b['rps']:.0%} of bare (bare in the direct column)"
+                    rows.append(("c=64 req/s, limits: all three, on Redis", "", b["rps"], g["rps"], share))
+                    gw_redis.stop()
+                    servers.remove(gw_redis)
             gw.stop()  # the bare proxy stays: the large answers are measured through it too
             servers.remove(gw)
             if not args.quick:
