@@ -160,7 +160,18 @@ class _Connection(NamedTuple):
     lock: int  # a descriptor of the lock file beside the database
 
 
-class SQLiteStorage(Storage, SlidingWindowCounterSupport):
+class SingleSlots:
+    """One slot at a time, for a store that takes whole admissions (tests and tools use these)."""
+
+    def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
+        ids, refusal = self.admit_all([(key, limit, ttl_s)], [], [])
+        return None if refusal else ids[0]
+
+    def release_slot(self, key: str, slot: str) -> None:
+        self.finish_all([(key, slot)], [])
+
+
+class SQLiteStorage(SingleSlots, Storage, SlidingWindowCounterSupport):
     """A ``limits`` storage in one SQLite file: every gunicorn worker on a host shares it."""
 
     STORAGE_SCHEME = ["sqlite"]
@@ -344,17 +355,7 @@ class SQLiteStorage(Storage, SlidingWindowCounterSupport):
         with self._write() as db:
             db.execute("DELETE FROM windows WHERE key = ?", (key,))
 
-    # -- concurrency slots --
-
-    def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
-        ids, refusal = self.admit_all([(key, limit, ttl_s)], [], [])
-        return None if refusal else ids[0]
-
-    def release_slot(self, key: str, slot: str) -> None:
-        self.release_slots([(key, slot)])
-
-    def release_slots(self, slots: list[tuple[str, str]]) -> None:
-        self._batched(_Batched(releases=slots))
+    # -- a request's end in one transaction --
 
     def finish_all(self, slots: list[tuple[str, str]], counted: list[tuple[str, int, int]]) -> None:
         """Release ``slots`` and add to windows (``counted``: key, expiry, amount) at once."""

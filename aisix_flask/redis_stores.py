@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from limits.storage import RedisStorage
 
-from .limit_stores import Record
+from .limit_stores import Record, SingleSlots
 
 SLOT_PREFIX = "aisix:slots:"
 
@@ -162,7 +162,7 @@ return 1
 )
 
 
-class RedisAdmissions:
+class RedisAdmissions(SingleSlots):
     """A whole admission in one script, and a request's end in another: slots and windows of every
     host that uses the same server. Same interface as the SQLite store's."""
 
@@ -209,13 +209,3 @@ class RedisAdmissions:
             keys += self._window_keys(key)
             args += [expiry, amount]
         self._finish(keys=keys, args=args)
-
-    def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
-        ids, refusal = self.admit_all([(key, limit, ttl_s)], [], [])
-        return None if refusal else ids[0]
-
-    def release_slot(self, key: str, slot: str) -> None:
-        self.release_slots([(key, slot)])
-
-    def release_slots(self, slots: list[tuple[str, str]]) -> None:
-        self.finish_all(slots, [])

@@ -361,7 +361,7 @@ def test_a_failed_batch_fails_every_operation_in_it(tmp_path, monkeypatch):
     with pytest.raises(sqlite3.OperationalError):
         store.admit_all([("k", 1, 60)], [], [])
     with pytest.raises(sqlite3.OperationalError):
-        store.release_slots([("k", "x")])
+        store.finish_all([("k", "x")], [])
     assert not store._pending
 
 
