@@ -81,7 +81,8 @@ def _taken_lock() -> threading.Lock:
 
 @dataclass(eq=False)
 class _Batched:
-    """An admission or a release waiting for its turn in a batch, and then its outcome."""
+    """An admission, or a request's end (slots given back, tokens counted), waiting for its turn
+    in a batch; then its outcome."""
 
     admission: tuple[list, list, list] | None = None  # admit_all's arguments
     releases: list[tuple[str, str]] = field(default_factory=list)
