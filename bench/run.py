@@ -306,7 +306,8 @@ def main() -> None:
                 server.stop()
             fake.stop()
 
-    setup = f"gunicorn gthread {args.workers}×{args.threads} (1000-connection run: 4×256)"
+    worker = "aisix_flask.worker.ThreadWorker"
+    setup = f"gunicorn {worker} {args.workers}×{args.threads} (1000-connection run: 4×256)"
     print(
         f"\n{time.strftime('%Y-%m-%d')} · {os.cpu_count()} cores · {setup} · wrk {args.seconds:g} s per run\n"
     )
