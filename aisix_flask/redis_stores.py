@@ -184,14 +184,14 @@ class RedisAdmissions(SingleSlots):
     ) -> tuple[list[str], tuple | None]:
         """See ``SQLiteStorage.admit_all``: the same arguments and answers."""
         ids = [uuid.uuid4().hex for _ in slots]
-        counted = {key for key, _ in hits}
+        hit_keys = {key for key, _ in hits}
         keys = [SLOT_PREFIX + key for key, _, _ in slots]
         args: list[Any] = [len(slots), len(checks)]
         for (_, limit, ttl_s), slot in zip(slots, ids, strict=True):
             args += [limit, max(int(ttl_s * 1000), 1), slot]
         for key, expiry, limit in checks:
             keys += self._window_keys(key)
-            args += [expiry, limit, 1 if key in counted else 0]
+            args += [expiry, limit, 1 if key in hit_keys else 0]
         answer = self._admit(keys=keys, args=args)
         kind = answer[0].decode()
         if kind == "slot":
