@@ -25,11 +25,13 @@ def livez() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Config loaded and ledger reachable, else 503."""
+    """Config loaded, ledger reachable and its writer running, else 503."""
     gateway = current()
     gateway.config()
     if not gateway.ledger.ping():
         raise ServiceUnavailable("The usage ledger database is not reachable.")
+    if not gateway.ledger.writer_running():
+        raise ServiceUnavailable("The usage ledger writer of this worker had stopped; it was started again.")
     return jsonify(status="ok")
 
 

@@ -9,22 +9,20 @@ from typing import Any
 from flask import Blueprint, Response, g, request
 from marshmallow import INCLUDE, Schema, ValidationError, fields
 from marshmallow.validate import Length, OneOf, Range
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import metrics, upstream
 from .auth import authenticate
+from .body import read_json_object
 from .bridges import BRIDGES, endpoint_url
 from .config import Registry
 from .errors import (
     GatewayError,
-    InvalidJson,
     InvalidRequest,
     MissingParameter,
     ModelNotFound,
     NotImplementedOperation,
     PermissionDenied,
     ProviderUnavailable,
-    RequestTooLarge,
     UnsupportedProvider,
 )
 from .gateway import Gateway, current, request_id
@@ -33,7 +31,7 @@ from .limits import Scope
 from .resources import ApiKey, UpstreamSettings
 from .routing import Route
 from .upstream import Timeout
-from .usage import UsageRow
+from .usage import UsageRow, whole_number
 
 bp = Blueprint("images", __name__)
 
@@ -115,36 +113,11 @@ def generate_upstream(
     return passthrough(answer)  # 12
 
 
-def read_json_object(limit: int) -> dict[str, Any]:
-    """The body as a JSON object, whatever the Content-Type (``curl -d`` sends a form type)."""
-    request.max_content_length = limit
-    try:
-        data = request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        raise RequestTooLarge(
-            f"The request body is larger than the gateway's limit of {request.max_content_length} bytes."
-        ) from None
-    try:
-        body = json.loads(data, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise InvalidJson() from None
-    if not isinstance(body, dict):
-        raise InvalidJson("The request body must be a JSON object.")
-    return body
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 class _StrictInt(fields.Integer):
-    """An integer that is a JSON number without a fraction: not "2", 2.0 or true."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(strict=True, **kwargs)
+    """An integer as JSON Schema means it: a number with no fraction (2 or 2.0), not "2" or true."""
 
     def _validated(self, value: Any) -> int:
-        if isinstance(value, bool):
+        if whole_number(value) is None:
             raise self.make_error("invalid")
         return super()._validated(value)
 

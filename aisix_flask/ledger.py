@@ -31,8 +31,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 
+from . import metrics
 from .redact import without_credentials
 from .usage import UsageRow
 
@@ -71,6 +72,31 @@ usage = Table(
 )
 
 SUMMARY_GROUPS = ("api_key", "model", "day")
+_INT_RANGE = (-(2**31), 2**31 - 1)  # PostgreSQL's INTEGER
+
+
+def storable(row: UsageRow) -> dict[str, Any]:
+    """``row`` as the table can hold it, whatever a caller or an upstream put in it: text with
+    its lone surrogates and NULs spelled out as escapes (neither UTF-8 nor PostgreSQL can hold
+    them), cut to its column's length; integers within a 32-bit column."""
+    values = dict(vars(row))  # flat: dataclasses.asdict costs 30 µs a row
+    for name, length in _TEXT_COLUMNS:
+        value = values[name]
+        if isinstance(value, str):
+            if not value.isascii():
+                value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+            if "\x00" in value:
+                value = value.replace("\x00", "\\x00")
+            values[name] = value[:length]
+    for name in _INT_COLUMNS:
+        value = values[name]
+        if isinstance(value, int) and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+            values[name] = max(_INT_RANGE[0], min(value, _INT_RANGE[1]))
+    return values
+
+
+_TEXT_COLUMNS = tuple((c.name, c.type.length) for c in usage.columns if isinstance(c.type, String))
+_INT_COLUMNS = tuple(c.name for c in usage.columns if isinstance(c.type, Integer) and c.name != "id")
 _RELATIVE = re.compile(r"(\d+)([mhd])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
@@ -83,6 +109,13 @@ def parse_since(value: str) -> datetime:
     # An unencoded "+00:00" in a query string arrives as " 00:00".
     since = datetime.fromisoformat(value.strip().replace(" ", "+"))
     return since if since.tzinfo else since.replace(tzinfo=UTC)
+
+
+def _describe(e: BaseException) -> str:
+    """An error's own first line, without the SQL and the values SQLAlchemy adds to it."""
+    cause = getattr(e, "orig", None) or e
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return without_credentials(first)[:300]
 
 
 def _engine(url: str) -> Engine:
@@ -155,29 +188,53 @@ class Ledger:
 
     def record(self, row: UsageRow) -> None:
         """Queue ``row``; the caller does not wait for the database."""
-        if self._pid != os.getpid():
+        if self._pid != os.getpid() or not self._thread.is_alive():
             self._start_writer()
         self._queue.put(row)
+
+    def writer_running(self) -> bool:
+        """Whether this process's writer runs (or has not been needed yet); a stopped one is
+        started again, and this answers False that once so /readyz and the log show it."""
+        if self._pid != os.getpid() or self._thread.is_alive():
+            return True
+        self._start_writer()
+        return False
 
     def _start_writer(self) -> None:
         with self._lock:
             if self._pid == os.getpid():
-                return
-            # After a fork the parent's thread is gone: start this process's own, and
-            # leave the parent's connections to the parent.
-            self._queue = queue.Queue()
-            if self._engine_pid != os.getpid():
-                self.engine.dispose(close=False)
-                self._engine_pid = os.getpid()
+                if self._thread.is_alive():
+                    return
+                # Cannot happen by design (_run survives any row); if it does, the queued rows
+                # are still there, and a new writer takes them.
+                log.error("usage ledger writer had stopped; starting it again")
+                metrics.LEDGER_WRITER_RESTARTS.inc()
+            else:
+                # After a fork the parent's thread is gone: start this process's own, and
+                # leave the parent's connections to the parent.
+                self._queue = queue.Queue()
+                if self._engine_pid != os.getpid():
+                    self.engine.dispose(close=False)
+                    self._engine_pid = os.getpid()
+                atexit.register(self.flush, self.drain_timeout_s)
             self._thread = threading.Thread(target=self._run, name="aisix-ledger", daemon=True)
             self._thread.start()
-            atexit.register(self.flush, self.drain_timeout_s)
+            metrics.LEDGER_WRITER_UP.set(1)
             self._pid = os.getpid()
 
     def _run(self) -> None:
+        try:
+            while self._write_next_batch():
+                pass
+        finally:
+            if not self._stopping.is_set():
+                metrics.LEDGER_WRITER_UP.set(0)
+
+    def _write_next_batch(self) -> bool:
+        """Take up to a batch of queued rows and write them; False when close() asked to stop."""
         q = self._queue
-        while True:
-            batch = [q.get()]
+        batch = [q.get()]
+        try:
             if batch[0] is not None and q.qsize() < self.batch_size - 1:
                 # Sleep rather than wait on the queue: a waiting writer would be woken (a thread
                 # switch and a turn at the GIL) by every row the request threads put.
@@ -190,10 +247,14 @@ class Ledger:
             rows = [r for r in batch if r is not None]
             if rows:
                 self._write(rows)
+        except Exception:
+            # Never the end of the writer: one bad batch must not stop every later row.
+            log.exception("usage ledger: %d rows could not be written", len(batch))
+            metrics.LEDGER_ROWS_DROPPED.inc(len(batch))
+        finally:
             for _ in batch:
                 q.task_done()
-            if len(rows) < len(batch):
-                return  # close() asked this thread to stop
+        return batch[-1] is not None
 
     def _prepare(self) -> bool:
         """Create or upgrade the table; False (logged) while the database cannot be reached."""
@@ -209,13 +270,15 @@ class Ledger:
             log.error(
                 "usage ledger %s is not reachable (rows wait until it is): %s",
                 without_credentials(self.url),
-                e,
+                _describe(e),
             )
             return False
         return True
 
     def _write(self, batch: list[UsageRow]) -> None:
-        rows = [dict(vars(r)) for r in batch]  # flat: dataclasses.asdict costs 30 µs a row
+        """Insert ``batch``, retrying while the database is away (a lost row is lost money); a
+        row the database refuses for what it holds is logged, counted and left out, alone."""
+        rows = [storable(r) for r in batch]
         delay = 0.05
         while True:
             try:
@@ -225,14 +288,42 @@ class Ledger:
                     with self.engine.begin() as conn:
                         conn.execute(usage.insert(), rows)
                     return
-            except SQLAlchemyError as e:
-                # Keep the rows and try again: a locked or restarting database is
-                # usually back soon, and a lost row is lost money.
-                log.warning("usage ledger write of %d rows failed, retrying: %s", len(rows), e)
+            except Exception as e:
+                if not self._refused_for_its_values(e):
+                    log.warning("usage ledger write of %d rows failed, retrying: %s", len(rows), _describe(e))
+                elif len(batch) > 1:
+                    for row in batch:  # find the row(s) at fault; the others are written
+                        self._write([row])
+                    return
+                else:
+                    log.error(
+                        "usage ledger: row of request %s cannot be stored and is left out (%s: %s)",
+                        rows[0]["request_id"],
+                        type(e).__name__,
+                        _describe(e),
+                    )
+                    metrics.LEDGER_ROWS_DROPPED.inc()
+                    return
             if self._stopping.wait(delay):
                 log.error("usage ledger closed: %d rows were not written", len(rows))
                 return
             delay = min(delay * 2, 5.0)
+
+    def _refused_for_its_values(self, e: Exception) -> bool:
+        """Whether the database refused the values themselves, as opposed to being unreachable or
+        busy: then writing the same rows again cannot help. Drivers raise many kinds of error for
+        values they cannot bind; what tells is whether the table still answers a query."""
+        if isinstance(e, OperationalError) or getattr(e, "connection_invalidated", False):
+            return False
+        if isinstance(e, DataError | IntegrityError):
+            return True
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(select(usage.c.id).limit(0))
+        except SQLAlchemyError:
+            self._schema_ready = False  # the table may be gone: created again before the retry
+            return False
+        return True
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued row is written; False if ``timeout`` passed first."""

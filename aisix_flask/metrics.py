@@ -14,6 +14,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -38,6 +39,17 @@ TOKENS = Counter("aisix_tokens", "Tokens the upstream reported, by kind (input, 
 IMAGES = Counter("aisix_images", "Images returned.", ["model"])
 COST = Counter("aisix_cost_usd", "Cost of the requests that had a price, in USD.", ["model"])
 GUARDRAIL_BLOCKS = Counter("aisix_guardrail_blocks", "Requests a guardrail blocked.", ["guardrail"])
+LEDGER_WRITER_UP = Gauge(
+    "aisix_ledger_writer_up",
+    "1 while every worker's usage ledger writer runs; 0 when one has stopped (rows wait, unwritten).",
+    multiprocess_mode="livemin",
+)
+LEDGER_WRITER_RESTARTS = Counter(
+    "aisix_ledger_writer_restarts", "Times a stopped ledger writer was restarted."
+)
+LEDGER_ROWS_DROPPED = Counter(
+    "aisix_ledger_rows_dropped", "Usage rows the database refused for what they hold (each is logged)."
+)
 RATE_LIMITED = Counter("aisix_rate_limit_rejections", "Requests refused by a rate limit.", ["scope", "limit"])
 
 

@@ -16,9 +16,26 @@ def _short(value: Any, limit: int = 64) -> str | None:
     return value[:limit] if isinstance(value, str) else None
 
 
+# What a ledger integer column holds everywhere (PostgreSQL's INTEGER is 32 bits).
+_INT_MAX = 2**31 - 1
+
+
+def whole_number(value: Any) -> int | None:
+    """A JSON number with no fraction (2 or 2.0) as an int; None for anything else, bools too."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def _count(value: Any) -> int:
-    """A token count as the upstream reported it: a non-negative int, else 0 (never guessed)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    """A token count as the upstream reported it: a whole number ≥ 0 (capped at what a ledger
+    column holds), else 0, never guessed."""
+    count = whole_number(value)
+    return min(count, _INT_MAX) if count is not None and count >= 0 else 0
 
 
 @dataclass
@@ -56,8 +73,8 @@ class UsageRow:
         self.model = _short(body.get("model"), _TEXT_LIMIT)
         self.size = _short(body.get("size"))
         self.quality = _short(body.get("quality"))
-        n = body.get("n")
-        self.n = n if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**31 else None
+        n = whole_number(body.get("n"))
+        self.n = n if n is not None and 0 < n <= _INT_MAX else None
 
     def note_replay(self, status: int) -> None:
         """Record a replayed answer: its status, and nothing spent."""

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import responses
 import yaml
 from responses import matchers
+from sqlalchemy import create_engine, text
 
 from aisix_flask import create_app
 
@@ -63,9 +65,25 @@ def nothing_secret_is_logged():
     forbidden = [*SECRETS, *test_integration.SECRETS, PNG_1PX, "aGVsbG8=", "d29ybGQ="]
     texts = [("in-process log", "\n".join(recorder.lines))]
     texts += [(str(path), path.read_text(errors="replace")) for path in serving.LOGS if path.exists()]
-    for where, text in texts:
+    for where, logged in texts:
         for secret in forbidden:
-            assert secret not in text, f"{where} contains {secret[:12]}…"
+            assert secret not in logged, f"{where} contains {secret[:12]}…"
+
+
+POSTGRES = "postgresql://127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def pg_schema():
+    """A schema of its own in the machine's PostgreSQL (database ``test``), dropped afterwards."""
+    name = f"aisix_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(POSTGRES.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:  # .ci/run starts PostgreSQL when it is down
+        conn.execute(text(f"CREATE SCHEMA {name}"))
+    yield f"{POSTGRES}?options=-csearch_path%3D{name}"
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {name} CASCADE"))
+    engine.dispose()
 
 
 def base_config(tmp_path: Path, upstream: str = UPSTREAM) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 A prompt may steer it: ``[status:503]`` answers that status (``[status:429]`` with
 ``Retry-After: 7``), ``[sleep:1.5]`` waits first, ``[redirect]`` answers 302, ``[html]`` a 200 page
 that is not JSON, ``[reset]`` drops the connection halfway through the body, ``[trickle:3]``
-sends the body a byte at a time over 3 s.
+sends the body a byte at a time over 3 s, ``[poison]`` answers 400 with an error code no database
+can store as is (a lone surrogate and a NUL), ``[huge-usage]`` reports more tokens than fit in 64 bits.
 ``GET /_calls`` lists what it received (headers and body); ``DELETE /_calls`` forgets it.
 Run alone: ``python -m tests.fake_upstream --port 8090``.
 """
@@ -60,6 +61,9 @@ def answer_for(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     prompt = str(body.get("prompt", ""))
     if m := _SLEEP.search(prompt):
         time.sleep(float(m.group(1)))
+    if "[poison]" in prompt:
+        error = {"message": "poison", "type": "x\x00" * 100, "param": None, "code": "\ud800\x00"}
+        return 400, {"error": error}
     if m := _STATUS.search(prompt):
         status = int(m.group(1))
         error = {
@@ -70,6 +74,9 @@ def answer_for(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         }
         return status, {"error": error}
     n = body.get("n") or 1
+    if "[huge-usage]" in prompt:
+        usage = {"input_tokens": 10**30, "output_tokens": 10**30, "total_tokens": 10**31}
+        return 200, {"created": 1, "data": [{"url": "https://images.example/0.png"}], "usage": usage}
     if str(body.get("model", "")).startswith("gpt-image"):
         data = [{"b64_json": PNG_1PX} for _ in range(n)]
         usage = {

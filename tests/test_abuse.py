@@ -31,9 +31,16 @@ EXAMPLES = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
+# JSON can escape what UTF-8 cannot carry: a lone UTF-16 surrogate (\\ud800), anywhere in a string.
+surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+with_surrogate = st.builds(lambda a, s, b: a + s + b, st.text(max_size=8), surrogates, st.text(max_size=8))
+texts = st.text(max_size=50) | with_surrogate
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=10) | with_surrogate, inner, max_size=4)
+    ),
     max_leaves=12,
 )
 # Requests that look almost right: known fields, any values, sometimes a real model and prompt.
@@ -46,6 +53,8 @@ near_misses = st.fixed_dictionaries(
         "prompt": st.text(max_size=30) | json_values,
     },
 )
+# Numbers JSON allows and no double holds (they would be forwarded as the non-JSON Infinity).
+huge_numbers = st.sampled_from(["1e400", "-1e400", "1E309", "123456789e999"])
 bodies = st.one_of(
     near_misses.map(lambda d: json.dumps(d).encode()),
     json_values.map(lambda v: json.dumps(v).encode()),
@@ -119,3 +128,42 @@ def test_duplicate_keys_send_what_was_checked(fuzz_client):
     assert json.loads(upstream.calls[0].request.body) == {"model": "gpt-image-1", "prompt": "a cat", "n": 1}
     raw = b'{"model": "image-prod", "prompt": "a cat", "prompt": "forbidden phrase"}'
     assert client.post(ROUTE, data=raw, headers=auth()).status_code == 422
+
+
+def _holds_surrogate(value) -> bool:
+    if isinstance(value, str):
+        return any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, dict):
+        return any(_holds_surrogate(k) or _holds_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_surrogate(v) for v in value)
+    return False
+
+
+@EXAMPLES
+@given(body=near_misses, key=st.text(min_size=1, max_size=10) | with_surrogate, poison=json_values)
+def test_a_lone_surrogate_anywhere_is_400_naming_its_field(fuzz_client, body, key, poison):
+    """Whatever the depth, in a key or a value: 400, param the top-level field, nothing sent."""
+    client, upstream = fuzz_client
+    body = {"model": "image-prod", "prompt": "p", **body, key: poison}
+    before = len(upstream.calls)
+    r = client.post(ROUTE, data=json.dumps(body), headers={**auth(), "Content-Type": "application/json"})
+    check(r, upstream, before)
+    bad = [k for k, v in body.items() if _holds_surrogate(k) or _holds_surrogate(v)]
+    if bad:
+        error = r.get_json()["error"]
+        assert r.status_code == 400 and error["code"] == "invalid_value", error
+        names = [k.encode("utf-8", "backslashreplace").decode() for k in bad]
+        assert error["param"] in names
+
+
+@EXAMPLES
+@given(body=near_misses, number=huge_numbers, depth=st.integers(0, 3))
+def test_a_number_no_double_holds_is_400(fuzz_client, body, number, depth):
+    client, upstream = fuzz_client
+    raw = json.dumps({**body, "model": "image-prod", "prompt": "p", "extra": "HUGE"})
+    raw = raw.replace('"HUGE"', "[" * depth + number + "]" * depth)
+    before = len(upstream.calls)
+    r = client.post(ROUTE, data=raw, headers={**auth(), "Content-Type": "application/json"})
+    check(r, upstream, before)
+    assert r.status_code == 400 and r.get_json()["error"]["param"] in (*body, "extra")

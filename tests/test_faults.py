@@ -83,3 +83,45 @@ def test_no_worker_crashed(gateway):
     log = gateway.log.read_text()
     assert len(re.findall(r"Booting worker", log)) == 2
     assert "Traceback" not in log and "WORKER TIMEOUT" not in log and "exited with code" not in log
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_no_request_can_stop_the_ledger(tmp_path, fake, request, backend):
+    """Requests that carry what a database cannot store (from the caller or from the upstream)
+    are each recorded, and so is every request after them: rows == requests, in every worker."""
+    from sqlalchemy import create_engine, text
+
+    url = f"sqlite:///{tmp_path}/usage.db" if backend == "sqlite" else request.getfixturevalue("pg_schema")
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS usage"))
+    server = Gunicorn(gateway_config(tmp_path, fake, usage_url=url), workers=2, threads=4, env=ENV)
+    headers = {"x-api-key": DEV_KEY, "Content-Type": "application/json"}
+    poison = [
+        rb'{"model": "\ud800", "prompt": ""}',  # the issue's request: a lone surrogate escape
+        rb'{"model": "image-prod", "prompt": "a\ud800b"}',
+        rb'{"model": "image-prod\u0000", "prompt": "p"}',  # a NUL: 404, and PostgreSQL refuses NULs
+        rb'{"model": "dalle", "prompt": "[poison]"}',  # the upstream's error code
+        rb'{"model": "dalle", "prompt": "[huge-usage]"}',  # the upstream's token counts
+        b'{"model": "' + b"m" * 5000 + b'", "prompt": "p"}',
+    ]
+    try:
+        statuses = [
+            requests.post(
+                f"{server.url}/v1/images/generations", data=body, headers=headers, timeout=30
+            ).status_code
+            for body in poison * 4
+        ]
+        statuses += [generate(server.url, DEV_KEY, "dalle", f"after {i}").status_code for i in range(40)]
+        assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 200
+    finally:
+        assert server.stop() == 0
+    assert statuses[:6] == [400, 400, 404, 400, 200, 404] and statuses[24:] == [200] * 40
+    with engine.connect() as conn:
+        recorded = conn.execute(text("SELECT count(*) FROM usage WHERE api_key = 'dev'")).scalar()
+        codes = conn.execute(text("SELECT error_code, total_tokens FROM usage WHERE status = 400")).fetchall()
+    engine.dispose()
+    assert recorded == len(statuses) == 64
+    assert ("\\ud800\\x00", 0) in [tuple(c) for c in codes]
+    log = server.log.read_text()
+    assert "Traceback" not in log and "not written" not in log and "left out" not in log

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,21 +10,6 @@ from sqlalchemy import create_engine, text
 
 from aisix_flask.ledger import Ledger
 from aisix_flask.usage import UsageRow
-
-POSTGRES = "postgresql://127.0.0.1:5432/test"
-
-
-@pytest.fixture(scope="session")
-def pg_schema():
-    """A schema of its own in the machine's PostgreSQL (database ``test``), dropped afterwards."""
-    name = f"aisix_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(POSTGRES.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:  # .ci/run starts PostgreSQL when it is down
-        conn.execute(text(f"CREATE SCHEMA {name}"))
-    yield f"{POSTGRES}?options=-csearch_path%3D{name}"
-    with engine.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {name} CASCADE"))
-    engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -42,7 +26,13 @@ def ledger(request, tmp_path):
 
 
 def row(i: int, **fields) -> UsageRow:
-    return UsageRow(f"req-{i}", fields.pop("api_key", "dev"), "/v1/images/generations", "127.0.0.1", **fields)
+    return UsageRow(
+        f"req-{i}",
+        fields.pop("api_key", "dev"),
+        "/v1/images/generations",
+        fields.pop("client_ip", "127.0.0.1"),
+        **fields,
+    )
 
 
 def test_rows_round_trip(ledger):
@@ -212,3 +202,87 @@ def test_rows_arriving_together_are_written_in_one_insert(tmp_path, monkeypatch)
     assert ledger.flush(10)
     assert batches == [50] and len(ledger.query(limit=100)) == 50
     ledger.close()
+
+
+def metric(name: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def test_any_value_a_row_can_carry_is_stored_in_a_safe_form(ledger):
+    """Caller and upstream strings that UTF-8 or PostgreSQL cannot hold, over-long text, and
+    token counts past a 32-bit column: each stored as escaped, cut or capped text and numbers."""
+    poison = row(
+        1,
+        model="a\ud800b",  # a lone surrogate (JSON's \ud800)
+        upstream_model="x" * 1000,
+        error_code="\udfff" + "e" * 100,
+        size="\x00",
+        quality="é\x00",
+        client_ip="1" * 500,
+        total_tokens=10**30,
+        input_tokens=-(10**20),
+        status=200,
+    )
+    ledger.record(poison)
+    ledger.record(row(2, model="fine"))
+    assert ledger.flush(10)
+    got = {r["request_id"]: r for r in ledger.query()}
+    assert got["req-1"]["model"] == "a\\ud800b"
+    assert got["req-1"]["upstream_model"] == "x" * 256
+    assert got["req-1"]["error_code"] == ("\\udfff" + "e" * 100)[:64]
+    assert (got["req-1"]["size"], got["req-1"]["quality"]) == ("\\x00", "é\\x00")
+    assert len(got["req-1"]["client_ip"]) == 64
+    assert (got["req-1"]["total_tokens"], got["req-1"]["input_tokens"]) == (2**31 - 1, -(2**31))
+    assert got["req-2"]["model"] == "fine"
+
+
+def test_a_row_the_database_refuses_is_logged_counted_and_left_out_alone(ledger, monkeypatch, caplog):
+    """Whatever goes wrong with one row's values, the others are written and the writer goes on."""
+    from aisix_flask import ledger as ledger_module
+
+    real = ledger_module.storable
+
+    def explosive(r):
+        values = real(r)
+        if r.request_id == "req-2":
+            values["status"] = object()  # the driver cannot bind it: not a SQLAlchemyError
+        return values
+
+    monkeypatch.setattr(ledger_module, "storable", explosive)
+    dropped = metric("aisix_ledger_rows_dropped_total")
+    with caplog.at_level(logging.ERROR):
+        for i in range(1, 4):
+            ledger.record(row(i))
+        assert ledger.flush(10)
+    assert sorted(r["request_id"] for r in ledger.query()) == ["req-1", "req-3"]
+    assert metric("aisix_ledger_rows_dropped_total") == dropped + 1
+    assert "row of request req-2 cannot be stored and is left out" in caplog.text
+    ledger.record(row(4))  # the writer is still there
+    assert ledger.flush(10) and len(ledger.query()) == 3
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_stopped_writer_shows_in_readyz_and_the_metric_and_is_started_again(app, monkeypatch):
+    ledger = app.extensions["aisix"].ledger
+    client = app.test_client()
+    ledger.record(row(1))
+    assert ledger.flush(10)
+
+    def crash(rows):
+        raise SystemExit  # what no `except Exception` catches
+
+    monkeypatch.setattr(ledger, "_write", crash)
+    ledger.record(row(2))
+    ledger._thread.join(5)
+    assert not ledger._thread.is_alive()
+    assert metric("aisix_ledger_writer_up") == 0
+    monkeypatch.undo()
+    r = client.get("/readyz")
+    assert r.status_code == 503 and "writer" in r.get_json()["error"]["message"]
+    assert metric("aisix_ledger_writer_up") == 1 and metric("aisix_ledger_writer_restarts_total") >= 1
+    assert client.get("/readyz").status_code == 200
+    ledger.record(row(3))
+    assert ledger.flush(10)
+    assert [r["request_id"] for r in ledger.query()] == ["req-3", "req-1"]  # req-2 died with the thread
