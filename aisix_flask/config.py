@@ -80,8 +80,10 @@ def load_config(path: str) -> Registry:
         raise ConfigError(path, [f"config file not found: {os.path.abspath(path)}"]) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(path, [f"cannot read config: {e}"]) from None
-    if raw is None:
-        raw = {}
+    if raw is None or raw == {}:
+        # What an editor that saves in place leaves for a moment, or a file that lost its content:
+        # never a config to serve (it would refuse every caller).
+        raise ConfigError(path, ["the config file is empty: it defines no provider_keys, models or api_keys"])
     if not isinstance(raw, dict):
         raise ConfigError(path, ["the config file must be a YAML mapping"])
 
@@ -97,8 +99,13 @@ def load_config(path: str) -> Registry:
     if problems:
         raise ConfigError(path, sorted(set(problems), key=problems.index))
     warnings.extend(_unknown_fields(ConfigSchema(), data, ""))
-    registry = _build(path, loaded, warnings)
-    return registry
+    for collection, consequence in (
+        ("api_keys", "every request to /v1 is refused with 401"),
+        ("models", "every request to /v1 is refused with 404"),
+    ):
+        if not loaded.get(collection):
+            warnings.append(f"{collection}: none configured; {consequence}")
+    return _build(path, loaded, warnings)
 
 
 def _expand(value: Any, path: str, warnings: list[str]) -> Any:

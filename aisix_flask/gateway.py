@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from datetime import UTC, datetime
 
 import click
@@ -42,12 +43,16 @@ def _signature(path: str) -> tuple[int, int, int] | None:
 class Gateway:
     """One process's gateway: the registry it serves, its ledger and its limiter.
 
-    The config file is looked at (one ``stat``) at most every ``reload_interval_s`` per
-    process, on the next request; a changed file is loaded and validated whole, and only a
-    valid one replaces the registry. A request keeps the registry it started with.
+    A thread per process looks at the config file (one ``stat``) every ``watch_interval_s``,
+    whether or not the process serves traffic, so every gunicorn worker follows the same edits.
+    A changed file is loaded and validated whole, off the request path; only a valid one
+    replaces the registry (README, "Live config"). A request keeps the registry it started with.
     """
 
-    reload_interval_s = 1.0
+    watch_interval_s = 0.5
+    # A file modified this recently may still be being written (an editor that saves in place
+    # truncates first): it is read on a later look, once it has stayed the same this long.
+    settle_s = 0.2
 
     def __init__(
         self,
@@ -63,45 +68,109 @@ class Gateway:
         self.idempotency = Idempotency(store_for(limiter.storage)) if limiter else None
         self._registry = registry
         self._signature = signature  # of the file as it was *before* ``registry`` was read from it
-        self._checked = time.monotonic()
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        if registry is not None:
+            _GATEWAYS.add(self)
+            self._watch()
 
     def config(self) -> Registry:
         """The registry for this request, or 503 when the app started without one."""
-        if self._registry is None:
+        registry = self._registry
+        if registry is None:
             raise ServiceUnavailable("The gateway has no valid configuration loaded.")
-        now = time.monotonic()
-        if now - self._checked >= self.reload_interval_s and self._lock.acquire(blocking=False):
-            try:
-                self._checked = now
-                self._reload_if_changed()
-            finally:
-                self._lock.release()
-        return self._registry
+        return registry
 
-    def _reload_if_changed(self) -> None:
-        signature = _signature(self.path)
-        if signature == self._signature or signature is None:
+    def _watch(self) -> None:
+        thread = threading.Thread(
+            target=_watch, args=(weakref.ref(self), self._closed), name="aisix-config", daemon=True
+        )
+        thread.start()
+
+    def reload_if_changed(self) -> bool:
+        """Load the file if it changed since it was last read; True when the new config serves."""
+        with self._lock:
+            signature = _signature(self.path)
+            if signature == self._signature or signature is None:
+                return False
+            age = time.time() - signature[0] / 1e9
+            if 0 <= age < self.settle_s:
+                return False  # still being written, perhaps: the next look decides
+            self._signature = signature
+            try:
+                registry = load_config(self.path)
+            except ConfigError as e:
+                log.error("%s\nthe change is rejected; the last good config keeps serving", e)
+                return False
+            old = self._registry
+            emptied = [
+                what for what in ("api_keys", "models") if _count(old, what) and not _count(registry, what)
+            ]
+            if emptied:
+                log.error(
+                    "config %s: the change removes every one of %s; a file cut short while being "
+                    "written looks like this, so it is rejected and the last good config keeps "
+                    "serving (to run without them, restart the gateway with this file)",
+                    self.path,
+                    " and ".join(emptied),
+                )
+                return False
+            for setting in ("usage_database_url", "ratelimit_storage_url"):
+                if getattr(old.gateway, setting) != getattr(registry.gateway, setting):
+                    log.warning("config %s: %s changed; it takes effect after a restart", self.path, setting)
+            for warning in registry.warnings:
+                log.warning("config %s: %s", self.path, warning)
+            self._registry = registry
+            log.warning("config %s reloaded", self.path)
+            return True
+
+    def close(self) -> None:
+        """Stop watching the file and close the ledger (tests; a worker just exits)."""
+        self._closed.set()
+        if self.ledger is not None:
+            self.ledger.close()
+
+
+def _count(registry: Registry, what: str) -> int:
+    return len(registry.api_keys) if what == "api_keys" else len(registry.router)
+
+
+def _watch(ref: weakref.ref[Gateway], closed: threading.Event) -> None:
+    """The watcher thread: holds the gateway only while looking, so an app dropped is collected."""
+    while True:
+        gateway = ref()
+        if gateway is None:
             return
-        self._signature = signature
+        interval = gateway.watch_interval_s
         try:
-            registry = load_config(self.path)
-        except ConfigError as e:
-            log.error("%s\nthe change is rejected; the last good config keeps serving", e)
+            gateway.reload_if_changed()
+        except Exception:  # a watcher that dies would silently freeze this worker's config
+            log.exception("config %s: checking the file failed", gateway.path)
+        del gateway
+        if closed.wait(interval):
             return
-        old = self._registry.gateway
-        for setting in ("usage_database_url", "ratelimit_storage_url"):
-            if getattr(old, setting) != getattr(registry.gateway, setting):
-                log.warning("config %s: %s changed; it takes effect after a restart", self.path, setting)
-        for warning in registry.warnings:
-            log.warning("config %s: %s", self.path, warning)
-        self._registry = registry
-        log.warning("config %s reloaded", self.path)
+
+
+_GATEWAYS: weakref.WeakSet[Gateway] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    # Threads do not survive a fork (gunicorn's preload_app): each worker watches for itself.
+    for gateway in list(_GATEWAYS):
+        if not gateway._closed.is_set():
+            gateway._lock = threading.Lock()
+            gateway._watch()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def current() -> Gateway:
     """This app's Gateway."""
-    return current_app.extensions["aisix"]
+    gateway = current_app.extensions["aisix"]
+    if type(gateway) is Unopened:
+        gateway = current_app.extensions["aisix"] = gateway.open()
+    return gateway
 
 
 def request_id() -> str:
@@ -161,25 +230,46 @@ def _init_access_log() -> None:
     access_log.propagate = False
 
 
-def init_app(app: Flask, config_path: str) -> None:
-    """Load the config (failing start-up when it is broken), open the ledger and the limiter."""
+def open_gateway(config_path: str) -> Gateway:
+    """Load the config (ConfigError when it is broken), open the ledger and the limiter."""
     # Taken before reading: an edit made while this worker boots is then seen as a change.
     signature = _signature(config_path)
-    try:
-        registry = load_config(config_path)
-    except ConfigError:
-        if click.get_current_context(silent=True) is None:
-            raise
-        # Under the flask CLI, start anyway so `flask aisix check-config` can list
-        # the problems; anything that needs the config answers 503.
-        app.extensions["aisix"] = Gateway(config_path, signature, None, None, None)
+    registry = load_config(config_path)
+    for warning in registry.warnings:
+        log.warning("config %s: %s", config_path, warning)
+    settings = registry.gateway
+    ledger, limiter = Ledger(settings.usage_database_url), Limiter(settings.ratelimit_storage_url)
+    return Gateway(config_path, signature, registry, ledger, limiter)
+
+
+class Unopened:
+    """The gateway of an app made by the flask CLI, opened on first use.
+
+    ``flask --app wsgi aisix check-config other.yaml`` creates the app (the CLI finds its commands
+    there), but must talk about ``other.yaml`` only and work where ``./config.yaml`` is missing or
+    broken: nothing is read, logged or created until a command (or ``flask run``) needs it.
+    """
+
+    def __init__(self, config_path: str) -> None:
+        self.path = config_path
+
+    def open(self) -> Gateway:
+        """The gateway; with a broken config, one whose every use answers 503."""
+        try:
+            return open_gateway(self.path)
+        except ConfigError as e:
+            log.error("%s", e)
+            return Gateway(self.path, None, None, None, None)
+
+
+def init_app(app: Flask, config_path: str) -> None:
+    """Open the gateway (failing start-up when the config is broken); under the flask CLI, on
+    first use instead."""
+    if click.get_current_context(silent=True) is not None:
+        app.extensions["aisix"] = Unopened(config_path)
     else:
-        for warning in registry.warnings:
-            log.warning("config %s: %s", config_path, warning)
-        settings = registry.gateway
-        ledger, limiter = Ledger(settings.usage_database_url), Limiter(settings.ratelimit_storage_url)
-        app.extensions["aisix"] = Gateway(config_path, signature, registry, ledger, limiter)
-        app.config["MAX_CONTENT_LENGTH"] = settings.request_body_limit_bytes
+        gateway = app.extensions["aisix"] = open_gateway(config_path)
+        settings = gateway.config().gateway
         if settings.trusted_proxy_hops:
             # Believe X-Forwarded-For/-Proto only as far as the operator says proxies stand in
             # front: by default a caller cannot forge its address in the ledger. (A change needs

@@ -205,7 +205,7 @@ def make_app(tmp_path, monkeypatch):
 
     yield make
     for app in apps:
-        app.extensions["aisix"].ledger.close()
+        app.extensions["aisix"].close()
 
 
 @pytest.fixture

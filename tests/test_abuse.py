@@ -36,7 +36,7 @@ surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
 with_surrogate = st.builds(lambda a, s, b: a + s + b, st.text(max_size=8), surrogates, st.text(max_size=8))
 texts = st.text(max_size=50) | with_surrogate
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts,
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | texts,
     lambda inner: (
         st.lists(inner, max_size=4)
         | st.dictionaries(st.text(max_size=10) | with_surrogate, inner, max_size=4)

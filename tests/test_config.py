@@ -10,7 +10,7 @@ from aisix_flask import create_app
 from aisix_flask.bridges import endpoint_url
 from aisix_flask.config import ConfigError, hash_key, load_config
 
-from .conftest import CALLER_KEY, sha, write_config
+from .conftest import CALLER_KEY, base_config, sha, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -129,6 +129,23 @@ def test_unreadable_files(tmp_path, text, problem):
         load_config(str(path))
 
 
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "{}\n", "---\n"])
+def test_an_empty_file_refuses_start_up(tmp_path, text):
+    """An emptied file (an editor saving in place truncates first) would refuse every caller."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="the config file is empty: it defines no provider_keys"):
+        create_app({"AISIX_CONFIG": str(path)})
+
+
+def test_no_keys_or_models_is_a_warning(tmp_path, config):
+    del config["api_keys"]
+    config["models"] = []
+    registry = load_config(str(write_config(tmp_path / "c.yaml", config)))
+    assert "api_keys: none configured; every request to /v1 is refused with 401" in registry.warnings
+    assert "models: none configured; every request to /v1 is refused with 404" in registry.warnings
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(str(tmp_path / "nope.yaml"))
@@ -219,6 +236,37 @@ def test_cli_runs_even_when_the_config_is_broken(tmp_path, monkeypatch):
     assert result.returncode == 1
     assert "models[0].provider: Missing data for required field." in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("local", ["warns", "broken", "missing"])
+def test_cli_check_config_talks_about_the_named_file_only(tmp_path, local):
+    """Whatever ./config.yaml is (with warnings, broken, absent), checking another file says
+    nothing of it, and creates nothing (no var/ folder, no database)."""
+    import subprocess
+    import sys
+
+    work = tmp_path / "work"
+    work.mkdir()
+    if local == "warns":
+        (work / "config.yaml").write_text(
+            "provider_keys:\n  - {display_name: p, provider: openai, api_key: ${UNSET_X}}\n"
+        )
+    elif local == "broken":
+        (work / "config.yaml").write_text("models: [\n")
+    other = write_config(tmp_path / "other.yaml", base_config(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "aisix", "check-config", str(other)],
+        cwd=work,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{other}: OK (4 provider keys, 7 models, 4 api keys" in result.stdout
+    assert "config.yaml" not in result.stderr.replace(str(other), "") and "UNSET_X" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in work.iterdir()) == ([] if local == "missing" else ["config.yaml"])
 
 
 def test_cli_hash_key(app):

@@ -85,3 +85,32 @@ def test_edits_apply_in_every_worker_within_two_seconds(tmp_path, fake):
     assert "models[0].provider_key: unknown provider key 'missing'" in log
     assert "the change is rejected; the last good config keeps serving" in log
     assert "Handling signal: hup" in log.lower() or "hang up" in log.lower()
+
+
+def test_every_worker_follows_edits_with_no_traffic_between_them(tmp_path, fake):
+    """4 workers, not one request between a good edit and a broken one: every worker has the
+    good one (the last good config is the same config everywhere). Then an editor's in-place
+    save, caught empty and caught cut short, changes nothing either."""
+    config = gateway_config(tmp_path, fake)
+    server = Gunicorn(config, workers=4, threads=4, env=ENV)
+    time.sleep(2.0)  # ready means one worker is: give the other three time to boot
+    try:
+        add_late_key(config)
+        time.sleep(2.0)
+        good = config.read_text()
+        config.write_text(good.replace("provider_key: openai-main}", "provider_key: missing}", 1))
+        time.sleep(2.0)
+        log = server.log.read_text()
+        assert log.count(f"config {config} reloaded") == 4, log  # each worker, on its own
+        assert late_key_statuses(server.url) == {200: 40}
+
+        config.write_text("")  # truncated: what a worker may see in the middle of a save
+        time.sleep(1.5)
+        config.write_text(good[: good.index("api_keys:")])  # written up to just before the keys
+        time.sleep(1.5)
+        assert late_key_statuses(server.url) == {200: 40}
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert log.count("the config file is empty") == 4
+    assert log.count("the change removes every one of api_keys") == 4

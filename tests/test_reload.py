@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -18,16 +20,20 @@ NEW_KEY = "late-SECRET-2d9e11"
 
 @pytest.fixture
 def live(make_app, config, tmp_path, monkeypatch):
-    """An app that looks at its config file on every request; returns (client, path, config)."""
-    monkeypatch.setattr(Gateway, "reload_interval_s", 0.0)
+    """An app whose watcher reads a changed file at its next look, however recent the change;
+    returns (client, path, config). ``rewrite`` waits for that look."""
+    monkeypatch.setattr(Gateway, "settle_s", 0.0)
+    monkeypatch.setattr(Gateway, "watch_interval_s", 0.02)
     app = make_app(config)
     return app.test_client(), tmp_path / "config-0.yaml", config
 
 
 def rewrite(path, config):
-    """Replace the file the way editors and config tools do (write aside, rename)."""
+    """Replace the file the way editors and config tools do (write aside, rename), and give the
+    watcher time for a few looks at it."""
     write_config(path.with_suffix(".tmp"), config)
     os.replace(path.with_suffix(".tmp"), path)
+    time.sleep(0.2)
 
 
 def post(client, key, model="image-prod"):
@@ -57,6 +63,7 @@ def test_a_new_guardrail_and_limit_apply(live, upstream):
 def test_a_broken_edit_keeps_the_last_good_config(live, upstream, caplog):
     client, path, config = live
     path.write_text("models: [\n  - {display_name: broken\n")  # an editor halfway through saving
+    time.sleep(0.2)
     with caplog.at_level(logging.ERROR):
         upstream.post(IMAGES_URL, json={"created": 1, "data": []})
         assert post(client, CALLER).status_code == 200
@@ -76,6 +83,7 @@ def test_a_broken_edit_keeps_the_last_good_config(live, upstream, caplog):
 def test_a_deleted_file_keeps_serving(live, upstream):
     client, path, _ = live
     path.unlink()
+    time.sleep(0.2)
     upstream.post(IMAGES_URL, json={"created": 1, "data": []})
     assert post(client, CALLER).status_code == 200
 
@@ -90,20 +98,80 @@ def test_store_urls_need_a_restart(live, upstream, caplog, tmp_path):
     assert not (tmp_path / "other.db").exists()
 
 
-def test_the_file_is_looked_at_once_a_second(make_app, config, tmp_path, monkeypatch):
+def test_requests_never_look_at_the_file(make_app, config, monkeypatch):
+    """The watcher thread does that: a request never waits for a stat or a reload."""
     calls = []
-    monkeypatch.setattr("aisix_flask.gateway._signature", lambda path: calls.append(path))
+    monkeypatch.setattr(Gateway, "watch_interval_s", 60.0)  # one look at start, then none
     client = make_app(config).test_client()
+    time.sleep(0.1)
+    monkeypatch.setattr("aisix_flask.gateway._signature", lambda path: calls.append(path))
     for _ in range(20):
         client.get("/readyz")
-    assert len(calls) <= 1
+    assert calls == []
+
+
+def test_a_worker_with_no_traffic_follows_edits(live):
+    """No request between the edits: the watcher loads the good one and rejects the broken one."""
+    client, path, config = live
+    gateway = client.application.extensions["aisix"]
+    config["api_keys"].append({"display_name": "late", "key_hash": sha(NEW_KEY)})
+    rewrite(path, config)
+    path.write_text(path.read_text().replace("openai-main", "typo", 1))  # then broken
+    time.sleep(0.2)
+    assert "late" in {k.display_name for k in gateway.config().api_keys}
+
+
+@pytest.mark.parametrize(
+    ("content", "logged"),
+    [
+        ("", "the config file is empty"),  # an editor that writes in place truncates first
+        ("# nothing but a comment\n", "the config file is empty"),
+        ("{}\n", "the config file is empty"),
+        ("api_keys:\n", "api_keys: Field may not be null"),  # cut right after the key
+    ],
+)
+def test_an_emptied_file_is_rejected_on_reload(live, upstream, caplog, content, logged):
+    client, path, _ = live
+    with caplog.at_level(logging.ERROR):
+        path.write_text(content)
+        time.sleep(0.2)
+    assert logged in caplog.text and "the last good config keeps serving" in caplog.text
+    upstream.post(IMAGES_URL, json={"created": 1, "data": []})
+    assert post(client, CALLER).status_code == 200
+
+
+@pytest.mark.parametrize("cut", ["api_keys", "models"])
+def test_a_file_cut_short_that_drops_every_key_or_model_is_rejected(live, upstream, caplog, cut):
+    """Valid YAML and a valid config, yet it would refuse every caller: taken for a half-written
+    file. A restart with such a file does start (with a warning)."""
+    client, path, config = live
+    del config[cut]
+    with caplog.at_level(logging.ERROR):
+        rewrite(path, config)
+    assert f"the change removes every one of {cut}" in caplog.text
+    upstream.post(IMAGES_URL, json={"created": 1, "data": []})
+    assert post(client, CALLER).status_code == 200
+
+
+def test_a_file_still_being_written_is_read_once_it_settles(make_app, config, monkeypatch, upstream):
+    monkeypatch.setattr(Gateway, "watch_interval_s", 0.02)
+    monkeypatch.setattr(Gateway, "settle_s", 0.5)
+    app = make_app(config)
+    gateway, path = app.extensions["aisix"], Path(app.extensions["aisix"].path)
+    config["api_keys"].append({"display_name": "late", "key_hash": sha(NEW_KEY)})
+    write_config(path, config)
+    time.sleep(0.2)
+    assert "late" not in {k.display_name for k in gateway.config().api_keys}  # modified 0.2 s ago
+    time.sleep(0.6)
+    assert "late" in {k.display_name for k in gateway.config().api_keys}
 
 
 def test_an_edit_while_a_worker_boots_is_not_missed(config, tmp_path, monkeypatch, upstream):
     """The file changes after it was read but before the worker finished starting."""
     from aisix_flask import create_app, gateway
 
-    monkeypatch.setattr(Gateway, "reload_interval_s", 0.0)
+    monkeypatch.setattr(Gateway, "settle_s", 0.0)
+    monkeypatch.setattr(Gateway, "watch_interval_s", 0.02)
     path = write_config(tmp_path / "boot.yaml", config)
     open_ledger = gateway.Ledger
 
@@ -114,8 +182,9 @@ def test_an_edit_while_a_worker_boots_is_not_missed(config, tmp_path, monkeypatc
 
     monkeypatch.setattr(gateway, "Ledger", ledger_then_edit)
     app = create_app({"AISIX_CONFIG": str(path)})
+    time.sleep(0.2)
     try:
         upstream.post(IMAGES_URL, json={"created": 1, "data": []})
         assert post(app.test_client(), NEW_KEY).status_code == 200
     finally:
-        app.extensions["aisix"].ledger.close()
+        app.extensions["aisix"].close()
