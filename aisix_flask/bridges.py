@@ -26,7 +26,7 @@ BRIDGES: dict[str, Bridge] = {
 
 
 def default_adapter(provider: str) -> str:
-    """The adapter a provider key gets when it names none (DESIGN.md)."""
+    """The adapter a provider key gets when it names none (README, configuration)."""
     return provider if provider in BRIDGES else "openai-compatible"
 
 

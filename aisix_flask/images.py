@@ -1,4 +1,4 @@
-"""POST /v1/images/generations: DESIGN.md's request path, one step per line."""
+"""POST /v1/images/generations: the request path of docs/contract.md, one step per line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Upstream calls: one pooled Session per thread, and DESIGN.md's upstream outcome table."""
+"""Upstream calls: one pooled Session per thread, and the upstream outcome table of docs/contract.md."""
 
 from __future__ import annotations
 

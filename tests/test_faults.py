@@ -1,4 +1,4 @@
-"""Upstream faults through the real gunicorn: each answers as DESIGN.md says, is recorded once,
+"""Upstream faults through the real gunicorn: each answers as docs/contract.md says, is recorded once,
 and no worker crashes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""POST /v1/images/generations: every row of DESIGN.md's request path, against a ``responses`` upstream."""
+"""POST /v1/images/generations: every row of the request path (docs/contract.md), against ``responses``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Upstream outcomes: DESIGN.md's upstream table, each with its envelope and its ledger row."""
+"""Upstream outcomes: the table in docs/contract.md, each with its envelope and its ledger row."""
 
 from __future__ import annotations
 
