@@ -61,7 +61,7 @@ def test_page_shows_days_keys_models_and_errors(app):
 
 @pytest.mark.skipif(
     not shutil.which("chromium") and not os.environ.get("CI"),
-    reason="Debian's chromium (.ci/run installs it)",
+    reason="needs Debian's chromium: sudo apt-get install chromium (.ci/run installs it)",
 )
 def test_page_in_headless_chromium(tmp_path, fake):
     from .serving import Gunicorn

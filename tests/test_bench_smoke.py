@@ -1,0 +1,122 @@
+"""The benchmark scripts still run: each end to end in its ``--smoke`` mode, printing its table.
+
+Nothing else runs them, and they reach into the gateway (its config format, its route's functions,
+the real gunicorn), so a change there that breaks them shows up here rather than on the next
+benchmark day. Their figures are not checked: a smoke run is far too short to mean anything.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.run import parse_wrk, pyload, redis_answers
+
+REPO = Path(__file__).resolve().parent.parent
+
+# What ``wrk --latency`` prints (the layout of wrk's print_stats and print_stats_latency); real runs
+# parse it, and wrk is not installed everywhere the suite runs.
+WRK_OUTPUT = """\
+Running 5s test @ http://127.0.0.1:8092/v1/images/generations
+  4 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    40.12ms   10.34ms 120.50ms   70.00%
+    Req/Sec   400.12     50.00   500.00     75.00%
+  Latency Distribution
+     50%  812.00us
+     75%   45.00ms
+     90%   60.00ms
+     99%    1.20s\x20
+  8000 requests in 5.00s, 2.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   1600.00
+Transfer/sec:    400.00KB
+"""
+
+
+def smoke(script: str) -> str:
+    """Run ``bench/<script> --smoke`` from the checkout; its standard output."""
+    done = subprocess.run(
+        [sys.executable, f"bench/{script}", "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, (
+        f"bench/{script} --smoke failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    )
+    return done.stdout
+
+
+def table(output: str) -> dict[str, list[str]]:
+    """The Markdown table's rows by their first cell, the header and the rule left out."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] not in ("scenario", "step"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_run_py_smoke_prints_every_row():
+    output = smoke("run.py")
+    assert "smoke run, built-in load generator" in output
+    rows = table(output)
+    expected = [
+        "c=1 p50 ms",
+        "c=1 p99 ms",
+        "c=8 req/s",
+        "c=64 req/s",
+        "c=64 req/s, limits: rpm + tpm + concurrency",
+        "c=64 req/s, limits: rpm + tpm (no concurrency slots)",
+        "c=64 req/s, no rate limits",
+        "c=64 req/s, no rate limits, no access log",
+        *(["c=64 req/s, limits: all three, on Redis"] if redis_answers() else []),
+        "8 × 0.1 s p99 ms",
+        "8 × 0.1 s RSS MB",
+        "1 MB p50 ms",
+    ]
+    assert list(rows) == expected
+    for name, (_target, direct, gateway, _result) in rows.items():
+        assert float(gateway) > 0, name
+        assert name.endswith("RSS MB") or float(direct) > 0, name
+    # The slow row gets the bare proxy's figure last, from its own gunicorn.
+    assert "failed 0 / 0; bare proxy" in rows["8 × 0.1 s p99 ms"][3]
+
+
+def test_profile_py_smoke_times_every_step():
+    rows = table(smoke("profile.py"))
+    steps = [
+        "auth (caller key)",
+        "body read + JSON",
+        "validation (marshmallow)",
+        "alias lookup",
+        "guardrails",
+        "rate limits: admit",
+        "rate limits: finish (tokens, slots back)",
+        "upstream call (incl. the fake's time)",
+        "answer",
+        "ledger: queue the row",
+        "metrics",
+        "ledger: insert (writer thread)",
+    ]
+    assert set(rows) == {
+        *steps,
+        "Flask, hooks (request id, access log), test client",
+        "**total on the request thread**",
+    }
+    assert int(rows["**total on the request thread**"][0].strip("*")) > 0
+
+
+def test_wrk_report_is_read_in_milliseconds():
+    assert parse_wrk(WRK_OUTPUT) == {"rps": 1600.0, "p50": 0.812, "p99": 1200.0, "failed": 7}
+
+
+def test_built_in_load_generator_sends_to_loopback_only():
+    with pytest.raises(ValueError, match="127.0.0.1 only"):
+        pyload("http://localhost:1/v1/images/generations", {}, connections=1, seconds=0.1)
