@@ -13,7 +13,10 @@ __version__ = "0.1.0"
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create the gateway: load the config (``AISIX_CONFIG``), open the ledger, add the routes."""
-    from . import admin, cli, dashboard, errors, gateway, images
+    from . import access, cli, errors, gateway
+    from .admin import api as admin_api
+    from .admin import dashboard
+    from .api import images
 
     app = Flask(__name__)
     if test_config is not None:
@@ -22,8 +25,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     errors.init_app(app)
     gateway.init_app(app, config_path)
+    access.init_app(app)
     app.register_blueprint(images.bp)
-    app.register_blueprint(admin.bp)
+    app.register_blueprint(admin_api.bp)
     app.register_blueprint(dashboard.bp)
     cli.init_app(app)
     return app

@@ -32,7 +32,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run import KEY, gateway_config  # noqa: E402
 
-from aisix_flask import create_app, images, ledger, metrics  # noqa: E402
+from aisix_flask import create_app, metrics  # noqa: E402
+from aisix_flask.api import images  # noqa: E402
+from aisix_flask.usage import ledger  # noqa: E402
 from tests.serving import free_port  # noqa: E402
 
 spent: dict[str, float] = defaultdict(float)

@@ -192,7 +192,7 @@ def config(tmp_path):
 def make_app(tmp_path, monkeypatch):
     """Build an app from a config dict; ledgers are closed at teardown. In-process tests read
     the ledger right after a request, so its writer does not wait for more rows."""
-    from aisix_flask.ledger import Ledger
+    from aisix_flask.usage.ledger import Ledger
 
     monkeypatch.setattr(Ledger, "linger_s", 0.0)
     apps = []

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from aisix_flask import create_app
-from aisix_flask.bridges import endpoint_url
 from aisix_flask.config import ConfigError, hash_key, load_config
+from aisix_flask.proxy.adapters import endpoint_url
 
 from .conftest import CALLER_KEY, base_config, sha, write_config
 
@@ -249,7 +249,7 @@ def test_cli_check_config_talks_about_the_named_file_only(tmp_path, local):
     work.mkdir()
     if local == "warns":
         (work / "config.yaml").write_text(
-            "provider_keys:\n  - {display_name: p, provider: openai, api_key: ${UNSET_X}}\n"
+            'provider_keys:\n  - {display_name: p, provider: openai, api_key: "${UNSET_X}"}\n'
         )
     elif local == "broken":
         (work / "config.yaml").write_text("models: [\n")

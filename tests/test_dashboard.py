@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aisix_flask.ledger import Ledger
-from aisix_flask.usage import UsageRow
+from aisix_flask.usage.ledger import Ledger
+from aisix_flask.usage.row import UsageRow
 
 from .conftest import ADMIN_KEY, auth
 

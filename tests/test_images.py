@@ -282,7 +282,7 @@ def test_unsafe_request_id_is_replaced(client):
 
 
 def test_unexpected_bug_is_500_envelope_and_recorded(client, monkeypatch, ledger_rows):
-    from aisix_flask import images
+    from aisix_flask.api import images
 
     def broken(*args, **kwargs):
         raise RuntimeError("bug")

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import create_engine, text
 
-from aisix_flask.ledger import Ledger
-from aisix_flask.usage import UsageRow
+from aisix_flask.usage.ledger import Ledger
+from aisix_flask.usage.row import UsageRow
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -67,7 +67,7 @@ def test_an_older_table_gets_the_new_columns(tmp_path, request, backend):
     """The table as the first release created it is upgraded in place; its rows stay."""
     from sqlalchemy import Column, MetaData, Table, inspect
 
-    from aisix_flask.ledger import usage
+    from aisix_flask.usage.ledger import usage
 
     url = f"sqlite:///{tmp_path}/old.db" if backend == "sqlite" else request.getfixturevalue("pg_schema")
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
@@ -240,7 +240,7 @@ def test_any_value_a_row_can_carry_is_stored_in_a_safe_form(ledger):
 
 def test_a_row_the_database_refuses_is_logged_counted_and_left_out_alone(ledger, monkeypatch, caplog):
     """Whatever goes wrong with one row's values, the others are written and the writer goes on."""
-    from aisix_flask import ledger as ledger_module
+    from aisix_flask.usage import ledger as ledger_module
 
     real = ledger_module.storable
 

@@ -10,9 +10,9 @@ import uuid
 import pytest
 from responses import matchers
 
+from aisix_flask.config.resources import RateLimit
 from aisix_flask.errors import RateLimited
-from aisix_flask.limits import Limiter, Scope, seconds_until_free
-from aisix_flask.resources import RateLimit
+from aisix_flask.policy.limits import Limiter, Scope, seconds_until_free
 
 from .conftest import IMAGES_URL, LIMITED_KEY, auth, away_from_a_minute_boundary
 
@@ -159,7 +159,7 @@ def test_slot_released_on_every_upstream_failure(limited, upstream, answer):
 
 
 def test_slot_released_when_the_gateway_itself_fails(limited, monkeypatch):
-    from aisix_flask import images
+    from aisix_flask.api import images
 
     app = limited(key={"concurrency": 1})
 
@@ -307,7 +307,7 @@ def test_backend_concurrency_slots(limiter):
 
 
 def test_a_batch_decides_each_admission_on_what_the_ones_before_it_left(tmp_path):
-    from aisix_flask.limit_stores import SQLiteStorage, _Batched
+    from aisix_flask.stores.sqlite import SQLiteStorage, _Batched
 
     store = SQLiteStorage(f"sqlite:///{tmp_path}/rl.db")
     (held,), _ = store.admit_all([("k", 1, 60)], [], [])
@@ -334,7 +334,7 @@ def test_a_batch_decides_each_admission_on_what_the_ones_before_it_left(tmp_path
 
 
 def test_tokens_counted_in_a_batch_count_for_the_admissions_after_them(tmp_path):
-    from aisix_flask.limit_stores import SQLiteStorage, _Batched
+    from aisix_flask.stores.sqlite import SQLiteStorage, _Batched
 
     store = SQLiteStorage(f"sqlite:///{tmp_path}/rl.db")
     (held,), _ = store.admit_all([("k", 1, 60)], [("t", 60, 500)], [])
@@ -350,7 +350,7 @@ def test_tokens_counted_in_a_batch_count_for_the_admissions_after_them(tmp_path)
 
 
 def test_a_failed_batch_fails_every_operation_in_it(tmp_path, monkeypatch):
-    from aisix_flask.limit_stores import SQLiteStorage
+    from aisix_flask.stores.sqlite import SQLiteStorage
 
     store = SQLiteStorage(f"sqlite:///{tmp_path}/rl.db")
 

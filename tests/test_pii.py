@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from responses import matchers
 
-from aisix_flask import pii
+from aisix_flask.policy import pii
 
 from .conftest import IMAGES_URL, auth
 

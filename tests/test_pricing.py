@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aisix_flask.pricing import Pricing
-from aisix_flask.usage import UsageRow
+from aisix_flask.usage.pricing import Pricing
+from aisix_flask.usage.row import UsageRow
 
 from .conftest import IMAGES_URL, auth
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aisix_flask.usage import UsageRow
+from aisix_flask.usage.row import UsageRow
 
 from .conftest import ADMIN_KEY, auth
 

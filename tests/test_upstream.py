@@ -149,8 +149,8 @@ def test_a_gzip_answer_is_decoded():
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from aisix_flask import upstream
-    from aisix_flask.resources import ProviderKey
+    from aisix_flask.config.resources import ProviderKey
+    from aisix_flask.proxy import upstream
 
     document = {"created": 1, "data": [{"url": "https://example.com/a.png"}]}
     body = gzip.compress(json.dumps(document).encode())

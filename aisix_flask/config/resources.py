@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
 
-from .pii import Detector
-from .pricing import Pricing
+from ..policy.pii import Detector
+from ..usage.pricing import Pricing
 
 
 @dataclass(frozen=True)
@@ -115,3 +115,12 @@ class Guardrail:
     def checks_input(self) -> bool:
         """Whether the guardrail inspects the request side."""
         return self.hook_point in ("input", "both")
+
+
+@dataclass(frozen=True)
+class IdempotencySettings:
+    """``gateway.idempotency``: how long answers are kept, how large, how long a repeat waits."""
+
+    ttl_s: float = 86400.0
+    max_answer_bytes: int = 32 * 1024 * 1024  # a 4-image b64_json answer fits
+    wait_s: float = 10.0

@@ -14,12 +14,20 @@ from typing import Any
 import yaml
 from marshmallow import Schema, ValidationError, fields
 
-from . import pii
-from .bridges import default_adapter
-from .idempotency import IdempotencySettings
-from .pricing import Pricing
-from .resources import ApiKey, Guardrail, Model, Pattern, ProviderKey, RateLimit, UpstreamSettings
-from .routing import Router
+from ..policy import pii
+from ..proxy.adapters import default_adapter
+from ..usage.pricing import Pricing
+from .aliases import Router
+from .resources import (
+    ApiKey,
+    Guardrail,
+    IdempotencySettings,
+    Model,
+    Pattern,
+    ProviderKey,
+    RateLimit,
+    UpstreamSettings,
+)
 from .schemas import ConfigSchema
 
 DEFAULT_BODY_LIMIT = 25 * 1024 * 1024

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from limits.storage import RedisStorage
 
-from .limit_stores import Record, SingleSlots
+from . import Record, SingleSlots
 
 SLOT_PREFIX = "aisix:slots:"
 

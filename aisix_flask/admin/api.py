@@ -6,11 +6,11 @@ from datetime import datetime
 
 from flask import Blueprint, Response, jsonify, request
 
-from . import metrics
-from .auth import authenticate
-from .errors import InvalidRequest, ServiceUnavailable
-from .gateway import current
-from .ledger import SUMMARY_GROUPS, parse_since
+from .. import metrics
+from ..errors import InvalidRequest, ServiceUnavailable
+from ..gateway import current
+from ..policy.auth import authenticate
+from ..usage.ledger import SUMMARY_GROUPS, parse_since
 
 bp = Blueprint("admin", __name__)
 

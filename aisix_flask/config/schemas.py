@@ -8,8 +8,8 @@ from typing import Any
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validates_schema
 from marshmallow.validate import Length, OneOf, Range, Regexp
 
-from . import pii
-from .bridges import BRIDGES
+from ..policy import pii
+from ..proxy.adapters import BRIDGES
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 

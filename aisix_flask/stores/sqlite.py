@@ -1,4 +1,4 @@
-"""The SQLite store: a storage for ``limits``, concurrency slots and idempotency records.
+"""The SQLite store: a storage for ``limits``, concurrency slots and idempotency records, in one file.
 
 Importing this module registers ``sqlite:///…`` URLs with ``limits.storage.storage_from_string``.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import sqlite3
 import threading
@@ -18,28 +17,11 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from limits.storage import SlidingWindowCounterSupport, Storage
 
-
-class AdmissionStore(Protocol):
-    """Where a whole admission is taken at once, and a request's end given back at once: the
-    SQLite store below, or ``redis_stores.RedisAdmissions``."""
-
-    def admit_all(
-        self,
-        slots: list[tuple[str, int, float]],
-        checks: list[tuple[str, int, int]],
-        hits: list[tuple[str, int]],
-    ) -> tuple[list[str], tuple | None]: ...
-
-    def finish_all(self, slots: list[tuple[str, str]], counted: list[tuple[str, int, int]]) -> None: ...
-
-    def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None: ...
-
-    def release_slot(self, key: str, slot: str) -> None: ...
-
+from . import Record, SingleSlots, weighted_count
 
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires_at REAL NOT NULL);
@@ -142,13 +124,6 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def weighted_count(window: tuple[int, float, int, float], expiry: int) -> int:
-    """A sliding-window counter's count now: the previous window in proportion to how much of it
-    still overlaps, plus the current one (``window`` as ``get_sliding_window`` returns it)."""
-    previous, previous_ttl, current, _ = window
-    return math.floor(previous * previous_ttl / expiry) + current
-
-
 def sqlite_path(url: str) -> str:
     """``sqlite:///var/x.db`` → ``var/x.db``; ``sqlite:////abs/x.db`` → ``/abs/x.db``."""
     if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
@@ -159,17 +134,6 @@ def sqlite_path(url: str) -> str:
 class _Connection(NamedTuple):
     db: sqlite3.Connection
     lock: int  # a descriptor of the lock file beside the database
-
-
-class SingleSlots:
-    """One slot at a time, for a store that takes whole admissions (tests and tools use these)."""
-
-    def acquire_slot(self, key: str, limit: int, ttl_s: float) -> str | None:
-        ids, refusal = self.admit_all([(key, limit, ttl_s)], [], [])
-        return None if refusal else ids[0]
-
-    def release_slot(self, key: str, slot: str) -> None:
-        self.finish_all([(key, slot)], [])
 
 
 class SQLiteStorage(SingleSlots, Storage, SlidingWindowCounterSupport):
@@ -495,14 +459,3 @@ _RECORD = "body_hash, state, running_until, status, content_type, headers, body"
 
 def _record(row: tuple) -> Record:
     return Record(row[0], row[1], row[3], row[4], json.loads(row[5]) if row[5] else {}, row[6])
-
-
-class Record(NamedTuple):
-    """What an idempotency key holds: the request's body hash, and its answer once finished."""
-
-    body_hash: str
-    state: str  # running | done | too_large
-    status: int | None = None
-    content_type: str | None = None
-    headers: dict[str, str] = {}
-    body: bytes | None = None

@@ -1,7 +1,7 @@
 """Rate limits and concurrency slots: the one interface the routes use, whatever the store.
 
 Request and token windows are the ``limits`` library's sliding-window counters, in its own
-storages: its RedisStorage, or the SQLite storage in ``limit_stores`` (registered with ``limits``
+storages: its RedisStorage, or the SQLite storage in ``stores.sqlite`` (registered with ``limits``
 under the ``sqlite`` scheme). Concurrency slots are not a ``limits`` concept; both stores keep
 slots that expire, so a crashed worker cannot hold one forever. Every request is two calls to the
 store: one admission (all slots and windows, all or nothing) and one finish (tokens counted,
@@ -23,12 +23,13 @@ from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
 from limits.errors import StorageError
 from limits.storage import RedisStorage, storage_from_string
 
-from . import metrics
-from .errors import RateLimited
-from .limit_stores import AdmissionStore, weighted_count
-from .redact import without_credentials
-from .redis_stores import RedisAdmissions
-from .resources import RateLimit
+from .. import metrics
+from ..config.resources import RateLimit
+from ..errors import RateLimited
+from ..redact import without_credentials
+from ..stores import AdmissionStore, weighted_count
+from ..stores import sqlite as _sqlite  # noqa: F401  (registers sqlite:/// URLs with limits)
+from ..stores.redis import RedisAdmissions
 
 log = logging.getLogger(__name__)
 

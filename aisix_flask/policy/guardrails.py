@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from . import metrics, pii
-from .errors import ContentPolicyViolation
-from .resources import Guardrail
+from .. import metrics
+from ..config.resources import Guardrail
+from ..errors import ContentPolicyViolation
+from . import pii
 
 
 @dataclass

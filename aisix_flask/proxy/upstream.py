@@ -16,16 +16,16 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError, NameResolutionError, NewConnectionError, ReadTimeoutError
 
-from . import __version__
-from .errors import (
+from .. import __version__
+from ..config.resources import ProviderKey, UpstreamSettings
+from ..errors import (
     UpstreamAuthFailed,
     UpstreamBadResponse,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from .redact import without_credentials
-from .resources import ProviderKey, UpstreamSettings
+from ..redact import without_credentials
 
 USER_AGENT = f"aisix-flask/{__version__}"
 MESSAGE_LIMIT = 1024

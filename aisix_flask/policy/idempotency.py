@@ -10,13 +10,13 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 from flask import Response
 
-from .errors import (
+from ..config.resources import IdempotencySettings
+from ..errors import (
     IdempotencyAnswerNotStored,
     IdempotencyInProgress,
     IdempotencyKeyReused,
@@ -24,8 +24,8 @@ from .errors import (
     ServiceUnavailable,
     UpstreamError,
 )
-from .limit_stores import Record
-from .usage import UsageRow
+from ..stores import Record
+from ..usage.row import UsageRow
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +36,11 @@ KEPT_HEADERS = ("Retry-After", "x-should-retry")
 _VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
-@dataclass(frozen=True)
-class IdempotencySettings:
-    """``gateway.idempotency``: how long answers are kept, how large, how long a repeat waits."""
-
-    ttl_s: float = 86400.0
-    max_answer_bytes: int = 32 * 1024 * 1024  # a 4-image b64_json answer fits
-    wait_s: float = 10.0
-
-
 class Idempotency:
     """Runs a request once per (caller key, Idempotency-Key) in the rate-limit store."""
 
     def __init__(self, store: Any) -> None:
-        self.store = store  # limit_stores.SQLiteStorage or redis_stores.RedisIdempotency
+        self.store = store  # stores.sqlite.SQLiteStorage or stores.redis.RedisIdempotency
 
     def run(
         self,
@@ -147,7 +138,7 @@ def store_for(limit_storage: Any) -> Any:
     """The idempotency store beside the rate-limit counters: the same SQLite file or Redis."""
     from limits.storage import RedisStorage
 
-    from .redis_stores import RedisIdempotency
+    from ..stores.redis import RedisIdempotency
 
     if isinstance(limit_storage, RedisStorage):
         return RedisIdempotency(limit_storage.get_connection())

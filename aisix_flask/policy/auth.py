@@ -8,8 +8,8 @@ import hmac
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
-from .errors import ApiKeyDisabled, ApiKeyExpired, InvalidApiKey
-from .resources import ApiKey
+from ..config.resources import ApiKey
+from ..errors import ApiKeyDisabled, ApiKeyExpired, InvalidApiKey
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:

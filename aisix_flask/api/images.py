@@ -10,12 +10,12 @@ from flask import Blueprint, Response, g, request
 from marshmallow import INCLUDE, Schema, ValidationError, fields
 from marshmallow.validate import Length, OneOf, Range
 
-from . import metrics, upstream
-from .auth import authenticate
-from .body import read_json_object
-from .bridges import BRIDGES, endpoint_url
-from .config import Registry
-from .errors import (
+from .. import metrics
+from ..access import request_id
+from ..config import Registry
+from ..config.aliases import Route
+from ..config.resources import ApiKey, UpstreamSettings
+from ..errors import (
     GatewayError,
     InvalidRequest,
     MissingParameter,
@@ -25,13 +25,15 @@ from .errors import (
     ProviderUnavailable,
     UnsupportedProvider,
 )
-from .gateway import Gateway, current, request_id
-from .guardrails import check_input
-from .limits import Scope
-from .resources import ApiKey, UpstreamSettings
-from .routing import Route
-from .upstream import Timeout
-from .usage import UsageRow, whole_number
+from ..gateway import Gateway, current
+from ..policy.auth import authenticate
+from ..policy.guardrails import check_input
+from ..policy.limits import Scope
+from ..proxy import upstream
+from ..proxy.adapters import BRIDGES, endpoint_url
+from ..proxy.body import read_json_object
+from ..proxy.upstream import Timeout
+from ..usage.row import UsageRow, whole_number
 
 bp = Blueprint("images", __name__)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .guardrails import Verdict
+from ..policy.guardrails import Verdict
 
 _TEXT_LIMIT = 256
 

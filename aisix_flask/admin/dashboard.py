@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from flask import Blueprint, render_template, request
 
-from .auth import authenticate
-from .errors import InvalidApiKey
-from .gateway import current
+from ..errors import InvalidApiKey
+from ..gateway import current
+from ..policy.auth import authenticate
 
 bp = Blueprint("dashboard", __name__)
 

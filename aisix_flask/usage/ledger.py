@@ -33,9 +33,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 
-from . import metrics
-from .redact import without_credentials
-from .usage import UsageRow
+from .. import metrics
+from ..redact import without_credentials
+from .row import UsageRow
 
 log = logging.getLogger(__name__)
 

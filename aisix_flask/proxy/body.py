@@ -15,7 +15,7 @@ from typing import Any
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .errors import InvalidJson, InvalidRequest, RequestTooLarge
+from ..errors import InvalidJson, InvalidRequest, RequestTooLarge
 
 
 def read_json_object(limit: int) -> dict[str, Any]:

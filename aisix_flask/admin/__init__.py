@@ -1,0 +1,1 @@
+"""The admin API, the health probes, /metrics and the usage page."""

@@ -1,0 +1,1 @@
+"""The OpenAI routes the gateway serves: one module (and blueprint) per route."""

@@ -1,0 +1,1 @@
+"""Request-side policy: caller keys, guardrails and PII, rate limits, idempotency keys."""

@@ -1,0 +1,1 @@
+"""The shared request path of every proxied route: the body, the adapters, the upstream call."""
