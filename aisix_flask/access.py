@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Flask, Response, g, request
 
@@ -39,32 +40,50 @@ def _add_request_id(response: Response) -> Response:
     return response
 
 
-# What the access log takes from a route's usage row: names, numbers, never text or secrets.
+# What the access log takes from a call's usage row: names, numbers, never text or secrets.
 _ACCESS_FIELDS = (
-    "api_key", "model", "upstream_model", "error_code", "upstream_latency_ms",
-    "input_tokens", "output_tokens", "total_tokens", "images", "cost_usd", "pii_masked", "idempotent_replay",
+    "api_key", "model", "upstream_model", "error_code", "upstream_latency_ms", "input_tokens",
+    "output_tokens", "total_tokens", "images", "cost_usd", "pii_masked", "idempotent_replay",
 )  # fmt: skip
 
 
-def _log_access(response: Response) -> Response:
-    """One JSON line per request (``gateway.access_log``, on by default)."""
-    registry = current()._registry
-    if registry is not None and not registry.gateway.access_log:
-        return response
-    entry = {
+def entry(status: int, latency_ms: float) -> dict[str, Any]:
+    """This request's access log line, without a usage row (a call adds its own and logs it)."""
+    return {
         "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "request_id": request_id(),
         "method": request.method,
         "path": request.path,
-        "status": response.status_code,
-        "latency_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+        "status": status,
+        "latency_ms": round(latency_ms, 2),
         "client_ip": request.remote_addr,
     }
-    row = g.get("usage_row")
-    if row is not None:
-        entry.update({name: getattr(row, name) for name in _ACCESS_FIELDS})
-    access_log.info(json.dumps(entry))
+
+
+def log_call(line: dict[str, Any], row: Any) -> None:
+    """Log a proxied call's line, with what its usage row says; it may end long after its
+    request (a stream), so ``line`` was made while the request was there."""
+    line.update({name: getattr(row, name) for name in _ACCESS_FIELDS})
+    access_log.info(json.dumps(line))
+
+
+def logs_itself() -> None:
+    """This request is a proxied call that logs its own line when it ends."""
+    g.aisix_call_logs = True
+
+
+def _log_access(response: Response) -> Response:
+    """One JSON line per request (``gateway.access_log``, on by default), unless a call logs it."""
+    if g.get("aisix_call_logs") or not _enabled():
+        return response
+    started = g.get("started", time.perf_counter())
+    access_log.info(json.dumps(entry(response.status_code, (time.perf_counter() - started) * 1000)))
     return response
+
+
+def _enabled() -> bool:
+    registry = current()._registry
+    return registry is None or registry.gateway.access_log
 
 
 def _init_access_log() -> None:

@@ -41,6 +41,8 @@ class GatewayError(HTTPException):
     # x-should-retry (the OpenAI clients obey it): True only where a retry can help and the
     # upstream cannot have generated (and billed) anything yet.
     should_retry = False
+    # Raised after the upstream answered (an output guardrail): what it generated was billed.
+    generated = False
 
     def __init__(
         self,
@@ -50,6 +52,7 @@ class GatewayError(HTTPException):
         error_code: str | None = None,
         headers: dict[str, str] | None = None,
         should_retry: bool | None = None,
+        generated: bool | None = None,
     ) -> None:
         super().__init__(message or self.message)
         self.param = param
@@ -57,6 +60,8 @@ class GatewayError(HTTPException):
             self.error_code = error_code
         if should_retry is not None:
             self.should_retry = should_retry
+        if generated is not None:
+            self.generated = generated
         self.extra_headers = headers or {}
 
     def headers_out(self) -> dict[str, str]:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import KEY, gateway_config  # noqa: E402
 
 from aisix_flask import create_app, metrics  # noqa: E402
-from aisix_flask.api import images  # noqa: E402
+from aisix_flask.proxy import pipeline  # noqa: E402
 from aisix_flask.usage import ledger  # noqa: E402
 from tests.serving import free_port  # noqa: E402
 
@@ -43,15 +43,15 @@ calls: Counter[str] = Counter()
 # label → (where the function is looked up when the route calls it, its name there). "limiter" and
 # "ledger" stand for this app's instances, which exist only once the app is built.
 STEPS: dict[str, tuple[Any, str]] = {
-    "auth (caller key)": (images, "authenticate"),
-    "body read + JSON": (images, "read_json_object"),
-    "validation (marshmallow)": (images, "validate"),
-    "alias lookup": (images, "resolve"),
-    "guardrails": (images, "check_input"),
+    "auth (caller key)": (pipeline, "authenticate"),
+    "body read + JSON": (pipeline, "read_json_object"),
+    "validation (marshmallow)": (pipeline, "validate"),
+    "alias lookup": (pipeline, "resolve"),
+    "guardrails": (pipeline, "check_input"),
     "rate limits: admit": ("limiter", "admit"),
     "rate limits: finish (tokens, slots back)": ("limiter", "finish"),
-    "upstream call (incl. the fake's time)": (images, "forward"),
-    "answer": (images, "passthrough"),
+    "upstream call (incl. the fake's time)": (pipeline, "send"),
+    "answer": (pipeline, "passthrough"),
     "ledger: queue the row": ("ledger", "record"),
     "metrics": (metrics, "observe"),
     "ledger: insert (writer thread)": (ledger.Ledger, "_write"),

@@ -282,12 +282,12 @@ def test_unsafe_request_id_is_replaced(client):
 
 
 def test_unexpected_bug_is_500_envelope_and_recorded(client, monkeypatch, ledger_rows):
-    from aisix_flask.api import images
+    from aisix_flask.proxy import pipeline
 
     def broken(*args, **kwargs):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(images, "check_input", broken)
+    monkeypatch.setattr(pipeline, "check_input", broken)
     r = client.post(ROUTE, headers=auth(), json={"model": "image-prod", "prompt": "p"})
     assert_envelope(r, 500, "server_error", "internal_error")
     assert "bug" not in r.get_data(as_text=True)

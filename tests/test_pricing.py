@@ -86,9 +86,17 @@ def test_missing_price_for_a_reported_kind_is_null():
     assert Pricing(per_million_tokens={"input_text": 5.0}).cost(row) is None
 
 
-@pytest.mark.parametrize("status", [400, 429, 500, 502, 504])
-def test_failures_have_no_cost(status):
-    assert DALL_E_3.cost(answered(0, "1024x1024", "standard", status=status)) is None
+@pytest.mark.parametrize("status", [400, 404, 429, 500, 503])
+def test_failures_have_no_cost(make_app, config, upstream, status):
+    config["models"][1]["pricing"] = {"per_image": {"1024x1024": {"standard": 0.04}},
+                                      "defaults": {"size": "1024x1024", "quality": "standard"}}  # fmt: skip
+    app = make_app(config)
+    upstream.post(IMAGES_URL, status=status, json={"error": {"message": "no", "type": "x"}})
+    app.test_client().post("/v1/images/generations", headers=auth(), json={"model": "dalle", "prompt": "p"})
+    ledger = app.extensions["aisix"].ledger
+    ledger.flush(10)
+    [row] = ledger.query()
+    assert row["status"] != 200 and row["cost_usd"] is None
 
 
 def test_cost_reaches_the_ledger(make_app, config, upstream):

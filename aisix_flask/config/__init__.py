@@ -78,6 +78,11 @@ class Registry:
         """Guardrails that inspect the prompt (worked out once per registry)."""
         return tuple(g for g in self.guardrails if g.checks_input)
 
+    @cached_property
+    def output_guardrails(self) -> tuple[Guardrail, ...]:
+        """Guardrails that inspect the answer's text."""
+        return tuple(g for g in self.guardrails if g.checks_output)
+
 
 def load_config(path: str) -> Registry:
     """Read, expand, validate and freeze the config file; raise ConfigError listing every problem."""

@@ -116,6 +116,11 @@ class Guardrail:
         """Whether the guardrail inspects the request side."""
         return self.hook_point in ("input", "both")
 
+    @property
+    def checks_output(self) -> bool:
+        """Whether the guardrail inspects the answer's text (chat completions)."""
+        return self.hook_point in ("output", "both")
+
 
 @dataclass(frozen=True)
 class IdempotencySettings:

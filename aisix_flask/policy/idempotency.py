@@ -17,6 +17,7 @@ from flask import Response
 
 from ..config.resources import IdempotencySettings
 from ..errors import (
+    GatewayError,
     IdempotencyAnswerNotStored,
     IdempotencyInProgress,
     IdempotencyKeyReused,
@@ -75,11 +76,12 @@ class Idempotency:
             return _replay(held)
         try:
             response = produce()
-        except UpstreamError as e:
-            if e.should_retry:  # nothing reached the upstream: a retry may really run
-                self._quietly(self.store.release, key)
-            else:  # the upstream may have generated: the error is the answer to keep
+        except GatewayError as e:
+            if e.generated or (isinstance(e, UpstreamError) and not e.should_retry):
+                # The upstream may have generated: the error is the answer to keep.
                 self._quietly(self.store.finish, key, _record(digest, e.get_response(), settings))
+            else:  # refused before anything reached the upstream: a retry may really run
+                self._quietly(self.store.release, key)
             raise
         except BaseException:
             self._quietly(self.store.release, key)  # refused before sending: free the key

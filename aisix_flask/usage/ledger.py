@@ -69,6 +69,8 @@ usage = Table(
     Column("input_image_tokens", Integer),
     Column("cost_usd", Float),
     Column("idempotent_replay", Boolean, nullable=False, server_default=false()),
+    Column("input_cached_tokens", Integer),
+    Column("search_units", Integer),
 )
 
 SUMMARY_GROUPS = ("api_key", "model", "day")

@@ -1,4 +1,9 @@
-"""What a request cost, from the model's ``pricing`` block and what the upstream reported."""
+"""What a request cost, from the model's ``pricing`` block and what the upstream reported.
+
+Every price is USD per unit of something the upstream reported or returned: images (by size and
+quality), tokens (by kind, per million) or rerank search units. A request's cost is the sum over
+what it used; when it used something without a price, the cost is None, never a guess.
+"""
 
 from __future__ import annotations
 
@@ -6,51 +11,66 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-TOKEN_KINDS = ("input_text", "input_image", "output_image")
+# gpt-image models report their input split into text and image tokens and bill them differently.
+IMAGE_TOKEN_KINDS = ("input_text", "input_image", "output_image")
+# Text models (chat, embeddings, rerank): input, the part of it served from cache, output.
+TEXT_TOKEN_KINDS = ("input", "cached_input", "output")
 
 
 @dataclass(frozen=True)
 class Pricing:
-    """USD prices: per image by size and quality (dall-e), per 1M tokens by kind (gpt-image)."""
+    """USD prices: per image by size and quality (dall-e), per 1M tokens by kind (gpt-image, chat,
+    embeddings), per rerank search unit."""
 
     per_image: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     per_million_tokens: Mapping[str, float] = field(default_factory=dict)
+    per_search_unit: float | None = None
     default_size: str | None = None  # what the upstream uses when a request names no size
     default_quality: str | None = None
 
     def cost(self, usage: Any) -> float | None:
-        """The cost of a successful answer, or None when no price applies (never a guess).
+        """The cost of an answered request (``usage`` is its ledger row), or None.
 
-        ``usage`` is a ledger row. Reported tokens already cover every image of the request,
-        so they are not multiplied by ``n``; per-image prices count the images returned.
+        Reported tokens already cover every image of the request, so they are not multiplied by
+        ``n``; per-image prices count the images returned.
         """
-        if not 200 <= usage.status < 300:
-            return None
         if usage.total_tokens and self.per_million_tokens:
-            return self._token_cost(usage)
+            units = _token_units(usage, self.per_million_tokens)
+            return None if units is None else _priced(units, self.per_million_tokens, 1_000_000)
         if self.per_image:
-            size = usage.size or self.default_size
-            quality = usage.quality or self.default_quality
-            price = self.per_image.get(size or "", {}).get(quality or "")
+            price = self.image_price(usage.size, usage.quality)
             return None if price is None else round(price * usage.images, 6)
+        if usage.search_units and self.per_search_unit is not None:
+            return round(usage.search_units * self.per_search_unit, 6)
         return None
 
-    def _token_cost(self, usage: Any) -> float | None:
-        prices = self.per_million_tokens
+    def image_price(self, size: str | None, quality: str | None) -> float | None:
+        """The price of one image of ``size`` and ``quality`` (the defaults when not named)."""
+        size, quality = size or self.default_size, quality or self.default_quality
+        return self.per_image.get(size or "", {}).get(quality or "")
+
+
+def _token_units(usage: Any, prices: Mapping[str, float]) -> dict[str, int] | None:
+    """Tokens by the kinds ``prices`` names, or None when the split cannot be known."""
+    if any(kind in prices for kind in IMAGE_TOKEN_KINDS):
         if usage.input_text_tokens is not None or usage.input_image_tokens is not None:
             text, image = usage.input_text_tokens or 0, usage.input_image_tokens or 0
         elif prices.get("input_image", prices.get("input_text")) == prices.get("input_text"):
             text, image = usage.input_tokens, 0  # no breakdown, but both kinds cost the same
         else:
             return None  # no breakdown and the kinds cost differently: not guessed
-        total = 0.0
-        for kind, tokens in (
-            ("input_text", text),
-            ("input_image", image),
-            ("output_image", usage.output_tokens),
-        ):
-            if tokens:
-                if kind not in prices:
-                    return None
-                total += tokens * prices[kind]
-        return round(total / 1_000_000, 6)
+        return {"input_text": text, "input_image": image, "output_image": usage.output_tokens}
+    cached = usage.input_cached_tokens or 0
+    if cached and "cached_input" not in prices:
+        cached = 0  # no discount configured: cached input costs what input costs
+    return {"input": usage.input_tokens - cached, "cached_input": cached, "output": usage.output_tokens}
+
+
+def _priced(units: Mapping[str, int], prices: Mapping[str, float], per: int) -> float | None:
+    total = 0.0
+    for kind, count in units.items():
+        if count:
+            if kind not in prices:
+                return None
+            total += count * prices[kind]
+    return round(total / per, 6)

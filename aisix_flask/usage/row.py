@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..policy.guardrails import Verdict
+if TYPE_CHECKING:
+    from ..policy.guardrails import Verdict
 
 _TEXT_LIMIT = 256
 
@@ -65,6 +66,8 @@ class UsageRow:
     guardrails_flagged: str | None = None  # monitor-mode guardrails that would have acted
     input_text_tokens: int | None = None  # from usage.input_tokens_details, when reported
     input_image_tokens: int | None = None
+    input_cached_tokens: int | None = None  # from usage.prompt_tokens_details, when reported
+    search_units: int | None = None  # rerank: what the upstream billed, when it says
     cost_usd: float | None = None  # None when no price applies
     idempotent_replay: bool = False  # answered from a stored answer: nothing generated, no tokens
 
@@ -83,20 +86,32 @@ class UsageRow:
     def note_guardrails(self, verdict: Verdict) -> None:
         """Record how many PII matches were masked and which monitor-mode guardrails matched."""
         self.pii_masked = verdict.masked
-        self.guardrails_flagged = ",".join(verdict.flagged)[:256] or None
+        self.note_flagged(verdict.flagged)
+
+    def note_flagged(self, names: list[str]) -> None:
+        """Add monitor-mode guardrails that matched (the answer's, after the request's)."""
+        known = self.guardrails_flagged.split(",") if self.guardrails_flagged else []
+        self.guardrails_flagged = ",".join(dict.fromkeys([*known, *names]))[:256] or None
 
     def note_answer(self, document: Any) -> None:
-        """Record the tokens the upstream reported and the images it returned."""
+        """Record the images an image answer returned and the tokens it reported."""
         if not isinstance(document, dict):
             return
         data = document.get("data")
         self.images = len(data) if isinstance(data, list) else 0
-        usage = document.get("usage")
-        if isinstance(usage, dict):
-            self.input_tokens = _count(usage.get("input_tokens", usage.get("prompt_tokens")))
-            self.output_tokens = _count(usage.get("output_tokens", usage.get("completion_tokens")))
-            self.total_tokens = _count(usage.get("total_tokens")) or self.input_tokens + self.output_tokens
-            details = usage.get("input_tokens_details")
-            if isinstance(details, dict):
+        self.note_usage(document.get("usage"))
+
+    def note_usage(self, usage: Any) -> None:
+        """Record the tokens of an OpenAI ``usage`` object (any route's names for them)."""
+        if not isinstance(usage, dict):
+            return
+        self.input_tokens = _count(usage.get("input_tokens", usage.get("prompt_tokens")))
+        self.output_tokens = _count(usage.get("output_tokens", usage.get("completion_tokens")))
+        self.total_tokens = _count(usage.get("total_tokens")) or self.input_tokens + self.output_tokens
+        details = usage.get("input_tokens_details", usage.get("prompt_tokens_details"))
+        if isinstance(details, dict):
+            if "text_tokens" in details or "image_tokens" in details:
                 self.input_text_tokens = _count(details.get("text_tokens"))
                 self.input_image_tokens = _count(details.get("image_tokens"))
+            if "cached_tokens" in details:
+                self.input_cached_tokens = _count(details.get("cached_tokens"))

@@ -1,0 +1,81 @@
+"""One proxied request, from its caller key to its usage row.
+
+A ``Call`` holds what the request holds while it runs (its route, its concurrency slots) and owes
+what it owes at its end: the usage row, the metrics, the tokens counted against the limits, the
+slots given back, the access log line. A plain answer ends when the view returns; a stream ends when
+its last event is sent or its caller goes away, and the call finishes then (docs/contract.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import TracebackType
+
+from flask import request
+
+from .. import access, metrics
+from ..config import Registry
+from ..config.aliases import Route
+from ..config.resources import ApiKey
+from ..errors import GatewayError
+from ..gateway import Gateway
+from ..policy.limits import Admission
+from ..usage.row import UsageRow
+from .operation import Operation
+from .upstream import Timeout
+
+log = logging.getLogger(__name__)
+
+
+class Call:
+    """A proxied request's state and its end; use as ``with Call(...) as call:``."""
+
+    def __init__(self, operation: Operation, gateway: Gateway, registry: Registry, key: ApiKey) -> None:
+        self.operation = operation
+        self.gateway = gateway
+        self.registry = registry  # this request's config, start to finish
+        self.key = key
+        self.row = UsageRow(access.request_id(), key.display_name, operation.route, request.remote_addr)
+        self.route: Route | None = None
+        self.timeout: Timeout | None = None
+        self.admission = Admission()
+        self.priced = False  # the upstream answered 2xx: what it reported has a cost
+        self.streaming = False  # a stream took over the end of the call
+        self._started = time.perf_counter()
+        # Taken now: a stream finishes after the request context is gone.
+        self._line = access.entry(0, 0.0) if registry.gateway.access_log else None
+        self._finished = False
+        access.logs_itself()
+
+    def __enter__(self) -> Call:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(error, GatewayError):
+            self.row.status, self.row.error_code = error.code, error.error_code
+        elif error is not None:
+            self.row.status, self.row.error_code = 500, "internal_error"
+        if error is not None or not self.streaming:
+            self.finish(self.row.status)
+
+    def finish(self, status_sent: int) -> None:
+        """Record the call, once: count its tokens and give back its slots, price it, queue its
+        row, count it in the metrics, log its line. ``status_sent`` is the HTTP status the caller
+        got (a stream's is 200 whatever its row says)."""
+        if self._finished:
+            return
+        self._finished = True
+        row = self.row
+        row.latency_ms = (time.perf_counter() - self._started) * 1000
+        self.gateway.limiter.finish(self.admission, row.total_tokens)
+        model = self.route.model if self.route else None
+        if self.priced and model is not None and model.pricing is not None:
+            row.cost_usd = model.pricing.cost(row)
+        self.gateway.ledger.record(row)
+        metrics.observe(row, model.display_name if model else "")
+        if self._line is not None:
+            self._line.update(status=status_sent, latency_ms=round(row.latency_ms, 2))
+            access.log_call(self._line, row)

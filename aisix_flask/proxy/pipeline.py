@@ -1,0 +1,187 @@
+"""The request path every proxied route runs: docs/contract.md's steps 1 to 13, one per line.
+
+A route module declares its ``Operation`` (what differs) and calls ``handle`` with it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flask import Response, request
+
+from ..config.aliases import Route
+from ..errors import (
+    ModelNotFound,
+    NotImplementedOperation,
+    PermissionDenied,
+    ProviderUnavailable,
+    UnsupportedProvider,
+)
+from ..gateway import current
+from ..policy.auth import authenticate
+from ..policy.guardrails import check_input, check_output
+from ..policy.limits import Scope
+from . import upstream
+from .adapters import BRIDGES, endpoint_url
+from .body import read_json_object
+from .call import Call
+from .operation import Operation, validate
+from .upstream import Timeout
+
+
+def handle(operation: Operation) -> Response:
+    """Run ``operation`` for this request: check the caller and its policy, then forward once."""
+    gateway = current()
+    registry = gateway.config()  # this request's config, start to finish
+    key = authenticate(registry.api_keys, request.headers)  # 1
+    with Call(operation, gateway, registry, key) as call:  # 13: the call owns its row (see Call)
+        body = read_json_object(registry.gateway.request_body_limit_bytes)  # 2
+        call.row.note_request(body)
+        validate(operation.schema, body)  # 3
+        route = call.route = resolve(call, body["model"])  # 4
+        if not key.may_use(route.alias):  # 5
+            raise PermissionDenied(f"This API key may not use the model '{route.alias}'.")
+        require_provider(operation, route)  # 6
+        require_adapter(operation, route)  # 7
+        require_credential(route)  # 8
+        body = guard_input(call, body)  # 9
+        # 10-12, at most once per Idempotency-Key: a repeat gets the stored answer.
+        return gateway.idempotency.run(
+            request.headers,
+            key.display_name,
+            body,
+            call.row,
+            lambda: forward(call, body),
+            registry.gateway.idempotency,
+            call.timeout.slot_ttl_s,
+        )
+
+
+def resolve(call: Call, alias: str) -> Route:
+    """The configured route for ``alias``, or 404; the call learns its upstream and timeout."""
+    route = call.registry.router.resolve(alias)
+    if route is None:
+        raise ModelNotFound(f"The model '{alias}' does not exist on this gateway.", param="model")
+    call.row.upstream_model, call.row.provider = route.upstream_model, route.model.provider
+    settings = call.registry.gateway.upstream
+    call.timeout = Timeout(settings.connect_timeout_s, route.model.timeout_s or settings.timeout_s)
+    return route
+
+
+def require_provider(operation: Operation, route: Route) -> None:
+    """A route that is one provider's (images: OpenAI's) refuses others before anything is spent."""
+    if operation.providers is not None and route.model.provider not in operation.providers:
+        allowed = ", ".join(f"'{p}'" for p in sorted(operation.providers))
+        raise UnsupportedProvider(
+            f"The model '{route.alias}' is configured with provider '{route.model.provider}'; "
+            f"{operation.route} accepts only models whose provider is {allowed}. Check the provider "
+            f"of this model in the gateway config.",
+            param="model",
+        )
+
+
+def require_adapter(operation: Operation, route: Route) -> None:
+    """The provider key's adapter must implement the operation, else 501."""
+    adapter = route.provider_key.adapter
+    if not BRIDGES[adapter].implements(operation.name):
+        supporting = ", ".join(name for name, bridge in BRIDGES.items() if bridge.implements(operation.name))
+        raise NotImplementedOperation(
+            f"The provider key '{route.provider_key.display_name}' of model '{route.alias}' uses "
+            f"the '{adapter}' adapter, which does not implement {operation.what}. This is a "
+            f"provider capability issue: check that the model's provider key uses an adapter "
+            f"that supports {operation.what} (adapter: {supporting})."
+        )
+
+
+def require_credential(route: Route) -> None:
+    """An upstream credential must be configured, else 503."""
+    if not route.provider_key.api_key:
+        raise ProviderUnavailable(
+            f"The provider key '{route.provider_key.display_name}' has no API key configured; "
+            f"check its api_key (and the environment variable it names)."
+        )
+
+
+def guard_input(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    """The input guardrails over the operation's texts; the body with masked text put back."""
+    guardrails = call.registry.input_guardrails
+    if not guardrails:
+        return body
+    texts = call.operation.texts
+    verdict = check_input(guardrails, texts.read(body))
+    call.row.note_guardrails(verdict)
+    return texts.write(body, verdict.texts) if verdict.masked else body
+
+
+def limit_scopes(call: Call) -> list[Scope]:
+    """The caller key's and the model row's limits (wildcard rows count as one model)."""
+    model = call.route.model
+    return [
+        Scope("key", call.key.display_name, call.key.rate_limit),
+        Scope("model", model.display_name, model.rate_limit),
+    ]
+
+
+def forward(call: Call, body: dict[str, Any]) -> Response:
+    """Steps 10 to 12: the rate limits, the upstream call, the answer as the upstream gave it."""
+    call.admission = call.gateway.limiter.admit(limit_scopes(call), call.timeout.slot_ttl_s)  # 10
+    answer = send(call, body)  # 11
+    row = call.row
+    row.status = answer.status
+    if answer.status >= 400:
+        row.error_code = answer.error_code()
+    else:
+        call.priced = True
+        call.operation.note_answer(row, answer.document)
+        guard_output(call, answer.document)
+    answer.document = None  # a large answer's parsed copy is not needed to send its bytes
+    return passthrough(answer)  # 12
+
+
+def send(call: Call, body: dict[str, Any]) -> upstream.Answer:
+    """Send the body once, with only ``model`` rewritten, and interpret the answer."""
+    route = call.route
+    payload = json.dumps({**body, "model": route.upstream_model}, ensure_ascii=False).encode()
+    url = endpoint_url(route.provider_key.api_base, call.operation.upstream_path)
+    proxies, verify = upstream.route_settings(url, route.provider_key, call.registry.gateway.upstream)
+    started = time.perf_counter()
+    try:
+        answer = upstream.post_json(
+            url,
+            payload,
+            key=route.provider_key,
+            request_id=call.row.request_id,
+            timeout=(call.timeout.connect_s, call.timeout.read_s),
+            proxies=proxies,
+            verify=verify,
+        )
+    finally:
+        call.row.upstream_latency_ms = (time.perf_counter() - started) * 1000
+    return upstream.interpret(answer, route.provider_key)
+
+
+def guard_output(call: Call, document: Any) -> None:
+    """The output guardrails over the answer's text (chat); a block is a 422 after the upstream
+    answered: its tokens are counted and its cost recorded."""
+    guardrails, read = call.registry.output_guardrails, call.operation.output_text
+    if not guardrails or read is None or not isinstance(document, dict):
+        return
+    flagged: list[str] = []
+    try:
+        for text in read(document):
+            check_output(guardrails, text, flagged)
+    finally:
+        call.row.note_flagged(flagged)
+
+
+def passthrough(answer: upstream.Answer) -> Response:
+    """The upstream's body bytes unchanged, with its status and Content-Type."""
+    response = Response(answer.content, status=answer.status, content_type=answer.content_type)
+    if answer.status >= 400:
+        # The upstream's own 4xx: only its rate limit is worth retrying (nothing was generated).
+        response.headers["x-should-retry"] = "true" if answer.status == 429 else "false"
+    if answer.status == 429 and answer.retry_after:
+        response.headers["Retry-After"] = answer.retry_after
+    return response
