@@ -22,6 +22,9 @@ from .fake_upstream import FakeOpenAI
 
 UPSTREAM = "https://upstream.test/v1"
 IMAGES_URL = f"{UPSTREAM}/images/generations"
+CHAT_URL = f"{UPSTREAM}/chat/completions"
+EMBEDDINGS_URL = f"{UPSTREAM}/embeddings"
+RERANK_URL = f"{UPSTREAM}/rerank"
 # Distinctive secrets: tests assert they never show up in answers or the ledger.
 UPSTREAM_KEY = "sk-upstream-SECRET-7f3a9c"
 CALLER_KEY = "caller-SECRET-91b2e4"
@@ -111,6 +114,7 @@ def base_config(tmp_path: Path, upstream: str = UPSTREAM) -> dict[str, Any]:
             },
             {"display_name": "deepseek", "provider": "deepseek", "api_key": "sk-ds", "api_base": upstream},
             {"display_name": "no-key", "provider": "openai", "api_key": "", "api_base": upstream},
+            {"display_name": "jina", "provider": "jina", "api_key": "jina-key", "api_base": upstream},
         ],
         "models": [
             {
@@ -155,6 +159,30 @@ def base_config(tmp_path: Path, upstream: str = UPSTREAM) -> dict[str, Any]:
                 "provider": "openai",
                 "model_name": "dall-e-3",
                 "provider_key": "no-key",
+            },
+            {
+                "display_name": "chat-prod",
+                "provider": "openai",
+                "model_name": "gpt-4o-mini",
+                "provider_key": "openai-main",
+            },
+            {
+                "display_name": "deepseek-chat",
+                "provider": "deepseek",
+                "model_name": "deepseek-chat",
+                "provider_key": "deepseek",
+            },
+            {
+                "display_name": "embed",
+                "provider": "openai",
+                "model_name": "text-embedding-3-small",
+                "provider_key": "openai-main",
+            },
+            {
+                "display_name": "reranker",
+                "provider": "jina",
+                "model_name": "jina-reranker-v2-base-multilingual",
+                "provider_key": "jina",
             },
         ],
         "api_keys": [

@@ -210,7 +210,7 @@ def test_cli_check_config(app, tmp_path):
     runner = app.test_cli_runner()
     ok = runner.invoke(args=["aisix", "check-config", app.config["AISIX_CONFIG"]])
     assert ok.exit_code == 0
-    assert "OK (4 provider keys, 7 models, 4 api keys, 1 guardrails" in ok.output
+    assert "OK (5 provider keys, 11 models, 4 api keys, 1 guardrails" in ok.output
     bad = write_config(tmp_path / "bad.yaml", {"models": [{"display_name": "m", "provider_key": "x"}]})
     result = runner.invoke(args=["aisix", "check-config", str(bad)])
     assert result.exit_code == 1
@@ -263,7 +263,7 @@ def test_cli_check_config_talks_about_the_named_file_only(tmp_path, local):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert f"{other}: OK (4 provider keys, 7 models, 4 api keys" in result.stdout
+    assert f"{other}: OK (5 provider keys, 11 models, 4 api keys" in result.stdout
     assert "config.yaml" not in result.stderr.replace(str(other), "") and "UNSET_X" not in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in work.iterdir()) == ([] if local == "missing" else ["config.yaml"])

@@ -72,6 +72,7 @@ class Registry:
     api_keys: tuple[ApiKey, ...]
     guardrails: tuple[Guardrail, ...]
     warnings: tuple[str, ...] = ()
+    modified_at: int = 0  # the file's mtime (seconds): what GET /v1/models says as ``created``
 
     @cached_property
     def input_guardrails(self) -> tuple[Guardrail, ...]:
@@ -88,6 +89,7 @@ def load_config(path: str) -> Registry:
     """Read, expand, validate and freeze the config file; raise ConfigError listing every problem."""
     try:
         with open(path, encoding="utf-8") as f:
+            modified_at = int(os.fstat(f.fileno()).st_mtime)
             raw = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(path, [f"config file not found: {os.path.abspath(path)}"]) from None
@@ -118,7 +120,7 @@ def load_config(path: str) -> Registry:
     ):
         if not loaded.get(collection):
             warnings.append(f"{collection}: none configured; {consequence}")
-    return _build(path, loaded, warnings)
+    return _build(path, loaded, warnings, modified_at)
 
 
 def _expand(value: Any, path: str, warnings: list[str]) -> Any:
@@ -259,7 +261,7 @@ def _api_key(row: Mapping[str, Any], path: str, warnings: list[str]) -> ApiKey:
     )
 
 
-def _build(path: str, data: Mapping[str, Any], warnings: list[str]) -> Registry:
+def _build(path: str, data: Mapping[str, Any], warnings: list[str], modified_at: int) -> Registry:
     gw = data.get("gateway", {})
     upstream = gw.get("upstream", {})
     gateway = GatewaySettings(
@@ -324,6 +326,7 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str]) -> Registry:
         ),
         guardrails=guardrails,
         warnings=tuple(warnings),
+        modified_at=modified_at,
     )
 
 

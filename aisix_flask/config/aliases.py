@@ -49,6 +49,10 @@ class Router:
     def __len__(self) -> int:
         return len(self._exact) + len(self._wildcards)
 
+    def exact(self) -> list[Model]:
+        """The rows whose alias is a name, not a pattern, in alias order."""
+        return sorted(self._exact.values(), key=lambda m: m.display_name)
+
     def resolve(self, alias: str) -> Route | None:
         """Find the route for ``alias``, or None when no row matches."""
         model = self._exact.get(alias)

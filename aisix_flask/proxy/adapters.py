@@ -21,7 +21,7 @@ class Bridge:
 
 BRIDGES: dict[str, Bridge] = {
     "openai": Bridge("openai", frozenset({"images", "chat", "embeddings"})),
-    "openai-compatible": Bridge("openai-compatible", frozenset({"chat", "embeddings"})),
+    "openai-compatible": Bridge("openai-compatible", frozenset({"chat", "embeddings", "rerank"})),
 }
 
 

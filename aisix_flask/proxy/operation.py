@@ -59,6 +59,46 @@ class StrictBool(fields.Boolean):
         return value
 
 
+class StrictNumber(fields.Float):
+    """A JSON number (not a numeric string, not true), kept as sent."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        return value
+
+
+class JsonObject(fields.Field):
+    """A JSON object, kept as sent."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValidationError("Not a valid object.")
+        return value
+
+
+class JsonArray(fields.Field):
+    """A JSON array, kept as sent."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, list):
+            raise ValidationError("Not a valid array.")
+        return value
+
+
+class OneOfTypes(fields.Field):
+    """A value of one of a few JSON shapes, each given as (test, description); kept as sent."""
+
+    def __init__(self, *shapes: tuple[Callable[[Any], bool], str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shapes = shapes
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if not any(test(value) for test, _ in self.shapes):
+            raise ValidationError(f"Must be {' or '.join(what for _, what in self.shapes)}.")
+        return value
+
+
 def validate(schema: Schema, body: dict[str, Any]) -> None:
     """Raise 400 naming the first bad field (in the schema's order); the body is not rewritten."""
     errors = schema.validate(body)

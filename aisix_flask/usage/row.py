@@ -101,6 +101,29 @@ class UsageRow:
         self.images = len(data) if isinstance(data, list) else 0
         self.note_usage(document.get("usage"))
 
+    def note_answer_usage(self, document: Any) -> None:
+        """Record the tokens an answer (chat, embeddings) reports in its ``usage``."""
+        if isinstance(document, dict):
+            self.note_usage(document.get("usage"))
+
+    def note_billed_units(self, document: Any) -> None:
+        """Record a rerank answer's usage: OpenAI-style ``usage`` (Jina, vLLM), else Cohere's
+        ``meta.billed_units`` (tokens and search units). Rerank reads input: a bare total is input."""
+        if not isinstance(document, dict):
+            return
+        usage, meta = document.get("usage"), document.get("meta")
+        billed = meta.get("billed_units") if isinstance(meta, dict) else None
+        if isinstance(usage, dict):
+            self.note_usage(usage)
+            if not (self.input_tokens or self.output_tokens):
+                self.input_tokens = self.total_tokens
+        elif isinstance(billed, dict):
+            self.note_usage(
+                {"input_tokens": billed.get("input_tokens"), "output_tokens": billed.get("output_tokens")}
+            )
+            if "search_units" in billed:
+                self.search_units = _count(billed.get("search_units"))
+
     def note_usage(self, usage: Any) -> None:
         """Record the tokens of an OpenAI ``usage`` object (any route's names for them)."""
         if not isinstance(usage, dict):

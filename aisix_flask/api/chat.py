@@ -1,0 +1,134 @@
+"""POST /v1/chat/completions: chat, streamed or not, through any provider whose adapter has it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response
+from marshmallow import INCLUDE, Schema, fields
+from marshmallow.validate import Length, Range
+
+from ..proxy.operation import (
+    JsonArray,
+    JsonObject,
+    OneOfTypes,
+    Operation,
+    StrictBool,
+    StrictInt,
+    StrictNumber,
+    Texts,
+)
+from ..proxy.pipeline import handle
+from ..usage.row import UsageRow
+
+bp = Blueprint("chat", __name__)
+
+
+def _is_content(value: Any) -> bool:
+    return (
+        value is None
+        or isinstance(value, str)
+        or (isinstance(value, list) and all(isinstance(part, dict) for part in value))
+    )
+
+
+class MessageSchema(Schema):
+    """A message: a string ``role``; ``content`` a string, an array of parts, or null."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    role = fields.String(required=True, validate=Length(min=1))
+    content = OneOfTypes((_is_content, "a string, an array of content parts or null"), allow_none=True)
+
+
+def _is_stop(value: Any) -> bool:
+    return (
+        value is None
+        or isinstance(value, str)
+        or (isinstance(value, list) and all(isinstance(s, str) for s in value))
+    )
+
+
+class ChatCompletionSchema(Schema):
+    """Checks the fields the gateway knows; anything else is kept and forwarded as sent."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    model = fields.String(required=True, validate=Length(min=1))
+    messages = fields.List(fields.Nested(MessageSchema), required=True, validate=Length(min=1))
+    stream = StrictBool(allow_none=True)
+    stream_options = JsonObject(allow_none=True)
+    n = StrictInt(allow_none=True, validate=Range(min=1))
+    max_tokens = StrictInt(allow_none=True, validate=Range(min=0))
+    max_completion_tokens = StrictInt(allow_none=True, validate=Range(min=0))
+    temperature = StrictNumber(allow_none=True)
+    top_p = StrictNumber(allow_none=True)
+    stop = OneOfTypes((_is_stop, "a string or an array of strings"), allow_none=True)
+    tools = JsonArray(allow_none=True)
+    user = fields.String(allow_none=True)
+
+
+def read_messages(body: dict[str, Any]) -> list[str]:
+    """Every message's text, every role: string content, and the ``text`` of text parts."""
+    texts = []
+    for message in body["messages"]:
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(part["text"] for part in content if _is_text_part(part))
+    return texts
+
+
+def write_messages(body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+    """The body with each text ``read_messages`` found replaced, in the same order."""
+    replacements = iter(texts)
+    messages = []
+    for message in body["messages"]:
+        content = message.get("content")
+        if isinstance(content, str):
+            message = {**message, "content": next(replacements)}
+        elif isinstance(content, list):
+            parts = [
+                {**part, "text": next(replacements)} if _is_text_part(part) else part for part in content
+            ]
+            message = {**message, "content": parts}
+        messages.append(message)
+    return {**body, "messages": messages}
+
+
+def _is_text_part(part: dict[str, Any]) -> bool:
+    return part.get("type") == "text" and isinstance(part.get("text"), str)
+
+
+def answer_text(document: dict[str, Any]) -> list[str]:
+    """The assistant's text in a (non-streamed) answer: every choice's message content."""
+    choices = document.get("choices")
+    texts = []
+    for choice in choices if isinstance(choices, list) else []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+    return texts
+
+
+CHAT = Operation(
+    name="chat",
+    route="/v1/chat/completions",
+    upstream_path="/chat/completions",
+    what="chat completions",
+    schema=ChatCompletionSchema(),
+    texts=Texts(read=read_messages, write=write_messages),
+    note_answer=UsageRow.note_answer_usage,
+    output_text=answer_text,
+    streams=True,
+)
+
+
+@bp.post(CHAT.route)
+def chat_completions() -> Response:
+    """A chat completion through the alias's upstream, checking the caller and policy first."""
+    return handle(CHAT)

@@ -1,0 +1,45 @@
+"""GET /v1/models and GET /v1/models/{id}: the aliases the caller's key may use, as OpenAI lists models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from ..config import Registry
+from ..config.resources import ApiKey
+from ..errors import ModelNotFound, PermissionDenied
+from ..gateway import current
+from ..policy.auth import authenticate
+
+bp = Blueprint("models", __name__)
+
+
+@bp.get("/v1/models")
+def list_models() -> Response:
+    """Every exact alias the key may use, sorted by id (a wildcard row is a pattern, not a model)."""
+    registry, key = _caller()
+    models = [m for m in registry.router.exact() if key.may_use(m.display_name)]
+    return jsonify(object="list", data=[_model(registry, m.display_name, m.provider) for m in models])
+
+
+@bp.get("/v1/models/<path:model>")
+def retrieve_model(model: str) -> Response:
+    """One alias: an exact row, or any id a wildcard row matches; 404 unknown, 403 not allowed."""
+    registry, key = _caller()
+    route = registry.router.resolve(model)
+    if route is None:
+        raise ModelNotFound(f"The model '{model}' does not exist on this gateway.", param="model")
+    if not key.may_use(model):
+        raise PermissionDenied(f"This API key may not use the model '{model}'.")
+    return jsonify(_model(registry, model, route.model.provider))
+
+
+def _caller() -> tuple[Registry, ApiKey]:
+    registry = current().config()
+    return registry, authenticate(registry.api_keys, request.headers)
+
+
+def _model(registry: Registry, alias: str, provider: str) -> dict[str, Any]:
+    # created: when the config that defines it was written (the same in every worker).
+    return {"id": alias, "object": "model", "created": registry.modified_at, "owned_by": provider}
