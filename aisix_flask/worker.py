@@ -24,6 +24,17 @@ from typing import Any
 
 from gunicorn.workers import gthread
 
+# Streams end themselves this long before a stopping worker's grace period runs out, so that
+# their usage rows are written (the worker is killed at the end of it).
+STREAM_MARGIN_S = 5.0
+_streams_end_by: float | None = None
+
+
+def streams_must_end_by() -> float | None:
+    """When (time.monotonic) this process's streams must end because it is stopping, else None."""
+    return _streams_end_by
+
+
 # How long a worker holding connections waits before accepting another: long enough for an
 # idle worker woken by the same connection to take it, short enough to be noise when no other
 # worker is free. It grows with the connections held, up to _MAX_DELAY_S.
@@ -37,6 +48,13 @@ class ThreadWorker(gthread.ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.busy = 0  # requests handed to the thread pool and not finished
+
+    def handle_exit(self, sig: Any, frame: Any) -> None:
+        """SIGTERM: a graceful stop; streams must end before the grace period does."""
+        global _streams_end_by
+        if _streams_end_by is None:
+            _streams_end_by = time.monotonic() + max(0.0, self.cfg.graceful_timeout - STREAM_MARGIN_S)
+        super().handle_exit(sig, frame)
 
     def accept(self, listener: Any) -> None:
         if self.nr_conns:

@@ -1,4 +1,5 @@
-"""A loopback fake of OpenAI's image API, for the integration tests and the benchmarks.
+"""A loopback fake of OpenAI's API, for the integration tests and the benchmarks: images here,
+chat (whole and streamed), embeddings and rerank in ``fake_text``.
 
 ``gpt-image-*`` models answer ``b64_json`` items with token usage; other models answer URLs.
 A prompt may steer it: ``[status:503]`` answers that status (``[status:429]`` with
@@ -22,6 +23,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from . import fake_text
 
 _STATUS = re.compile(r"\[status:(\d{3})\]")
 _SLEEP = re.compile(r"\[sleep:([\d.]+)\]")
@@ -168,16 +171,36 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if not self.path.endswith("/images/generations"):
-            self._send(404, {"error": {"message": "not found"}})
-            return
         body = json.loads(raw)
+        call = {"path": self.path, "headers": dict(self.headers), "body": body, "at": time.time()}
         with self.server.lock:
-            self.server.calls.append({"headers": dict(self.headers), "body": body})
-        if self._fault(str(body.get("prompt", ""))):
-            return
-        status, document = answer_for(body)
-        self._send(status, document, {"Retry-After": "7"} if status == 429 else None)
+            self.server.calls.append(call)
+        if self.path.endswith("/images/generations"):
+            if self._fault(str(body.get("prompt", ""))):
+                return
+            status, document = answer_for(body)
+            self._send(status, document, {"Retry-After": "7"} if status == 429 else None)
+        elif self.path.endswith(("/chat/completions", "/embeddings", "/rerank")):
+            self._text(body, call)
+        else:
+            self._send(404, {"error": {"message": "not found"}})
+
+    def _text(self, body: dict[str, Any], call: dict[str, Any]) -> None:
+        text = fake_text.steering(body, self.path)
+        if (pause := fake_text.number(text, "sleep")) is not None:
+            time.sleep(pause)
+        if (status := fake_text.error_status(text)) is not None:
+            self._send(
+                status, {"error": {"message": f"fake upstream error {status}", "type": "server_error"}}
+            )
+        elif self.path.endswith("/embeddings"):
+            self._send(200, fake_text.embeddings(body))
+        elif self.path.endswith("/rerank"):
+            self._send(200, fake_text.rerank(body))
+        elif body.get("stream") is True and "[json]" not in text:
+            fake_text.stream_chat(self, body, text, call)
+        else:
+            self._send(200, fake_text.chat_completion(body, text))
 
 
 def main() -> None:

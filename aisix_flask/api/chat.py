@@ -13,6 +13,7 @@ from ..proxy.operation import (
     JsonObject,
     OneOfTypes,
     Operation,
+    Streaming,
     StrictBool,
     StrictInt,
     StrictNumber,
@@ -115,6 +116,45 @@ def answer_text(document: dict[str, Any]) -> list[str]:
     return texts
 
 
+def ask_for_usage(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Ask the upstream for the usage-only last chunk (the tokens are needed for the limits, the
+    ledger and the cost); when the caller did not ask for it, it is not relayed."""
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return body, False
+    return {**body, "stream_options": {**(options or {}), "include_usage": True}}, True
+
+
+def _note_chunk(row: UsageRow, chunk: dict[str, Any]) -> None:
+    if isinstance(chunk.get("usage"), dict):
+        row.note_usage(chunk["usage"])
+
+
+def _usage_only(chunk: dict[str, Any]) -> bool:
+    return chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
+
+
+def chunk_text(chunk: dict[str, Any]) -> list[tuple[int, str]]:
+    """The assistant's new text in a streamed chunk, by choice index."""
+    choices = chunk.get("choices")
+    texts = []
+    for choice in choices if isinstance(choices, list) else []:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str) and content:
+            index = choice.get("index")
+            texts.append((index if isinstance(index, int) else 0, content))
+    return texts
+
+
+STREAMING = Streaming(
+    prepare=ask_for_usage,
+    note_event=_note_chunk,
+    is_end=lambda data, chunk: data == "[DONE]",
+    is_usage_only=_usage_only,
+    text=chunk_text,
+)
+
 CHAT = Operation(
     name="chat",
     route="/v1/chat/completions",
@@ -124,7 +164,7 @@ CHAT = Operation(
     texts=Texts(read=read_messages, write=write_messages),
     note_answer=UsageRow.note_answer_usage,
     output_text=answer_text,
-    streams=True,
+    streaming=STREAMING,
 )
 
 

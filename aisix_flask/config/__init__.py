@@ -59,6 +59,7 @@ class GatewaySettings:
     access_log: bool = True
     trusted_proxy_hops: int = 0
     idempotency: IdempotencySettings = IdempotencySettings()
+    stream_keepalive_s: float = 15.0  # a ": keep-alive" comment this often while a stream is silent
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,7 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str], modified_at:
         access_log=gw.get("access_log", True),
         trusted_proxy_hops=gw.get("trusted_proxy_hops", 0),
         idempotency=IdempotencySettings(**gw.get("idempotency", {})),
+        stream_keepalive_s=gw.get("stream_keepalive_s", GatewaySettings.stream_keepalive_s),
         admin_keys=tuple(
             _api_key(row, f"gateway.admin_keys[{i}]", warnings)
             for i, row in enumerate(gw.get("admin_keys", []))

@@ -112,6 +112,7 @@ class GatewaySchema(_Schema):
     access_log = fields.Boolean()
     trusted_proxy_hops = fields.Integer(strict=True, validate=Range(min=0, max=10))
     idempotency = fields.Nested(IdempotencySchema)
+    stream_keepalive_s = _seconds
 
 
 class ProviderKeySchema(_Schema):

@@ -41,6 +41,7 @@ class Call:
         self.timeout: Timeout | None = None
         self.admission = Admission()
         self.priced = False  # the upstream answered 2xx: what it reported has a cost
+        self.upstream_started: float | None = None
         self.streaming = False  # a stream took over the end of the call
         self._started = time.perf_counter()
         # Taken now: a stream finishes after the request context is gone.

@@ -26,6 +26,19 @@ class Texts:
 
 
 @dataclass(frozen=True)
+class Streaming:
+    """How a route streams (``stream: true``): what it asks the upstream for, what its events say."""
+
+    # The body to send, and whether the usage-only events in the answer are the gateway's own
+    # request (chat's stream_options.include_usage), not to be relayed.
+    prepare: Callable[[dict[str, Any]], tuple[dict[str, Any], bool]]
+    note_event: Callable[[UsageRow, dict[str, Any]], None]  # usage (and images) from an event
+    is_end: Callable[[str, Any], bool]  # an event's data (and its JSON) that ends the stream cleanly
+    is_usage_only: Callable[[dict[str, Any]], bool] = lambda event: False
+    text: Callable[[dict[str, Any]], list[tuple[int, str]]] | None = None  # new answer text by choice
+
+
+@dataclass(frozen=True)
 class Operation:
     """One proxied route: its schema, its text, its provider rule, its upstream and its usage."""
 
@@ -38,7 +51,7 @@ class Operation:
     note_answer: Callable[[UsageRow, dict[str, Any]], None]  # usage (and images) from an answer
     providers: frozenset[str] | None = None  # images: {"openai"}; None: any provider
     output_text: Callable[[dict[str, Any]], list[str]] | None = None  # what output guardrails read
-    streams: bool = False
+    streaming: Streaming | None = None  # None: ``stream`` is refused by the schema
 
 
 class StrictInt(fields.Integer):

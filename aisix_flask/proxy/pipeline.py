@@ -28,6 +28,8 @@ from .adapters import BRIDGES, endpoint_url
 from .body import read_json_object
 from .call import Call
 from .operation import Operation, validate
+from .outcomes import Answer, interpret
+from .streaming import STREAM_SLOT_TTL_S, open_events, refuse_idempotency_key, stream_response
 from .upstream import Timeout
 
 
@@ -47,6 +49,9 @@ def handle(operation: Operation) -> Response:
         require_adapter(operation, route)  # 7
         require_credential(route)  # 8
         body = guard_input(call, body)  # 9
+        if operation.streaming is not None and body.get("stream") is True:
+            refuse_idempotency_key()
+            return stream(call, body)  # 10-12, the answer relayed as it arrives
         # 10-12, at most once per Idempotency-Key: a repeat gets the stored answer.
         return gateway.idempotency.run(
             request.headers,
@@ -127,7 +132,21 @@ def limit_scopes(call: Call) -> list[Scope]:
 def forward(call: Call, body: dict[str, Any]) -> Response:
     """Steps 10 to 12: the rate limits, the upstream call, the answer as the upstream gave it."""
     call.admission = call.gateway.limiter.admit(limit_scopes(call), call.timeout.slot_ttl_s)  # 10
-    answer = send(call, body)  # 11
+    return answered(call, send(call, body))  # 11, 12
+
+
+def stream(call: Call, body: dict[str, Any]) -> Response:
+    """Steps 10 to 12 of a stream: the limits, the upstream call, its events relayed."""
+    outgoing, hide_usage = call.operation.streaming.prepare(body)
+    call.admission = call.gateway.limiter.admit(limit_scopes(call), STREAM_SLOT_TTL_S)  # 10
+    opened = send(call, outgoing, streamed=True)  # 11
+    if isinstance(opened, Answer):  # an upstream that answered JSON after all
+        return answered(call, opened)
+    return stream_response(call, open_events(call, opened), hide_usage)  # 12
+
+
+def answered(call: Call, answer: Answer) -> Response:
+    """Record what a whole answer says, check its text, and pass it on as it is."""
     row = call.row
     row.status = answer.status
     if answer.status >= 400:
@@ -140,15 +159,16 @@ def forward(call: Call, body: dict[str, Any]) -> Response:
     return passthrough(answer)  # 12
 
 
-def send(call: Call, body: dict[str, Any]) -> upstream.Answer:
-    """Send the body once, with only ``model`` rewritten, and interpret the answer."""
+def send(call: Call, body: dict[str, Any], streamed: bool = False) -> Any:
+    """Send the body once, with only ``model`` rewritten, and interpret the answer: an Answer,
+    or (``streamed``, when the upstream streams) the open response."""
     route = call.route
     payload = json.dumps({**body, "model": route.upstream_model}, ensure_ascii=False).encode()
     url = endpoint_url(route.provider_key.api_base, call.operation.upstream_path)
     proxies, verify = upstream.route_settings(url, route.provider_key, call.registry.gateway.upstream)
-    started = time.perf_counter()
+    call.upstream_started = time.perf_counter()
     try:
-        answer = upstream.post_json(
+        answer = (upstream.open_stream if streamed else upstream.post_json)(
             url,
             payload,
             key=route.provider_key,
@@ -158,8 +178,8 @@ def send(call: Call, body: dict[str, Any]) -> upstream.Answer:
             verify=verify,
         )
     finally:
-        call.row.upstream_latency_ms = (time.perf_counter() - started) * 1000
-    return upstream.interpret(answer, route.provider_key)
+        call.row.upstream_latency_ms = (time.perf_counter() - call.upstream_started) * 1000
+    return interpret(answer, route.provider_key) if isinstance(answer, Answer) else answer
 
 
 def guard_output(call: Call, document: Any) -> None:
@@ -176,7 +196,7 @@ def guard_output(call: Call, document: Any) -> None:
         call.row.note_flagged(flagged)
 
 
-def passthrough(answer: upstream.Answer) -> Response:
+def passthrough(answer: Answer) -> Response:
     """The upstream's body bytes unchanged, with its status and Content-Type."""
     response = Response(answer.content, status=answer.status, content_type=answer.content_type)
     if answer.status >= 400:

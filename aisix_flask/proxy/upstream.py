@@ -1,15 +1,15 @@
-"""Upstream calls: one pooled Session per thread, and the upstream outcome table of docs/contract.md."""
+"""Upstream calls: one pooled Session per thread, one POST per request (whole, or streamed)."""
 
 from __future__ import annotations
 
 import functools
 import http.cookiejar
-import json
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -19,13 +19,11 @@ from urllib3.exceptions import HTTPError, NameResolutionError, NewConnectionErro
 from .. import __version__
 from ..config.resources import ProviderKey, UpstreamSettings
 from ..errors import (
-    UpstreamAuthFailed,
-    UpstreamBadResponse,
-    UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
 from ..redact import without_credentials
+from .outcomes import Answer
 
 USER_AGENT = f"aisix-flask/{__version__}"
 MESSAGE_LIMIT = 1024
@@ -57,27 +55,6 @@ class Timeout:
     def slot_ttl_s(self) -> float:
         """How long a concurrency slot may live: the longest the call can take, and a margin."""
         return self.connect_s + self.read_s + 30
-
-
-@dataclass
-class Answer:
-    """What the upstream said: status, body bytes and the headers that are passed on."""
-
-    status: int
-    content: bytes
-    content_type: str
-    retry_after: str | None
-    latency_ms: float
-    document: Any = None
-
-    def error_code(self) -> str:
-        """The upstream's own ``error.code`` (or ``type``) for the ledger, else ``upstream_<status>``."""
-        error = self.document.get("error") if isinstance(self.document, dict) else None
-        if isinstance(error, dict):
-            for field in ("code", "type"):
-                if isinstance(error.get(field), str) and error[field]:
-                    return error[field][:64]
-        return f"upstream_{self.status}"
 
 
 # What urllib reads for proxies (in either case). Working proxies out from them means a scan of
@@ -118,34 +95,93 @@ def post_json(
     verify: str | bool = True,
 ) -> Answer:
     """POST ``payload`` once (never retried: generations are billed) and read the whole answer."""
+    prepared = _prepare(url, payload, key, request_id, accept="application/json")
+    started = time.perf_counter()
+    # requests' read timeout is per socket read; the deadline bounds the whole answer
+    # so an upstream trickling bytes cannot hold a worker thread forever.
+    deadline = time.monotonic() + timeout[1]
+    with _failures_mapped(url, proxies, timeout), _send(prepared, timeout, proxies, verify) as r:
+        return _answer(r, _read_until(r, deadline), started)
+
+
+def open_stream(
+    url: str,
+    payload: bytes,
+    *,
+    key: ProviderKey,
+    request_id: str,
+    timeout: tuple[float, float],
+    proxies: dict[str, str] | None = None,
+    verify: str | bool = True,
+) -> requests.Response | Answer:
+    """POST a streaming request once: the open response when the upstream answers with events
+    (the caller reads and closes it), else its whole answer (an error, or JSON after all)."""
+    # identity: a compressed stream would sit in the decompressor instead of reaching the caller.
+    prepared = _prepare(url, payload, key, request_id, accept="text/event-stream", encoding="identity")
+    started = time.perf_counter()
+    deadline = time.monotonic() + timeout[1]
+    with _failures_mapped(url, proxies, timeout):
+        r = _send(prepared, timeout, proxies, verify)
+        if 200 <= r.status_code < 300 and r.headers.get("Content-Type", "").startswith("text/event-stream"):
+            return r
+        with r:
+            return _answer(r, _read_until(r, deadline), started)
+
+
+def _prepare(
+    url: str,
+    payload: bytes,
+    key: ProviderKey,
+    request_id: str,
+    *,
+    accept: str,
+    encoding: str = "gzip, deflate",
+) -> requests.PreparedRequest:
     # Every header is named here: nothing of the caller's, nothing merged from Session defaults.
     headers = {
         "Authorization": f"Bearer {key.api_key}",
         "Content-Type": "application/json",
-        "Accept": "application/json",
-        "Accept-Encoding": "gzip, deflate",
+        "Accept": accept,
+        "Accept-Encoding": encoding,
         "User-Agent": USER_AGENT,
         "x-request-id": request_id,
     }
     prepared = requests.PreparedRequest()
     prepared.prepare(method="POST", url=url, headers=headers, data=payload)
-    started = time.perf_counter()
-    # requests' read timeout is per socket read; the deadline bounds the whole answer
-    # so an upstream trickling bytes cannot hold a worker thread forever.
-    deadline = time.monotonic() + timeout[1]
+    return prepared
+
+
+def _send(
+    prepared: requests.PreparedRequest,
+    timeout: tuple[float, float],
+    proxies: dict[str, str] | None,
+    verify: str | bool,
+) -> requests.Response:
+    # send() skips Session.request's per-call merging of environment and session
+    # settings (none apply: trust_env is off and the headers are complete).
+    return session().send(
+        prepared, timeout=timeout, allow_redirects=False, stream=True, verify=verify, proxies=proxies or {}
+    )
+
+
+def _answer(r: requests.Response, content: bytes, started: float) -> Answer:
+    return Answer(
+        status=r.status_code,
+        content=content,
+        content_type=r.headers.get("Content-Type") or "application/json",
+        retry_after=r.headers.get("Retry-After"),
+        latency_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+@contextmanager
+def _failures_mapped(
+    url: str, proxies: dict[str, str] | None, timeout: tuple[float, float]
+) -> Iterator[None]:
+    """Turn what requests and urllib3 raise into the upstream table's answers."""
     host = urlsplit(url).hostname or url
     try:
-        # send() skips Session.request's per-call merging of environment and session
-        # settings (none apply: trust_env is off and the headers are complete).
-        with session().send(
-            prepared,
-            timeout=timeout,
-            allow_redirects=False,
-            stream=True,
-            verify=verify,
-            proxies=proxies or {},
-        ) as r:
-            content = _read_until(r, deadline)
+        yield
     # Timeouts first: ConnectTimeout is a ConnectionError too.
     except requests.ConnectTimeout:
         raise _timeout(host, timeout[0], should_retry=True) from None  # nothing was sent
@@ -167,13 +203,6 @@ def post_json(
         ) from None
     except (requests.RequestException, HTTPError) as e:
         raise UpstreamUnreachable(f"The connection to the upstream {host} failed: {_innermost(e)}") from None
-    return Answer(
-        status=r.status_code,
-        content=content,
-        content_type=r.headers.get("Content-Type") or "application/json",
-        retry_after=r.headers.get("Retry-After"),
-        latency_ms=(time.perf_counter() - started) * 1000,
-    )
 
 
 def _read_until(r: requests.Response, deadline: float) -> bytes:
@@ -220,60 +249,3 @@ def _chain(e: BaseException) -> list[BaseException]:
 def _innermost(e: BaseException) -> BaseException:
     """The root cause (its text names no credentials)."""
     return _chain(e)[-1]
-
-
-def interpret(answer: Answer, key: ProviderKey) -> Answer:
-    """Apply the upstream table: raise what the gateway answers itself, return what passes on."""
-    status = answer.status
-    try:
-        answer.document = json.loads(answer.content)
-    except ValueError:
-        answer.document = None
-    if 200 <= status < 300:
-        if not isinstance(answer.document, dict):
-            raise UpstreamBadResponse(
-                f"The upstream answered HTTP {status} with a body that is not a JSON object."
-            )
-        return answer
-    if 300 <= status < 400:
-        raise UpstreamBadResponse(
-            f"The upstream answered with a redirect (HTTP {status}), which the gateway does not "
-            f"follow; check api_base of provider key '{key.display_name}'."
-        )
-    if status == 407:
-        # A forward proxy refused the gateway's proxy credentials: nothing reached the upstream.
-        raise UpstreamAuthFailed(
-            "The outbound proxy rejected the gateway's proxy credentials (HTTP 407); check the proxy "
-            f"URL of provider key '{key.display_name}' or gateway.upstream.proxy."
-        )
-    if status in (401, 403):
-        # The upstream's own message is not passed on: it may quote part of the key.
-        raise UpstreamAuthFailed(
-            f"The upstream rejected the credential of provider key '{key.display_name}' "
-            f"(HTTP {status}); check its api_key."
-        )
-    if status >= 500 or status < 200:
-        raise UpstreamError(f"The upstream failed (HTTP {status}): {upstream_message(answer, key)}")
-    if not (isinstance(answer.document, dict) and isinstance(answer.document.get("error"), dict)):
-        # A 4xx keeps its status, but its body must still be the OpenAI envelope.
-        error = UpstreamError(
-            f"The upstream answered HTTP {status}: {upstream_message(answer, key)}",
-            error_code=f"upstream_{status}",
-            headers={"Retry-After": answer.retry_after} if answer.retry_after else None,
-            should_retry=status == 429,
-        )
-        error.code = status  # the upstream's status, in the gateway's envelope
-        raise error
-    return answer
-
-
-def upstream_message(answer: Answer, key: ProviderKey) -> str:
-    """The upstream's error message, at most 1 KiB, with the upstream key scrubbed out."""
-    error = answer.document.get("error") if isinstance(answer.document, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        text = error["message"]
-    else:
-        text = answer.content[:MESSAGE_LIMIT].decode("utf-8", "replace").strip() or "(empty body)"
-    if key.api_key:
-        text = text.replace(key.api_key, "***")
-    return text[:MESSAGE_LIMIT]

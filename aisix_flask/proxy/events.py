@@ -1,0 +1,224 @@
+"""An upstream's server-sent events, one complete event at a time, as they arrive.
+
+The events are read straight from the upstream's socket rather than through http.client, whose
+chunked reader blocks in ``readline`` until the next chunk: the wait must instead be interleaved
+with what a stream owes its caller meanwhile (docs/contract.md, "Streaming"):
+
+- while the upstream is silent, a keep-alive comment every ``keepalive_s``;
+- silence longer than the model's timeout ends the stream (``Silent``);
+- a caller that hangs up is noticed at once, not at the next write (``CallerGone``);
+- a worker told to stop ends its streams before its grace period runs out (``ShuttingDown``).
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import socket
+import ssl
+import time
+import zlib
+from collections.abc import Callable, Iterator
+
+import requests
+
+KEEPALIVE = b": keep-alive\n\n"
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[^\r\n]*\r?\n")
+_READ_SIZE = 65536
+
+
+class StreamEnded(Exception):
+    """A stream that did not end cleanly; ``code`` is what its usage row records."""
+
+    code = "upstream_stream_interrupted"
+
+
+class Interrupted(StreamEnded):
+    """The upstream closed or reset the connection, or broke the framing, before the end."""
+
+
+class Silent(StreamEnded):
+    """The upstream sent nothing for longer than the model's timeout."""
+
+    code = "upstream_timeout"
+
+
+class CallerGone(StreamEnded):
+    """The caller hung up."""
+
+    code = "client_disconnected"
+
+
+class ShuttingDown(StreamEnded):
+    """The worker is stopping and its grace period is nearly over."""
+
+    code = "gateway_shutting_down"
+
+
+class UpstreamEvents:
+    """Iterate over an open streaming response: each item is one whole event (its bytes as sent,
+    blank line included), or ``KEEPALIVE`` when it is time to tell the caller the stream lives."""
+
+    def __init__(
+        self,
+        response: requests.Response,
+        *,
+        silence_s: float,
+        keepalive_s: float,
+        caller: socket.socket | None = None,
+        stop_by: Callable[[], float | None] = lambda: None,
+    ) -> None:
+        self._response = response
+        self._silence_s = silence_s
+        self._keepalive_s = keepalive_s
+        self._caller = caller
+        self._stop_by = stop_by
+        self._sock: socket.socket = response.raw.connection.sock
+        self._body = _Body(response.headers)
+        self._raw = _take_buffered(response, self._sock)
+        now = time.monotonic()
+        self._silent_until = now + silence_s  # moved on by every byte that arrives
+        self._keepalive_at = now + keepalive_s  # moved on by every byte, and by every keep-alive
+
+    def __iter__(self) -> Iterator[bytes]:
+        events = bytearray()
+        while True:
+            events += self._body.feed(self._raw)
+            self._raw = b""
+            while match := _EVENT_END.search(events):
+                event = bytes(events[: match.end()])
+                del events[: match.end()]
+                yield event
+            if self._body.done:
+                if events.strip():  # a last event without its blank line
+                    yield bytes(events) + b"\n\n"
+                return
+            data = self._next_bytes()
+            if data is None:
+                yield KEEPALIVE
+            elif not data:
+                if self._body.ends_at_close:
+                    self._body.done = True
+                else:
+                    raise Interrupted("the upstream closed the connection before the end of the stream")
+            else:
+                self._raw = data
+
+    def close(self) -> None:
+        """Close the upstream connection (the provider stops generating)."""
+        self._response.close()
+
+    def _next_bytes(self) -> bytes | None:
+        """What the upstream sends next (b"" when it closed), or None when a keep-alive is due."""
+        silent_until, keepalive_at = self._silent_until, self._keepalive_at
+        watch = select.poll()
+        watch.register(self._sock, select.POLLIN | select.POLLPRI)
+        if self._caller is not None:
+            watch.register(self._caller, select.POLLIN | select.POLLPRI)
+        while not (isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()):
+            stop_by = self._stop_by()
+            wake_at = min(silent_until, keepalive_at, stop_by if stop_by is not None else silent_until)
+            ready = {fd for fd, _ in watch.poll(max(0.0, wake_at - time.monotonic()) * 1000)}
+            if self._sock.fileno() in ready:
+                break
+            if self._caller is not None and self._caller.fileno() in ready and self._caller_left(watch):
+                raise CallerGone("the caller hung up")
+            now = time.monotonic()
+            if stop_by is not None and now >= stop_by:
+                raise ShuttingDown("the gateway is shutting down")
+            if now >= silent_until:
+                raise Silent(f"the upstream sent nothing for {self._silence_s:g} s")
+            if now >= keepalive_at:
+                self._keepalive_at = now + self._keepalive_s
+                return None
+        try:
+            self._sock.settimeout(max(0.001, silent_until - time.monotonic()))
+            data = self._sock.recv(_READ_SIZE)
+        except TimeoutError:
+            raise Silent(f"the upstream sent nothing for {self._silence_s:g} s") from None
+        except OSError as e:
+            raise Interrupted(f"the connection to the upstream failed: {e}") from None
+        now = time.monotonic()
+        self._silent_until, self._keepalive_at = now + self._silence_s, now + self._keepalive_s
+        return data
+
+    def _caller_left(self, watch: select.poll) -> bool:
+        """Whether the caller's connection is closed; bytes it sent (a pipelined request) are left
+        for the server, and the caller is no longer watched."""
+        try:
+            gone = self._caller.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        if not gone:
+            watch.unregister(self._caller)
+            self._caller = None
+        return gone
+
+
+def _take_buffered(response: requests.Response, sock: socket.socket) -> bytes:
+    """The body bytes http.client read ahead with the headers (in its buffer, not the socket)."""
+    buffer = response.raw._fp.fp  # http.client's BufferedReader over the socket
+    timeout = sock.gettimeout()
+    sock.settimeout(0)  # peek must not wait for bytes that have not arrived
+    try:
+        ahead = buffer.peek(_READ_SIZE)
+    except (BlockingIOError, ssl.SSLWantReadError):
+        ahead = b""
+    finally:
+        sock.settimeout(timeout)
+    return buffer.read(len(ahead)) if ahead else b""
+
+
+class _Body:
+    """The response body's framing (chunked, a length, or until the connection closes) and
+    content coding, undone incrementally: feed it raw bytes, get body bytes."""
+
+    def __init__(self, headers: requests.structures.CaseInsensitiveDict) -> None:
+        self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        length = headers.get("Content-Length")
+        self.left = int(length) if not self.chunked and length and length.isdigit() else None
+        self.ends_at_close = not self.chunked and self.left is None
+        coding = headers.get("Content-Encoding", "identity").lower()
+        # 47: zlib or gzip header, whichever it is (an upstream may compress despite identity).
+        self._inflate = zlib.decompressobj(47) if coding in ("gzip", "deflate") else None
+        self._framed = bytearray()  # chunked bytes not yet decoded
+        self._chunk_left = 0  # data bytes left in the current chunk
+        self.done = self.left == 0
+
+    def feed(self, raw: bytes) -> bytes:
+        if self.chunked:
+            data = self._dechunk(raw)
+        elif self.left is not None:
+            data = raw[: self.left]
+            self.left -= len(data)
+            self.done = self.left == 0
+        else:
+            data = raw
+        return self._inflate.decompress(data) if self._inflate and data else data
+
+    def _dechunk(self, raw: bytes) -> bytes:
+        self._framed += raw
+        out = bytearray()
+        while self._framed and not self.done:
+            if self._chunk_left:
+                take = self._framed[: self._chunk_left]
+                out += take
+                del self._framed[: len(take)]
+                self._chunk_left -= len(take)
+                continue
+            if self._framed.startswith(b"\r\n"):  # the end of the previous chunk's data
+                del self._framed[:2]
+                continue
+            match = _CHUNK_SIZE.match(self._framed)
+            if match is None:
+                if len(self._framed) > 1024 or b"\n" in self._framed:
+                    raise Interrupted("the upstream's chunked framing is broken")
+                break  # the size line has not all arrived
+            self._chunk_left = int(match.group(1), 16)
+            del self._framed[: match.end()]
+            if self._chunk_left == 0:
+                self.done = True  # trailers, if any, are not read: the connection is closed
+        return bytes(out)

@@ -1,0 +1,195 @@
+"""``stream: true``: the upstream's server-sent events relayed to the caller as they arrive.
+
+docs/contract.md, "Streaming": everything before the first byte answers as a plain request would;
+after it, the stream ends with the upstream's own end, or with an error event that says why
+(never a clean-looking end that hides a cut). The call (row, metrics, tokens, slots) finishes when
+the stream does, however it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response, request
+
+from .. import worker
+from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest
+from ..policy.guardrails import check_output
+from ..policy.idempotency import HEADER as IDEMPOTENCY_HEADER
+from .call import Call
+from .events import KEEPALIVE, CallerGone, Interrupted, ShuttingDown, Silent, StreamEnded, UpstreamEvents
+from .operation import Streaming
+
+# A stream holds its concurrency slots for as long as it runs; this long at most if its worker dies.
+STREAM_SLOT_TTL_S = 3600.0
+# Output guardrails look at the newest text and this much of what came before it, so that a match
+# split across chunks is found without scanning the whole answer again for every chunk.
+GUARD_OVERLAP = 1024
+
+_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null')  # a key: inside a string its quotes are escaped
+
+# How a stream that did not end cleanly is recorded: the status its row keeps (the caller got 200).
+_ROW_STATUS = {Interrupted: 502, Silent: 504, CallerGone: 499, ShuttingDown: 503}
+_ERROR_TYPE = {Interrupted: "upstream_error", Silent: "timeout", ShuttingDown: "server_error"}
+_MESSAGES = {
+    Interrupted: "The upstream stopped before the end of the stream; the answer is incomplete.",
+    Silent: "The upstream sent nothing for longer than the model's timeout; the stream was ended.",
+    ShuttingDown: "The gateway is restarting; the stream was ended before it was complete. Retry.",
+}
+
+
+class UpstreamErrorEvent(StreamEnded):
+    """The upstream ended the stream with an error event of its own (relayed as it is)."""
+
+    def __init__(self, error: Any) -> None:
+        super().__init__("the upstream sent an error event")
+        found = [error.get(k) for k in ("code", "type")] if isinstance(error, dict) else []
+        self.code = next((v[:64] for v in found if isinstance(v, str) and v), "upstream_error")
+
+
+def refuse_idempotency_key() -> None:
+    """A stream cannot be replayed, so it cannot be made idempotent."""
+    if request.headers.get(IDEMPOTENCY_HEADER) is not None:
+        raise InvalidRequest(
+            "Idempotency-Key cannot be used with stream: true (a stream cannot be replayed); "
+            "send it only with requests that are not streamed.",
+            param=IDEMPOTENCY_HEADER,
+        )
+
+
+def stream_response(call: Call, events: UpstreamEvents, hide_usage: bool) -> Response:
+    """The caller's answer: the relay, which finishes the call when it ends."""
+    relay = Relay(call, events, hide_usage)
+    call.streaming = True
+    response = Response(relay, content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the events
+    return response
+
+
+def open_events(call: Call, response: Any) -> UpstreamEvents:
+    """Read ``response``'s events, watching the caller's connection (gunicorn gives it) meanwhile."""
+    return UpstreamEvents(
+        response,
+        silence_s=call.timeout.read_s,
+        keepalive_s=call.registry.gateway.stream_keepalive_s,
+        caller=request.environ.get("gunicorn.socket"),
+        stop_by=worker.streams_must_end_by,
+    )
+
+
+class Relay:
+    """The iterable the caller's answer is made of; ``close`` (the WSGI server calls it, however
+    the stream ended) closes the upstream connection and finishes the call."""
+
+    def __init__(self, call: Call, events: UpstreamEvents, hide_usage: bool) -> None:
+        self.call = call
+        self.spec: Streaming = call.operation.streaming
+        self.events = events
+        self.hide_usage = hide_usage
+        self.guardrails = call.registry.output_guardrails if self.spec.text else ()
+        self.answer: dict[int, str] = {}  # the text so far, by choice (for output guardrails)
+        self.flagged: list[str] = []
+        self.ended = False  # the upstream's own end was relayed
+        self.failure: StreamEnded | GatewayError | None = None
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for event in self.events:
+                out = event if event is KEEPALIVE else self._take(event)
+                if out:
+                    yield out
+                if self.ended:
+                    return
+            raise Interrupted("the stream ended without its last event")
+        except (StreamEnded, ContentPolicyViolation) as e:
+            self.failure = e
+            if not isinstance(e, CallerGone):
+                yield error_event(e)
+        finally:
+            self.close()
+
+    def _take(self, event: bytes) -> bytes | None:
+        """What to relay of one event (None: nothing), noting what it says on the way."""
+        data = _data(event)
+        if data is None:
+            return event  # a comment, or an event without data: nothing to read in it
+        document = _json(data)
+        if isinstance(document, dict):
+            if document.get("error"):  # the upstream's own error event: relayed, and it ends here
+                self.failure = UpstreamErrorEvent(document["error"])
+                self.ended = True
+                return event
+            self.spec.note_event(self.call.row, document)
+            if self.hide_usage and self.spec.is_usage_only(document):
+                return None
+            if self.guardrails:
+                self._guard(document)
+        if self.spec.is_end(data, document):
+            self.ended = True
+        return _USAGE_NULL.sub(b"", event) if self.hide_usage else event
+
+    def _guard(self, document: dict[str, Any]) -> None:
+        """Output guardrails over each choice's text so far; the event that completes a match is
+        not relayed (ContentPolicyViolation ends the stream instead)."""
+        for index, text in self.spec.text(document):
+            before = self.answer.get(index, "")
+            self.answer[index] = before + text
+            window = self.answer[index][max(0, len(before) - GUARD_OVERLAP) :]
+            check_output(self.guardrails, window, self.flagged)
+
+    def close(self) -> None:
+        """Close the upstream connection at once and finish the call, once."""
+        if self._closed:
+            return
+        self._closed = True
+        self.events.close()
+        call, row = self.call, self.call.row
+        row.upstream_latency_ms = (time.perf_counter() - call.upstream_started) * 1000
+        row.note_flagged(self.flagged)
+        failure = self.failure
+        if failure is None and not self.ended:
+            failure = CallerGone("the caller hung up")  # closed while events were still coming
+        if failure is None:
+            row.status = 200
+        elif isinstance(failure, GatewayError):
+            row.status, row.error_code = failure.code, failure.error_code
+        elif isinstance(failure, StreamEnded):
+            row.status, row.error_code = _ROW_STATUS.get(type(failure), 502), failure.code
+        call.priced = bool(row.total_tokens or row.images)  # what is known was generated
+        call.finish(200)
+
+
+def error_event(failure: StreamEnded | GatewayError) -> bytes:
+    """The last event of a stream that did not end cleanly: the error envelope as its data (the
+    official clients raise on it)."""
+    if isinstance(failure, GatewayError):
+        error = {"message": failure.description, "type": failure.error_type, "code": failure.error_code}
+    else:
+        kind = type(failure)
+        error = {
+            "message": _MESSAGES.get(kind, str(failure)),
+            "type": _ERROR_TYPE.get(kind, "upstream_error"),
+            "code": failure.code,
+        }
+    return b"data: " + json.dumps({"error": {**error, "param": None}}).encode() + b"\n\n"
+
+
+def _data(event: bytes) -> str | None:
+    """An event's data: its ``data:`` lines joined, or None when it has none."""
+    lines = [line for line in event.splitlines() if line.startswith(b"data:")]
+    if not lines:
+        return None
+    return "\n".join(line[5:].removeprefix(b" ").decode("utf-8", "replace") for line in lines)
+
+
+def _json(data: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None

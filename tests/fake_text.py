@@ -1,0 +1,176 @@
+"""The fake upstream's text routes: chat completions (whole or streamed), embeddings, rerank.
+
+The last user message (chat), the first input (embeddings) or the query (rerank) may steer it:
+
+- ``[say:some words]`` answers those words (else ``Hello from the fake upstream``);
+- ``[status:503]`` answers that status; ``[sleep:1.5]`` waits before answering;
+- streams: ``[gap:0.3]`` waits that long before each chunk; ``[cut:2]`` closes the connection
+  after 2 content chunks, without ``[DONE]``; ``[reset:2]`` resets it there; ``[silent:2]`` stops
+  sending after 2 content chunks (and holds the connection); ``[no-done]`` ends the body cleanly
+  but without ``[DONE]``; ``[json]`` answers a whole JSON completion despite ``stream: true``;
+  ``[error-event]`` sends an error event after the first chunk.
+
+Every streamed call is recorded with how it ended: ``done``, or ``caller_left`` (a write failed:
+the gateway closed the connection) with the time it was noticed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import struct
+import time
+from typing import Any
+
+_SAY = re.compile(r"\[say:([^\]]*)\]")
+_STATUS = re.compile(r"\[status:(\d{3})\]")
+
+
+def steering(body: dict[str, Any], path: str) -> str:
+    """The text that steers the answer to ``body``."""
+    if path.endswith("/chat/completions"):
+        for message in reversed(body.get("messages") or []):
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                return message["content"]
+        return ""
+    if path.endswith("/embeddings"):
+        value = body.get("input")
+        return value if isinstance(value, str) else str(value[0] if value else "")
+    return str(body.get("query", ""))
+
+
+def words(text: str) -> list[str]:
+    m = _SAY.search(text)
+    return (m.group(1) if m else "Hello from the fake upstream").split()
+
+
+def error_status(text: str) -> int | None:
+    m = _STATUS.search(text)
+    return int(m.group(1)) if m else None
+
+
+def number(text: str, name: str) -> float | None:
+    m = re.search(rf"\[{name}:([\d.]+)\]", text)
+    return float(m.group(1)) if m else None
+
+
+def chat_completion(body: dict[str, Any], text: str) -> dict[str, Any]:
+    content = " ".join(words(text))
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model"),
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        ],
+        "usage": {
+            "prompt_tokens": 10,
+            "completion_tokens": len(words(text)),
+            "total_tokens": 10 + len(words(text)),
+        },
+    }
+
+
+def embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    value = body.get("input")
+    count = len(value) if isinstance(value, list) and not all(isinstance(v, int) for v in value) else 1
+    data = [{"object": "embedding", "index": i, "embedding": [0.1 * i, -0.5, 0.25]} for i in range(count)]
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.get("model"),
+        "usage": {"prompt_tokens": 7, "total_tokens": 7},
+    }
+
+
+def rerank(body: dict[str, Any]) -> dict[str, Any]:
+    documents = body.get("documents") or []
+    results = [
+        {"index": i, "relevance_score": round(1 - i / (len(documents) + 1), 3)} for i in range(len(documents))
+    ]
+    return {"model": body.get("model"), "results": results, "usage": {"total_tokens": 21}}
+
+
+def _chunk(body: dict[str, Any], delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> dict:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": body.get("model"),
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **({"usage": usage} if usage is not None else {}),
+    }
+
+
+def stream_chat(handler: Any, body: dict[str, Any], text: str, call: dict[str, Any]) -> None:
+    """Write a chat completion as server-sent events in HTTP/1.1 chunks, as OpenAI does."""
+    include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+    gap = number(text, "gap") or 0.0
+    cut, reset, silent = number(text, "cut"), number(text, "reset"), number(text, "silent")
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream; charset=utf-8")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+
+    def send(data: bytes) -> None:
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        handler.wfile.flush()
+
+    def event(document: Any) -> None:
+        null_usage = {"usage": None} if include_usage else {}
+        payload = (
+            document
+            if isinstance(document, str)
+            else json.dumps({**document, **null_usage}, separators=(",", ":"))
+        )
+        send(f"data: {payload}\n\n".encode())
+
+    try:
+        event(_chunk(body, {"role": "assistant", "content": ""}))
+        said = words(text)
+        for i, word in enumerate(said):
+            if gap:
+                time.sleep(gap)
+            event(_chunk(body, {"content": word + (" " if i < len(said) - 1 else "")}))
+            call["chunks_sent"] = i + 1
+            if "[error-event]" in text:
+                overloaded = {
+                    "message": "The model is overloaded",
+                    "type": "server_error",
+                    "code": "overloaded",
+                }
+                send(b"data: " + json.dumps({"error": overloaded}).encode() + b"\n\n")
+                handler.wfile.write(b"0\r\n\r\n")
+                return
+            if cut == i + 1:
+                handler.close_connection = True
+                handler.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if reset == i + 1:
+                handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                handler.connection.close()
+                handler.close_connection = True
+                return
+            if silent == i + 1:
+                time.sleep(30)
+                return
+        event(_chunk(body, {}, finish="stop"))
+        if include_usage:
+            usage = {"prompt_tokens": 10, "completion_tokens": len(said), "total_tokens": 10 + len(said)}
+            send(
+                (
+                    "data: "
+                    + json.dumps({**_chunk(body, {}), "choices": [], "usage": usage}, separators=(",", ":"))
+                    + "\n\n"
+                ).encode()
+            )
+        if "[no-done]" not in text:
+            event("[DONE]")
+        handler.wfile.write(b"0\r\n\r\n")
+        call["ended"] = "done"
+    except OSError:
+        call["ended"] = "caller_left"  # the gateway closed the connection: nothing more is generated
+        call["ended_at"] = time.time()
+        handler.close_connection = True

@@ -1,0 +1,226 @@
+"""Streamed chat completions, in-process against the real loopback fake upstream (a socket)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import requests
+
+from .conftest import CALLER_KEY, assert_envelope, auth, base_config
+
+ROUTE = "/v1/chat/completions"
+
+
+@pytest.fixture
+def streaming(make_app, tmp_path, fake):
+    """An app whose upstream is the fake; returns (app, client), the fake's calls forgotten."""
+    requests.delete(f"{fake.url.removesuffix('/v1')}/_calls", timeout=5)
+    config = base_config(tmp_path, fake.url)
+    config["gateway"]["stream_keepalive_s"] = 0.2
+    config["models"].append(
+        {
+            "display_name": "quick-chat",
+            "provider": "openai",
+            "model_name": "gpt-4o-mini",
+            "provider_key": "openai-main",
+            "timeout_s": 1.0,
+        }  # fmt: skip
+    )
+    config["guardrails"].append(
+        {
+            "name": "no-launch-codes",
+            "kind": "keyword",
+            "hook_point": "output",
+            "patterns": [{"kind": "literal", "value": "launch code"}],
+        }  # fmt: skip
+    )
+    app = make_app(config)
+    return app, app.test_client()
+
+
+def chat(client, text: str, model: str = "chat-prod", **extra):
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "stream": True, **extra}
+    return client.post(ROUTE, headers=auth(), json=body, buffered=False)
+
+
+def events(response) -> list[bytes]:
+    """The answer's events, each as sent (blank line included)."""
+    data = b"".join(response.response)
+    response.close()
+    return [e + b"\n\n" for e in data.split(b"\n\n") if e]
+
+
+def payloads(response) -> list:
+    out = []
+    for event in events(response):
+        if event.startswith(b"data: "):
+            data = event[6:-2].decode()
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def ledger_row(app) -> dict:
+    ledger = app.extensions["aisix"].ledger
+    assert ledger.flush(10)
+    [row] = ledger.query()
+    return row
+
+
+def fake_calls(fake) -> list[dict]:
+    return requests.get(f"{fake.url.removesuffix('/v1')}/_calls", timeout=5).json()
+
+
+def test_a_stream_is_relayed_with_usage_asked_for_and_not_shown(streaming, fake):
+    app, client = streaming
+    r = chat(client, "[say:one two three]")
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("text/event-stream")
+    assert r.headers["Cache-Control"] == "no-cache"
+    got = payloads(r)
+    assert got[-1] == "[DONE]"
+    chunks = got[:-1]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == "one two three"
+    assert all(c["choices"] for c in chunks)  # the usage-only chunk the gateway asked for is not relayed
+    assert all("usage" not in c for c in chunks)  # nor the "usage": null it adds to every chunk
+    [call] = fake_calls(fake)
+    assert call["body"]["stream_options"] == {"include_usage": True}
+    assert call["body"]["model"] == "gpt-4o-mini"
+    row = ledger_row(app)
+    assert (row["status"], row["error_code"]) == (200, None)
+    assert (row["input_tokens"], row["output_tokens"], row["total_tokens"]) == (10, 3, 13)
+
+
+def test_a_caller_that_asked_for_usage_gets_it(streaming):
+    app, client = streaming
+    got = payloads(chat(client, "[say:a b]", stream_options={"include_usage": True}))
+    assert got[-2]["choices"] == [] and got[-2]["usage"]["total_tokens"] == 12
+    assert ledger_row(app)["total_tokens"] == 12
+
+
+def test_the_first_event_arrives_while_the_upstream_is_still_generating(streaming):
+    app, client = streaming
+    started = time.monotonic()
+    r = chat(client, "[gap:0.3][say:a b c d]")
+    stream = iter(r.response)
+    first = next(stream)
+    first_at = time.monotonic() - started
+    rest = b"".join(stream)
+    total = time.monotonic() - started
+    r.close()
+    assert b'"role":"assistant"' in first and first_at < 0.25
+    assert total >= 1.2 and b"[DONE]" in rest
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "status"),
+    [
+        ("[cut:2][say:a b c d]", "upstream_stream_interrupted", 502),
+        ("[reset:2][say:a b c d]", "upstream_stream_interrupted", 502),
+        ("[no-done][say:a b]", "upstream_stream_interrupted", 502),
+    ],
+)
+def test_a_cut_stream_ends_with_an_error_event_never_a_clean_end(streaming, text, code, status):
+    app, client = streaming
+    got = payloads(chat(client, text))
+    assert "[DONE]" not in got
+    assert got[-1]["error"]["code"] == code and got[-1]["error"]["type"] == "upstream_error"
+    row = ledger_row(app)
+    assert (row["status"], row["error_code"]) == (status, code)
+
+
+def test_a_silent_upstream_gets_keep_alives_then_a_timeout_event(streaming):
+    app, client = streaming
+    r = chat(client, "[silent:1][say:a b c]", model="quick-chat")  # timeout_s 1.0, keep-alive 0.2
+    sent = events(r)
+    assert sent.count(b": keep-alive\n\n") >= 3
+    error = json.loads(sent[-1][6:])["error"]
+    assert (error["type"], error["code"]) == ("timeout", "upstream_timeout")
+    row = ledger_row(app)
+    assert (row["status"], row["error_code"]) == (504, "upstream_timeout")
+
+
+def test_the_upstreams_own_error_event_is_relayed_and_recorded(streaming):
+    app, client = streaming
+    got = payloads(chat(client, "[error-event][say:a b c]"))
+    assert got[-1]["error"]["code"] == "overloaded"
+    assert (ledger_row(app)["status"], ledger_row(app)["error_code"]) == (502, "overloaded")
+
+
+def test_a_caller_that_hangs_up_closes_the_upstream_at_once(streaming, fake):
+    app, client = streaming
+    r = chat(client, "[gap:0.2][say:" + " ".join(["w"] * 40) + "]")
+    stream = iter(r.response)
+    next(stream), next(stream)
+    r.close()  # what the WSGI server does when the caller has gone
+    hung_up = time.time()
+    time.sleep(0.6)
+    [call] = fake_calls(fake)
+    assert call["ended"] == "caller_left" and call["ended_at"] - hung_up < 0.5
+    assert call["chunks_sent"] < 10  # it stopped generating
+    row = ledger_row(app)
+    assert (row["status"], row["error_code"]) == (499, "client_disconnected")
+
+
+def test_output_guardrails_end_the_stream_before_the_matching_chunk(streaming):
+    app, client = streaming
+    got = payloads(chat(client, "[say:the launch code is 1234]"))
+    relayed = "".join(c["choices"][0]["delta"].get("content", "") for c in got if "choices" in c)
+    assert "code" not in relayed and relayed.startswith("the launch")
+    assert (got[-1]["error"]["code"], got[-1]["error"]["type"]) == (
+        "content_policy_violation",
+        "content_filter",
+    )
+    row = ledger_row(app)
+    assert (row["status"], row["error_code"]) == (422, "content_policy_violation")
+
+
+def test_output_guardrails_on_a_whole_answer_are_a_422_that_is_recorded(streaming):
+    app, client = streaming
+    body = {"model": "chat-prod", "messages": [{"role": "user", "content": "[say:my launch code]"}]}
+    r = client.post(ROUTE, headers=auth(), json=body)
+    error = assert_envelope(r, 422, "content_filter", "content_policy_violation")
+    assert "no-launch-codes" in error["message"] and "launch" not in error["message"].split("'")[0]
+    row = ledger_row(app)
+    assert (row["status"], row["total_tokens"]) == (422, 13)  # the upstream answered: its tokens count
+
+
+def test_an_idempotency_key_with_a_stream_is_400(streaming, fake):
+    app, client = streaming
+    body = {"model": "chat-prod", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    r = client.post(ROUTE, headers={**auth(), "Idempotency-Key": "k1"}, json=body)
+    assert_envelope(r, 400, "invalid_request_error", "invalid_value", "Idempotency-Key")
+    assert fake_calls(fake) == []
+
+
+def test_before_the_first_byte_a_stream_fails_like_a_plain_request(streaming):
+    app, client = streaming
+    r = chat(client, "[status:503]")
+    assert_envelope(r, 502, "upstream_error", "upstream_server_error")
+    r = chat(client, "hi", model="nope")
+    assert_envelope(r, 404, "invalid_request_error", "model_not_found", "model")
+
+
+def test_an_upstream_that_answers_json_to_a_stream_is_passed_through(streaming):
+    app, client = streaming
+    r = chat(client, "[json][say:whole]")
+    assert r.status_code == 200 and r.get_json()["choices"][0]["message"]["content"] == "whole"
+    assert ledger_row(app)["total_tokens"] == 11
+
+
+def test_a_stream_releases_its_concurrency_slot_when_it_ends(make_app, tmp_path, fake):
+    config = base_config(tmp_path, fake.url)
+    config["api_keys"][0]["rate_limit"] = {"concurrency": 1}
+    client = make_app(config).test_client()
+    r = chat(client, "[gap:0.1][say:a b c]")
+    stream = iter(r.response)
+    next(stream)
+    assert chat(client, "x").status_code == 429  # held while it runs
+    b"".join(stream)
+    r.close()
+    ok = chat(client, "[say:again]")
+    assert ok.status_code == 200
+    ok.close()
+    assert CALLER_KEY not in json.dumps(fake_calls(fake))
