@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import socket
 import struct
 import time
@@ -104,6 +105,17 @@ def _chunk(body: dict[str, Any], delta: dict[str, Any], finish: str | None = Non
     }
 
 
+def _hold_silently(handler: Any, call: dict[str, Any], seconds: float) -> None:
+    """Send nothing for ``seconds``, noticing at once when the gateway closes the connection."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([handler.connection], [], [], 0.05)
+        if readable and handler.connection.recv(1, socket.MSG_PEEK) == b"":
+            call["ended"], call["ended_at"] = "caller_left", time.time()
+            handler.close_connection = True
+            return
+
+
 def stream_chat(handler: Any, body: dict[str, Any], text: str, call: dict[str, Any]) -> None:
     """Write a chat completion as server-sent events in HTTP/1.1 chunks, as OpenAI does."""
     include_usage = (body.get("stream_options") or {}).get("include_usage") is True
@@ -154,7 +166,7 @@ def stream_chat(handler: Any, body: dict[str, Any], text: str, call: dict[str, A
                 handler.close_connection = True
                 return
             if silent == i + 1:
-                time.sleep(30)
+                _hold_silently(handler, call, 30)
                 return
         event(_chunk(body, {}, finish="stop"))
         if include_usage:

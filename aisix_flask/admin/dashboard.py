@@ -54,6 +54,7 @@ def usage_page() -> str:
         totals=_totals(per_day.values()),
         by_key=ledger.summary(since=since, by="api_key"),
         by_model=ledger.summary(since=since, by="model"),
+        by_route=ledger.summary(since=since, by="route"),
         errors=ledger.query(limit=20, since=since, failed=True),
     )
 

@@ -73,7 +73,7 @@ usage = Table(
     Column("search_units", Integer),
 )
 
-SUMMARY_GROUPS = ("api_key", "model", "day")
+SUMMARY_GROUPS = ("api_key", "model", "route", "day")
 _INT_RANGE = (-(2**31), 2**31 - 1)  # PostgreSQL's INTEGER
 
 
@@ -356,7 +356,7 @@ class Ledger:
     def summary(self, *, since: datetime | None, by: str) -> list[dict[str, Any]]:
         """Requests, errors, images, tokens and cost per API key, model or UTC day."""
         c = usage.c
-        group = {"api_key": c.api_key, "model": c.model, "day": func.date(c.created_at)}[by]
+        group = {"api_key": c.api_key, "model": c.model, "route": c.route, "day": func.date(c.created_at)}[by]
         stmt = (
             select(
                 group.label(by),

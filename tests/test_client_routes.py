@@ -1,0 +1,276 @@
+"""Every route through the real gunicorn, driven by the official openai client (list, retrieve,
+create, stream), curl-like requests and raw HTTP for the SSE framing."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import openai
+import pytest
+import requests
+
+from .serving import Gunicorn
+from .test_integration import ADMIN_KEY, DEV_KEY, ENV, gateway_config
+
+TEXT_MODELS = """
+  - {display_name: chat-prod, provider: openai, model_name: gpt-4o-mini, provider_key: openai-main}
+  - {display_name: quick-chat, provider: openai, model_name: gpt-4o-mini, provider_key: openai-main,
+     timeout_s: 1.5}
+  - {display_name: deepseek-chat, provider: deepseek, model_name: deepseek-chat, provider_key: deepseek}
+  - {display_name: embed, provider: openai, model_name: text-embedding-3-small, provider_key: openai-main}
+  - {display_name: reranker, provider: jina, model_name: jina-reranker-v2, provider_key: jina}
+"""
+
+
+def text_config(tmp_path, fake, keepalive_s: float = 0.3):
+    """The integration config, with chat, embeddings and rerank models and an output guardrail."""
+    path = gateway_config(tmp_path, fake)
+    text = path.read_text().replace("models:\n", "models:\n" + TEXT_MODELS.lstrip("\n"), 1)
+    jina = f'  - {{display_name: jina, provider: jina, api_key: jk, api_base: "{fake.url}"}}\n'
+    text = text.replace("provider_keys:\n", "provider_keys:\n" + jina, 1)
+    text = text.replace("gateway:\n", f"gateway:\n  stream_keepalive_s: {keepalive_s}\n", 1)
+    text += """  - name: no-launch-codes
+    kind: keyword
+    hook_point: output
+    patterns: [{kind: literal, value: launch code}]
+"""
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, fake):
+    server = Gunicorn(text_config(tmp_path_factory.mktemp("routes"), fake), workers=2, threads=16, env=ENV)
+    yield server
+    assert server.stop() == 0
+
+
+@pytest.fixture
+def client(gateway):
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=DEV_KEY, max_retries=0) as c:
+        yield c
+
+
+def rows(gateway, route: str) -> list[dict]:
+    r = requests.get(
+        f"{gateway.url}/admin/v1/usage", params={"limit": 1000}, headers={"x-api-key": ADMIN_KEY}
+    )
+    return [row for row in r.json()["data"] if row["route"] == route]
+
+
+def fake_calls(fake, path: str) -> list[dict]:
+    calls = requests.get(f"{fake.url.removesuffix('/v1')}/_calls", timeout=5).json()
+    return [c for c in calls if c["path"].endswith(path)]
+
+
+def test_models_list_and_retrieve(client):
+    ids = [m.id for m in client.models.list()]
+    assert ids == sorted(ids) and {"chat-prod", "embed", "reranker", "image-prod"} <= set(ids)
+    model = client.models.retrieve("deepseek-chat")
+    assert (model.id, model.owned_by, model.object) == ("deepseek-chat", "deepseek", "model")
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+
+
+def test_chat_completion(client, gateway):
+    done = client.chat.completions.create(
+        model="chat-prod",
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "[say:hello there]"},
+        ],
+    )
+    assert done.choices[0].message.content == "hello there"
+    assert done.usage.total_tokens == 12
+
+
+def test_chat_stream_with_the_official_client(client, gateway, fake):
+    stream = client.chat.completions.create(
+        model="deepseek-chat", messages=[{"role": "user", "content": "[say:one two three]"}], stream=True
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three"
+    assert all(c.choices for c in chunks)  # the usage chunk the gateway asked for is not there
+    time.sleep(0.5)  # the row is queued when the stream ends
+    row = rows(gateway, "/v1/chat/completions")[0]
+    assert (row["model"], row["status"], row["total_tokens"]) == ("deepseek-chat", 200, 13)
+
+
+def test_chat_stream_with_usage_asked_for(client):
+    chunks = list(
+        client.chat.completions.create(
+            model="chat-prod",
+            messages=[{"role": "user", "content": "[say:a b]"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 12
+
+
+@pytest.mark.parametrize("fault", ["[cut:2]", "[reset:2]", "[no-done]"])
+def test_a_cut_stream_raises_in_the_official_client(client, fault):
+    stream = client.chat.completions.create(
+        model="chat-prod", messages=[{"role": "user", "content": f"{fault}[say:a b c d]"}], stream=True
+    )
+    with pytest.raises(openai.APIError, match="stopped before the end"):
+        for _ in stream:
+            pass
+
+
+def test_a_silent_stream_raises_after_the_models_timeout(client):
+    stream = client.chat.completions.create(
+        model="quick-chat", messages=[{"role": "user", "content": "[silent:1][say:a b]"}], stream=True
+    )
+    started = time.monotonic()
+    with pytest.raises(openai.APIError, match="sent nothing"):
+        for _ in stream:
+            pass
+    assert 1.4 < time.monotonic() - started < 5
+
+
+def test_an_output_guardrail_stops_a_stream(client):
+    stream = client.chat.completions.create(
+        model="chat-prod", messages=[{"role": "user", "content": "[say:the launch code is 42]"}], stream=True
+    )
+    seen = []
+    with pytest.raises(openai.APIError, match="no-launch-codes"):
+        for chunk in stream:
+            seen.append(chunk.choices[0].delta.content or "")
+    assert "code" not in "".join(seen)
+
+
+def test_embeddings(client):
+    one = client.embeddings.create(model="embed", input="a cat")
+    assert len(one.data) == 1 and one.usage.prompt_tokens == 7
+    many = client.embeddings.create(model="embed", input=["a", "b", "c"])
+    assert [d.index for d in many.data] == [0, 1, 2]
+    tokens = client.embeddings.create(model="embed", input=[[1, 2, 3], [4, 5]])
+    assert len(tokens.data) == 2
+
+
+def test_rerank_with_curl_like_requests(gateway, fake):
+    r = requests.post(
+        f"{gateway.url}/v1/rerank",
+        headers={"Authorization": f"Bearer {DEV_KEY}"},
+        json={"model": "reranker", "query": "cats", "documents": ["dogs", {"text": "cats"}], "top_n": 1},
+        timeout=30,
+    )
+    assert r.status_code == 200 and len(r.json()["results"]) == 2
+    sent = fake_calls(fake, "/rerank")[-1]
+    assert sent["body"]["model"] == "jina-reranker-v2" and sent["body"]["top_n"] == 1
+    r = requests.post(
+        f"{gateway.url}/v1/rerank",
+        headers={"Authorization": f"Bearer {DEV_KEY}"},
+        json={"model": "chat-prod", "query": "q", "documents": ["d"]},
+        timeout=30,
+    )
+    assert r.status_code == 501 and r.json()["error"]["code"] == "unsupported_operation"
+
+
+def raw_stream(gateway, body: dict) -> socket.socket:
+    """Send a streamed chat request on a bare socket; return it, positioned after the headers."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {DEV_KEY}\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    return sock
+
+
+def test_sse_framing_on_the_wire(gateway):
+    sock = raw_stream(
+        gateway,
+        {"model": "chat-prod", "messages": [{"role": "user", "content": "[say:x y]"}], "stream": True},
+    )
+    data = b""
+    while not data.endswith(b"0\r\n\r\n"):
+        more = sock.recv(65536)
+        assert more, data
+        data += more
+    sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"HTTP/1.1 200" in head and b"Transfer-Encoding: chunked" in head
+    assert b"Content-Type: text/event-stream" in head and b"Cache-Control: no-cache" in head
+    events = b"".join(part for i, part in enumerate(body.split(b"\r\n")) if i % 2)  # the chunks' data
+    assert events.endswith(b"data: [DONE]\n\n")
+    assert all(e.startswith(b"data: ") for e in events.split(b"\n\n") if e)
+
+
+def test_keep_alives_while_the_upstream_is_silent(gateway):
+    sock = raw_stream(
+        gateway,
+        {
+            "model": "quick-chat",
+            "messages": [{"role": "user", "content": "[silent:1][say:a b]"}],
+            "stream": True,
+        },
+    )
+    data = b""
+    deadline = time.monotonic() + 10
+    while b"upstream_timeout" not in data and time.monotonic() < deadline:
+        data += sock.recv(65536)
+    sock.close()
+    assert data.count(b": keep-alive\n\n") >= 3  # every 0.3 s for 1.5 s of silence
+    assert b'"code": "upstream_timeout"' in data and b"[DONE]" not in data
+
+
+def test_a_caller_that_hangs_up_stops_the_upstream_at_once(gateway, fake):
+    """The upstream is silent; the gateway notices the hang-up on the caller's socket itself,
+    not at its next write (keep-alives here every 0.3 s, so it would take longer without)."""
+    sock = raw_stream(
+        gateway,
+        {
+            "model": "chat-prod",
+            "messages": [{"role": "user", "content": "[silent:1][say:hang up]"}],
+            "stream": True,
+        },
+    )
+    assert b"data: " in sock.recv(65536)
+    sock.close()
+    hung_up = time.time()
+    time.sleep(1.0)
+    call = fake_calls(fake, "/chat/completions")[-1]
+    assert call["ended"] == "caller_left" and call["ended_at"] - hung_up < 0.25
+    row = rows(gateway, "/v1/chat/completions")[0]
+    assert (row["status"], row["error_code"]) == (499, "client_disconnected")
+
+
+def test_many_streams_at_once(gateway):
+    """Twenty concurrent streams each get every word, in order, and one row each."""
+    before = len(rows(gateway, "/v1/chat/completions"))
+    results: list[str] = []
+
+    def one(i: int) -> None:
+        with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=DEV_KEY, max_retries=0) as c:
+            stream = c.chat.completions.create(
+                model="chat-prod",
+                messages=[{"role": "user", "content": f"[gap:0.05][say:s{i} a b c]"}],
+                stream=True,
+            )
+            results.append("".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == sorted(f"s{i} a b c" for i in range(20))
+    time.sleep(0.5)
+    assert len(rows(gateway, "/v1/chat/completions")) == before + 20
+
+
+def test_metrics_and_the_report_split_by_route(gateway, client):
+    client.embeddings.create(model="embed", input="x")
+    text = requests.get(f"{gateway.url}/metrics", timeout=10).text
+    assert 'route="/v1/embeddings"' in text and 'route="/v1/chat/completions"' in text
+    summary = requests.get(
+        f"{gateway.url}/admin/v1/usage/summary", params={"by": "route"}, headers={"x-api-key": ADMIN_KEY}
+    ).json()
+    routes = {row["route"] for row in summary["data"]}
+    assert {"/v1/embeddings", "/v1/chat/completions"} <= routes
