@@ -142,3 +142,62 @@ def test_pricing_config_is_validated(tmp_path, config):
     with pytest.raises(ConfigError) as info:
         load_config(str(write_config(tmp_path / "c.yaml", config)))
     assert info.value.problems == ["models[0].pricing.per_image.1024x1024.hd: Must be a number ≥ 0."]
+
+
+GPT_4O = Pricing(per_million_tokens={"input": 2.5, "cached_input": 1.25, "output": 10.0})
+
+
+def chat_row(**usage) -> UsageRow:
+    row = UsageRow("r", "k", "/v1/chat/completions", None, status=200)
+    row.note_answer_usage({"usage": usage})
+    return row
+
+
+def test_chat_tokens_with_cached_input():
+    row = chat_row(prompt_tokens=1000, completion_tokens=500, total_tokens=1500,
+                   prompt_tokens_details={"cached_tokens": 200})  # fmt: skip
+    assert row.input_cached_tokens == 200
+    assert GPT_4O.cost(row) == pytest.approx((800 * 2.5 + 200 * 1.25 + 500 * 10) / 1e6)
+    no_discount = Pricing(per_million_tokens={"input": 2.5, "output": 10.0})
+    assert no_discount.cost(row) == pytest.approx((1000 * 2.5 + 500 * 10) / 1e6)  # cached costs as input
+
+
+def test_embeddings_are_input_tokens_only():
+    row = chat_row(prompt_tokens=300, total_tokens=300)
+    assert Pricing(per_million_tokens={"input": 0.02}).cost(row) == pytest.approx(300 * 0.02 / 1e6)
+    assert Pricing(per_million_tokens={"output": 1.0}).cost(row) is None  # input has no price
+
+
+def test_rerank_by_search_unit_or_by_token():
+    cohere = UsageRow("r", "k", "/v1/rerank", None, status=200)
+    cohere.note_billed_units({"meta": {"billed_units": {"search_units": 3}}})
+    assert (cohere.search_units, cohere.total_tokens) == (3, 0)
+    assert Pricing(per_search_unit=0.002).cost(cohere) == pytest.approx(0.006)
+    jina = UsageRow("r", "k", "/v1/rerank", None, status=200)
+    jina.note_billed_units({"usage": {"total_tokens": 400}})
+    assert (jina.input_tokens, jina.total_tokens) == (400, 400)
+    assert Pricing(per_million_tokens={"input": 0.05}).cost(jina) == pytest.approx(400 * 0.05 / 1e6)
+
+
+def test_image_and_text_token_prices_do_not_mix(tmp_path, config):
+    from aisix_flask.config import ConfigError, load_config
+
+    from .conftest import write_config
+
+    config["models"][0]["pricing"] = {"per_million_tokens": {"input_text": 5, "output": 10}}
+    with pytest.raises(ConfigError, match="either image token prices"):
+        load_config(str(write_config(tmp_path / "c.yaml", config)))
+
+
+def test_a_chat_answers_cost_reaches_the_ledger(make_app, config, upstream):
+    from .conftest import CHAT_URL
+
+    config["models"][7]["pricing"] = {"per_million_tokens": {"input": 2.5, "output": 10}}  # chat-prod
+    app = make_app(config)
+    usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+    upstream.post(CHAT_URL, json={"choices": [{"message": {"content": "x"}}], "usage": usage})
+    body = {"model": "chat-prod", "messages": [{"role": "user", "content": "hi"}]}
+    assert app.test_client().post("/v1/chat/completions", headers=auth(), json=body).status_code == 200
+    ledger = app.extensions["aisix"].ledger
+    ledger.flush(10)
+    assert ledger.query()[0]["cost_usd"] == pytest.approx((100 * 2.5 + 20 * 10) / 1e6)

@@ -16,7 +16,7 @@ from marshmallow import Schema, ValidationError, fields
 
 from ..policy import pii
 from ..proxy.adapters import default_adapter
-from ..usage.pricing import Pricing
+from ..usage.pricing import IMAGE_TOKEN_KINDS, TEXT_TOKEN_KINDS, Pricing
 from .aliases import Router
 from .resources import (
     ApiKey,
@@ -31,6 +31,7 @@ from .resources import (
 from .schemas import ConfigSchema
 
 DEFAULT_BODY_LIMIT = 25 * 1024 * 1024
+TOKEN_KINDS = (*IMAGE_TOKEN_KINDS, *TEXT_TOKEN_KINDS)
 DEFAULT_USAGE_URL = "sqlite:///var/usage.db"
 DEFAULT_RATELIMIT_URL = "sqlite:///var/ratelimit.db"
 
@@ -356,7 +357,10 @@ def _pricing(block: Mapping[str, Any] | None) -> Pricing | None:
         per_image=MappingProxyType(
             {size: MappingProxyType(dict(q)) for size, q in block.get("per_image", {}).items()}
         ),
-        per_million_tokens=MappingProxyType(dict(block.get("per_million_tokens", {}))),
+        per_million_tokens=MappingProxyType(
+            {k: v for k, v in block.get("per_million_tokens", {}).items() if k in TOKEN_KINDS}
+        ),
+        per_search_unit=block.get("per_search_unit"),
         default_size=defaults.get("size"),
         default_quality=defaults.get("quality"),
     )

@@ -10,6 +10,7 @@ from marshmallow.validate import Length, OneOf, Range, Regexp
 
 from ..policy import pii
 from ..proxy.adapters import BRIDGES
+from ..usage.pricing import IMAGE_TOKEN_KINDS, TEXT_TOKEN_KINDS
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -129,9 +130,22 @@ _price = fields.Float(validate=Range(min=0))
 
 
 class TokenPricesSchema(_Schema):
+    """USD per million tokens: gpt-image's kinds, or a text model's (chat, embeddings, rerank)."""
+
     input_text = _price
     input_image = _price
     output_image = _price
+    input = _price
+    cached_input = _price
+    output = _price
+
+    @validates_schema
+    def _one_family(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if any(k in data for k in IMAGE_TOKEN_KINDS) and any(k in data for k in TEXT_TOKEN_KINDS):
+            raise ValidationError(
+                f"Give either image token prices ({', '.join(IMAGE_TOKEN_KINDS)}) or text token "
+                f"prices ({', '.join(TEXT_TOKEN_KINDS)}), not both."
+            )
 
 
 class PricingDefaultsSchema(_Schema):
@@ -160,6 +174,7 @@ class _PriceTable(fields.Field):
 
 class PricingSchema(_Schema):
     per_image = _PriceTable()
+    per_search_unit = _price
     per_million_tokens = fields.Nested(TokenPricesSchema)
     defaults = fields.Nested(PricingDefaultsSchema)
 
