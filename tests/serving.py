@@ -44,6 +44,7 @@ class Gunicorn:
         threads: int = 8,
         env: dict[str, str] | None = None,
         app: str = "wsgi:app",
+        args: tuple[str, ...] = (),
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -52,7 +53,7 @@ class Gunicorn:
         command = [
             sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
             "-b", f"127.0.0.1:{self.port}", "-w", str(workers), "--threads", str(threads),
-            app,
+            *args, app,
         ]  # fmt: skip
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(

@@ -1,5 +1,5 @@
-"""Bad input, generated: whatever arrives, the answer is an envelope, never a 500, and nothing
-reaches the upstream unless the request was valid."""
+"""Bad input, generated, on every proxied route: whatever arrives, the answer is an envelope, never
+a 500, and nothing reaches the upstream unless the request was valid."""
 
 from __future__ import annotations
 
@@ -10,23 +10,10 @@ import responses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import CALLER_KEY, IMAGES_URL, auth
+from .conftest import CALLER_KEY, CHAT_URL, EMBEDDINGS_URL, IMAGES_URL, RERANK_URL, auth
 
-ROUTE = "/v1/images/generations"
-FIELDS = [
-    "model",
-    "prompt",
-    "n",
-    "size",
-    "quality",
-    "response_format",
-    "stream",
-    "style",
-    "user",
-    "background",
-]
 EXAMPLES = settings(
-    max_examples=150,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -43,25 +30,97 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-# Requests that look almost right: known fields, any values, sometimes a real model and prompt.
-near_misses = st.fixed_dictionaries(
-    {},
-    optional={
-        **{name: json_values for name in FIELDS},
-        "model": st.sampled_from(["image-prod", "dalle", "openai/x", "compat-image", "keyless", ""])
-        | json_values,
-        "prompt": st.text(max_size=30) | json_values,
-    },
+messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "assistant"]) | json_values},
+        optional={"content": texts | json_values},
+    ),  # fmt: skip
+    max_size=3,
 )
-# Numbers JSON allows and no double holds (they would be forwarded as the non-JSON Infinity).
-huge_numbers = st.sampled_from(["1e400", "-1e400", "1E309", "123456789e999"])
+
+
+class Route:
+    """A route, what its upstream answers, and requests that look almost right for it."""
+
+    def __init__(self, path: str, upstream_url: str, answer: dict, models: list[str], fields: dict):
+        self.path, self.upstream_url, self.answer = path, upstream_url, answer
+        self.near_misses = st.fixed_dictionaries(
+            {},
+            optional={"model": st.sampled_from([*models, "openai/x", "keyless", ""]) | json_values, **fields},
+        )
+        self.valid = {"model": models[0], **{k: v for k, v in VALID[path].items()}}
+
+
+VALID = {
+    "/v1/images/generations": {"prompt": "p"},
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "p"}]},
+    "/v1/embeddings": {"input": "p"},
+    "/v1/rerank": {"query": "p", "documents": ["a"]},
+}
+ANY = json_values
+ROUTES = [
+    Route(
+        "/v1/images/generations",
+        IMAGES_URL,
+        {"created": 1, "data": [{"url": "u"}]},
+        ["image-prod", "dalle"],
+        {
+            "prompt": st.text(max_size=30) | ANY,
+            "n": ANY,
+            "size": ANY,
+            "quality": ANY,
+            "response_format": ANY,
+            "stream": ANY,
+            "style": ANY,
+            "user": ANY,
+            "background": ANY,
+        },
+    ),  # fmt: skip
+    Route(
+        "/v1/chat/completions",
+        CHAT_URL,
+        {"choices": [{"message": {"content": "x"}}]},
+        ["chat-prod", "deepseek-chat"],
+        {
+            "messages": messages | ANY,
+            "stream": ANY,
+            "stream_options": ANY,
+            "n": ANY,
+            "temperature": ANY,
+            "stop": ANY,
+            "tools": ANY,
+            "max_tokens": ANY,
+        },
+    ),  # fmt: skip
+    Route(
+        "/v1/embeddings",
+        EMBEDDINGS_URL,
+        {"data": []},
+        ["embed"],
+        {
+            "input": texts | st.lists(st.integers(0, 9), max_size=3) | ANY,
+            "encoding_format": ANY,
+            "dimensions": ANY,
+        },
+    ),  # fmt: skip
+    Route(
+        "/v1/rerank",
+        RERANK_URL,
+        {"results": []},
+        ["reranker"],
+        {"query": texts | ANY, "documents": st.lists(texts, max_size=3) | ANY, "top_n": ANY},
+    ),  # fmt: skip
+]
+routes = pytest.mark.parametrize("route", ROUTES, ids=[r.path.rsplit("/", 1)[-1] for r in ROUTES])
+
 bodies = st.one_of(
-    near_misses.map(lambda d: json.dumps(d).encode()),
     json_values.map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=300),  # invalid UTF-8, truncated JSON, NaN, nothing at all…
     st.integers(1, 5000).map(lambda depth: b"[" * depth + b"]" * depth),
     st.integers(1, 5000).map(lambda depth: b'{"a":' * depth + b"1" + b"}" * depth),
 )
+# Numbers JSON allows and no double holds (they would be forwarded as the non-JSON Infinity).
+huge_numbers = st.sampled_from(["1e400", "-1e400", "1E309", "123456789e999"])
 header_values = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
 auth_headers = st.one_of(
     st.just(auth()),
@@ -77,7 +136,8 @@ auth_headers = st.one_of(
 def fuzz_client(client):
     """The client, and an upstream that answers every call (so valid requests succeed)."""
     with responses.RequestsMock(assert_all_requests_are_fired=False) as upstream:
-        upstream.post(IMAGES_URL, json={"created": 1, "data": [{"url": "u"}]})
+        for route in ROUTES:
+            upstream.post(route.upstream_url, json=route.answer)
         yield client, upstream
 
 
@@ -91,30 +151,36 @@ def check(r, upstream, calls_before: int) -> None:
     assert len(upstream.calls) == calls_before  # refused before anything was sent
 
 
-@EXAMPLES
-@given(body=bodies)
-def test_any_body(fuzz_client, body):
-    client, upstream = fuzz_client
-    before = len(upstream.calls)
-    check(
-        client.post(ROUTE, data=body, headers={**auth(), "Content-Type": "application/json"}),
-        upstream,
-        before,
+def post(client, route: Route, data, headers=None):
+    return client.post(
+        route.path, data=data, headers={**(headers or auth()), "Content-Type": "application/json"}
     )
 
 
+@routes
 @EXAMPLES
-@given(headers=auth_headers, body=near_misses)
-def test_any_credentials(fuzz_client, headers, body):
+@given(body=bodies)
+def test_any_body(fuzz_client, route, body):
     client, upstream = fuzz_client
     before = len(upstream.calls)
-    check(client.post(ROUTE, json=body, headers=headers), upstream, before)
+    check(post(client, route, body), upstream, before)
 
 
-def test_thirty_megabytes(fuzz_client):
+@routes
+@EXAMPLES
+@given(headers=auth_headers, data=st.data())
+def test_any_credentials_and_near_misses(fuzz_client, route, headers, data):
     client, upstream = fuzz_client
-    body = b'{"model": "image-prod", "prompt": "' + b"x" * (30 * 1024 * 1024) + b'"}'
-    r = client.post(ROUTE, data=body, headers={**auth(), "Content-Type": "application/json"})
+    body = data.draw(route.near_misses)
+    before = len(upstream.calls)
+    check(post(client, route, json.dumps(body), headers), upstream, before)
+
+
+@routes
+def test_thirty_megabytes(fuzz_client, route):
+    client, upstream = fuzz_client
+    body = json.dumps({**route.valid, "pad": "x" * (30 * 1024 * 1024)})
+    r = post(client, route, body)
     assert r.status_code == 413 and r.get_json()["error"]["code"] == "request_too_large"
     assert not upstream.calls
 
@@ -122,12 +188,12 @@ def test_thirty_megabytes(fuzz_client):
 def test_duplicate_keys_send_what_was_checked(fuzz_client):
     """The gateway forwards the value it validated, never a different one the upstream might pick."""
     client, upstream = fuzz_client
+    route = ROUTES[0]
     raw = b'{"model": "image-prod", "prompt": "forbidden phrase", "prompt": "a cat", "n": "x", "n": 1}'
-    r = client.post(ROUTE, data=raw, headers={**auth(), "Content-Type": "application/json"})
-    assert r.status_code == 200
+    assert post(client, route, raw).status_code == 200
     assert json.loads(upstream.calls[0].request.body) == {"model": "gpt-image-1", "prompt": "a cat", "n": 1}
     raw = b'{"model": "image-prod", "prompt": "a cat", "prompt": "forbidden phrase"}'
-    assert client.post(ROUTE, data=raw, headers=auth()).status_code == 422
+    assert post(client, route, raw).status_code == 422
 
 
 def _holds_surrogate(value) -> bool:
@@ -140,14 +206,15 @@ def _holds_surrogate(value) -> bool:
     return False
 
 
+@routes
 @EXAMPLES
-@given(body=near_misses, key=st.text(min_size=1, max_size=10) | with_surrogate, poison=json_values)
-def test_a_lone_surrogate_anywhere_is_400_naming_its_field(fuzz_client, body, key, poison):
+@given(key=st.text(min_size=1, max_size=10) | with_surrogate, poison=json_values, data=st.data())
+def test_a_lone_surrogate_anywhere_is_400_naming_its_field(fuzz_client, route, key, poison, data):
     """Whatever the depth, in a key or a value: 400, param the top-level field, nothing sent."""
     client, upstream = fuzz_client
-    body = {"model": "image-prod", "prompt": "p", **body, key: poison}
+    body = {**route.valid, **data.draw(route.near_misses), key: poison}
     before = len(upstream.calls)
-    r = client.post(ROUTE, data=json.dumps(body), headers={**auth(), "Content-Type": "application/json"})
+    r = post(client, route, json.dumps(body))
     check(r, upstream, before)
     bad = [k for k, v in body.items() if _holds_surrogate(k) or _holds_surrogate(v)]
     if bad:
@@ -157,13 +224,16 @@ def test_a_lone_surrogate_anywhere_is_400_naming_its_field(fuzz_client, body, ke
         assert error["param"] in names
 
 
+@routes
 @EXAMPLES
-@given(body=near_misses, number=huge_numbers, depth=st.integers(0, 3))
-def test_a_number_no_double_holds_is_400(fuzz_client, body, number, depth):
+@given(number=huge_numbers, depth=st.integers(0, 3), data=st.data())
+def test_a_number_no_double_holds_is_400(fuzz_client, route, number, depth, data):
     client, upstream = fuzz_client
-    raw = json.dumps({**body, "model": "image-prod", "prompt": "p", "extra": "HUGE"})
-    raw = raw.replace('"HUGE"', "[" * depth + number + "]" * depth)
+    body = data.draw(route.near_misses)
+    raw = json.dumps({**body, **route.valid, "extra": "HUGE"}).replace(
+        '"HUGE"', "[" * depth + number + "]" * depth
+    )
     before = len(upstream.calls)
-    r = client.post(ROUTE, data=raw, headers={**auth(), "Content-Type": "application/json"})
+    r = post(client, route, raw)
     check(r, upstream, before)
-    assert r.status_code == 400 and r.get_json()["error"]["param"] in (*body, "extra")
+    assert r.status_code == 400 and r.get_json()["error"]["param"] in (*body, *route.valid, "extra")

@@ -274,3 +274,37 @@ def test_metrics_and_the_report_split_by_route(gateway, client):
     ).json()
     routes = {row["route"] for row in summary["data"]}
     assert {"/v1/embeddings", "/v1/chat/completions"} <= routes
+
+
+def test_sigterm_ends_a_long_stream_with_an_error_event_and_writes_its_row(tmp_path, fake):
+    """A stopping worker waits for its calls, but a stream could outlast the grace period (then
+    the worker is killed and its row lost): it ends the stream with an error event in time."""
+    from sqlalchemy import create_engine, text
+
+    server = Gunicorn(
+        text_config(tmp_path, fake), workers=1, threads=4, env=ENV, args=("--graceful-timeout", "7")
+    )
+    long_answer = "[gap:0.3][say:" + "w " * 200 + "]"
+    body = {"model": "chat-prod", "messages": [{"role": "user", "content": long_answer}], "stream": True}
+    sock = raw_stream(server, body)
+    assert b"data: " in sock.recv(65536)
+    stopped = time.monotonic()
+    server.process.send_signal(15)
+    data = b""
+    while b"gateway_shutting_down" not in data and time.monotonic() - stopped < 10:
+        more = sock.recv(65536)
+        if not more:
+            break
+        data += more
+    ended_after = time.monotonic() - stopped
+    sock.close()
+    assert b'"code": "gateway_shutting_down"' in data and b"[DONE]" not in data
+    assert 1.5 < ended_after < 4  # graceful_timeout 7 s less the 5 s margin
+    assert server.process.wait(15) == 0
+    engine = create_engine(f"sqlite:///{tmp_path}/usage.db")
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT status, error_code FROM usage WHERE route = '/v1/chat/completions'")
+        ).one()
+    engine.dispose()
+    assert tuple(row) == (503, "gateway_shutting_down")

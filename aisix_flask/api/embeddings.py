@@ -14,7 +14,7 @@ from ..usage.row import UsageRow, whole_number
 
 
 def _token(value: Any) -> bool:
-    return whole_number(value) is not None and not isinstance(value, float)
+    return whole_number(value) is not None  # 2.0 is an integer, as for every integer field
 
 
 def _tokens(value: Any) -> bool:

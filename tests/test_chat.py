@@ -1,0 +1,124 @@
+"""Chat completions: what is checked, what the guardrails read and put back, what is recorded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import CHAT_URL, assert_envelope, auth
+
+ROUTE = "/v1/chat/completions"
+ANSWER = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+          "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}  # fmt: skip
+
+
+def post(client, messages, **extra):
+    return client.post(ROUTE, headers=auth(), json={"model": "chat-prod", "messages": messages, **extra})
+
+
+@pytest.mark.parametrize(
+    ("messages", "detail"),
+    [
+        ([], "Shorter than minimum length 1"),
+        ("hi", "Not a valid list"),
+        ([{"content": "hi"}], "'role'"),
+        ([{"role": 7, "content": "hi"}], "'role'"),
+        (["hi"], "item 0"),
+        ([{"role": "user", "content": 5}], "a string, an array of content parts or null"),
+        ([{"role": "user", "content": ["not a part"]}], "a string, an array of content parts or null"),
+    ],
+)
+def test_bad_messages_are_400_naming_messages(client, upstream, messages, detail):
+    error = assert_envelope(post(client, messages), 400, "invalid_request_error", "invalid_value", "messages")
+    assert detail in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("stream", "yes"),
+        ("n", 1.5),
+        ("temperature", "hot"),
+        ("stop", [1]),
+        ("stream_options", True),
+        ("tools", {}),
+    ],
+)
+def test_known_fields_are_type_checked(client, upstream, field, value):
+    r = post(client, [{"role": "user", "content": "hi"}], **{field: value})
+    assert_envelope(r, 400, "invalid_request_error", "invalid_value", field)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "system", "content": "a forbidden phrase"},
+        {"role": "assistant", "content": "a forbidden phrase"},
+        {"role": "tool", "content": "a forbidden phrase", "tool_call_id": "t"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "u"}},
+                {"type": "text", "text": "a forbidden phrase"},
+            ],
+        },  # fmt: skip
+    ],
+)
+def test_input_guardrails_read_every_role_and_text_parts(client, upstream, message):
+    r = post(client, [{"role": "user", "content": "hello"}, message])
+    assert_envelope(r, 422, "content_filter", "content_policy_violation")
+
+
+def test_masked_text_goes_back_where_it_was(make_app, config, upstream):
+    config["guardrails"].append({"name": "pii", "kind": "pii", "action": "mask", "detectors": ["email"]})
+    client = make_app(config).test_client()
+    upstream.post(CHAT_URL, json=ANSWER)
+    messages = [
+        {"role": "system", "content": "write to ops@example.com"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "me: a@b.io"},
+                {"type": "image_url", "image_url": {"url": "u"}},
+            ],
+        },
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "t"}]},
+    ]
+    assert post(client, messages).status_code == 200
+    sent = json.loads(upstream.calls[0].request.body)["messages"]
+    assert sent[0]["content"] == "write to [EMAIL_REDACTED]"
+    assert sent[1]["content"] == [{"type": "text", "text": "me: [EMAIL_REDACTED]"}, messages[1]["content"][1]]
+    assert sent[2] == messages[2]
+
+
+def test_output_guardrails_in_monitor_mode_only_flag(make_app, config, upstream):
+    patterns = [{"kind": "literal", "value": "ok"}]
+    config["guardrails"].append(
+        {
+            "name": "watch-ok",
+            "kind": "keyword",
+            "hook_point": "output",
+            "enforcement_mode": "monitor",
+            "patterns": patterns,
+        }
+    )
+    app = make_app(config)
+    upstream.post(CHAT_URL, json=ANSWER)
+    assert post(app.test_client(), [{"role": "user", "content": "hi"}]).status_code == 200
+    ledger = app.extensions["aisix"].ledger
+    ledger.flush(10)
+    assert ledger.query()[0]["guardrails_flagged"] == "watch-ok"
+
+
+def test_an_answer_blocked_by_an_output_guardrail_is_kept_for_its_idempotency_key(make_app, config, upstream):
+    """It was generated and billed: a retry with the same key gets the same 422, no second call."""
+    config["guardrails"][0]["hook_point"] = "both"
+    client = make_app(config).test_client()
+    upstream.post(CHAT_URL, json={**ANSWER, "choices": [{"message": {"content": "a Forbidden Phrase"}}]})
+    headers = {**auth(), "Idempotency-Key": "blocked-1"}
+    body = {"model": "chat-prod", "messages": [{"role": "user", "content": "hi"}]}
+    first = client.post(ROUTE, headers=headers, json=body)
+    again = client.post(ROUTE, headers=headers, json=body)
+    assert first.status_code == again.status_code == 422
+    assert again.headers["x-aisix-idempotent-replay"] == "true" and len(upstream.calls) == 1
