@@ -152,6 +152,14 @@ def test_embeddings(client):
     assert len(tokens.data) == 2
 
 
+def test_rerank_with_the_official_clients_generic_post(client):
+    """The README's way: the client has no rerank method."""
+    answer = client.post(
+        "/rerank", cast_to=object, body={"model": "reranker", "query": "q", "documents": ["a", "b"]}
+    )
+    assert [r["index"] for r in answer["results"]] == [0, 1]
+
+
 def test_rerank_with_curl_like_requests(gateway, fake):
     r = requests.post(
         f"{gateway.url}/v1/rerank",

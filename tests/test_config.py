@@ -19,6 +19,7 @@ def test_example_config_loads(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
     monkeypatch.setenv("AISIX_DEV_KEY", "dev")
     monkeypatch.setenv("AISIX_ADMIN_KEY", "admin")
+    monkeypatch.setenv("JINA_API_KEY", "jina")
     registry = load_config(str(REPO / "config.yaml"))
     assert registry.warnings == ()
     route = registry.router.resolve("image-prod")
@@ -29,11 +30,15 @@ def test_example_config_loads(monkeypatch):
     )
     [dev] = registry.api_keys
     assert dev.key_hash == bytes.fromhex(hash_key("dev"))
-    assert dev.may_use("image-prod") and not dev.may_use("chat-prod")
+    assert all(dev.may_use(alias) for alias in ("image-prod", "chat-prod", "embed", "rerank"))
+    assert (
+        not dev.may_use("gpt-4o")
+        and registry.router.resolve("rerank").provider_key.adapter == "openai-compatible"
+    )
 
 
 def test_unset_variables_expand_to_empty_with_warnings(monkeypatch):
-    for name in ("OPENAI_API_KEY", "AISIX_DEV_KEY", "AISIX_ADMIN_KEY"):
+    for name in ("OPENAI_API_KEY", "AISIX_DEV_KEY", "AISIX_ADMIN_KEY", "JINA_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     registry = load_config(str(REPO / "config.yaml"))
     assert registry.provider_keys["openai-main"].api_key == ""
