@@ -173,7 +173,7 @@ def test_a_gzip_answer_is_decoded():
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1/images/generations"
         key = ProviderKey("k", "openai", "openai", "sk-x")
-        answer = upstream.post_json(url, b"{}", key=key, request_id="r", timeout=(2, 5))
+        answer = upstream.post(url, b"{}", key=key, request_id="r", timeout=(2, 5))
     finally:
         server.shutdown()
         server.server_close()

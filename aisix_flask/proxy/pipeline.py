@@ -168,7 +168,7 @@ def send(call: Call, body: dict[str, Any], streamed: bool = False) -> Any:
     proxies, verify = upstream.route_settings(url, route.provider_key, call.registry.gateway.upstream)
     call.upstream_started = time.perf_counter()
     try:
-        answer = (upstream.open_stream if streamed else upstream.post_json)(
+        answer = upstream.post(
             url,
             payload,
             key=route.provider_key,
@@ -176,6 +176,7 @@ def send(call: Call, body: dict[str, Any], streamed: bool = False) -> Any:
             timeout=(call.timeout.connect_s, call.timeout.read_s),
             proxies=proxies,
             verify=verify,
+            stream=streamed,
         )
     finally:
         call.row.upstream_latency_ms = (time.perf_counter() - call.upstream_started) * 1000

@@ -84,7 +84,7 @@ def route_settings(
     return proxies, verify
 
 
-def post_json(
+def post(
     url: str,
     payload: bytes,
     *,
@@ -93,39 +93,27 @@ def post_json(
     timeout: tuple[float, float],
     proxies: dict[str, str] | None = None,
     verify: str | bool = True,
-) -> Answer:
-    """POST ``payload`` once (never retried: generations are billed) and read the whole answer."""
-    prepared = _prepare(url, payload, key, request_id, accept="application/json")
+    stream: bool = False,
+) -> Answer | requests.Response:
+    """POST ``payload`` once (never retried: generations are billed) and read the whole answer;
+    with ``stream``, the open response when the upstream answers with events (the caller reads and
+    closes it), else its whole answer (an error, or JSON after all)."""
+    # identity for a stream: compressed events would sit in the decompressor instead of reaching
+    # the caller.
+    prepared = _prepare(url, payload, key, request_id, stream)
     started = time.perf_counter()
     # requests' read timeout is per socket read; the deadline bounds the whole answer
     # so an upstream trickling bytes cannot hold a worker thread forever.
     deadline = time.monotonic() + timeout[1]
-    with _failures_mapped(url, proxies, timeout), _send(prepared, timeout, proxies, verify) as r:
-        return _answer(r, _read_until(r, deadline), started)
-
-
-def open_stream(
-    url: str,
-    payload: bytes,
-    *,
-    key: ProviderKey,
-    request_id: str,
-    timeout: tuple[float, float],
-    proxies: dict[str, str] | None = None,
-    verify: str | bool = True,
-) -> requests.Response | Answer:
-    """POST a streaming request once: the open response when the upstream answers with events
-    (the caller reads and closes it), else its whole answer (an error, or JSON after all)."""
-    # identity: a compressed stream would sit in the decompressor instead of reaching the caller.
-    prepared = _prepare(url, payload, key, request_id, accept="text/event-stream", encoding="identity")
-    started = time.perf_counter()
-    deadline = time.monotonic() + timeout[1]
     with _failures_mapped(url, proxies, timeout):
         r = _send(prepared, timeout, proxies, verify)
-        if 200 <= r.status_code < 300 and r.headers.get("Content-Type", "").startswith("text/event-stream"):
+        if stream and 200 <= r.status_code < 300 and r.headers.get("Content-Type", "").startswith(EVENTS):
             return r
         with r:
             return _answer(r, _read_until(r, deadline), started)
+
+
+EVENTS = "text/event-stream"
 
 
 def _prepare(
