@@ -117,20 +117,14 @@ EVENTS = "text/event-stream"
 
 
 def _prepare(
-    url: str,
-    payload: bytes,
-    key: ProviderKey,
-    request_id: str,
-    *,
-    accept: str,
-    encoding: str = "gzip, deflate",
+    url: str, payload: bytes, key: ProviderKey, request_id: str, stream: bool
 ) -> requests.PreparedRequest:
     # Every header is named here: nothing of the caller's, nothing merged from Session defaults.
     headers = {
         "Authorization": f"Bearer {key.api_key}",
         "Content-Type": "application/json",
-        "Accept": accept,
-        "Accept-Encoding": encoding,
+        "Accept": EVENTS if stream else "application/json",
+        "Accept-Encoding": "identity" if stream else "gzip, deflate",
         "User-Agent": USER_AGENT,
         "x-request-id": request_id,
     }
