@@ -186,3 +186,58 @@ def stream_chat(handler: Any, body: dict[str, Any], text: str, call: dict[str, A
         call["ended"] = "caller_left"  # the gateway closed the connection: nothing more is generated
         call["ended_at"] = time.time()
         handler.close_connection = True
+
+
+def stream_images(handler: Any, body: dict[str, Any], call: dict[str, Any], kind: str) -> None:
+    """An image stream as gpt-image models send it: ``partial_images`` partial images, then one
+    completed event with usage; ``kind`` is ``image_generation`` or ``image_edit``. The prompt
+    steers it like chat's (``[gap:]``, ``[cut:]`` after that many partials, ``[silent:]``)."""
+    from .fake_upstream import PNG_1PX
+
+    text = str(body.get("prompt", ""))
+    partials = body.get("partial_images") or 0
+    gap = number(text, "gap") or 0.0
+    cut, silent = number(text, "cut"), number(text, "silent")
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+
+    def event(name: str, document: dict[str, Any]) -> None:
+        data = f"event: {name}\ndata: {json.dumps(document)}\n\n".encode()
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        handler.wfile.flush()
+
+    common = {
+        "created_at": 1,
+        "size": "1024x1024",
+        "quality": "low",
+        "background": "opaque",
+        "output_format": "png",
+    }
+    try:
+        for i in range(int(partials)):
+            if gap:
+                time.sleep(gap)
+            event(f"{kind}.partial_image", {"type": f"{kind}.partial_image", "b64_json": PNG_1PX,
+                                             "partial_image_index": i, **common})  # fmt: skip
+            call["chunks_sent"] = i + 1
+            if cut == i + 1:
+                handler.close_connection = True
+                handler.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if silent == i + 1:
+                _hold_silently(handler, call, 30)
+                return
+        if gap:
+            time.sleep(gap)
+        usage = {"input_tokens": 12, "output_tokens": 272, "total_tokens": 284,
+                 "input_tokens_details": {"text_tokens": 12, "image_tokens": 0}}  # fmt: skip
+        event(
+            f"{kind}.completed", {"type": f"{kind}.completed", "b64_json": PNG_1PX, "usage": usage, **common}
+        )
+        handler.wfile.write(b"0\r\n\r\n")
+        call["ended"] = "done"
+    except OSError:
+        call["ended"], call["ended_at"] = "caller_left", time.time()
+        handler.close_connection = True

@@ -176,6 +176,9 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.calls.append(call)
         if self.path.endswith("/images/generations"):
+            if body.get("stream") is True:
+                fake_text.stream_images(self, body, call, "image_generation")
+                return
             if self._fault(str(body.get("prompt", ""))):
                 return
             status, document = answer_for(body)

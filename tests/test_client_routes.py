@@ -191,6 +191,18 @@ def raw_stream(gateway, body: dict) -> socket.socket:
     return sock
 
 
+def read_until(sock: socket.socket, marker: bytes, seconds: float = 10) -> bytes:
+    """What the socket sends until ``marker`` has arrived (headers and events come in any pieces)."""
+    data = b""
+    deadline = time.monotonic() + seconds
+    while marker not in data and time.monotonic() < deadline:
+        more = sock.recv(65536)
+        if not more:
+            break
+        data += more
+    return data
+
+
 def test_sse_framing_on_the_wire(gateway):
     sock = raw_stream(
         gateway,
@@ -239,7 +251,7 @@ def test_a_caller_that_hangs_up_stops_the_upstream_at_once(gateway, fake):
             "stream": True,
         },
     )
-    assert b"data: " in sock.recv(65536)
+    assert b"data: " in read_until(sock, b"data: ")
     sock.close()
     hung_up = time.time()
     time.sleep(1.0)
@@ -295,7 +307,7 @@ def test_sigterm_ends_a_long_stream_with_an_error_event_and_writes_its_row(tmp_p
     long_answer = "[gap:0.3][say:" + "w " * 200 + "]"
     body = {"model": "chat-prod", "messages": [{"role": "user", "content": long_answer}], "stream": True}
     sock = raw_stream(server, body)
-    assert b"data: " in sock.recv(65536)
+    assert b"data: " in read_until(sock, b"data: ")
     stopped = time.monotonic()
     server.process.send_signal(15)
     data = b""
@@ -316,3 +328,26 @@ def test_sigterm_ends_a_long_stream_with_an_error_event_and_writes_its_row(tmp_p
         ).one()
     engine.dispose()
     assert tuple(row) == (503, "gateway_shutting_down")
+
+
+def test_image_stream_with_the_official_client(client, gateway):
+    """OpenAI's own streaming sample: partial images, then the image."""
+    stream = client.images.generate(model="image-prod", prompt="A river", stream=True, partial_images=2)
+    kinds = [(event.type, getattr(event, "partial_image_index", None)) for event in stream]
+    assert kinds == [
+        ("image_generation.partial_image", 0),
+        ("image_generation.partial_image", 1),
+        ("image_generation.completed", None),
+    ]
+    time.sleep(0.5)
+    row = rows(gateway, "/v1/images/generations")[0]
+    assert (row["status"], row["images"], row["total_tokens"]) == (200, 1, 284)
+
+
+def test_a_cut_image_stream_raises_in_the_official_client(client):
+    stream = client.images.generate(
+        model="image-prod", prompt="[cut:1] A river", stream=True, partial_images=3
+    )
+    with pytest.raises(openai.APIError, match="stopped before the end"):
+        for _ in stream:
+            pass

@@ -64,7 +64,6 @@ def test_invalid_json_is_400(client, upstream, ledger_rows, data):
             "invalid_value",
         ),
         ({"model": "image-prod", "prompt": "p", "size": 1024}, "size", "invalid_value"),
-        ({"model": "image-prod", "prompt": "p", "stream": True}, "stream", "invalid_value"),
         ({"model": "image-prod", "prompt": "p", "stream": "yes"}, "stream", "invalid_value"),
     ],
 )

@@ -19,15 +19,9 @@ def streaming(make_app, tmp_path, fake):
     requests.delete(f"{fake.url.removesuffix('/v1')}/_calls", timeout=5)
     config = base_config(tmp_path, fake.url)
     config["gateway"]["stream_keepalive_s"] = 0.2
-    config["models"].append(
-        {
-            "display_name": "quick-chat",
-            "provider": "openai",
-            "model_name": "gpt-4o-mini",
-            "provider_key": "openai-main",
-            "timeout_s": 1.0,
-        }  # fmt: skip
-    )
+    for alias, upstream_model in (("quick-chat", "gpt-4o-mini"), ("quick-image", "gpt-image-1")):
+        quick = {"display_name": alias, "provider": "openai", "provider_key": "openai-main", "timeout_s": 1.0}
+        config["models"].append({**quick, "model_name": upstream_model})
     config["guardrails"].append(
         {
             "name": "no-launch-codes",
@@ -53,11 +47,13 @@ def events(response) -> list[bytes]:
 
 
 def payloads(response) -> list:
+    """Each event's data: "[DONE]", or its JSON."""
     out = []
     for event in events(response):
-        if event.startswith(b"data: "):
-            data = event[6:-2].decode()
-            out.append(data if data == "[DONE]" else json.loads(data))
+        for line in event.splitlines():
+            if line.startswith(b"data: "):
+                data = line[6:].decode()
+                out.append(data if data == "[DONE]" else json.loads(data))
     return out
 
 
@@ -224,3 +220,42 @@ def test_a_stream_releases_its_concurrency_slot_when_it_ends(make_app, tmp_path,
     assert ok.status_code == 200
     ok.close()
     assert CALLER_KEY not in json.dumps(fake_calls(fake))
+
+
+def images(client, prompt: str, **extra):
+    body = {"model": "image-prod", "prompt": prompt, "stream": True, **extra}
+    return client.post("/v1/images/generations", headers=auth(), json=body, buffered=False)
+
+
+def test_an_image_stream_relays_partials_then_the_completed_image(streaming):
+    app, client = streaming
+    sent = events(images(client, "a fox", partial_images=2))
+    kinds = [e.split(b"\n")[0] for e in sent]
+    assert kinds == [b"event: image_generation.partial_image"] * 2 + [b"event: image_generation.completed"]
+    row = ledger_row(app)
+    assert (row["status"], row["images"], row["total_tokens"], row["input_text_tokens"]) == (200, 1, 284, 12)
+
+
+def test_a_cut_image_stream_ends_with_an_error_event(streaming):
+    app, client = streaming
+    got = payloads(images(client, "[cut:1] a fox", partial_images=3))
+    assert got[0]["type"] == "image_generation.partial_image"
+    assert got[-1]["error"]["code"] == "upstream_stream_interrupted"
+    row = ledger_row(app)
+    assert (row["status"], row["images"], row["error_code"]) == (502, 0, "upstream_stream_interrupted")
+
+
+def test_a_silent_image_stream_gets_keep_alives(streaming, make_app, tmp_path, fake):
+    app, client = streaming
+    sent = events(images(client, "[silent:1] a fox", partial_images=2, model="quick-image"))
+    assert sent.count(b": keep-alive\n\n") >= 2 and b"upstream_timeout" in sent[-1]
+
+
+def test_an_image_stream_is_priced_from_its_completed_event(make_app, tmp_path, fake):
+    config = base_config(tmp_path, fake.url)
+    config["models"][0]["pricing"] = {
+        "per_million_tokens": {"input_text": 5, "input_image": 10, "output_image": 40}
+    }
+    app = make_app(config)
+    events(images(app.test_client(), "a fox", partial_images=1))
+    assert ledger_row(app)["cost_usd"] == pytest.approx((12 * 5 + 272 * 40) / 1e6)

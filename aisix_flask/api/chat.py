@@ -150,7 +150,7 @@ def chunk_text(chunk: dict[str, Any]) -> list[tuple[int, str]]:
 STREAMING = Streaming(
     prepare=ask_for_usage,
     note_event=_note_chunk,
-    is_end=lambda data, chunk: data == "[DONE]",
+    is_final=lambda data, chunk: data == "[DONE]",
     is_usage_only=_usage_only,
     text=chunk_text,
 )

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response
-from marshmallow import INCLUDE, Schema, ValidationError, fields
+from marshmallow import INCLUDE, Schema, fields
 from marshmallow.validate import Length, OneOf, Range
 
-from ..proxy.operation import Operation, StrictBool, StrictInt, Texts
+from ..proxy.operation import Operation, Streaming, StrictBool, StrictInt, Texts
 from ..proxy.pipeline import handle
 from ..usage.row import UsageRow
 
 bp = Blueprint("images", __name__)
-
-
-def _not_streaming(value: bool | None) -> None:
-    if value:
-        raise ValidationError("Streaming image generation is not supported by this gateway yet.")
 
 
 class ImageGenerationSchema(Schema):
@@ -37,8 +34,22 @@ class ImageGenerationSchema(Schema):
     output_format = fields.String(allow_none=True)
     output_compression = StrictInt(allow_none=True, validate=Range(min=0, max=100))
     partial_images = StrictInt(allow_none=True, validate=Range(min=0, max=3))
-    stream = StrictBool(allow_none=True, validate=_not_streaming)
+    stream = StrictBool(allow_none=True)
 
+
+def completes(data: str, event: Any) -> bool:
+    """A streamed image's last event: ``image_generation.completed`` (``image_edit.completed``)."""
+    return isinstance(event, dict) and str(event.get("type", "")).endswith(".completed")
+
+
+# An image stream: partial images, then a completed event per image with its usage; the stream is
+# complete when the upstream's body ends after at least one.
+STREAMING = Streaming(
+    prepare=lambda body: (body, False),
+    note_event=UsageRow.add_image_event,
+    is_final=completes,
+    last=False,
+)
 
 PROMPT = Texts(
     read=lambda body: [body["prompt"]],
@@ -54,6 +65,7 @@ GENERATIONS = Operation(
     texts=PROMPT,
     note_answer=UsageRow.note_answer,
     providers=frozenset({"openai"}),
+    streaming=STREAMING,
 )
 
 

@@ -33,7 +33,11 @@ class Streaming:
     # request (chat's stream_options.include_usage), not to be relayed.
     prepare: Callable[[dict[str, Any]], tuple[dict[str, Any], bool]]
     note_event: Callable[[UsageRow, dict[str, Any]], None]  # usage (and images) from an event
-    is_end: Callable[[str, Any], bool]  # an event's data (and its JSON) that ends the stream cleanly
+    # The event (given its data and its JSON) that makes the stream complete. With ``last``, it is
+    # the stream's last (chat's [DONE]): relaying stops there. Otherwise the stream is complete when
+    # the upstream's body ends after at least one (an image stream's ``*.completed`` events).
+    is_final: Callable[[str, Any], bool]
+    last: bool = True
     is_usage_only: Callable[[dict[str, Any]], bool] = lambda event: False
     text: Callable[[dict[str, Any]], list[tuple[int, str]]] | None = None  # new answer text by choice
 

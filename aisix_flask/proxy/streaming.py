@@ -94,7 +94,8 @@ class Relay:
         self.guardrails = call.registry.output_guardrails if self.spec.text else ()
         self.answer: dict[int, str] = {}  # the text so far, by choice (for output guardrails)
         self.flagged: list[str] = []
-        self.ended = False  # the upstream's own end was relayed
+        self.complete = False  # the event that completes the stream was relayed
+        self.ended = False  # nothing more is to be relayed
         self.failure: StreamEnded | GatewayError | None = None
         self._closed = False
 
@@ -106,7 +107,9 @@ class Relay:
                     yield out
                 if self.ended:
                     return
-            raise Interrupted("the stream ended without its last event")
+            if not self.complete:
+                raise Interrupted("the stream ended without its last event")
+            self.ended = True
         except (StreamEnded, ContentPolicyViolation) as e:
             self.failure = e
             if not isinstance(e, CallerGone):
@@ -130,8 +133,9 @@ class Relay:
                 return None
             if self.guardrails:
                 self._guard(document)
-        if self.spec.is_end(data, document):
-            self.ended = True
+        if self.spec.is_final(data, document):
+            self.complete = True
+            self.ended = self.spec.last
         return _USAGE_NULL.sub(b"", event) if self.hide_usage else event
 
     def _guard(self, document: dict[str, Any]) -> None:

@@ -124,6 +124,19 @@ class UsageRow:
             if "search_units" in billed:
                 self.search_units = _count(billed.get("search_units"))
 
+    def add_image_event(self, event: dict[str, Any]) -> None:
+        """Count a streamed image's ``*.completed`` event: one image, and its usage added."""
+        if not str(event.get("type", "")).endswith(".completed"):
+            return
+        part = UsageRow(self.request_id, self.api_key, self.route, None)
+        part.note_usage(event.get("usage"))
+        self.images += 1
+        for name in ("input_tokens", "output_tokens", "total_tokens"):
+            setattr(self, name, min(getattr(self, name) + getattr(part, name), _INT_MAX))
+        for name in ("input_text_tokens", "input_image_tokens"):
+            if getattr(part, name) is not None:
+                setattr(self, name, (getattr(self, name) or 0) + getattr(part, name))
+
     def note_usage(self, usage: Any) -> None:
         """Record the tokens of an OpenAI ``usage`` object (any route's names for them)."""
         if not isinstance(usage, dict):
