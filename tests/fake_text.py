@@ -241,3 +241,37 @@ def stream_images(handler: Any, body: dict[str, Any], call: dict[str, Any], kind
     except OSError:
         call["ended"], call["ended_at"] = "caller_left", time.time()
         handler.close_connection = True
+
+
+def read_parts(handler: Any, raw: bytes) -> list[dict[str, Any]] | None:
+    """A multipart body's parts, as received: headers, size, SHA-256 (and the text of small ones)."""
+    import hashlib
+
+    from werkzeug.http import parse_options_header
+    from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+
+    mimetype, options = parse_options_header(handler.headers.get("Content-Type", ""))
+    if mimetype != "multipart/form-data":
+        return None
+    decoder = MultipartDecoder(options["boundary"].encode())
+    decoder.receive_data(raw)
+    decoder.receive_data(None)
+    parts: list[dict[str, Any]] = []
+    data: dict[int, bytearray] = {}
+    while not isinstance(event := decoder.next_event(), NeedData | Epilogue):
+        if isinstance(event, File | Field):
+            parts.append({"name": event.name, "filename": getattr(event, "filename", None),
+                          "headers": list(event.headers.items())})  # fmt: skip
+            data[len(parts) - 1] = bytearray()
+        elif isinstance(event, Data):
+            data[len(parts) - 1] += event.data
+    for i, part in enumerate(parts):
+        part["size"], part["sha256"] = len(data[i]), hashlib.sha256(data[i]).hexdigest()
+        if part["filename"] is None:
+            part["text"] = data[i].decode()
+    return parts
+
+
+def form_body(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The text fields of a form, as the answer is steered by them."""
+    return {p["name"]: p["text"] for p in parts if p["filename"] is None}

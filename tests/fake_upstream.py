@@ -171,8 +171,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = json.loads(raw)
-        call = {"path": self.path, "headers": dict(self.headers), "body": body, "at": time.time()}
+        parts = fake_text.read_parts(self, raw)
+        body = json.loads(raw) if parts is None else fake_text.form_body(parts)
+        if parts is not None and body.get("stream") == "true":
+            body["stream"] = True
+        call = {
+            "path": self.path,
+            "headers": dict(self.headers),
+            "body": body,
+            "at": time.time(),
+            "parts": parts,
+        }
         with self.server.lock:
             self.server.calls.append(call)
         if self.path.endswith("/images/generations"):
@@ -183,6 +192,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             status, document = answer_for(body)
             self._send(status, document, {"Retry-After": "7"} if status == 429 else None)
+        elif self.path.endswith("/images/edits"):
+            if body.get("stream") is True:
+                partials = int(body.get("partial_images") or 0)
+                fake_text.stream_images(self, {**body, "partial_images": partials}, call, "image_edit")
+                return
+            status, document = answer_for({**body, "n": int(body.get("n") or 1)})
+            self._send(status, document)
         elif self.path.endswith(("/chat/completions", "/embeddings", "/rerank")):
             self._text(body, call)
         else:

@@ -351,3 +351,36 @@ def test_a_cut_image_stream_raises_in_the_official_client(client):
     with pytest.raises(openai.APIError, match="stopped before the end"):
         for _ in stream:
             pass
+
+
+def _png(seed: int) -> tuple[str, bytes, str]:
+    import hashlib as _h
+
+    return (f"img{seed}.png", _h.sha256(str(seed).encode()).digest() * 512, "image/png")
+
+
+@pytest.mark.parametrize(
+    ("images", "mask"),
+    [([_png(1)], None), ([_png(1), _png(2)], None), ([_png(3)], ("mask.png", b"m" * 999, "image/png"))],
+)
+def test_image_edits_with_the_official_client(client, gateway, fake, images, mask):
+    import hashlib as _h
+
+    extra = {"mask": mask} if mask else {}
+    answer = client.images.edit(model="image-prod", image=images if len(images) > 1 else images[0],
+                                prompt="add a hat", **extra)  # fmt: skip
+    assert answer.data[0].b64_json and answer.usage.total_tokens == 284
+    parts = fake_calls(fake, "/images/edits")[-1]["parts"]
+    files = [(p["name"], p["filename"], p["sha256"]) for p in parts if p["filename"]]
+    expected = [
+        ("image[]" if len(images) > 1 else "image", f, _h.sha256(d).hexdigest()) for f, d, _ in images
+    ]
+    if mask:
+        expected.append(("mask", mask[0], _h.sha256(mask[1]).hexdigest()))
+    assert files == expected
+    assert {p["name"]: p.get("text") for p in parts}["model"] == "gpt-image-1"
+
+
+def test_a_streamed_image_edit_with_the_official_client(client):
+    stream = client.images.edit(model="image-prod", image=_png(4), prompt="p", stream=True, partial_images=1)
+    assert [event.type for event in stream] == ["image_edit.partial_image", "image_edit.completed"]

@@ -48,6 +48,20 @@ CASES = {
         {"created": 1, "data": [{"b64_json": "aGVsbG8="}], "usage": {"input_tokens": 3, "output_tokens": 4}},
         (3, 4, 7),
     ),
+    "image edits": Case(
+        "/v1/images/edits",
+        f"{IMAGES_URL.rsplit('/', 1)[0]}/edits",
+        "image-prod",
+        "gpt-image-1",
+        lambda text: {
+            "model": "image-prod",
+            "prompt": text,
+            "images": [{"image_url": "https://x.test/a.png"}],
+        },
+        "prompt",
+        {"created": 1, "data": [{"b64_json": "aGVsbG8="}], "usage": {"input_tokens": 3, "output_tokens": 4}},
+        (3, 4, 7),
+    ),
     "chat": Case(
         "/v1/chat/completions",
         CHAT_URL,
@@ -186,7 +200,7 @@ def test_5_an_alias_the_key_may_not_use_is_403(client, upstream, case):
 def test_6_only_the_image_route_refuses_other_providers(client, upstream, case):
     """deepseek-chat's provider is deepseek: the image route's 400, any other route forwards."""
     body = {**case.body("p"), "model": "deepseek-chat"}
-    if case.route.startswith("/v1/images"):
+    if case.route.startswith("/v1/images"):  # generations and edits
         r = client.post(case.route, headers=auth(), json=body)
         assert_envelope(r, 400, "invalid_request_error", "unsupported_provider", "model")
     elif case.route == "/v1/rerank":
@@ -201,6 +215,7 @@ def test_6_only_the_image_route_refuses_other_providers(client, upstream, case):
     ("case", "model", "forwarded"),
     [
         (CASES["images"], "compat-image", False),  # openai-compatible has no images
+        (CASES["image edits"], "compat-image", False),
         (CASES["chat"], "compat-image", True),
         (CASES["embeddings"], "compat-image", True),
         (CASES["rerank"], "chat-prod", False),  # the openai adapter has no rerank

@@ -15,8 +15,8 @@ from ..usage.row import UsageRow
 bp = Blueprint("images", __name__)
 
 
-class ImageGenerationSchema(Schema):
-    """Checks the fields the gateway knows; anything else is kept and forwarded as sent."""
+class ImageSchema(Schema):
+    """What image generations and edits share; anything else is kept and forwarded as sent."""
 
     class Meta:
         unknown = INCLUDE
@@ -61,7 +61,7 @@ GENERATIONS = Operation(
     route="/v1/images/generations",
     upstream_path="/images/generations",
     what="image generation",
-    schema=ImageGenerationSchema(),
+    schema=ImageSchema(),
     texts=PROMPT,
     note_answer=UsageRow.note_answer,
     providers=frozenset({"openai"}),

@@ -52,6 +52,7 @@ class Idempotency:
         produce: Callable[[], Response],
         settings: IdempotencySettings,
         running_s: float,
+        digest: str | None = None,
     ) -> Response:
         """``produce()`` the answer, or replay the one a request with the same key produced."""
         raw = headers.get(HEADER)
@@ -60,7 +61,11 @@ class Idempotency:
         if not _VALID_KEY.fullmatch(raw):
             raise InvalidRequest("Idempotency-Key must be 1 to 255 printable ASCII characters.", param=HEADER)
         key = hashlib.sha256(f"{api_key}\0{raw}".encode()).hexdigest()
-        digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        # What makes two requests the same: the JSON body, or (a form) the bytes it was sent as.
+        digest = (
+            digest
+            or hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        )
         try:
             held = self._claim(key, digest, running_s, settings)
         except STORE_ERRORS as e:

@@ -22,6 +22,7 @@ from ..errors import GatewayError
 from ..gateway import Gateway
 from ..policy.limits import Admission
 from ..usage.row import UsageRow
+from .multipart import Form
 from .operation import Operation
 from .upstream import Timeout
 
@@ -42,6 +43,7 @@ class Call:
         self.admission = Admission()
         self.priced = False  # the upstream answered 2xx: what it reported has a cost
         self.upstream_started: float | None = None
+        self.upload: Form | None = None  # a multipart body's parts, spooled
         self.streaming = False  # a stream took over the end of the call
         self._started = time.perf_counter()
         # Taken now: a stream finishes after the request context is gone.
@@ -69,6 +71,8 @@ class Call:
         if self._finished:
             return
         self._finished = True
+        if self.upload is not None:
+            self.upload.close()
         row = self.row
         row.latency_ms = (time.perf_counter() - self._started) * 1000
         self.gateway.limiter.finish(self.admission, row.total_tokens)

@@ -55,7 +55,8 @@ class Operation:
     note_answer: Callable[[UsageRow, dict[str, Any]], None]  # usage (and images) from an answer
     providers: frozenset[str] | None = None  # images: {"openai"}; None: any provider
     output_text: Callable[[dict[str, Any]], list[str]] | None = None  # what output guardrails read
-    streaming: Streaming | None = None  # None: ``stream`` is refused by the schema
+    streaming: Streaming | None = None  # None: ``stream: true`` is forwarded as any field
+    form_schema: Schema | None = None  # the route also takes multipart/form-data, checked by this
 
 
 class StrictInt(fields.Integer):
@@ -122,9 +123,13 @@ def validate(schema: Schema, body: dict[str, Any]) -> None:
     if not errors:
         return
     param = next(name for name in (*schema.fields, *errors) if name in errors)
-    if param not in body:
+    message = _first_message(errors[param])
+    if param not in body and message == MISSING:
         raise MissingParameter(f"Missing required parameter: '{param}'.", param=param)
-    raise InvalidRequest(f"Invalid value for '{param}': {_first_message(errors[param])}", param=param)
+    raise InvalidRequest(f"Invalid value for '{param}': {message}", param=param)
+
+
+MISSING = fields.Field.default_error_messages["required"]
 
 
 def _first_message(messages: Any) -> str:
@@ -140,9 +145,3 @@ def _first_message(messages: Any) -> str:
         else:
             messages = messages[0]
     return str(messages)
-
-
-def must_be(condition: bool, message: str) -> None:
-    """A schema-level check: raise marshmallow's ValidationError unless ``condition``."""
-    if not condition:
-        raise ValidationError(message)

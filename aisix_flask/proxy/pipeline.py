@@ -27,6 +27,7 @@ from . import upstream
 from .adapters import BRIDGES, endpoint_url
 from .body import read_json_object
 from .call import Call
+from .multipart import read_form
 from .operation import Operation, validate
 from .outcomes import Answer, interpret
 from .streaming import STREAM_SLOT_TTL_S, open_events, refuse_idempotency_key, stream_response
@@ -39,9 +40,9 @@ def handle(operation: Operation) -> Response:
     registry = gateway.config()  # this request's config, start to finish
     key = authenticate(registry.api_keys, request.headers)  # 1
     with Call(operation, gateway, registry, key) as call:  # 13: the call owns its row (see Call)
-        body = read_json_object(registry.gateway.request_body_limit_bytes)  # 2
+        body = read_body(call)  # 2
         call.row.note_request(body)
-        validate(operation.schema, body)  # 3
+        validate(operation.form_schema if call.upload else operation.schema, body)  # 3
         route = call.route = resolve(call, body["model"])  # 4
         if not key.may_use(route.alias):  # 5
             raise PermissionDenied(f"This API key may not use the model '{route.alias}'.")
@@ -61,7 +62,18 @@ def handle(operation: Operation) -> Response:
             lambda: forward(call, body),
             registry.gateway.idempotency,
             call.timeout.slot_ttl_s,
+            digest=call.upload.digest if call.upload else None,
         )
+
+
+def read_body(call: Call) -> dict[str, Any]:
+    """The body as a JSON object; for a route that takes forms, multipart/form-data too (its text
+    fields as values, its files described, its parts kept for sending on)."""
+    limit = call.registry.gateway.request_body_limit_bytes
+    if call.operation.form_schema is not None and request.mimetype == "multipart/form-data":
+        call.upload = read_form(limit)
+        return call.upload.fields()
+    return read_json_object(limit)
 
 
 def resolve(call: Call, alias: str) -> Route:
@@ -163,7 +175,7 @@ def send(call: Call, body: dict[str, Any], streamed: bool = False) -> Any:
     """Send the body once, with only ``model`` rewritten, and interpret the answer: an Answer,
     or (``streamed``, when the upstream streams) the open response."""
     route = call.route
-    payload = json.dumps({**body, "model": route.upstream_model}, ensure_ascii=False).encode()
+    payload, content_type = encode(call, body)
     url = endpoint_url(route.provider_key.api_base, call.operation.upstream_path)
     proxies, verify = upstream.route_settings(url, route.provider_key, call.registry.gateway.upstream)
     call.upstream_started = time.perf_counter()
@@ -177,10 +189,24 @@ def send(call: Call, body: dict[str, Any], streamed: bool = False) -> Any:
             proxies=proxies,
             verify=verify,
             stream=streamed,
+            content_type=content_type,
         )
     finally:
         call.row.upstream_latency_ms = (time.perf_counter() - call.upstream_started) * 1000
     return interpret(answer, route.provider_key) if isinstance(answer, Answer) else answer
+
+
+def encode(call: Call, body: dict[str, Any]) -> tuple[Any, str]:
+    """What to send and its Content-Type: the body with only ``model`` rewritten (and masked text);
+    a form's parts as they came, those fields' text replaced."""
+    model = call.route.upstream_model
+    if call.upload is None:
+        return json.dumps({**body, "model": model}, ensure_ascii=False).encode(), "application/json"
+    sent = call.upload.fields()
+    changed = {
+        name: value for name, value in body.items() if isinstance(value, str) and sent.get(name) != value
+    }
+    return call.upload.encode({**changed, "model": model})
 
 
 def guard_output(call: Call, document: Any) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -86,7 +87,7 @@ def route_settings(
 
 def post(
     url: str,
-    payload: bytes,
+    payload: Any,  # bytes, or an iterable with a length (a form's parts)
     *,
     key: ProviderKey,
     request_id: str,
@@ -94,13 +95,14 @@ def post(
     proxies: dict[str, str] | None = None,
     verify: str | bool = True,
     stream: bool = False,
+    content_type: str = "application/json",
 ) -> Answer | requests.Response:
     """POST ``payload`` once (never retried: generations are billed) and read the whole answer;
     with ``stream``, the open response when the upstream answers with events (the caller reads and
     closes it), else its whole answer (an error, or JSON after all)."""
     # identity for a stream: compressed events would sit in the decompressor instead of reaching
     # the caller.
-    prepared = _prepare(url, payload, key, request_id, stream)
+    prepared = _prepare(url, payload, key, request_id, stream, content_type)
     started = time.perf_counter()
     # requests' read timeout is per socket read; the deadline bounds the whole answer
     # so an upstream trickling bytes cannot hold a worker thread forever.
@@ -117,12 +119,12 @@ EVENTS = "text/event-stream"
 
 
 def _prepare(
-    url: str, payload: bytes, key: ProviderKey, request_id: str, stream: bool
+    url: str, payload: Any, key: ProviderKey, request_id: str, stream: bool, content_type: str
 ) -> requests.PreparedRequest:
     # Every header is named here: nothing of the caller's, nothing merged from Session defaults.
     headers = {
         "Authorization": f"Bearer {key.api_key}",
-        "Content-Type": "application/json",
+        "Content-Type": content_type,
         "Accept": EVENTS if stream else "application/json",
         "Accept-Encoding": "identity" if stream else "gzip, deflate",
         "User-Agent": USER_AGENT,

@@ -1,0 +1,285 @@
+"""POST /v1/images/edits: multipart parts sent on byte for byte (only model rewritten), JSON
+references, the checks, the limits, idempotency and streaming; against the real fake upstream."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+
+import pytest
+import requests
+
+from .conftest import assert_envelope, auth, base_config
+
+ROUTE = "/v1/images/edits"
+PNG_A, PNG_B, MASK = os.urandom(3000), os.urandom(70_000), os.urandom(500)
+
+
+@pytest.fixture
+def edits(make_app, tmp_path, fake):
+    """(app, client) against the fake upstream, its calls forgotten."""
+    requests.delete(f"{fake.url.removesuffix('/v1')}/_calls", timeout=5)
+    config = base_config(tmp_path, fake.url)
+    config["gateway"]["request_body_limit_bytes"] = 2_000_000
+    config["gateway"]["stream_keepalive_s"] = 0.2
+    app = make_app(config)
+    return app, app.test_client()
+
+
+def last_call(fake) -> dict:
+    return requests.get(f"{fake.url.removesuffix('/v1')}/_calls", timeout=5).json()[-1]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def raw_form(*parts: bytes, boundary: str = "XyZ-boundary") -> tuple[bytes, dict[str, str]]:
+    """A multipart body exactly as written: each part is its header lines, a blank line, its data."""
+    body = b"".join(b"--" + boundary.encode() + b"\r\n" + part + b"\r\n" for part in parts)
+    body += b"--" + boundary.encode() + b"--\r\n"
+    return body, {**auth(), "Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def field(name: str, value: str) -> bytes:
+    return f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}'.encode()
+
+
+def file(name: str, filename: str, data: bytes, content_type: str = "image/png") -> bytes:
+    disposition = f'Content-Disposition: form-data; name="{name}"; filename="{filename}"'
+    head = f"{disposition}\r\nContent-Type: {content_type}"
+    return head.encode() + b"\r\n\r\n" + data
+
+
+def rows(app) -> list[dict]:
+    ledger = app.extensions["aisix"].ledger
+    assert ledger.flush(10)
+    return ledger.query()
+
+
+def test_every_part_is_sent_on_byte_for_byte_and_only_model_is_rewritten(edits, fake):
+    app, client = edits
+    body, headers = raw_form(
+        field("prompt", "add a hat"),
+        file("image[]", "a.png", PNG_A),
+        field("model", "image-prod"),
+        file("image[]", "b b.webp", PNG_B, "image/webp"),
+        file("mask", "mask.png", MASK),
+        field("size", "1024x1024"),
+        field("brand_new", "kept as sent ✓"),  # a field after the files, not UTF-8-only ASCII
+    )
+    r = client.post(ROUTE, data=body, headers=headers)
+    assert r.status_code == 200 and r.get_json()["data"]
+    parts = last_call(fake)["parts"]
+    assert [(p["name"], p["filename"]) for p in parts] == [
+        ("prompt", None), ("image[]", "a.png"), ("model", None), ("image[]", "b b.webp"),
+        ("mask", "mask.png"), ("size", None), ("brand_new", None),
+    ]  # fmt: skip
+    assert [p["sha256"] for p in parts if p["filename"]] == [sha(PNG_A), sha(PNG_B), sha(MASK)]
+    assert [p["text"] for p in parts if not p["filename"]] == [
+        "add a hat", "gpt-image-1", "1024x1024", "kept as sent ✓"
+    ]  # fmt: skip
+    assert dict(parts[3]["headers"])["Content-Type"] == "image/webp"
+    [row] = rows(app)
+    assert (row["route"], row["model"], row["upstream_model"], row["status"], row["images"]) == (
+        ROUTE, "image-prod", "gpt-image-1", 200, 1
+    )  # fmt: skip
+    assert row["size"] == "1024x1024"
+
+
+def test_odd_but_valid_shapes(edits, fake):
+    """Quoted names, a part with extra headers, a name written in another case of header."""
+    app, client = edits
+    body, headers = raw_form(
+        b'content-disposition: form-data; name="model"\r\n\r\nimage-prod',
+        b'Content-Disposition: form-data; name="prompt"\r\n'
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\nblue",
+        b'Content-Disposition: form-data; name="image"; filename="we\\"ird;name.png"\r\n'
+        b"Content-Type: application/octet-stream\r\nX-Extra: 1\r\n\r\n" + PNG_A,
+        boundary="----WebKitFormBoundary7MA4YWxkTrZu0gW",
+    )
+    assert client.post(ROUTE, data=body, headers=headers).status_code == 200
+    parts = last_call(fake)["parts"]
+    assert parts[2]["filename"] == 'we"ird;name.png' and parts[2]["sha256"] == sha(PNG_A)
+    assert dict(parts[2]["headers"])["X-Extra"] == "1"
+    assert (
+        parts[1]["text"] == "blue"
+        and dict(parts[1]["headers"])["Content-Type"] == "text/plain; charset=utf-8"
+    )
+
+
+@pytest.mark.parametrize(
+    ("parts", "param", "code"),
+    [
+        ([field("model", "image-prod"), field("prompt", "p")], "image", "missing_required_parameter"),
+        (
+            [field("model", "image-prod"), file("image", "a.png", PNG_A)],
+            "prompt",
+            "missing_required_parameter",
+        ),
+        (
+            [field("model", "image-prod"), field("prompt", "p"), field("image", "not a file")],
+            "image",
+            "invalid_value",
+        ),
+        (
+            [
+                field("model", "image-prod"),
+                field("prompt", "p"),
+                file("image", "a.png", PNG_A),
+                field("mask", "x"),
+            ],
+            "mask",
+            "invalid_value",
+        ),  # fmt: skip
+        (
+            [field("model", "image-prod"), field("prompt", "p")]
+            + [file("image[]", f"{i}.png", b"x") for i in range(17)],
+            "image",
+            "invalid_value",
+        ),  # fmt: skip
+        (
+            [
+                field("model", "image-prod"),
+                field("prompt", "p"),
+                field("n", "two"),
+                file("image", "a.png", b"x"),
+            ],
+            "n",
+            "invalid_value",
+        ),  # fmt: skip
+        ([field("prompt", "p"), file("image", "a.png", b"x")], "model", "missing_required_parameter"),
+    ],
+)
+def test_bad_forms_are_400_naming_the_part(edits, fake, parts, param, code):
+    app, client = edits
+    body, headers = raw_form(*parts)
+    assert_envelope(client.post(ROUTE, data=body, headers=headers), 400, "invalid_request_error", code, param)
+    assert rows(app)[0]["status"] == 400
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'--XyZ-boundary\r\nContent-Disposition: form-data; name="model"\r\n\r\nimage-prod',  # cut short
+        b"not multipart at all",
+        b"--XyZ-boundary\r\nno-disposition: x\r\n\r\ndata\r\n--XyZ-boundary--\r\n",
+    ],
+)
+def test_a_body_that_is_not_valid_multipart_is_400(edits, body):
+    app, client = edits
+    r = client.post(
+        ROUTE, data=body, headers={**auth(), "Content-Type": "multipart/form-data; boundary=XyZ-boundary"}
+    )
+    assert_envelope(r, 400, "invalid_request_error", "invalid_multipart")
+
+
+def test_no_boundary_is_400(edits):
+    app, client = edits
+    r = client.post(ROUTE, data=b"x", headers={**auth(), "Content-Type": "multipart/form-data"})
+    assert_envelope(r, 400, "invalid_request_error", "invalid_multipart")
+
+
+def test_a_body_over_the_limit_is_413(edits):
+    app, client = edits
+    body, headers = raw_form(
+        field("model", "image-prod"), field("prompt", "p"), file("image", "a.png", b"x" * 2_100_000)
+    )
+    assert_envelope(
+        client.post(ROUTE, data=body, headers=headers), 413, "invalid_request_error", "request_too_large"
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "code"),
+    [("deepseek-image", 400, "unsupported_provider"), ("compat-image", 501, "unsupported_operation")],
+)
+def test_the_image_routes_provider_rules(edits, model, status, code):
+    app, client = edits
+    body, headers = raw_form(field("model", model), field("prompt", "p"), file("image", "a.png", b"x"))
+    assert client.post(ROUTE, data=body, headers=headers).get_json()["error"]["code"] == code
+
+
+def test_guardrails_read_the_prompt_and_masked_text_replaces_its_part(make_app, tmp_path, fake):
+    config = base_config(tmp_path, fake.url)
+    config["guardrails"].append({"name": "pii", "kind": "pii", "action": "mask", "detectors": ["email"]})
+    client = make_app(config).test_client()
+    body, headers = raw_form(
+        field("model", "image-prod"), field("prompt", "a forbidden phrase"), file("image", "a.png", b"x")
+    )
+    assert client.post(ROUTE, data=body, headers=headers).status_code == 422
+    body, headers = raw_form(
+        field("model", "image-prod"), field("prompt", "for ann@example.com"), file("image", "a.png", PNG_A)
+    )
+    assert client.post(ROUTE, data=body, headers=headers).status_code == 200
+    parts = last_call(fake)["parts"]
+    assert parts[1]["text"] == "for [EMAIL_REDACTED]" and parts[2]["sha256"] == sha(PNG_A)
+
+
+def test_json_references_are_forwarded_as_json(edits, fake):
+    app, client = edits
+    body = {
+        "model": "image-prod",
+        "prompt": "p",
+        "images": [{"image_url": "https://x.test/a.png"}, {"file_id": "f"}],
+    }
+    assert client.post(ROUTE, headers=auth(), json=body).status_code == 200
+    call = last_call(fake)
+    assert call["parts"] is None and call["body"] == {**body, "model": "gpt-image-1"}
+    bad = {**body, "images": [{"url": "x"}]}
+    assert_envelope(
+        client.post(ROUTE, headers=auth(), json=bad), 400, "invalid_request_error", "invalid_value", "images"
+    )
+
+
+def test_an_idempotency_key_replays_a_form_and_refuses_other_bytes(edits, fake):
+    app, client = edits
+    body, headers = raw_form(
+        field("model", "image-prod"), field("prompt", "p"), file("image", "a.png", PNG_A)
+    )
+    headers["Idempotency-Key"] = "edit-1"
+    first = client.post(ROUTE, data=body, headers=headers)
+    again = client.post(ROUTE, data=body, headers=headers)
+    assert again.headers["x-aisix-idempotent-replay"] == "true" and again.get_data() == first.get_data()
+    other, _ = raw_form(field("model", "image-prod"), field("prompt", "p"), file("image", "a.png", PNG_B))
+    assert client.post(ROUTE, data=other, headers=headers).status_code == 422
+
+
+def test_a_streamed_edit_relays_image_edit_events(edits, fake):
+    app, client = edits
+    body, headers = raw_form(
+        field("model", "image-prod"), field("prompt", "p"), file("image", "a.png", b"x"),
+        field("stream", "true"), field("partial_images", "1"),
+    )  # fmt: skip
+    r = client.post(ROUTE, data=body, headers=headers, buffered=False)
+    events = b"".join(r.response).split(b"\n\n")
+    r.close()
+    assert [e.split(b"\n")[0] for e in events if e] == [
+        b"event: image_edit.partial_image",
+        b"event: image_edit.completed",
+    ]
+    row = rows(app)[0]
+    assert (row["status"], row["images"], row["total_tokens"]) == (200, 1, 284)
+
+
+def test_spooled_parts_are_closed_when_the_call_ends(edits, monkeypatch):
+    """Big parts go to temporary files: none is left open after the answer."""
+    from aisix_flask.proxy import multipart
+
+    opened = []
+    real = multipart.Part.__init__
+
+    def tracking(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        opened.append(self.body)
+
+    monkeypatch.setattr(multipart.Part, "__init__", tracking)
+    app, client = edits
+    body, headers = raw_form(
+        field("model", "image-prod"), field("prompt", "p"), file("image", "a.png", io.BytesIO(PNG_B).read())
+    )
+    assert client.post(ROUTE, data=body, headers=headers).status_code == 200
+    assert opened and all(f.closed for f in opened)
+    assert json.dumps(rows(app)[0])  # the row holds no image bytes
