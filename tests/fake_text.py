@@ -22,6 +22,7 @@ import select
 import socket
 import struct
 import time
+import zlib
 from typing import Any
 
 _SAY = re.compile(r"\[say:([^\]]*)\]")
@@ -121,13 +122,25 @@ def stream_chat(handler: Any, body: dict[str, Any], text: str, call: dict[str, A
     include_usage = (body.get("stream_options") or {}).get("include_usage") is True
     gap = number(text, "gap") or 0.0
     cut, reset, silent = number(text, "cut"), number(text, "reset"), number(text, "silent")
+    # [close]: "Connection: close" (chunked still); [http10]: no chunks, the body ends at the close;
+    # [deflate]: raw deflate (no zlib header), as some servers send "deflate".
+    chunked = "[http10]" not in text
+    deflate = zlib.compressobj(wbits=-15) if "[deflate]" in text else None
     handler.send_response(200)
     handler.send_header("Content-Type", "text/event-stream; charset=utf-8")
-    handler.send_header("Transfer-Encoding", "chunked")
+    if chunked:
+        handler.send_header("Transfer-Encoding", "chunked")
+    if not chunked or "[close]" in text:
+        handler.send_header("Connection", "close")
+        handler.close_connection = True
+    if deflate:
+        handler.send_header("Content-Encoding", "deflate")
     handler.end_headers()
 
     def send(data: bytes) -> None:
-        handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        if deflate:
+            data = deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
         handler.wfile.flush()
 
     def event(document: Any) -> None:
@@ -141,7 +154,7 @@ def stream_chat(handler: Any, body: dict[str, Any], text: str, call: dict[str, A
 
     try:
         event(_chunk(body, {"role": "assistant", "content": ""}))
-        said = words(text)
+        said = ["x" * 16384] * int(number(text, "big")) if number(text, "big") else words(text)
         for i, word in enumerate(said):
             if gap:
                 time.sleep(gap)
@@ -180,7 +193,8 @@ def stream_chat(handler: Any, body: dict[str, Any], text: str, call: dict[str, A
             )
         if "[no-done]" not in text:
             event("[DONE]")
-        handler.wfile.write(b"0\r\n\r\n")
+        if chunked:
+            handler.wfile.write(b"0\r\n\r\n")
         call["ended"] = "done"
     except OSError:
         call["ended"] = "caller_left"  # the gateway closed the connection: nothing more is generated

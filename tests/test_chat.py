@@ -122,3 +122,6 @@ def test_an_answer_blocked_by_an_output_guardrail_is_kept_for_its_idempotency_ke
     again = client.post(ROUTE, headers=headers, json=body)
     assert first.status_code == again.status_code == 422
     assert again.headers["x-aisix-idempotent-replay"] == "true" and len(upstream.calls) == 1
+    ledger = client.application.extensions["aisix"].ledger
+    ledger.flush(10)
+    assert [r["error_code"] for r in ledger.query()] == ["content_policy_violation"] * 2

@@ -179,10 +179,14 @@ def test_rerank_with_curl_like_requests(gateway, fake):
     assert r.status_code == 501 and r.json()["error"]["code"] == "unsupported_operation"
 
 
-def raw_stream(gateway, body: dict) -> socket.socket:
+def raw_stream(gateway, body: dict, receive_buffer: int | None = None) -> socket.socket:
     """Send a streamed chat request on a bare socket; return it, positioned after the headers."""
     payload = json.dumps(body).encode()
-    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", gateway.port))
     sock.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
         + f"Authorization: Bearer {DEV_KEY}\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
@@ -304,20 +308,18 @@ def test_sigterm_ends_a_long_stream_with_an_error_event_and_writes_its_row(tmp_p
     server = Gunicorn(
         text_config(tmp_path, fake), workers=1, threads=4, env=ENV, args=("--graceful-timeout", "7")
     )
-    long_answer = "[gap:0.3][say:" + "w " * 200 + "]"
-    body = {"model": "chat-prod", "messages": [{"role": "user", "content": long_answer}], "stream": True}
-    sock = raw_stream(server, body)
-    assert b"data: " in read_until(sock, b"data: ")
-    stopped = time.monotonic()
-    server.process.send_signal(15)
-    data = b""
-    while b"gateway_shutting_down" not in data and time.monotonic() - stopped < 10:
-        more = sock.recv(65536)
-        if not more:
-            break
-        data += more
-    ended_after = time.monotonic() - stopped
-    sock.close()
+    try:
+        long_answer = "[gap:0.3][say:" + "w " * 200 + "]"
+        body = {"model": "chat-prod", "messages": [{"role": "user", "content": long_answer}], "stream": True}
+        sock = raw_stream(server, body)
+        assert b"data: " in read_until(sock, b"data: ")
+        stopped = time.monotonic()
+        server.process.send_signal(15)
+        data = read_until(sock, b"gateway_shutting_down")
+        ended_after = time.monotonic() - stopped
+        sock.close()
+    finally:
+        server.stop()
     assert b'"code": "gateway_shutting_down"' in data and b"[DONE]" not in data
     assert 1.5 < ended_after < 4  # graceful_timeout 7 s less the 5 s margin
     assert server.process.wait(15) == 0
@@ -384,3 +386,32 @@ def test_image_edits_with_the_official_client(client, gateway, fake, images, mas
 def test_a_streamed_image_edit_with_the_official_client(client):
     stream = client.images.edit(model="image-prod", image=_png(4), prompt="p", stream=True, partial_images=1)
     assert [event.type for event in stream] == ["image_edit.partial_image", "image_edit.completed"]
+
+
+def test_a_caller_that_stops_reading_frees_its_thread(gateway, fake):
+    """Its window fills and the server's write would wait for ever: after the model's timeout
+    (quick-chat: 1.5 s) the write fails, the upstream is closed and the row is written."""
+    before = len(rows(gateway, "/v1/chat/completions"))
+    big = {"model": "quick-chat", "messages": [{"role": "user", "content": "[big:2000]"}], "stream": True}
+    sock = raw_stream(gateway, big, receive_buffer=4096)  # and never read
+    deadline = time.monotonic() + 15
+    while len(rows(gateway, "/v1/chat/completions")) == before and time.monotonic() < deadline:
+        time.sleep(0.25)
+    sock.close()
+    row = rows(gateway, "/v1/chat/completions")[0]
+    assert (row["status"], row["error_code"]) == (499, "client_disconnected")
+    assert fake_calls(fake, "/chat/completions")[-1]["ended"] == "caller_left"
+
+
+def test_a_caller_that_half_closes_gets_an_error_event_not_a_clean_end(gateway):
+    """shutdown(SHUT_WR) looks like a hang-up on the wire; the caller may still be reading."""
+    body = {
+        "model": "chat-prod",
+        "messages": [{"role": "user", "content": "[gap:0.3][say:a b c d]"}],
+        "stream": True,
+    }
+    sock = raw_stream(gateway, body)
+    sock.shutdown(socket.SHUT_WR)
+    data = read_until(sock, b"0\r\n\r\n")
+    sock.close()
+    assert b"client_disconnected" in data and b"[DONE]" not in data

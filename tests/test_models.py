@@ -53,3 +53,13 @@ def test_both_need_a_caller_key(client):
     assert_envelope(client.get("/v1/models"), 401, "authentication_error", "invalid_api_key")
     assert_envelope(client.get("/v1/models/chat-prod"), 401, "authentication_error", "invalid_api_key")
     assert client.post("/v1/models", headers=auth()).status_code == 405
+
+
+def test_a_wildcard_pattern_is_not_a_model(client):
+    assert_envelope(
+        client.get("/v1/models/openai/*", headers=auth()),
+        404,
+        "invalid_request_error",
+        "model_not_found",
+        "model",
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from aisix_flask.api.rerank import note_usage as note_rerank_usage
 from aisix_flask.usage.pricing import Pricing
 from aisix_flask.usage.row import UsageRow
 
@@ -170,11 +171,11 @@ def test_embeddings_are_input_tokens_only():
 
 def test_rerank_by_search_unit_or_by_token():
     cohere = UsageRow("r", "k", "/v1/rerank", None, status=200)
-    cohere.note_billed_units({"meta": {"billed_units": {"search_units": 3}}})
+    note_rerank_usage(cohere, {"meta": {"billed_units": {"search_units": 3}}})
     assert (cohere.search_units, cohere.total_tokens) == (3, 0)
     assert Pricing(per_search_unit=0.002).cost(cohere) == pytest.approx(0.006)
     jina = UsageRow("r", "k", "/v1/rerank", None, status=200)
-    jina.note_billed_units({"usage": {"total_tokens": 400}})
+    note_rerank_usage(jina, {"usage": {"total_tokens": 400}})
     assert (jina.input_tokens, jina.total_tokens) == (400, 400)
     assert Pricing(per_million_tokens={"input": 0.05}).cost(jina) == pytest.approx(400 * 0.05 / 1e6)
 
@@ -201,3 +202,18 @@ def test_a_chat_answers_cost_reaches_the_ledger(make_app, config, upstream):
     ledger = app.extensions["aisix"].ledger
     ledger.flush(10)
     assert ledger.query()[0]["cost_usd"] == pytest.approx((100 * 2.5 + 20 * 10) / 1e6)
+
+
+def test_tokens_and_search_units_are_summed():
+    row = UsageRow("r", "k", "/v1/rerank", None, status=200)
+    note_rerank_usage(row, {"meta": {"billed_units": {"search_units": 2, "input_tokens": 1000}}})
+    both = Pricing(per_million_tokens={"input": 1.0}, per_search_unit=0.002)
+    assert both.cost(row) == pytest.approx(1000 / 1e6 + 0.004)
+    assert Pricing(per_million_tokens={"input": 1.0}).cost(row) is None  # search units without a price
+
+
+def test_more_cached_tokens_than_input_never_make_a_negative_cost():
+    row = chat_row(
+        prompt_tokens=5, completion_tokens=1, total_tokens=6, prompt_tokens_details={"cached_tokens": 50}
+    )
+    assert GPT_4O.cost(row) == pytest.approx((5 * 1.25 + 1 * 10) / 1e6)

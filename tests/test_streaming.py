@@ -259,3 +259,40 @@ def test_an_image_stream_is_priced_from_its_completed_event(make_app, tmp_path, 
     app = make_app(config)
     events(images(app.test_client(), "a fox", partial_images=1))
     assert ledger_row(app)["cost_usd"] == pytest.approx((12 * 5 + 272 * 40) / 1e6)
+
+
+@pytest.mark.parametrize("framing", ["[close]", "[http10]", "[deflate]", "[close][deflate]"])
+def test_streams_framed_or_coded_otherwise_are_relayed(streaming, framing):
+    """Connection: close (http.client then hands the socket to the response), a body that ends at the
+    close, and raw deflate (no zlib header) as some servers send it."""
+    app, client = streaming
+    got = payloads(chat(client, f"{framing}[say:one two]"))
+    assert got[-1] == "[DONE]"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in got[:-1]) == "one two"
+    assert ledger_row(app)["status"] == 200
+
+
+def test_a_bug_in_the_relay_ends_with_an_error_event_not_a_clean_end(streaming, monkeypatch):
+    from aisix_flask.usage.row import UsageRow
+
+    def broken(row, usage):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(UsageRow, "note_usage", broken)  # when the usage chunk arrives
+    app, client = streaming
+    got = payloads(chat(client, "[say:a b]"))
+    assert got[-1]["error"]["code"] == "internal_error" and "bug" not in json.dumps(got[-1])
+    row = ledger_row(app)
+    assert (row["status"], row["error_code"]) == (500, "internal_error")
+
+
+def test_a_usage_null_key_is_removed_wherever_it_stands():
+    from aisix_flask.proxy.streaming import _USAGE_NULL
+
+    for raw, clean in [
+        (b'data: {"id":"x","usage":null}\n\n', b'data: {"id":"x"}\n\n'),
+        (b'data: {"usage":null,"id":"x"}\n\n', b'data: {"id":"x"}\n\n'),
+        (b'data: {"id":"x", "usage": null, "c":1}\n\n', b'data: {"id":"x", "c":1}\n\n'),
+        (b'data: {"t":"\\"usage\\":null,"}\n\n', b'data: {"t":"\\"usage\\":null,"}\n\n'),  # inside a string
+    ]:
+        assert _USAGE_NULL.sub(b"", raw) == clean

@@ -8,18 +8,9 @@ from flask import Blueprint, Response
 from marshmallow import INCLUDE, Schema, fields
 from marshmallow.validate import Length, Range
 
-from ..proxy.operation import (
-    JsonArray,
-    JsonObject,
-    OneOfTypes,
-    Operation,
-    Streaming,
-    StrictBool,
-    StrictInt,
-    StrictNumber,
-    Texts,
-)
+from ..proxy.operation import Operation, Streaming, Texts
 from ..proxy.pipeline import handle
+from ..proxy.schema import JsonArray, OneOfTypes, StrictBool, StrictInt, StrictNumber
 from ..usage.row import UsageRow
 
 bp = Blueprint("chat", __name__)
@@ -31,6 +22,15 @@ def _is_content(value: Any) -> bool:
         or isinstance(value, str)
         or (isinstance(value, list) and all(isinstance(part, dict) for part in value))
     )
+
+
+class StreamOptionsSchema(Schema):
+    """``stream_options``: ``include_usage`` a boolean when sent; the rest as sent."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    include_usage = StrictBool(allow_none=True)
 
 
 class MessageSchema(Schema):
@@ -60,7 +60,7 @@ class ChatCompletionSchema(Schema):
     model = fields.String(required=True, validate=Length(min=1))
     messages = fields.List(fields.Nested(MessageSchema), required=True, validate=Length(min=1))
     stream = StrictBool(allow_none=True)
-    stream_options = JsonObject(allow_none=True)
+    stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
     n = StrictInt(allow_none=True, validate=Range(min=1))
     max_tokens = StrictInt(allow_none=True, validate=Range(min=0))
     max_completion_tokens = StrictInt(allow_none=True, validate=Range(min=0))

@@ -8,8 +8,9 @@ from flask import Blueprint, Response
 from marshmallow import INCLUDE, Schema, fields
 from marshmallow.validate import Length, OneOf, Range
 
-from ..proxy.operation import OneOfTypes, Operation, StrictInt, Texts
+from ..proxy.operation import Operation, Texts
 from ..proxy.pipeline import handle
+from ..proxy.schema import OneOfTypes, StrictInt
 from ..usage.row import UsageRow, whole_number
 
 

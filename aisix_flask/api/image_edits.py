@@ -9,8 +9,9 @@ from marshmallow import ValidationError, validates_schema
 from marshmallow.validate import Length
 
 from ..proxy.multipart import FilePart
-from ..proxy.operation import MISSING, JsonArray, JsonObject, Operation
+from ..proxy.operation import Operation
 from ..proxy.pipeline import handle
+from ..proxy.schema import MISSING, JsonArray, JsonObject
 from ..usage.row import UsageRow
 from .images import PROMPT, STREAMING, ImageSchema
 

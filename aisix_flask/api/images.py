@@ -8,8 +8,9 @@ from flask import Blueprint, Response
 from marshmallow import INCLUDE, Schema, fields
 from marshmallow.validate import Length, OneOf, Range
 
-from ..proxy.operation import Operation, Streaming, StrictBool, StrictInt, Texts
+from ..proxy.operation import Operation, Streaming, Texts
 from ..proxy.pipeline import handle
+from ..proxy.schema import StrictBool, StrictInt
 from ..usage.row import UsageRow
 
 bp = Blueprint("images", __name__)

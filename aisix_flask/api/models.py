@@ -27,7 +27,7 @@ def list_models() -> Response:
 def retrieve_model(model: str) -> Response:
     """One alias: an exact row, or any id a wildcard row matches; 404 unknown, 403 not allowed."""
     registry, key = _caller()
-    route = registry.router.resolve(model)
+    route = None if "*" in model else registry.router.resolve(model)  # a pattern is not a model
     if route is None:
         raise ModelNotFound(f"The model '{model}' does not exist on this gateway.", param="model")
     if not key.may_use(model):

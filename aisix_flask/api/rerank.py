@@ -8,9 +8,10 @@ from flask import Blueprint, Response
 from marshmallow import INCLUDE, Schema, fields
 from marshmallow.validate import Length, Range
 
-from ..proxy.operation import OneOfTypes, Operation, StrictBool, StrictInt, Texts
+from ..proxy.operation import Operation, Texts
 from ..proxy.pipeline import handle
-from ..usage.row import UsageRow
+from ..proxy.schema import OneOfTypes, StrictBool, StrictInt
+from ..usage.row import UsageRow, whole_number
 
 bp = Blueprint("rerank", __name__)
 
@@ -57,6 +58,23 @@ def write_texts(body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
     return {**body, "query": texts[0], "documents": documents}
 
 
+def note_usage(row: UsageRow, document: dict[str, Any]) -> None:
+    """A rerank answer's usage: OpenAI-style ``usage`` (Jina, vLLM), else Cohere's
+    ``meta.billed_units`` (tokens and search units). Rerank reads input: a bare total is input."""
+    usage, meta = document.get("usage"), document.get("meta")
+    billed = meta.get("billed_units") if isinstance(meta, dict) else None
+    if isinstance(usage, dict):
+        row.note_usage(usage)
+        if not (row.input_tokens or row.output_tokens):
+            row.input_tokens = row.total_tokens
+    elif isinstance(billed, dict):
+        row.note_usage(
+            {"input_tokens": billed.get("input_tokens"), "output_tokens": billed.get("output_tokens")}
+        )
+        if "search_units" in billed:
+            row.search_units = max(whole_number(billed.get("search_units")) or 0, 0)
+
+
 RERANK = Operation(
     name="rerank",
     route="/v1/rerank",
@@ -64,7 +82,7 @@ RERANK = Operation(
     what="rerank",
     schema=RerankSchema(),
     texts=Texts(read=read_texts, write=write_texts),
-    note_answer=UsageRow.note_billed_units,
+    note_answer=note_usage,
 )
 
 

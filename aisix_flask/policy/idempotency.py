@@ -77,7 +77,7 @@ class Idempotency:
                 should_retry=True,
             ) from None
         if held is not None:
-            row.note_replay(held.status or 0)
+            row.note_replay(held.status or 0, _error_code(held))
             return _replay(held)
         try:
             response = produce()
@@ -125,6 +125,18 @@ def _record(digest: str, response: Response, settings: IdempotencySettings) -> R
     if len(body) > settings.max_answer_bytes:
         return Record(digest, "too_large", response.status_code, response.content_type, headers, None)
     return Record(digest, "done", response.status_code, response.content_type, headers, body)
+
+
+def _error_code(held: Record) -> str | None:
+    """The kept answer's ``error.code``, for the replay's row."""
+    if not held.status or held.status < 400 or not held.body:
+        return None
+    try:
+        error = json.loads(held.body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code[:64] if isinstance(code, str) else None
 
 
 def _replay(held: Record) -> Response:

@@ -19,6 +19,7 @@ import ssl
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import requests
 
@@ -26,6 +27,9 @@ KEEPALIVE = b": keep-alive\n\n"
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[^\r\n]*\r?\n")
 _READ_SIZE = 65536
+# An event larger than this (a blank line never came) ends the stream: 1536x1024 PNG partial images
+# are a few MB of base64.
+MAX_EVENT_BYTES = 64 * 1024 * 1024
 
 
 class StreamEnded(Exception):
@@ -72,11 +76,16 @@ class UpstreamEvents:
         self._response = response
         self._silence_s = silence_s
         self._keepalive_s = keepalive_s
-        self._caller = caller
+        # The caller's socket is watched for a hang-up by peeking at it, which TLS does not allow
+        # (gunicorn serving TLS itself): there a hang-up is noticed at the next write instead.
+        self._caller = None if isinstance(caller, ssl.SSLSocket) else caller
         self._stop_by = stop_by
-        self._sock: socket.socket = response.raw.connection.sock
+        buffer = response.raw._fp.fp  # http.client's BufferedReader over the upstream's socket
+        # Its SocketIO's socket: there even when http.client gave the connection up to the response
+        # (an upstream that answers "Connection: close" or HTTP/1.0).
+        self._sock: socket.socket = buffer.raw._sock
         self._body = _Body(response.headers)
-        self._raw = _take_buffered(response, self._sock)
+        self._raw = _take_buffered(buffer, self._sock)
         now = time.monotonic()
         self._silent_until = now + silence_s  # moved on by every byte that arrives
         self._keepalive_at = now + keepalive_s  # moved on by every byte, and by every keep-alive
@@ -90,6 +99,8 @@ class UpstreamEvents:
                 event = bytes(events[: match.end()])
                 del events[: match.end()]
                 yield event
+            if len(events) > MAX_EVENT_BYTES:
+                raise Interrupted(f"the upstream sent an event of more than {MAX_EVENT_BYTES} bytes")
             if self._body.done:
                 if events.strip():  # a last event without its blank line
                     yield bytes(events) + b"\n\n"
@@ -158,9 +169,8 @@ class UpstreamEvents:
         return gone
 
 
-def _take_buffered(response: requests.Response, sock: socket.socket) -> bytes:
+def _take_buffered(buffer: Any, sock: socket.socket) -> bytes:
     """The body bytes http.client read ahead with the headers (in its buffer, not the socket)."""
-    buffer = response.raw._fp.fp  # http.client's BufferedReader over the socket
     timeout = sock.gettimeout()
     sock.settimeout(0)  # peek must not wait for bytes that have not arrived
     try:
@@ -181,9 +191,10 @@ class _Body:
         length = headers.get("Content-Length")
         self.left = int(length) if not self.chunked and length and length.isdigit() else None
         self.ends_at_close = not self.chunked and self.left is None
-        coding = headers.get("Content-Encoding", "identity").lower()
-        # 47: zlib or gzip header, whichever it is (an upstream may compress despite identity).
-        self._inflate = zlib.decompressobj(47) if coding in ("gzip", "deflate") else None
+        # An upstream may compress despite "identity": gzip, or deflate with or without its zlib
+        # header (both are sent as "deflate"); the first bytes tell which.
+        self._coding = headers.get("Content-Encoding", "identity").strip().lower()
+        self._inflate: Any = None
         self._framed = bytearray()  # chunked bytes not yet decoded
         self._chunk_left = 0  # data bytes left in the current chunk
         self.done = self.left == 0
@@ -197,7 +208,15 @@ class _Body:
             self.done = self.left == 0
         else:
             data = raw
-        return self._inflate.decompress(data) if self._inflate and data else data
+        if self._coding not in ("gzip", "deflate") or not data:
+            return data
+        if self._inflate is None:
+            zlib_header = len(data) > 1 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+            self._inflate = zlib.decompressobj(47 if self._coding == "gzip" or zlib_header else -15)
+        try:
+            return self._inflate.decompress(data)
+        except zlib.error as e:
+            raise Interrupted(f"the upstream's {self._coding} stream is broken: {e}") from None
 
     def _dechunk(self, raw: bytes) -> bytes:
         self._framed += raw

@@ -10,10 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields
+from marshmallow import Schema
 
-from ..errors import InvalidRequest, MissingParameter
-from ..usage.row import UsageRow, whole_number
+from ..usage.row import UsageRow
 
 
 @dataclass(frozen=True)
@@ -57,91 +56,3 @@ class Operation:
     output_text: Callable[[dict[str, Any]], list[str]] | None = None  # what output guardrails read
     streaming: Streaming | None = None  # None: ``stream: true`` is forwarded as any field
     form_schema: Schema | None = None  # the route also takes multipart/form-data, checked by this
-
-
-class StrictInt(fields.Integer):
-    """An integer as JSON Schema means it: a number with no fraction (2 or 2.0), not "2" or true."""
-
-    def _validated(self, value: Any) -> int:
-        if whole_number(value) is None:
-            raise self.make_error("invalid")
-        return super()._validated(value)
-
-
-class StrictBool(fields.Boolean):
-    """true or false, nothing truthy."""
-
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
-        if not isinstance(value, bool):
-            raise self.make_error("invalid")
-        return value
-
-
-class StrictNumber(fields.Float):
-    """A JSON number (not a numeric string, not true), kept as sent."""
-
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.make_error("invalid")
-        return value
-
-
-class JsonObject(fields.Field):
-    """A JSON object, kept as sent."""
-
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
-        if not isinstance(value, dict):
-            raise ValidationError("Not a valid object.")
-        return value
-
-
-class JsonArray(fields.Field):
-    """A JSON array, kept as sent."""
-
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
-        if not isinstance(value, list):
-            raise ValidationError("Not a valid array.")
-        return value
-
-
-class OneOfTypes(fields.Field):
-    """A value of one of a few JSON shapes, each given as (test, description); kept as sent."""
-
-    def __init__(self, *shapes: tuple[Callable[[Any], bool], str], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.shapes = shapes
-
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
-        if not any(test(value) for test, _ in self.shapes):
-            raise ValidationError(f"Must be {' or '.join(what for _, what in self.shapes)}.")
-        return value
-
-
-def validate(schema: Schema, body: dict[str, Any]) -> None:
-    """Raise 400 naming the first bad field (in the schema's order); the body is not rewritten."""
-    errors = schema.validate(body)
-    if not errors:
-        return
-    param = next(name for name in (*schema.fields, *errors) if name in errors)
-    message = _first_message(errors[param])
-    if param not in body and message == MISSING:
-        raise MissingParameter(f"Missing required parameter: '{param}'.", param=param)
-    raise InvalidRequest(f"Invalid value for '{param}': {message}", param=param)
-
-
-MISSING = fields.Field.default_error_messages["required"]
-
-
-def _first_message(messages: Any) -> str:
-    """marshmallow's first message, however deep it sits (nested lists and schemas)."""
-    while isinstance(messages, dict | list) and messages:
-        if isinstance(messages, dict):
-            key, messages = next(iter(messages.items()))
-            if isinstance(key, int):
-                prefix = f"item {key}: "
-                return prefix + _first_message(messages)
-            if key != "_schema":
-                return f"'{key}': " + _first_message(messages)
-        else:
-            messages = messages[0]
-    return str(messages)

@@ -20,7 +20,6 @@ class Answer:
     content: bytes
     content_type: str
     retry_after: str | None
-    latency_ms: float
     document: Any = None
 
     def error_code(self) -> str:

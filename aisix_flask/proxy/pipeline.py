@@ -28,9 +28,10 @@ from .adapters import BRIDGES, endpoint_url
 from .body import read_json_object
 from .call import Call
 from .multipart import read_form
-from .operation import Operation, validate
+from .operation import Operation
 from .outcomes import Answer, interpret
-from .streaming import STREAM_SLOT_TTL_S, open_events, refuse_idempotency_key, stream_response
+from .schema import validate
+from .streaming import STREAM_SLOT_TTL_S, refuse_idempotency_key, stream_response
 from .upstream import Timeout
 
 
@@ -154,7 +155,7 @@ def stream(call: Call, body: dict[str, Any]) -> Response:
     opened = send(call, outgoing, streamed=True)  # 11
     if isinstance(opened, Answer):  # an upstream that answered JSON after all
         return answered(call, opened)
-    return stream_response(call, open_events(call, opened), hide_usage)  # 12
+    return stream_response(call, opened, hide_usage)  # 12
 
 
 def answered(call: Call, answer: Answer) -> Response:

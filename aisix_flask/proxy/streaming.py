@@ -9,11 +9,14 @@ the stream does, however it ends.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import requests
 from flask import Response, request
 
 from .. import worker
@@ -30,15 +33,25 @@ STREAM_SLOT_TTL_S = 3600.0
 # split across chunks is found without scanning the whole answer again for every chunk.
 GUARD_OVERLAP = 1024
 
-_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null')  # a key: inside a string its quotes are escaped
+# The key and its null, with the comma that joins it to its neighbour (before or after it). A key:
+# inside a string its quotes would be escaped.
+_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
+
+log = logging.getLogger(__name__)
 
 # How a stream that did not end cleanly is recorded: the status its row keeps (the caller got 200).
 _ROW_STATUS = {Interrupted: 502, Silent: 504, CallerGone: 499, ShuttingDown: 503}
-_ERROR_TYPE = {Interrupted: "upstream_error", Silent: "timeout", ShuttingDown: "server_error"}
+_ERROR_TYPE = {
+    Interrupted: "upstream_error",
+    Silent: "timeout",
+    ShuttingDown: "server_error",
+    CallerGone: "invalid_request_error",
+}
 _MESSAGES = {
     Interrupted: "The upstream stopped before the end of the stream; the answer is incomplete.",
     Silent: "The upstream sent nothing for longer than the model's timeout; the stream was ended.",
     ShuttingDown: "The gateway is restarting; the stream was ended before it was complete. Retry.",
+    CallerGone: "The caller's connection closed (or stopped reading); the stream was ended.",
 }
 
 
@@ -61,9 +74,22 @@ def refuse_idempotency_key() -> None:
         )
 
 
-def stream_response(call: Call, events: UpstreamEvents, hide_usage: bool) -> Response:
-    """The caller's answer: the relay, which finishes the call when it ends."""
-    relay = Relay(call, events, hide_usage)
+def stream_response(call: Call, upstream: requests.Response, hide_usage: bool) -> Response:
+    """The caller's answer: the relay of ``upstream``'s events, which finishes the call when it
+    ends. The caller's connection (gunicorn gives it) is watched for a hang-up meanwhile."""
+    caller = request.environ.get("gunicorn.socket")
+    try:
+        events = UpstreamEvents(
+            upstream,
+            silence_s=call.timeout.read_s,
+            keepalive_s=call.registry.gateway.stream_keepalive_s,
+            caller=caller,
+            stop_by=worker.streams_must_end_by,
+        )
+    except BaseException:
+        upstream.close()
+        raise
+    relay = Relay(call, events, hide_usage, caller)
     call.streaming = True
     response = Response(relay, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -71,28 +97,24 @@ def stream_response(call: Call, events: UpstreamEvents, hide_usage: bool) -> Res
     return response
 
 
-def open_events(call: Call, response: Any) -> UpstreamEvents:
-    """Read ``response``'s events, watching the caller's connection (gunicorn gives it) meanwhile."""
-    return UpstreamEvents(
-        response,
-        silence_s=call.timeout.read_s,
-        keepalive_s=call.registry.gateway.stream_keepalive_s,
-        caller=request.environ.get("gunicorn.socket"),
-        stop_by=worker.streams_must_end_by,
-    )
-
-
 class Relay:
     """The iterable the caller's answer is made of; ``close`` (the WSGI server calls it, however
     the stream ended) closes the upstream connection and finishes the call."""
 
-    def __init__(self, call: Call, events: UpstreamEvents, hide_usage: bool) -> None:
+    def __init__(
+        self, call: Call, events: UpstreamEvents, hide_usage: bool, caller: socket.socket | None = None
+    ) -> None:
         self.call = call
+        # A caller that stops reading would block the server's write, and this thread, for ever:
+        # a write that waits longer than the model's timeout (or past a stopping worker's
+        # deadline) fails, and the stream ends as if the caller had hung up.
+        self.caller = caller
+        self._caller_timeout = caller.gettimeout() if caller is not None else None
         self.spec: Streaming = call.operation.streaming
         self.events = events
         self.hide_usage = hide_usage
         self.guardrails = call.registry.output_guardrails if self.spec.text else ()
-        self.answer: dict[int, str] = {}  # the text so far, by choice (for output guardrails)
+        self.tails: dict[int, str] = {}  # the end of each choice's text so far (output guardrails)
         self.flagged: list[str] = []
         self.complete = False  # the event that completes the stream was relayed
         self.ended = False  # nothing more is to be relayed
@@ -104,6 +126,7 @@ class Relay:
             for event in self.events:
                 out = event if event is KEEPALIVE else self._take(event)
                 if out:
+                    self._bound_the_write()
                     yield out
                 if self.ended:
                     return
@@ -112,10 +135,27 @@ class Relay:
             self.ended = True
         except (StreamEnded, ContentPolicyViolation) as e:
             self.failure = e
-            if not isinstance(e, CallerGone):
-                yield error_event(e)
+            # Also to a caller that seems gone: one that only closed its sending side still reads,
+            # and must not see a clean end.
+            yield error_event(e)
+        except Exception:  # a bug here must not look like a clean end, nor like a hang-up
+            log.exception("stream relay failed")
+            self.failure = GatewayError()
+            yield error_event(self.failure)
         finally:
             self.close()
+
+    def _bound_the_write(self) -> None:
+        if self.caller is None:
+            return
+        limit = self.call.timeout.read_s
+        stop_by = worker.streams_must_end_by()
+        if stop_by is not None:
+            limit = min(limit, max(0.1, stop_by - time.monotonic()))
+        try:
+            self.caller.settimeout(limit)
+        except OSError:
+            self.caller = None
 
     def _take(self, event: bytes) -> bytes | None:
         """What to relay of one event (None: nothing), noting what it says on the way."""
@@ -139,12 +179,11 @@ class Relay:
         return _USAGE_NULL.sub(b"", event) if self.hide_usage else event
 
     def _guard(self, document: dict[str, Any]) -> None:
-        """Output guardrails over each choice's text so far; the event that completes a match is
-        not relayed (ContentPolicyViolation ends the stream instead)."""
+        """Output guardrails over each choice's newest text and what came just before it; the event
+        that completes a match is not relayed (ContentPolicyViolation ends the stream instead)."""
         for index, text in self.spec.text(document):
-            before = self.answer.get(index, "")
-            self.answer[index] = before + text
-            window = self.answer[index][max(0, len(before) - GUARD_OVERLAP) :]
+            window = self.tails.get(index, "") + text
+            self.tails[index] = window[-GUARD_OVERLAP:]
             check_output(self.guardrails, window, self.flagged)
 
     def close(self) -> None:
@@ -153,6 +192,11 @@ class Relay:
             return
         self._closed = True
         self.events.close()
+        if self.caller is not None:
+            try:
+                self.caller.settimeout(self._caller_timeout)  # the connection may serve again
+            except OSError:
+                pass
         call, row = self.call, self.call.row
         row.upstream_latency_ms = (time.perf_counter() - call.upstream_started) * 1000
         row.note_flagged(self.flagged)

@@ -27,7 +27,6 @@ from ..redact import without_credentials
 from .outcomes import Answer
 
 USER_AGENT = f"aisix-flask/{__version__}"
-MESSAGE_LIMIT = 1024
 _local = threading.local()
 
 
@@ -154,7 +153,6 @@ def _answer(r: requests.Response, content: bytes, started: float) -> Answer:
         content=content,
         content_type=r.headers.get("Content-Type") or "application/json",
         retry_after=r.headers.get("Retry-After"),
-        latency_ms=(time.perf_counter() - started) * 1000,
     )
 
 

@@ -34,15 +34,18 @@ class Pricing:
         Reported tokens already cover every image of the request, so they are not multiplied by
         ``n``; per-image prices count the images returned.
         """
+        costs = []
         if usage.total_tokens and self.per_million_tokens:
             units = _token_units(usage, self.per_million_tokens)
-            return None if units is None else _priced(units, self.per_million_tokens, 1_000_000)
-        if self.per_image:
+            costs.append(None if units is None else _priced(units, self.per_million_tokens, 1_000_000))
+        elif self.per_image:
             price = self.image_price(usage.size, usage.quality)
-            return None if price is None else round(price * usage.images, 6)
-        if usage.search_units and self.per_search_unit is not None:
-            return round(usage.search_units * self.per_search_unit, 6)
-        return None
+            costs.append(None if price is None else price * usage.images)
+        if usage.search_units:
+            costs.append(None if self.per_search_unit is None else usage.search_units * self.per_search_unit)
+        if not costs or None in costs:
+            return None
+        return round(sum(costs), 10)  # to the 1e-10 USD: a token can cost less than a micro-dollar
 
     def image_price(self, size: str | None, quality: str | None) -> float | None:
         """The price of one image of ``size`` and ``quality`` (the defaults when not named)."""
@@ -60,7 +63,7 @@ def _token_units(usage: Any, prices: Mapping[str, float]) -> dict[str, int] | No
         else:
             return None  # no breakdown and the kinds cost differently: not guessed
         return {"input_text": text, "input_image": image, "output_image": usage.output_tokens}
-    cached = usage.input_cached_tokens or 0
+    cached = min(usage.input_cached_tokens or 0, usage.input_tokens)  # a report cannot cache more
     if cached and "cached_input" not in prices:
         cached = 0  # no discount configured: cached input costs what input costs
     return {"input": usage.input_tokens - cached, "cached_input": cached, "output": usage.output_tokens}
@@ -73,4 +76,4 @@ def _priced(units: Mapping[str, int], prices: Mapping[str, float], per: int) -> 
             if kind not in prices:
                 return None
             total += count * prices[kind]
-    return round(total / per, 6)
+    return total / per

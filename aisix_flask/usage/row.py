@@ -79,9 +79,9 @@ class UsageRow:
         n = whole_number(body.get("n"))
         self.n = n if n is not None and 0 < n <= _INT_MAX else None
 
-    def note_replay(self, status: int) -> None:
-        """Record a replayed answer: its status, and nothing spent."""
-        self.idempotent_replay, self.status = True, status
+    def note_replay(self, status: int, error_code: str | None) -> None:
+        """Record a replayed answer: its status and error code, and nothing spent."""
+        self.idempotent_replay, self.status, self.error_code = True, status, error_code
 
     def note_guardrails(self, verdict: Verdict) -> None:
         """Record how many PII matches were masked and which monitor-mode guardrails matched."""
@@ -105,24 +105,6 @@ class UsageRow:
         """Record the tokens an answer (chat, embeddings) reports in its ``usage``."""
         if isinstance(document, dict):
             self.note_usage(document.get("usage"))
-
-    def note_billed_units(self, document: Any) -> None:
-        """Record a rerank answer's usage: OpenAI-style ``usage`` (Jina, vLLM), else Cohere's
-        ``meta.billed_units`` (tokens and search units). Rerank reads input: a bare total is input."""
-        if not isinstance(document, dict):
-            return
-        usage, meta = document.get("usage"), document.get("meta")
-        billed = meta.get("billed_units") if isinstance(meta, dict) else None
-        if isinstance(usage, dict):
-            self.note_usage(usage)
-            if not (self.input_tokens or self.output_tokens):
-                self.input_tokens = self.total_tokens
-        elif isinstance(billed, dict):
-            self.note_usage(
-                {"input_tokens": billed.get("input_tokens"), "output_tokens": billed.get("output_tokens")}
-            )
-            if "search_units" in billed:
-                self.search_units = _count(billed.get("search_units"))
 
     def add_image_event(self, event: dict[str, Any]) -> None:
         """Count a streamed image's ``*.completed`` event: one image, and its usage added."""
