@@ -8,10 +8,10 @@ bind = "127.0.0.1:3000"
 
 # gthread: an image generation waits 10-120 s on the upstream. A sync worker would hold
 # a whole process per request and be killed by the heartbeat timeout; a gthread worker
-# waits in a thread while its main loop keeps the heartbeat going. aisix_flask.worker is
+# waits in a thread while its main loop keeps the heartbeat going. aisix_flask.workers.threads is
 # gthread that leaves new connections to a less busy worker (see its docstring): plain
 # gthread often gives a burst of keep-alive connections all to one worker.
-worker_class = "aisix_flask.worker.ThreadWorker"
+worker_class = "aisix_flask.workers.threads.ThreadWorker"
 workers = max(2, multiprocessing.cpu_count())
 threads = 32
 

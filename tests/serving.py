@@ -33,6 +33,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _worker_class() -> list[str]:
+    """``AISIX_TEST_WORKER_CLASS`` runs the integration tests on another worker class than
+    gunicorn.conf.py's (both the gevent and the thread worker are tested that way)."""
+    worker_class = os.environ.get("AISIX_TEST_WORKER_CLASS")
+    return ["-k", worker_class] if worker_class else []
+
+
 class Gunicorn:
     """``gunicorn -c gunicorn.conf.py -b 127.0.0.1:<port> wsgi:app`` with AISIX_CONFIG set."""
 
@@ -53,7 +60,7 @@ class Gunicorn:
         command = [
             sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
             "-b", f"127.0.0.1:{self.port}", "-w", str(workers), "--threads", str(threads),
-            *args, app,
+            *_worker_class(), *args, app,
         ]  # fmt: skip
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(

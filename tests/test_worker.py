@@ -61,7 +61,7 @@ def worker(monkeypatch):
 
     from gunicorn.config import Config
 
-    from aisix_flask import worker as module
+    from aisix_flask.workers import threads as module
 
     cfg = Config()
     cfg.set("threads", 2)

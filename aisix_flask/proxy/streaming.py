@@ -19,7 +19,7 @@ from typing import Any
 import requests
 from flask import Response, request
 
-from .. import worker
+from .. import workers
 from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest
 from ..policy.guardrails import check_output
 from ..policy.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -84,7 +84,7 @@ def stream_response(call: Call, upstream: requests.Response, hide_usage: bool) -
             silence_s=call.timeout.read_s,
             keepalive_s=call.registry.gateway.stream_keepalive_s,
             caller=caller,
-            stop_by=worker.streams_must_end_by,
+            stop_by=workers.streams_must_end_by,
         )
     except BaseException:
         upstream.close()
@@ -149,7 +149,7 @@ class Relay:
         if self.caller is None:
             return
         limit = self.call.timeout.read_s
-        stop_by = worker.streams_must_end_by()
+        stop_by = workers.streams_must_end_by()
         if stop_by is not None:
             limit = min(limit, max(0.1, stop_by - time.monotonic()))
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.cookiejar
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,20 +29,46 @@ from .outcomes import Answer
 
 USER_AGENT = f"aisix-flask/{__version__}"
 _local = threading.local()
+_shared: requests.Session | None = None
 
 
 def session() -> requests.Session:
-    """This thread's Session: pooled, no proxies/.netrc from the environment, no cookies."""
+    """The Session for this call: pooled, no proxies/.netrc from the environment, no cookies.
+
+    One per thread under gthread (a thread serves request after request: its pool stays warm and
+    no lock is shared). Under gevent a request is a greenlet that lives for that request only, so
+    a greenlet's own Session would reconnect every time: there the process shares one, whose pool
+    keeps up to ``SHARED_POOL`` connections per upstream host.
+    """
+    global _shared
+    if _greenlets():
+        if _shared is None:
+            _shared = _new_session(SHARED_POOL)
+        return _shared
     s = getattr(_local, "session", None)
     if s is None:
-        s = requests.Session()
-        s.trust_env = False
-        s.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=8, max_retries=0)
-        s.mount("https://", adapter)
-        s.mount("http://", adapter)
-        _local.session = s
+        s = _local.session = _new_session(8)
     return s
+
+
+SHARED_POOL = 1024
+
+
+def _new_session(pool: int) -> requests.Session:
+    s = requests.Session()
+    s.trust_env = False
+    s.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    adapter = HTTPAdapter(pool_connections=16, pool_maxsize=pool, max_retries=0)
+    s.mount("https://", adapter)
+    s.mount("http://", adapter)
+    return s
+
+
+@functools.cache
+def _greenlets() -> bool:
+    """Whether gevent patched this process's threads (gunicorn's gevent worker does, first)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,10 @@ class Ledger:
         self._schema_ready = self._prepare()
         self._lock = threading.Lock()
         self._queue: queue.Queue[UsageRow | None] = queue.Queue()
+        # Rows queued and not yet written (or given up on), counted here rather than with the
+        # queue's own task accounting, which gevent's patched queue does not have.
+        self._unwritten = 0
+        self._all_written = threading.Condition()
         self._pid: int | None = None  # the process whose writer thread runs
         self._engine_pid = os.getpid()  # the process whose connections the pool holds
         self._thread: threading.Thread | None = None
@@ -192,6 +196,8 @@ class Ledger:
         """Queue ``row``; the caller does not wait for the database."""
         if self._pid != os.getpid() or not self._thread.is_alive():
             self._start_writer()
+        with self._all_written:
+            self._unwritten += 1
         self._queue.put(row)
 
     def writer_running(self) -> bool:
@@ -215,6 +221,7 @@ class Ledger:
                 # After a fork the parent's thread is gone: start this process's own, and
                 # leave the parent's connections to the parent.
                 self._queue = queue.Queue()
+                self._unwritten, self._all_written = 0, threading.Condition()
                 if self._engine_pid != os.getpid():
                     self.engine.dispose(close=False)
                     self._engine_pid = os.getpid()
@@ -254,8 +261,10 @@ class Ledger:
             log.exception("usage ledger: %d rows could not be written", len(batch))
             metrics.LEDGER_ROWS_DROPPED.inc(len(batch))
         finally:
-            for _ in batch:
-                q.task_done()
+            with self._all_written:
+                self._unwritten -= sum(1 for r in batch if r is not None)
+                if not self._unwritten:
+                    self._all_written.notify_all()
         return batch[-1] is not None
 
     def _prepare(self) -> bool:
@@ -329,15 +338,14 @@ class Ledger:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued row is written; False if ``timeout`` passed first."""
-        q = self._queue
         deadline = None if timeout is None else time.monotonic() + timeout
-        with q.all_tasks_done:
-            while q.unfinished_tasks:
+        with self._all_written:
+            while self._unwritten:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    log.error("usage ledger: %d rows not written at exit", q.unfinished_tasks)
+                    log.error("usage ledger: %d rows not written at exit", self._unwritten)
                     return False
-                q.all_tasks_done.wait(remaining)
+                self._all_written.wait(remaining)
         return True
 
     def close(self, timeout: float | None = None) -> None:

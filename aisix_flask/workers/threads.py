@@ -13,7 +13,7 @@ alive. Two things go wrong with plain gthread under load:
   here stops accepting while all its threads are busy; the connection waits in the listen
   backlog for a worker that can start it at once.
 
-Use it with ``worker_class = "aisix_flask.worker.ThreadWorker"`` (gunicorn.conf.py does).
+Use it with ``worker_class = "aisix_flask.workers.threads.ThreadWorker"``.
 """
 
 from __future__ import annotations
@@ -24,16 +24,7 @@ from typing import Any
 
 from gunicorn.workers import gthread
 
-# Streams end themselves this long before a stopping worker's grace period runs out, so that
-# their usage rows are written (the worker is killed at the end of it).
-STREAM_MARGIN_S = 5.0
-_streams_end_by: float | None = None
-
-
-def streams_must_end_by() -> float | None:
-    """When (time.monotonic) this process's streams must end because it is stopping, else None."""
-    return _streams_end_by
-
+from . import stopping
 
 # How long a worker holding connections waits before accepting another: long enough for an
 # idle worker woken by the same connection to take it, short enough to be noise when no other
@@ -51,9 +42,7 @@ class ThreadWorker(gthread.ThreadWorker):
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
         """SIGTERM: a graceful stop; streams must end before the grace period does."""
-        global _streams_end_by
-        if _streams_end_by is None:
-            _streams_end_by = time.monotonic() + max(0.0, self.cfg.graceful_timeout - STREAM_MARGIN_S)
+        stopping(self.cfg.graceful_timeout)
         super().handle_exit(sig, frame)
 
     def accept(self, listener: Any) -> None:

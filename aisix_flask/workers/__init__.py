@@ -1,0 +1,26 @@
+"""gunicorn worker classes for the gateway, and what a stopping worker tells its streams.
+
+``threads.ThreadWorker`` (gthread, one thread per request in flight) and ``greenlets.GeventWorker``
+(gevent, one greenlet per request in flight): README, "Deploying with gunicorn".
+"""
+
+from __future__ import annotations
+
+import time
+
+# Streams end themselves this long before a stopping worker's grace period runs out, so that
+# their usage rows are written (the worker is killed at the end of it).
+STREAM_MARGIN_S = 5.0
+_streams_end_by: float | None = None
+
+
+def stopping(graceful_timeout: float) -> None:
+    """This worker was told to stop (SIGTERM) and has ``graceful_timeout`` seconds left."""
+    global _streams_end_by
+    if _streams_end_by is None:
+        _streams_end_by = time.monotonic() + max(0.0, graceful_timeout - STREAM_MARGIN_S)
+
+
+def streams_must_end_by() -> float | None:
+    """When (time.monotonic) this process's streams must end because it is stopping, else None."""
+    return _streams_end_by
