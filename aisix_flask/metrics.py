@@ -50,6 +50,7 @@ LEDGER_WRITER_RESTARTS = Counter(
 LEDGER_ROWS_DROPPED = Counter(
     "aisix_ledger_rows_dropped", "Usage rows the database refused for what they hold (each is logged)."
 )
+BUDGET_REFUSALS = Counter("aisix_budget_refusals", "Requests refused because a budget was spent.", ["scope"])
 RATE_LIMITED = Counter("aisix_rate_limit_rejections", "Requests refused by a rate limit.", ["scope", "limit"])
 
 

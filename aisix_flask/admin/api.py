@@ -1,4 +1,4 @@
-"""Admin API (/admin/v1/usage, /admin/v1/usage/summary), health probes (/livez, /readyz), /metrics."""
+"""Admin API (/admin/v1/usage, /usage/summary, /budgets), health probes (/livez, /readyz), /metrics."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from .. import metrics
 from ..errors import InvalidRequest, ServiceUnavailable
 from ..gateway import current
 from ..policy.auth import authenticate
+from ..policy.budgets import configured
 from ..usage.ledger import SUMMARY_GROUPS, parse_since
 
 bp = Blueprint("admin", __name__)
@@ -68,6 +69,15 @@ def usage_summary() -> Response:
     since = _since(request.args.get("since", "7d"))
     rows = gateway.ledger.summary(since=since, by=by)
     return jsonify(object="list", by=by, since=since.isoformat() if since else None, data=rows)
+
+
+@bp.get("/admin/v1/budgets")
+def budgets() -> Response:
+    """Every budget's limit, spend, remaining and period end (UTC), keys first, then models."""
+    gateway = current()
+    registry = gateway.config()
+    authenticate(registry.gateway.admin_keys, request.headers)
+    return jsonify(object="list", data=gateway.budgets.status(configured(registry)))
 
 
 def _limit(value: str | None) -> int:

@@ -20,6 +20,7 @@ from ..usage.pricing import IMAGE_TOKEN_KINDS, TEXT_TOKEN_KINDS, Pricing
 from .aliases import Router
 from .resources import (
     ApiKey,
+    Budget,
     Guardrail,
     IdempotencySettings,
     Model,
@@ -260,6 +261,7 @@ def _api_key(row: Mapping[str, Any], path: str, warnings: list[str]) -> ApiKey:
         disabled=row.get("disabled", False),
         expires_at=row.get("expires_at"),
         rate_limit=_rate_limit(row),
+        budget=_budget(row),
     )
 
 
@@ -306,6 +308,7 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str], modified_at:
             timeout_s=row.get("timeout_s"),
             rate_limit=_rate_limit(row),
             pricing=_pricing(row.get("pricing")),
+            budget=_budget(row),
         )
         for row in data.get("models", [])
     ]
@@ -364,6 +367,11 @@ def _pricing(block: Mapping[str, Any] | None) -> Pricing | None:
         default_size=defaults.get("size"),
         default_quality=defaults.get("quality"),
     )
+
+
+def _budget(row: Mapping[str, Any]) -> Budget | None:
+    block = row.get("budget")
+    return Budget(usd=block["usd"], period=block["period"]) if block else None
 
 
 def _rate_limit(row: Mapping[str, Any]) -> RateLimit:

@@ -53,6 +53,10 @@ class Router:
         """The rows whose alias is a name, not a pattern, in alias order."""
         return sorted(self._exact.values(), key=lambda m: m.display_name)
 
+    def patterns(self) -> list[Model]:
+        """The wildcard rows, most specific first."""
+        return [w.model for w in self._wildcards]
+
     def resolve(self, alias: str) -> Route | None:
         """Find the route for ``alias``, or None when no row matches."""
         model = self._exact.get(alias)

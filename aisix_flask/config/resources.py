@@ -35,6 +35,17 @@ class RateLimit:
         return any((self.rpm, self.rpd, self.tpm, self.tpd, self.concurrency))
 
 
+BUDGET_PERIODS = ("day", "week", "month", "total")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A ``budget`` block: at most ``usd`` per UTC calendar ``period`` (or in ``total``)."""
+
+    usd: float
+    period: str
+
+
 @dataclass(frozen=True)
 class ProviderKey:
     """An upstream credential and where to use it."""
@@ -59,6 +70,7 @@ class Model:
     timeout_s: float | None = None
     rate_limit: RateLimit = RateLimit()
     pricing: Pricing | None = None
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,7 @@ class ApiKey:
     disabled: bool = False
     expires_at: datetime | None = None
     rate_limit: RateLimit = RateLimit()
+    budget: Budget | None = None
 
     def may_use(self, alias: str) -> bool:
         """Tell whether ``allowed_models`` admits ``alias`` (absent: every alias)."""

@@ -11,6 +11,7 @@ from marshmallow.validate import Length, OneOf, Range, Regexp
 from ..policy import pii
 from ..proxy.adapters import BRIDGES
 from ..usage.pricing import IMAGE_TOKEN_KINDS, TEXT_TOKEN_KINDS
+from .resources import BUDGET_PERIODS
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -87,11 +88,17 @@ class KeySchema(_Schema):
     disabled = fields.Boolean()
     expires_at = _Timestamp()
     rate_limit = fields.Nested(RateLimitSchema)
+    budget = fields.Nested(lambda: BudgetSchema())
 
     @validates_schema
     def _one_secret(self, data: dict[str, Any], **kwargs: Any) -> None:
         if ("key_hash" in data) == ("key_env" in data):
             raise ValidationError("Give exactly one of key_hash or key_env.")
+
+
+class BudgetSchema(_Schema):
+    usd = fields.Float(required=True, validate=Range(min=0, min_inclusive=False))
+    period = fields.String(required=True, validate=OneOf(BUDGET_PERIODS))
 
 
 class CallerKeySchema(KeySchema):
@@ -187,6 +194,7 @@ class ModelSchema(_Schema):
     timeout_s = _seconds
     rate_limit = fields.Nested(RateLimitSchema)
     pricing = fields.Nested(PricingSchema)
+    budget = fields.Nested(BudgetSchema)
 
 
 class PatternSchema(_Schema):

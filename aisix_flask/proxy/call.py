@@ -20,6 +20,7 @@ from ..config.aliases import Route
 from ..config.resources import ApiKey
 from ..errors import GatewayError
 from ..gateway import Gateway
+from ..policy.budgets import Reservation
 from ..policy.limits import Admission
 from ..usage.row import UsageRow
 from .multipart import Form
@@ -41,6 +42,7 @@ class Call:
         self.route: Route | None = None
         self.timeout: Timeout | None = None
         self.admission = Admission()
+        self.reservation = Reservation()
         self.priced = False  # the upstream answered 2xx: what it reported has a cost
         self.upstream_started: float | None = None
         self.upload: Form | None = None  # a multipart body's parts, spooled
@@ -79,6 +81,7 @@ class Call:
         model = self.route.model if self.route else None
         if self.priced and model is not None and model.pricing is not None:
             row.cost_usd = model.pricing.cost(row)
+        self.gateway.budgets.settle(self.reservation, row.cost_usd)
         self.gateway.ledger.record(row)
         metrics.observe(row, model.display_name if model else "")
         if self._line is not None:

@@ -21,8 +21,10 @@ from ..errors import (
 )
 from ..gateway import current
 from ..policy.auth import authenticate
+from ..policy.budgets import BudgetScope
 from ..policy.guardrails import check_input, check_output
 from ..policy.limits import Scope
+from ..usage.row import whole_number
 from . import upstream
 from .adapters import BRIDGES, endpoint_url
 from .body import read_json_object
@@ -142,16 +144,34 @@ def limit_scopes(call: Call) -> list[Scope]:
     ]
 
 
+def admit(call: Call, body: dict[str, Any], slot_ttl_s: float) -> None:
+    """Step 10: the budgets (what the request is known to cost is reserved), then the rate
+    limits and concurrency slots. Whatever is taken is given back when the call finishes."""
+    key, model = call.key, call.route.model
+    scopes = [BudgetScope("key", key.display_name, key.budget)] if key.budget else []
+    if model.budget:
+        scopes.append(BudgetScope("model", model.display_name, model.budget))
+    if scopes:
+        pricing = model.pricing
+        known = (
+            pricing.known_before(whole_number(body.get("n")), body.get("size"), body.get("quality"))
+            if pricing
+            else 0.0
+        )
+        call.reservation = call.gateway.budgets.reserve(scopes, known)
+    call.admission = call.gateway.limiter.admit(limit_scopes(call), slot_ttl_s)
+
+
 def forward(call: Call, body: dict[str, Any]) -> Response:
-    """Steps 10 to 12: the rate limits, the upstream call, the answer as the upstream gave it."""
-    call.admission = call.gateway.limiter.admit(limit_scopes(call), call.timeout.slot_ttl_s)  # 10
+    """Steps 10 to 12: the budgets and rate limits, the upstream call, the answer as it came."""
+    admit(call, body, call.timeout.slot_ttl_s)  # 10
     return answered(call, send(call, body))  # 11, 12
 
 
 def stream(call: Call, body: dict[str, Any]) -> Response:
     """Steps 10 to 12 of a stream: the limits, the upstream call, its events relayed."""
     outgoing, hide_usage = call.operation.streaming.prepare(body)
-    call.admission = call.gateway.limiter.admit(limit_scopes(call), STREAM_SLOT_TTL_S)  # 10
+    admit(call, body, STREAM_SLOT_TTL_S)  # 10
     opened = send(call, outgoing, streamed=True)  # 11
     if isinstance(opened, Answer):  # an upstream that answered JSON after all
         return answered(call, opened)

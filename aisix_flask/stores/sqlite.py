@@ -198,6 +198,11 @@ class SQLiteStorage(SingleSlots, Storage, SlidingWindowCounterSupport):
         with self._connection() as connection, _transaction(connection) as db:
             yield db
 
+    def transaction(self) -> Any:
+        """A write transaction on this file (a context manager giving the connection), taken in
+        turn with every other writer: for the stores that keep their tables beside these."""
+        return self._write()
+
     # -- admissions and releases, batched --
 
     def _batched(self, operation: _Batched) -> Any:

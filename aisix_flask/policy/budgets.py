@@ -1,0 +1,166 @@
+"""USD budgets per caller key and per model row, per UTC calendar period (README, "Budgets").
+
+Spend is the ledger's ``cost_usd``: a request's cost is added to every budget it falls under when
+the request ends. A price known before the call (n images at a per-image price) is reserved when
+the request is admitted, so a request that would pass a budget is refused up front; a price known
+only from the answer (tokens) admits a request while the budget is not yet spent, so a budget can
+be passed by the requests already in flight when it runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import redis
+
+from .. import metrics
+from ..config import Registry
+from ..config.resources import Budget
+from ..errors import GatewayError, ServiceUnavailable
+from ..stores.spend import Charge, SpendStore
+
+log = logging.getLogger(__name__)
+_STORE_ERRORS = (sqlite3.Error, redis.RedisError)
+
+
+class BudgetExhausted(GatewayError):
+    """429 ``insufficient_quota``: what OpenAI answers for a spent quota. Retrying cannot help
+    before the period ends."""
+
+    code = 429
+    error_type = "insufficient_quota"
+    error_code = "insufficient_quota"
+
+
+@dataclass(frozen=True)
+class BudgetScope:
+    """A budget and whose it is: a caller key or a model row."""
+
+    kind: str  # "key" | "model"
+    name: str
+    budget: Budget
+
+    @property
+    def label(self) -> str:
+        return f"{'API key' if self.kind == 'key' else 'model'} '{self.name}'"
+
+
+def period(name: str, now: datetime) -> tuple[str, datetime | None]:
+    """The current period of a budget: an id for its counter, and when it ends (UTC; None: never).
+
+    Weeks are ISO weeks (Monday to Sunday), months calendar months."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if name == "day":
+        return f"d{day:%Y-%m-%d}", day + timedelta(days=1)
+    if name == "week":
+        year, week, weekday = now.isocalendar()
+        return f"w{year}-W{week:02d}", day + timedelta(days=8 - weekday)
+    if name == "month":
+        first = day.replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+        return f"m{first:%Y-%m}", following
+    return "total", None
+
+
+def counter(scope: BudgetScope, period_id: str) -> str:
+    """The spend counter of ``scope`` in a period."""
+    return f"{scope.kind}:{scope.name}:{period_id}"
+
+
+@dataclass
+class Reservation:
+    """What a request reserved, on which counters; settled once when the request ends."""
+
+    charges: list[Charge] = field(default_factory=list)
+    amount: float = 0.0
+
+
+class Budgets:
+    """Reserve before the call, settle after it; fail closed when the store cannot be reached."""
+
+    def __init__(self, store: SpendStore) -> None:
+        self.store = store
+
+    def reserve(self, scopes: Sequence[BudgetScope], amount: float) -> Reservation:
+        """Take ``amount`` (0 when the price is known only afterwards) from every budget, or raise
+        429 naming the first that has not enough left; nothing is taken then."""
+        if not scopes:
+            return Reservation()
+        now = datetime.now(UTC)
+        periods = [period(scope.budget.period, now) for scope in scopes]
+        charges = [
+            Charge(counter(scope, pid), scope.budget.usd, amount, end.timestamp() if end else None)
+            for scope, (pid, end) in zip(scopes, periods, strict=True)
+        ]
+        try:
+            refused = self.store.reserve(charges)
+        except _STORE_ERRORS as e:
+            # A budget is a promise about money: without its counters the gateway cannot keep it,
+            # so the request waits for the store rather than spend past the budget.
+            log.error("budget store failed, request refused: %s", e)
+            raise ServiceUnavailable(
+                "The gateway cannot check this request's budget right now; retry shortly.",
+                error_code="budget_unavailable",
+                should_retry=True,
+            ) from None
+        if refused is not None:
+            raise _exhausted(scopes[refused], periods[refused][1], now)
+        return Reservation(charges, amount)
+
+    def settle(self, reservation: Reservation, cost: float | None) -> None:
+        """Count what the request cost (nothing: None) instead of what it reserved."""
+        delta = (cost or 0.0) - reservation.amount
+        if not reservation.charges or not delta:
+            return
+        try:
+            self.store.add([charge._replace(amount=delta) for charge in reservation.charges])
+        except _STORE_ERRORS as e:
+            log.error("budget store failed to count %.6f USD (the ledger has it): %s", delta, e)
+
+    def status(self, scopes: Sequence[BudgetScope]) -> list[dict]:
+        """Each budget's limit, spend, remaining and period end, for the admin API and page."""
+        now = datetime.now(UTC)
+        rows = []
+        keys = []
+        for scope in scopes:
+            pid, end = period(scope.budget.period, now)
+            keys.append(counter(scope, pid))
+            rows.append((scope, end))
+        spent = self.store.spent(keys)
+        return [
+            {
+                "scope": scope.kind,
+                "name": scope.name,
+                "period": scope.budget.period,
+                "usd": scope.budget.usd,
+                "spent": round(spent.get(key, 0.0), 10),
+                "remaining": round(max(scope.budget.usd - spent.get(key, 0.0), 0.0), 10),
+                "period_end": end.isoformat().replace("+00:00", "Z") if end else None,
+            }
+            for (scope, end), key in zip(rows, keys, strict=True)
+        ]
+
+
+def configured(registry: Registry) -> list[BudgetScope]:
+    """Every budget in the config: the caller keys', then the model rows'."""
+    scopes = [BudgetScope("key", k.display_name, k.budget) for k in registry.api_keys if k.budget]
+    models = registry.router.exact() + registry.router.patterns()
+    return scopes + [BudgetScope("model", m.display_name, m.budget) for m in models if m.budget]
+
+
+def _exhausted(scope: BudgetScope, end: datetime | None, now: datetime) -> BudgetExhausted:
+    metrics.BUDGET_REFUSALS.labels(scope.kind).inc()
+    budget = scope.budget
+    per = "in total" if end is None else f"per {budget.period} (UTC)"
+    message = f"Budget exhausted: {scope.label} may spend {budget.usd:g} USD {per}."
+    headers = {}
+    if end is not None:
+        seconds = max(1, math.ceil((end - now).total_seconds()))
+        headers["Retry-After"] = str(seconds)
+        message += f" The period ends at {end:%Y-%m-%dT%H:%M:%SZ}."
+    return BudgetExhausted(message, headers=headers)

@@ -1,0 +1,164 @@
+"""What budgets have spent (USD), beside the rate-limit counters: the same SQLite file for one
+host, the same Redis for several; kept across restarts.
+
+A counter is one (key or model, budget period) pair, e.g. ``key:dev:d2026-11-25``; it expires a
+week after its period ends. ``reserve`` checks and adds in one step for every counter of a request
+(all or nothing), ``add`` settles what a request really cost.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple, Protocol
+
+import redis
+from limits.storage import RedisStorage
+
+from .sqlite import SQLiteStorage
+
+KEEP_AFTER_PERIOD_S = 7 * 86400.0
+
+
+class Charge(NamedTuple):
+    """A counter, its limit (USD), what to add to it, and when its period ends (None: never)."""
+
+    key: str
+    limit: float
+    amount: float
+    period_end: float | None
+
+
+class SpendStore(Protocol):
+    """``SQLiteSpend`` or ``RedisSpend``."""
+
+    def reserve(self, charges: list[Charge]) -> int | None:
+        """Add every charge, unless one would pass its limit: then nothing, and its index.
+
+        A charge of 0 (a price known only afterwards) passes while the counter is below its limit;
+        one of more passes while the counter plus it stays within the limit."""
+
+    def add(self, charges: list[Charge]) -> None:
+        """Add what a request really cost (less what was reserved for it; may be negative)."""
+
+    def spent(self, keys: list[str]) -> dict[str, float]:
+        """The counters' values (0 for one that does not exist)."""
+
+
+def _expires_at(period_end: float | None) -> float:
+    return float("inf") if period_end is None else period_end + KEEP_AFTER_PERIOD_S
+
+
+_SQLITE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS spend (key TEXT PRIMARY KEY, usd REAL NOT NULL, expires_at REAL NOT NULL)"
+)
+_SQLITE_ADD = "INSERT INTO spend VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET usd = usd + excluded.usd"
+
+
+class SQLiteSpend:
+    """Spend counters in the limiter's SQLite file, one write transaction per call."""
+
+    def __init__(self, storage: SQLiteStorage) -> None:
+        self._storage = storage
+        with storage.transaction() as db:
+            db.execute(_SQLITE_SCHEMA)
+
+    def reserve(self, charges: list[Charge]) -> int | None:
+        with self._storage.transaction() as db:
+            held = self._values(db, [c.key for c in charges])
+            for i, charge in enumerate(charges):
+                if _refused(held.get(charge.key, 0.0), charge):
+                    return i
+            self._add(db, charges)
+        return None
+
+    def add(self, charges: list[Charge]) -> None:
+        with self._storage.transaction() as db:
+            self._add(db, charges)
+
+    def spent(self, keys: list[str]) -> dict[str, float]:
+        if not keys:
+            return {}
+        with self._storage.transaction() as db:
+            return self._values(db, keys)
+
+    @staticmethod
+    def _values(db: Any, keys: list[str]) -> dict[str, float]:
+        marks = ", ".join("?" * len(keys))
+        rows = db.execute(
+            f"SELECT key, usd FROM spend WHERE key IN ({marks}) AND expires_at > ?", (*keys, time.time())
+        )
+        return dict(rows)
+
+    @staticmethod
+    def _add(db: Any, charges: list[Charge]) -> None:
+        now = time.time()
+        db.executemany("DELETE FROM spend WHERE key = ? AND expires_at <= ?", [(c.key, now) for c in charges])
+        adds = [(c.key, c.amount, _expires_at(c.period_end)) for c in charges if c.amount]
+        db.executemany(_SQLITE_ADD, adds)
+
+
+# KEYS: the counters; ARGV: per counter its limit, amount, expiry (unix seconds, 0: never).
+_REDIS_RESERVE = """
+for i, key in ipairs(KEYS) do
+  local held = tonumber(redis.call('GET', key) or '0')
+  local limit, amount = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
+  if (amount > 0 and held + amount > limit) or (amount <= 0 and held >= limit) then return i end
+end
+for i, key in ipairs(KEYS) do
+  local amount = ARGV[3 * i - 1]
+  if tonumber(amount) ~= 0 then
+    redis.call('INCRBYFLOAT', key, amount)
+    if tonumber(ARGV[3 * i]) > 0 then redis.call('EXPIREAT', key, ARGV[3 * i]) end
+  end
+end
+return 0
+"""
+SPEND_PREFIX = "aisix:spend:"
+
+
+class RedisSpend:
+    """Spend counters in Redis (INCRBYFLOAT), shared by every host on the server; a reservation is
+    one script."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self._redis = connection
+        self._reserve = connection.register_script(_REDIS_RESERVE)
+
+    def reserve(self, charges: list[Charge]) -> int | None:
+        refused = self._reserve(keys=[SPEND_PREFIX + c.key for c in charges], args=_args(charges))
+        return int(refused) - 1 if refused else None
+
+    def add(self, charges: list[Charge]) -> None:
+        with self._redis.pipeline(transaction=False) as pipe:
+            for charge in charges:
+                if charge.amount:
+                    pipe.incrbyfloat(SPEND_PREFIX + charge.key, charge.amount)
+                    if charge.period_end is not None:
+                        pipe.expireat(SPEND_PREFIX + charge.key, int(_expires_at(charge.period_end)))
+            pipe.execute()
+
+    def spent(self, keys: list[str]) -> dict[str, float]:
+        if not keys:
+            return {}
+        values = self._redis.mget([SPEND_PREFIX + key for key in keys])
+        return {key: float(value) for key, value in zip(keys, values, strict=True) if value is not None}
+
+
+def _args(charges: list[Charge]) -> list[Any]:
+    args: list[Any] = []
+    for c in charges:
+        args += [repr(c.limit), repr(c.amount), int(_expires_at(c.period_end)) if c.period_end else 0]
+    return args
+
+
+def _refused(held: float, charge: Charge) -> bool:
+    if charge.amount > 0:
+        return held + charge.amount > charge.limit
+    return held >= charge.limit
+
+
+def spend_store_for(limit_storage: Any) -> SpendStore:
+    """The spend counters beside the rate-limit counters: the same SQLite file or Redis."""
+    if isinstance(limit_storage, RedisStorage):
+        return RedisSpend(limit_storage.get_connection())
+    return SQLiteSpend(limit_storage)

@@ -1,0 +1,194 @@
+"""USD budgets per key and per model: refused up front when the price is known, after the spend
+when it is not, shared and live; their spend always agrees with the ledger."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from aisix_flask.gateway import Gateway
+from aisix_flask.policy.budgets import period
+
+from .conftest import ADMIN_KEY, CHAT_URL, IMAGES_URL, assert_envelope, auth, write_config
+
+PER_IMAGE = {"per_image": {"1024x1024": {"standard": 0.04, "hd": 0.08}},
+             "defaults": {"size": "1024x1024", "quality": "standard"}}  # fmt: skip
+PER_TOKEN = {"per_million_tokens": {"input": 1000.0, "output": 2000.0}}  # 0.001 / 0.002 USD a token
+
+
+@pytest.fixture
+def budgeted(make_app, config, tmp_path, monkeypatch):
+    """An app with priced dalle (per image) and chat-prod (per token) and a way to set budgets."""
+    monkeypatch.setattr(Gateway, "settle_s", 0.0)
+    monkeypatch.setattr(Gateway, "watch_interval_s", 0.05)
+    config["models"][1]["pricing"] = PER_IMAGE  # dalle
+    config["models"][7]["pricing"] = PER_TOKEN  # chat-prod
+
+    def make(key=None, dalle=None, chat=None):
+        if key:
+            config["api_keys"][0]["budget"] = key
+        if dalle:
+            config["models"][1]["budget"] = dalle
+        if chat:
+            config["models"][7]["budget"] = chat
+        app = make_app(config)
+        return app, app.test_client()
+
+    make.config = config
+    return make
+
+
+def image(client, n=1, quality=None, model="dalle"):
+    body = {"model": model, "prompt": "p", "n": n, **({"quality": quality} if quality else {})}
+    return client.post("/v1/images/generations", headers=auth(), json=body)
+
+
+def chat(client, model="chat-prod"):
+    return client.post(
+        "/v1/chat/completions",
+        headers=auth(),
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+    )
+
+
+def images_answer(upstream, n):
+    upstream.post(IMAGES_URL, json={"created": 1, "data": [{"url": f"u{i}"} for i in range(n)]})
+
+
+def ledger_cost(app) -> float:
+    ledger = app.extensions["aisix"].ledger
+    assert ledger.flush(10)
+    return sum(r["cost_usd"] or 0 for r in ledger.query(limit=1000))
+
+
+def spent(app, scope="key", name="dev") -> float:
+    r = app.test_client().get("/admin/v1/budgets", headers=auth(ADMIN_KEY))
+    return next(b["spent"] for b in r.get_json()["data"] if (b["scope"], b["name"]) == (scope, name))
+
+
+def test_a_per_image_request_that_would_pass_the_budget_is_refused_up_front(budgeted, upstream):
+    app, client = budgeted(key={"usd": 0.1, "period": "day"})
+    images_answer(upstream, 2)
+    assert image(client, n=2).status_code == 200  # 0.08 of 0.10
+    r = image(client, n=1)  # 0.12 would pass it: refused, nothing sent
+    error = assert_envelope(r, 429, "insufficient_quota", "insufficient_quota")
+    assert error["message"] == (
+        f"Budget exhausted: API key 'dev' may spend 0.1 USD per day (UTC). "
+        f"The period ends at {period('day', datetime.now(UTC))[1]:%Y-%m-%dT%H:%M:%SZ}."
+    )
+    assert r.headers["x-should-retry"] == "false"
+    assert 0 < int(r.headers["Retry-After"]) <= 86400
+    assert len(upstream.calls) == 1
+    assert spent(app) == pytest.approx(0.08) == ledger_cost(app)
+
+
+def test_the_images_returned_are_what_is_spent(budgeted, upstream):
+    """n=3 reserves 0.12; the upstream returns one image: 0.04 is what is spent."""
+    app, client = budgeted(key={"usd": 1, "period": "week"})
+    images_answer(upstream, 1)
+    assert image(client, n=3).status_code == 200
+    assert spent(app) == pytest.approx(0.04) == ledger_cost(app)
+
+
+def test_a_token_priced_request_passes_while_the_budget_lasts(budgeted, upstream):
+    """The price is known only afterwards: the request that spends the last of it goes through,
+    and the next is refused (the overshoot is what was in flight)."""
+    app, client = budgeted(chat={"usd": 0.05, "period": "month"})
+    usage = {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}  # 0.04 USD
+    upstream.post(CHAT_URL, json={"choices": [{"message": {"content": "x"}}], "usage": usage})
+    assert chat(client).status_code == 200
+    assert chat(client).status_code == 200  # 0.04 < 0.05 when admitted: now 0.08
+    r = chat(client)
+    error = assert_envelope(r, 429, "insufficient_quota", "insufficient_quota")
+    assert "model 'chat-prod' may spend 0.05 USD per month (UTC)" in error["message"]
+    assert spent(app, "model", "chat-prod") == pytest.approx(0.08) == ledger_cost(app)
+
+
+def test_a_total_budget_has_no_retry_after(budgeted, upstream):
+    app, client = budgeted(dalle={"usd": 0.04, "period": "total"})
+    images_answer(upstream, 1)
+    assert image(client).status_code == 200
+    r = image(client)
+    assert r.status_code == 429 and "Retry-After" not in r.headers
+    assert "in total" in r.get_json()["error"]["message"]
+
+
+def test_failures_and_refusals_spend_nothing(budgeted, upstream):
+    app, client = budgeted(key={"usd": 0.2, "period": "day"})
+    upstream.post(IMAGES_URL, status=500, json={"error": {"message": "down"}})
+    assert image(client, n=2).status_code == 502
+    assert image(client, n=2, model="nope").status_code == 404
+    assert spent(app) == 0 == ledger_cost(app)
+
+
+def test_a_budget_raised_in_the_config_lets_requests_through_at_once(budgeted, upstream, tmp_path):
+    app, client = budgeted(key={"usd": 0.04, "period": "day"})
+    images_answer(upstream, 1)
+    assert image(client).status_code == 200
+    assert image(client).status_code == 429
+    config = budgeted.config
+    config["api_keys"][0]["budget"] = {"usd": 1.0, "period": "day"}
+    write_config(tmp_path / "config-0.yaml", config)
+    time.sleep(0.3)
+    images_answer(upstream, 1)
+    assert image(client).status_code == 200
+    assert spent(app) == pytest.approx(0.08)
+
+
+def test_the_admin_api_lists_every_budget(budgeted, upstream):
+    app, client = budgeted(key={"usd": 5, "period": "week"}, chat={"usd": 2, "period": "total"})
+    r = client.get("/admin/v1/budgets", headers=auth(ADMIN_KEY))
+    assert r.status_code == 200
+    rows = {(b["scope"], b["name"]): b for b in r.get_json()["data"]}
+    assert rows[("key", "dev")]["usd"] == 5 and rows[("key", "dev")]["remaining"] == 5
+    assert rows[("key", "dev")]["period_end"].endswith("T00:00:00Z")
+    assert rows[("model", "chat-prod")]["period_end"] is None
+    assert client.get("/admin/v1/budgets", headers=auth()).status_code == 401
+
+
+def test_a_budget_store_that_cannot_be_reached_refuses_budgeted_requests(make_app, config, upstream):
+    """Fail closed: a budget is a promise about money. Requests without a budget go on."""
+    config["gateway"]["ratelimit"]["storage_url"] = "redis://127.0.0.1:1/0"
+    config["api_keys"][0]["budget"] = {"usd": 1, "period": "day"}
+    client = make_app(config).test_client()
+    r = image(client)
+    error = assert_envelope(r, 503, "server_error", "budget_unavailable")
+    assert r.headers["x-should-retry"] == "true" and "budget" in error["message"]
+    images_answer(upstream, 1)
+    assert client.post("/v1/images/generations", headers=auth("limited-SECRET-0d77aa"),
+                       json={"model": "dalle", "prompt": "p"}).status_code == 200  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "now", "expected"),
+    [
+        (
+            "day",
+            datetime(2026, 11, 25, 23, 59, tzinfo=UTC),
+            ("d2026-11-25", datetime(2026, 11, 26, tzinfo=UTC)),
+        ),
+        (
+            "week",
+            datetime(2026, 11, 29, 12, tzinfo=UTC),
+            ("w2026-W48", datetime(2026, 11, 30, tzinfo=UTC)),
+        ),  # Sunday
+        (
+            "week",
+            datetime(2026, 11, 30, 0, tzinfo=UTC),
+            ("w2026-W49", datetime(2026, 12, 7, tzinfo=UTC)),
+        ),  # Monday
+        ("month", datetime(2026, 12, 31, 23, tzinfo=UTC), ("m2026-12", datetime(2027, 1, 1, tzinfo=UTC))),
+        ("month", datetime(2027, 2, 1, tzinfo=UTC), ("m2027-02", datetime(2027, 3, 1, tzinfo=UTC))),
+        ("total", datetime(2026, 1, 1, tzinfo=UTC), ("total", None)),
+    ],
+)
+def test_periods_are_utc_calendar_periods(name, now, expected):
+    assert period(name, now) == expected
+
+
+def test_nothing_secret_in_a_refusal(budgeted, upstream):
+    app, client = budgeted(key={"usd": 0.01, "period": "day"})
+    r = image(client, quality="hd")
+    assert r.status_code == 429 and "0.08" not in r.get_data(as_text=True)  # no price, no spend
