@@ -398,3 +398,59 @@ def test_threads_admitting_at_once_never_hold_more_than_the_limit(tmp_path):
     assert most[0] == 3 and admitted[0] >= 60 and refusals[0] > 0
     assert admitted[0] + refusals[0] == 32 * 60
     assert limiter.storage._read("SELECT count(*) FROM slots", ()) == [(0,)]  # all given back
+
+
+def test_rate_limit_headers_name_the_tightest_windows(limiter):
+    """OpenAI's x-ratelimit-*: the window with the least left, of requests and of tokens, on both
+    stores; a refusal says 0 left."""
+    away_from_a_minute_boundary()
+    name = f"k-{uuid.uuid4().hex[:8]}"
+    scopes = [Scope("key", name, RateLimit(rpm=10, tpm=1000)), Scope("model", name, RateLimit(rpm=4))]
+    first = limiter.admit(scopes, 60)
+    assert first.headers["x-ratelimit-limit-requests"] == "4"
+    assert first.headers["x-ratelimit-remaining-requests"] == "3"
+    assert (first.headers["x-ratelimit-limit-tokens"], first.headers["x-ratelimit-remaining-tokens"]) == (
+        "1000",
+        "1000",
+    )
+    assert first.headers["x-ratelimit-reset-requests"].endswith("s")
+    limiter.finish(first, 300)
+    second = limiter.admit(scopes, 60)
+    assert (
+        second.headers["x-ratelimit-remaining-requests"],
+        second.headers["x-ratelimit-remaining-tokens"],
+    ) == (
+        "2",
+        "700",
+    )
+    limiter.admit(scopes, 60), limiter.admit(scopes, 60)
+    with pytest.raises(RateLimited) as info:
+        limiter.admit(scopes, 60)
+    assert info.value.extra_headers["x-ratelimit-remaining-requests"] == "0"
+    assert info.value.extra_headers["x-ratelimit-limit-requests"] == "4"
+
+
+def test_answers_carry_the_headers_failed_ones_too(limited, upstream):
+    app = limited(key={"rpm": 10})
+    client = app.test_client()
+    ok_upstream(upstream)
+    assert post(client).headers["x-ratelimit-remaining-requests"] == "9"
+    upstream.post(IMAGES_URL, status=500, json={"error": {"message": "down"}})
+    r = post(client)
+    assert r.status_code == 502 and r.headers["x-ratelimit-remaining-requests"] == "8"
+    assert (
+        "x-ratelimit-limit-requests" not in post(client, key="limited-SECRET-0d77aa", model="dalle").headers
+    )
+
+
+def test_durations_read_like_openais():
+    from aisix_flask.policy.limits import duration
+
+    assert [duration(s) for s in (0.02, 1.5, 59.9, 60, 360, 3725)] == [
+        "20ms",
+        "1.5s",
+        "59.9s",
+        "1m0s",
+        "6m0s",
+        "1h2m5s",
+    ]

@@ -99,10 +99,12 @@ class Scope:
 
 @dataclass
 class Admission:
-    """What a request holds while it runs: slots to release and token windows to charge."""
+    """What a request holds while it runs: slots to release and token windows to charge; and the
+    rate-limit headers its answer carries."""
 
     slots: list[tuple[str, str]] = field(default_factory=list)  # (slot key, slot id)
     token_windows: list[tuple[str, int]] = field(default_factory=list)  # (window key, expiry)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 _STORAGE_ERRORS = (StorageError, sqlite3.Error, redis.RedisError)
@@ -131,9 +133,10 @@ class Limiter:
         if not any(scope.limit for scope in scopes):
             return Admission()
         plan = _plan(tuple(scopes))
+        seen: list[tuple[int, float, int, float]] = []
         try:
             ids, refusal = self.store.admit_all(
-                [(key, limit, slot_ttl_s) for key, limit in plan.slots], plan.checks, plan.hits
+                [(key, limit, slot_ttl_s) for key, limit in plan.slots], plan.checks, plan.hits, seen
             )
         except _STORAGE_ERRORS as e:
             log.error("rate-limit store %s failed, request let through: %s", without_credentials(self.url), e)
@@ -142,10 +145,14 @@ class Limiter:
             if refusal[0] == "slot":
                 raise _exceeded(plan.slotted[refusal[1]], "concurrency", 1)
             scope, rule, item = plan.windows[refusal[1]]
-            raise _exceeded(scope, rule, seconds_until_free(refusal[2], item.get_expiry(), item.amount))
+            wait = seconds_until_free(refusal[2], item.get_expiry(), item.amount)
+            error = _exceeded(scope, rule, wait)
+            error.extra_headers.update(_headers(rule, item.amount, 0, wait))
+            raise error
         return Admission(
             slots=[(key, slot) for (key, _), slot in zip(plan.slots, ids, strict=True)],
             token_windows=list(plan.token_windows),
+            headers=rate_limit_headers(plan.windows, seen),
         )
 
     def finish(self, admission: Admission, tokens: int = 0) -> None:
@@ -211,6 +218,48 @@ def _windows(
         for rule, item_class in rules.items()
         if getattr(scope.limit, rule)
     ]
+
+
+def rate_limit_headers(
+    windows: Sequence[tuple[Scope, str, RateLimitItem]], seen: Sequence[tuple[int, float, int, float]]
+) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the tightest request window and the tightest token window
+    of an admitted request (the one with the least left), as the windows were before it."""
+    tightest: dict[str, tuple[int, int, float]] = {}  # kind -> (remaining, limit, reset)
+    for (_, rule, item), window in zip(windows, seen, strict=False):
+        expiry, limit = item.get_expiry(), item.amount
+        kind = "requests" if rule in REQUEST_RULES else "tokens"
+        used = weighted_count(window, expiry) + (1 if kind == "requests" else 0)  # this request
+        previous, previous_ttl, current, current_ttl = window
+        # Back to its full allowance when what is counted has decayed out of the sliding window.
+        reset = current_ttl if current or kind == "requests" else (previous_ttl if previous else 0.0)
+        remaining = max(limit - used, 0)
+        if kind not in tightest or remaining < tightest[kind][0]:
+            tightest[kind] = (remaining, limit, reset)
+    headers: dict[str, str] = {}
+    for kind, (remaining, limit, reset) in tightest.items():
+        headers.update(_headers("rpm" if kind == "requests" else "tpm", limit, remaining, reset))
+    return headers
+
+
+def _headers(rule: str, limit: int, remaining: int, reset: float) -> dict[str, str]:
+    kind = "requests" if rule in REQUEST_RULES else "tokens"
+    return {
+        f"x-ratelimit-limit-{kind}": str(limit),
+        f"x-ratelimit-remaining-{kind}": str(remaining),
+        f"x-ratelimit-reset-{kind}": duration(reset),
+    }
+
+
+def duration(seconds: float) -> str:
+    """A reset time as OpenAI writes it: ``20ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    if minutes < 1:
+        return f"{rest:.3g}s"
+    hours, minutes = divmod(int(minutes), 60)
+    return (f"{hours}h" if hours else "") + f"{minutes}m{rest:.0f}s"
 
 
 def _exceeded(scope: Scope, rule: str, wait: float) -> RateLimited:

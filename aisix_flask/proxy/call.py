@@ -61,6 +61,7 @@ class Call:
     ) -> None:
         if isinstance(error, GatewayError):
             self.row.status, self.row.error_code = error.code, error.error_code
+            error.extra_headers = {**self.admission.headers, **error.extra_headers}
         elif error is not None:
             self.row.status, self.row.error_code = 500, "internal_error"
         if error is not None or not self.streaming:

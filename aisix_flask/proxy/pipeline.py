@@ -55,18 +55,20 @@ def handle(operation: Operation) -> Response:
         body = guard_input(call, body)  # 9
         if operation.streaming is not None and body.get("stream") is True:
             refuse_idempotency_key()
-            return stream(call, body)  # 10-12, the answer relayed as it arrives
-        # 10-12, at most once per Idempotency-Key: a repeat gets the stored answer.
-        return gateway.idempotency.run(
-            request.headers,
-            key.display_name,
-            body,
-            call.row,
-            lambda: forward(call, body),
-            registry.gateway.idempotency,
-            call.timeout.slot_ttl_s,
-            digest=call.upload.digest if call.upload else None,
-        )
+            response = stream(call, body)  # 10-12, the answer relayed as it arrives
+        else:  # 10-12, at most once per Idempotency-Key: a repeat gets the stored answer
+            response = gateway.idempotency.run(
+                request.headers,
+                key.display_name,
+                body,
+                call.row,
+                lambda: forward(call, body),
+                registry.gateway.idempotency,
+                call.timeout.slot_ttl_s,
+                digest=call.upload.digest if call.upload else None,
+            )
+        response.headers.update(call.admission.headers)  # x-ratelimit-*
+        return response
 
 
 def read_body(call: Call) -> dict[str, Any]:

@@ -19,6 +19,7 @@ class AdmissionStore(Protocol):
         slots: list[tuple[str, int, float]],
         checks: list[tuple[str, int, int]],
         hits: list[tuple[str, int]],
+        seen: list | None = None,
     ) -> tuple[list[str], tuple | None]: ...
 
     def finish_all(self, slots: list[tuple[str, str]], counted: list[tuple[str, int, int]]) -> None: ...

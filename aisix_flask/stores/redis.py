@@ -116,6 +116,7 @@ _REDIS_ADMIT = (
     _REDIS_WINDOWS
     + """
 local slots, windows = tonumber(ARGV[1]), tonumber(ARGV[2])
+local seen = {'ok'}
 for i = 1, slots do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[3 * i]) then return {'slot', i - 1} end
@@ -131,6 +132,7 @@ for j = 1, windows do
   if math.floor(pc * pt / expiry) + cc + 1 > tonumber(ARGV[a + 1]) then
     return {'window', j - 1, pc, pt, cc, ct}
   end
+  table.insert(seen, pc); table.insert(seen, pt); table.insert(seen, cc); table.insert(seen, ct)
 end
 for i = 1, slots do
   local ttl = tonumber(ARGV[3 * i + 1])
@@ -141,7 +143,7 @@ for j = 1, windows do
   local a = 3 * (slots + j)
   if ARGV[a + 2] == '1' then add(KEYS[slots + 2 * j], tonumber(ARGV[a]) * 1000, 1) end
 end
-return {'ok'}
+return seen
 """
 )
 # KEYS: the slot sets, then each window's previous and current counter. ARGV: the number of
@@ -181,6 +183,7 @@ class RedisAdmissions(SingleSlots):
         slots: list[tuple[str, int, float]],
         checks: list[tuple[str, int, int]],
         hits: list[tuple[str, int]],
+        seen: list | None = None,
     ) -> tuple[list[str], tuple | None]:
         """See ``SQLiteStorage.admit_all``: the same arguments and answers."""
         ids = [uuid.uuid4().hex for _ in slots]
@@ -199,6 +202,12 @@ class RedisAdmissions(SingleSlots):
         if kind == "window":
             previous, previous_ms, current, current_ms = answer[2:]
             return [], ("window", answer[1], (previous, previous_ms / 1000, current, current_ms / 1000))
+        if seen is not None:
+            counts = answer[1:]
+            seen.extend(
+                (counts[i], counts[i + 1] / 1000, counts[i + 2], counts[i + 3] / 1000)
+                for i in range(0, len(counts), 4)
+            )
         return ids, None
 
     def finish_all(self, slots: list[tuple[str, str]], counted: list[tuple[str, int, int]]) -> None:

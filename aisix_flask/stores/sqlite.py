@@ -67,6 +67,7 @@ class _Batched:
     in a batch; then its outcome."""
 
     admission: tuple[list, list, list] | None = None  # admit_all's arguments
+    seen: list | None = None  # where an admission puts the windows it saw
     releases: list[tuple[str, str]] = field(default_factory=list)
     adds: list[tuple[str, int, int]] = field(default_factory=list)  # (window key, expiry, amount)
     done: bool = False
@@ -101,15 +102,19 @@ def _admit(
     taken: dict[str, int],
     counts: dict[tuple[str, int], int],
     now: float,
+    seen: list | None = None,
 ) -> tuple[list[str], tuple | None]:
-    """One admission's decision against the current counts: slot ids, or the refusal."""
+    """One admission's decision against the current counts: slot ids, or the refusal. ``seen``
+    gets every window as it was before this request."""
     for i, (key, limit, _) in enumerate(slots):
         if taken.get(key, 0) >= limit:
             return [], ("slot", i)
-    for i, (key, expiry, limit) in enumerate(checks):
-        window = _sliding(counts, key, expiry, now)
+    windows = [_sliding(counts, key, expiry, now) for key, expiry, _ in checks]
+    for i, ((_, expiry, limit), window) in enumerate(zip(checks, windows, strict=True)):
         if weighted_count(window, expiry) + 1 > limit:
             return [], ("window", i, window)
+    if seen is not None:
+        seen.extend(windows)
     return [uuid.uuid4().hex for _ in slots], None
 
 
@@ -338,6 +343,7 @@ class SQLiteStorage(SingleSlots, Storage, SlidingWindowCounterSupport):
         slots: list[tuple[str, int, float]],
         checks: list[tuple[str, int, int]],
         hits: list[tuple[str, int]],
+        seen: list | None = None,
     ) -> tuple[list[str], tuple | None]:
         """Take every slot, check every window has room for one more, spend the ``hits``: all
         or nothing, in one write transaction (shared with whatever else is queued, see
@@ -345,8 +351,10 @@ class SQLiteStorage(SingleSlots, Storage, SlidingWindowCounterSupport):
 
         ``slots`` are (key, limit, ttl_s); ``checks`` (key, expiry, limit); ``hits`` (key,
         expiry). Returns the slot ids, or the refusal: ("slot", i) or ("window", i, window).
+        An admitted request's ``seen`` gets each checked window as it was before it (for the
+        rate-limit headers).
         """
-        return self._batched(_Batched(admission=(slots, checks, hits)))
+        return self._batched(_Batched(admission=(slots, checks, hits), seen=seen))
 
     def _run_batch(self, db: sqlite3.Connection, batch: list[_Batched], now: float) -> None:
         """Releases and counted tokens first (an admission in the same batch sees them), then each
@@ -380,7 +388,7 @@ class SQLiteStorage(SingleSlots, Storage, SlidingWindowCounterSupport):
         new_slots: list[tuple[str, str, float]] = []
         for operation in admissions:
             slots, checks, hits = operation.admission
-            operation.result = _admit(slots, checks, taken, counts, now)
+            operation.result = _admit(slots, checks, taken, counts, now, operation.seen)
             if operation.result[1] is not None:
                 continue
             for (key, _, ttl_s), slot in zip(slots, operation.result[0], strict=True):
