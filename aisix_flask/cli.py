@@ -1,4 +1,4 @@
-"""``flask aisix …``: check-config, hash-key and the usage report."""
+"""``flask aisix …``: check-config, hash-key, the usage report and the budgets."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from flask.cli import AppGroup
 
 from .config import ConfigError, hash_key, load_config
 from .gateway import current
+from .policy.budgets import configured
 from .usage.ledger import SUMMARY_GROUPS, parse_since
 
 aisix = AppGroup("aisix", help="aisix-flask gateway tools.")
@@ -75,6 +76,29 @@ def usage_report(since: str, by: str, fmt: str) -> None:
         raise click.ClickException("the config is broken; run `flask aisix check-config`")
     rows = gateway.ledger.summary(since=start, by=by)
     click.echo(render(rows, by, fmt), nl=False)
+
+
+@aisix.command("budgets")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def budgets_report(fmt: str) -> None:
+    """Every budget's limit, spend, remaining and period end (UTC)."""
+    gateway = current()
+    if gateway.budgets is None:
+        raise click.ClickException("the config is broken; run `flask aisix check-config`")
+    rows = gateway.budgets.status(configured(gateway.config()))
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ("scope", "name", "period", "usd", "spent", "remaining", "period_end")
+    cells = [[str(r["usd"]) if h == "usd" else _budget_cell(r[h]) for h in header] for r in rows]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *cells, strict=True)]
+    click.echo("".join(_line(line, widths) for line in (header, *cells)), nl=False)
+
+
+def _budget_cell(value: object) -> str:
+    if value is None:
+        return "never"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def render(rows: list[dict], by: str, fmt: str) -> str:

@@ -192,3 +192,31 @@ def test_nothing_secret_in_a_refusal(budgeted, upstream):
     app, client = budgeted(key={"usd": 0.01, "period": "day"})
     r = image(client, quality="hd")
     assert r.status_code == 429 and "0.08" not in r.get_data(as_text=True)  # no price, no spend
+
+
+def test_the_usage_page_and_the_cli_show_budgets(budgeted, upstream):
+    app, client = budgeted(key={"usd": 0.5, "period": "day"}, dalle={"usd": 3, "period": "total"})
+    images_answer(upstream, 1)
+    assert image(client).status_code == 200
+    html = client.get("/admin/", headers=auth(ADMIN_KEY)).get_data(as_text=True)
+    assert (
+        '<table id="budgets">' in html
+        and "<td>dev</td>" in html
+        and "0.4600" in html
+        and "never (total)" in html
+    )
+    out = app.test_cli_runner().invoke(args=["aisix", "budgets"]).output
+    assert out.splitlines()[0].split() == [
+        "scope",
+        "name",
+        "period",
+        "usd",
+        "spent",
+        "remaining",
+        "period_end",
+    ]
+    day_end = f"{period('day', datetime.now(UTC))[1]:%Y-%m-%dT%H:%M:%SZ}"
+    assert out.splitlines()[1].split() == ["key", "dev", "day", "0.5", "0.0400", "0.4600", day_end]
+    assert out.splitlines()[2].split()[-1] == "never"
+    data = app.test_cli_runner().invoke(args=["aisix", "budgets", "--format", "json"]).output
+    assert '"remaining": 0.46' in data

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 from flask import Blueprint, render_template, request
 
 from ..errors import InvalidApiKey
-from ..gateway import current
+from ..gateway import Gateway, current
 from ..policy.auth import authenticate
+from ..policy.budgets import STORE_ERRORS, configured
 
 bp = Blueprint("dashboard", __name__)
 
@@ -56,7 +57,16 @@ def usage_page() -> str:
         by_model=ledger.summary(since=since, by="model"),
         by_route=ledger.summary(since=since, by="route"),
         errors=ledger.query(limit=20, since=since, failed=True),
+        budgets=_budgets(gateway),
     )
+
+
+def _budgets(gateway: Gateway) -> list[dict] | None:
+    """Every budget and what it has left; None (and the page says so) when the store is down."""
+    try:
+        return gateway.budgets.status(configured(gateway.config()))
+    except STORE_ERRORS:
+        return None
 
 
 def _bars(since: datetime, days: int, per_day: dict) -> list[Bar]:

@@ -25,7 +25,7 @@ from ..errors import GatewayError, ServiceUnavailable
 from ..stores.spend import Charge, SpendStore
 
 log = logging.getLogger(__name__)
-_STORE_ERRORS = (sqlite3.Error, redis.RedisError)
+STORE_ERRORS = (sqlite3.Error, redis.RedisError)
 
 
 class BudgetExhausted(GatewayError):
@@ -99,7 +99,7 @@ class Budgets:
         ]
         try:
             refused = self.store.reserve(charges)
-        except _STORE_ERRORS as e:
+        except STORE_ERRORS as e:
             # A budget is a promise about money: without its counters the gateway cannot keep it,
             # so the request waits for the store rather than spend past the budget.
             log.error("budget store failed, request refused: %s", e)
@@ -119,7 +119,7 @@ class Budgets:
             return
         try:
             self.store.add([charge._replace(amount=delta) for charge in reservation.charges])
-        except _STORE_ERRORS as e:
+        except STORE_ERRORS as e:
             log.error("budget store failed to count %.6f USD (the ledger has it): %s", delta, e)
 
     def status(self, scopes: Sequence[BudgetScope]) -> list[dict]:
