@@ -138,3 +138,32 @@ def test_spend_equals_the_ledger_after_a_sigterm_under_load(tmp_path, fake):
     assert len(answered) >= 32 and set(answered) == {200}
     assert sqlite_spend(tmp_path, name, "month") == pytest.approx(ledger_cost(tmp_path, name), abs=1e-9)
     assert ledger_cost(tmp_path, name) > 0
+
+
+def test_a_token_priced_image_budget_stops_once_spent(tmp_path, fake):
+    """gpt-image's tokens are known from the answer (fake: 12 in, 272 out per image): requests pass
+    while the budget is not yet spent, then 429 until the period ends."""
+    name = f"load-{uuid.uuid4().hex[:6]}"
+    config = budget_config(tmp_path, fake, name, "{usd: 0.03, period: day}")
+    image_prod = (
+        "{display_name: image-prod, provider: openai, model_name: gpt-image-1, provider_key: openai-main}"
+    )
+    priced = (
+        image_prod[:-1]
+        + ", pricing: {per_million_tokens: {input_text: 5, input_image: 10, output_image: 40}}}"
+    )
+    config.write_text(config.read_text().replace(image_prod, priced))
+    server = Gunicorn(config, workers=2, threads=4, env=ENV)
+    try:
+        body = {"model": "image-prod", "prompt": "p"}
+        statuses = [
+            requests.post(
+                f"{server.url}/v1/images/generations", json=body, headers={"x-api-key": LOAD_KEY}, timeout=30
+            ).status_code
+            for _ in range(5)
+        ]
+    finally:
+        assert server.stop() == 0
+    each = (12 * 5 + 272 * 40) / 1e6  # 0.01094
+    assert statuses == [200, 200, 200, 429, 429]  # 0.0219 < 0.03 admits the third: 0.0328
+    assert sqlite_spend(tmp_path, name) == pytest.approx(3 * each) == ledger_cost(tmp_path, name)
