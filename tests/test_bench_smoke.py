@@ -7,13 +7,16 @@ benchmark day. Their figures are not checked: a smoke run is far too short to me
 
 from __future__ import annotations
 
+import asyncio
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bench.run import parse_wrk, pyload, redis_answers
+from bench.aioload import Events, load
+from bench.run import gunicorn_args, parse_wrk, probe_gunicorn, pyload, redis_answers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,6 +69,8 @@ def table(output: str) -> dict[str, list[str]]:
 def test_run_py_smoke_prints_every_row():
     output = smoke("run.py")
     assert "smoke run, built-in load generator" in output
+    # The heading says what each gateway ran on, the default config's included.
+    assert re.search(r"edits, streams, fast \(as make serve\): \S+ \d+ × \d+ (threads|connections)", output)
     rows = table(output)
     expected = [
         "c=1 p50 ms",
@@ -80,13 +85,23 @@ def test_run_py_smoke_prints_every_row():
         "8 × 0.1 s p99 ms",
         "8 × 0.1 s RSS MB",
         "1 MB p50 ms",
+        "edit 2 × 0.25 MB p50 ms, c=1",
+        "edit 2 × 0.25 MB p50 ms, c=2",
+        "edit 2 × 0.25 MB RSS × upload",
+        "20 streams p99 ms",
+        "20 streams first event p99 ms",
+        "c=2 fast during 8 × 0.1 s p99 ms",
     ]
     assert list(rows) == expected
     for name, (_target, direct, gateway, _result) in rows.items():
-        assert float(gateway) > 0, name
-        assert name.endswith("RSS MB") or float(direct) > 0, name
+        float(gateway)
+        # The memory growth of a smoke run's two small edits may be within the sampling's noise.
+        assert name.endswith("RSS × upload") or float(gateway) > 0, name
+        assert "RSS" in name or float(direct) > 0, name
     # The slow row gets the bare proxy's figure last, from its own gunicorn.
     assert "failed 0 / 0; bare proxy" in rows["8 × 0.1 s p99 ms"][3]
+    assert "failed 0 / 0; completed" in rows["20 streams p99 ms"][3]
+    assert "failed 0 / 0 (of the slow: 0 / 0)" in rows["c=2 fast during 8 × 0.1 s p99 ms"][3]
 
 
 def test_profile_py_smoke_times_every_step():
@@ -117,6 +132,38 @@ def test_wrk_report_is_read_in_milliseconds():
     assert parse_wrk(WRK_OUTPUT) == {"rps": 1600.0, "p50": 0.812, "p99": 1200.0, "failed": 7}
 
 
-def test_built_in_load_generator_sends_to_loopback_only():
+def test_built_in_load_generators_send_to_loopback_only():
     with pytest.raises(ValueError, match="127.0.0.1 only"):
         pyload("http://localhost:1/v1/images/generations", {}, connections=1, seconds=0.1)
+    with pytest.raises(ValueError, match="127.0.0.1 only"):
+        asyncio.run(load("http://localhost:1/v1/chat/completions", b"{}", connections=1, seconds=0.1))
+
+
+def events(*pieces: bytes) -> Events:
+    """What the stream generator made of a body that arrived in these pieces."""
+    seen = Events()
+    for i, piece in enumerate(pieces):
+        seen.feed(piece, now=float(i))
+    return seen
+
+
+def test_a_stream_is_complete_only_with_done_and_no_error_event():
+    clean = events(b": keep-alive\n\n", b'data: {"choices": []}\n', b"\ndata: [DO", b"NE]\n\n")
+    assert (clean.verdict(), clean.first_at) == ("", 2.0)  # when the first data event was whole
+    assert events(b'data: {"choices": []}\n\n').verdict() == "no data: [DONE]"
+    cut = events(b'data: {"choices": []}\n\ndata: {"error": {"code": "upstream_timeout"}}\n\n')
+    assert cut.verdict().startswith('error event {"error"')
+    assert events(b"data: [DONE]").verdict() == "no data: [DONE]"  # an event ends with a blank line
+
+
+def test_the_heading_names_what_gunicorn_makes_of_extra_arguments():
+    found = probe_gunicorn(
+        {
+            "default": gunicorn_args(0, None, None),
+            "threads": gunicorn_args(0, 2, 16, ["--threads", "512"]),
+            "gevent": gunicorn_args(0, None, None, ["-k", "gevent", "--worker-connections", "2000"]),
+        }
+    )()
+    assert re.fullmatch(r"\S+ \d+ × \d+ (threads|connections)", found["default"])
+    assert found["threads"].endswith(" 2 × 512 threads")  # the last option wins, as on the command line
+    assert re.fullmatch(r"gevent \d+ × 2000 connections", found["gevent"])
