@@ -6,16 +6,17 @@ import shutil
 
 bind = "127.0.0.1:3000"
 
-# gthread: an image generation waits 10-120 s on the upstream. A sync worker would hold
-# a whole process per request and be killed by the heartbeat timeout; a gthread worker
-# waits in a thread while its main loop keeps the heartbeat going. aisix_flask.workers.threads is
-# gthread that leaves new connections to a less busy worker (see its docstring): plain
-# gthread often gives a burst of keep-alive connections all to one worker.
-worker_class = "aisix_flask.workers.threads.ThreadWorker"
+# gevent: an image generation waits 10-120 s on the upstream and a chat stream as long as it
+# talks. A greenlet per call holds a thousand of them in a few hundred MB, where a thread per call
+# (gthread) would need a thousand threads sharing the GIL; bench/RESULTS.md compares the two.
+# The synchronous code is unchanged: gevent patches sockets, threads and locks at worker start.
+# For gthread instead: worker_class = "aisix_flask.workers.threads.ThreadWorker" and threads.
+worker_class = "aisix_flask.workers.greenlets.GeventWorker"
 workers = max(2, multiprocessing.cpu_count())
-threads = 32
+worker_connections = 2000  # calls in flight per worker (gevent); 2 workers hold 4,000
+threads = 32  # for the gthread worker only
 
-# Heartbeat only (gthread notifies from its main loop, not from request threads).
+# Heartbeat only: the worker's main loop notifies every second while requests wait.
 timeout = 30
 # A graceful stop (SIGTERM) lets in-flight generations finish: keep this above the
 # longest upstream timeout in the config (gateway.upstream.timeout_s, default 300 s).

@@ -623,11 +623,8 @@ def main() -> None:
         label = f"latency runs (-w {plan.workers} --threads {plan.threads})"
         variants[label] = gunicorn_args(0, plan.workers, plan.threads, extra)
     if only & {"slow", "large"}:
-        label = (
-            f"{plan.slow_connections}-connection run (-w {plan.slow_workers} --threads {plan.slow_threads})"
-        )
-        variants[label] = gunicorn_args(0, plan.slow_workers, plan.slow_threads, extra)
-    if only & {"edits", "streams", "fast"}:
+        variants["slow, large, edits, streams, fast (as make serve)"] = gunicorn_args(0, None, None, extra)
+    elif only & {"edits", "streams", "fast"}:
         variants["edits, streams, fast (as make serve)"] = gunicorn_args(0, None, None, extra)
     # Read while the fake upstream starts; any answer before a gateway does.
     read_setups = probe_gunicorn(variants)
@@ -725,9 +722,9 @@ def main() -> None:
                 stop(gw)  # the bare proxy stays: the large answers are measured through it too
             if only & {"slow", "large"}:
                 n, sleep = plan.slow_connections, plan.slow_sleep_s
-                slow_setup = f"{plan.slow_workers} workers × {plan.slow_threads} threads"
+                slow_setup = "gunicorn.conf.py's workers, as make serve runs it"
                 slow = {"model": "image-prod", "prompt": f"[sleep:{sleep:g}] a slow generation"}
-                gw = start("gateway-slow", plan.slow_workers, plan.slow_threads, env)
+                gw = start("gateway-slow", None, None, env)
             if "slow" in only:
                 d = measure(direct, {**slow, "model": "gpt-image-1"}, n, plan.slow_seconds)
                 d_slow_p99 = d["p99"]
@@ -767,7 +764,7 @@ def main() -> None:
             if only & {"slow", "large"}:
                 stop(gw)
             if "slow" in only:
-                # The floor for the slow scenario: the bare proxy, same workers and threads.
+                # The floor for the slow scenario: the bare proxy (gthread: one thread per call).
                 bare_slow = gunicorn("bench.bare_proxy:app", free_port(), plan.slow_workers,
                                      plan.slow_threads, {"BARE_UPSTREAM": upstream}, tmp,
                                      "bare-slow")  # fmt: skip

@@ -181,6 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
             "body": body,
             "at": time.time(),
             "parts": parts,
+            "port": self.client_address[1],  # the connection it came on
         }
         with self.server.lock:
             self.server.calls.append(call)

@@ -35,7 +35,7 @@ def free_port() -> int:
 
 def _worker_class() -> list[str]:
     """``AISIX_TEST_WORKER_CLASS`` runs the integration tests on another worker class than
-    gunicorn.conf.py's (both the gevent and the thread worker are tested that way)."""
+    gunicorn.conf.py's (gevent): ``aisix_flask.workers.threads.ThreadWorker`` for gthread."""
     worker_class = os.environ.get("AISIX_TEST_WORKER_CLASS")
     return ["-k", worker_class] if worker_class else []
 

@@ -65,12 +65,12 @@ def test_edits_apply_in_every_worker_within_two_seconds(tmp_path, fake):
     try:
         assert late_key_statuses(server.url, 4) == {401: 4}
         add_late_key(config)
-        time.sleep(2.0)
+        time.sleep(1.2)
         assert late_key_statuses(server.url) == {200: 40}  # spread over all four workers
 
         good = config.read_text()
         config.write_text(good.replace("provider_key: openai-main}", "provider_key: missing}", 1))
-        time.sleep(2.0)
+        time.sleep(1.2)
         assert late_key_statuses(server.url) == {200: 40}  # the broken edit changed nothing
 
         config.write_text(good)
@@ -93,21 +93,21 @@ def test_every_worker_follows_edits_with_no_traffic_between_them(tmp_path, fake)
     save, caught empty and caught cut short, changes nothing either."""
     config = gateway_config(tmp_path, fake)
     server = Gunicorn(config, workers=4, threads=4, env=ENV)
-    time.sleep(2.0)  # ready means one worker is: give the other three time to boot
+    time.sleep(1.5)  # ready means one worker is: give the other three time to boot
     try:
         add_late_key(config)
-        time.sleep(2.0)
+        time.sleep(1.2)
         good = config.read_text()
         config.write_text(good.replace("provider_key: openai-main}", "provider_key: missing}", 1))
-        time.sleep(2.0)
+        time.sleep(1.2)
         log = server.log.read_text()
         assert log.count(f"config {config} reloaded") == 4, log  # each worker, on its own
         assert late_key_statuses(server.url) == {200: 40}
 
         config.write_text("")  # truncated: what a worker may see in the middle of a save
-        time.sleep(1.5)
+        time.sleep(1.0)
         config.write_text(good[: good.index("api_keys:")])  # written up to just before the keys
-        time.sleep(1.5)
+        time.sleep(1.0)
         assert late_key_statuses(server.url) == {200: 40}
     finally:
         server.stop()

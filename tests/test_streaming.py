@@ -296,3 +296,13 @@ def test_a_usage_null_key_is_removed_wherever_it_stands():
         (b'data: {"t":"\\"usage\\":null,"}\n\n', b'data: {"t":"\\"usage\\":null,"}\n\n'),  # inside a string
     ]:
         assert _USAGE_NULL.sub(b"", raw) == clean
+
+
+def test_a_clean_stream_gives_its_connection_back_and_a_cut_one_does_not(streaming, fake):
+    """A stream read to its end leaves the connection reusable (no new connect, nor TLS handshake,
+    for the next call); one that ended early is closed."""
+    app, client = streaming
+    for text in ("[say:a]", "[say:b]", "[cut:1][say:c d]", "[say:e]"):
+        events(chat(client, text))
+    ports = [call["port"] for call in fake_calls(fake)]
+    assert ports[0] == ports[1] == ports[2] != ports[3]

@@ -1,4 +1,4 @@
-"""The gateway's gunicorn worker spreads connections over the workers (real gunicorn)."""
+"""The gateway's gthread worker spreads connections over the workers (real gunicorn)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,13 @@ from tests.serving import Gunicorn
 def server(tmp_path, request):
     workers, threads = request.param
     (tmp_path / "config.yaml").write_text("")
-    gunicorn = Gunicorn(tmp_path / "config.yaml", workers=workers, threads=threads, app="tests.pid_app:app")
+    gunicorn = Gunicorn(
+        tmp_path / "config.yaml",
+        workers=workers,
+        threads=threads,
+        app="tests.pid_app:app",
+        args=("-k", "aisix_flask.workers.threads.ThreadWorker"),  # the worker these tests are about
+    )
     seen: set[str] = set()
     deadline = time.monotonic() + 20
     while len(seen) < workers and time.monotonic() < deadline:  # every worker has booted

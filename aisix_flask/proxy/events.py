@@ -30,6 +30,9 @@ _READ_SIZE = 65536
 # An event larger than this (a blank line never came) ends the stream: 1536x1024 PNG partial images
 # are a few MB of base64.
 MAX_EVENT_BYTES = 64 * 1024 * 1024
+# After a clean end, how long to wait for the rest of the body (the last chunk's terminator) so
+# that the connection can be reused.
+DRAIN_S = 0.2
 
 
 class StreamEnded(Exception):
@@ -116,9 +119,41 @@ class UpstreamEvents:
             else:
                 self._raw = data
 
-    def close(self) -> None:
-        """Close the upstream connection (the provider stops generating)."""
-        self._response.close()
+    def close(self, finished: bool = False) -> None:
+        """Give the connection back to the pool when the body was read to its end (a new stream
+        then skips a connect, and a TLS handshake); else close it (the provider stops generating).
+
+        ``finished``: the stream ended cleanly, and what may remain of the body (the last chunk's
+        terminator, after chat's [DONE]) is worth a moment's wait, not more."""
+        if finished and not self._body.done:
+            self._drain(DRAIN_S)
+        raw = self._response.raw
+        if self._body.whole and not raw._fp.will_close:
+            raw._fp.close()  # http.client's side of it: the socket stays with the connection
+            raw.release_conn()
+        else:
+            self._response.close()
+
+    def _drain(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        watch = select.poll()  # not select(): descriptors above 1,024 are common under load
+        watch.register(self._sock, select.POLLIN)
+        try:
+            while not self._body.done and (left := deadline - time.monotonic()) > 0:
+                if not self._pending() and not watch.poll(left * 1000):
+                    return
+                self._sock.settimeout(max(0.001, deadline - time.monotonic()))
+                data = self._sock.recv(_READ_SIZE)
+                if not data:
+                    return
+                if self._body.feed(data):
+                    self._body.done = False  # more events after the end: not a body to reuse
+                    return
+        except OSError:
+            return
+
+    def _pending(self) -> bool:
+        return isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0
 
     def _next_bytes(self) -> bytes | None:
         """What the upstream sends next (b"" when it closed), or None when a keep-alive is due."""
@@ -197,6 +232,7 @@ class _Body:
         self._inflate: Any = None
         self._framed = bytearray()  # chunked bytes not yet decoded
         self._chunk_left = 0  # data bytes left in the current chunk
+        self._trailers = False  # the last chunk was read; its trailer lines come
         self.done = self.left == 0
 
     def feed(self, raw: bytes) -> bytes:
@@ -222,6 +258,14 @@ class _Body:
         self._framed += raw
         out = bytearray()
         while self._framed and not self.done:
+            if self._trailers:  # after the last chunk: header lines, then an empty one
+                end = self._framed.find(b"\n")
+                if end < 0:
+                    break
+                line = bytes(self._framed[: end + 1])
+                del self._framed[: end + 1]
+                self.done = not line.strip()
+                continue
             if self._chunk_left:
                 take = self._framed[: self._chunk_left]
                 out += take
@@ -238,6 +282,10 @@ class _Body:
                 break  # the size line has not all arrived
             self._chunk_left = int(match.group(1), 16)
             del self._framed[: match.end()]
-            if self._chunk_left == 0:
-                self.done = True  # trailers, if any, are not read: the connection is closed
+            self._trailers = self._chunk_left == 0
         return bytes(out)
+
+    @property
+    def whole(self) -> bool:
+        """Read to its very end and not a byte beyond: the connection can serve another request."""
+        return self.done and not self.ends_at_close and not self._framed

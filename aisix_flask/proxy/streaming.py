@@ -191,7 +191,7 @@ class Relay:
         if self._closed:
             return
         self._closed = True
-        self.events.close()
+        self.events.close(finished=self.failure is None and self.complete)
         if self.caller is not None:
             try:
                 self.caller.settimeout(self._caller_timeout)  # the connection may serve again

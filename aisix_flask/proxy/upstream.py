@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import http.cookiejar
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from ..errors import (
     UpstreamUnreachable,
 )
 from ..redact import without_credentials
+from ..workers import on_greenlets
 from .outcomes import Answer
 
 USER_AGENT = f"aisix-flask/{__version__}"
@@ -41,7 +41,7 @@ def session() -> requests.Session:
     keeps up to ``SHARED_POOL`` connections per upstream host.
     """
     global _shared
-    if _greenlets():
+    if on_greenlets():
         if _shared is None:
             _shared = _new_session(SHARED_POOL)
         return _shared
@@ -62,13 +62,6 @@ def _new_session(pool: int) -> requests.Session:
     s.mount("https://", adapter)
     s.mount("http://", adapter)
     return s
-
-
-@functools.cache
-def _greenlets() -> bool:
-    """Whether gevent patched this process's threads (gunicorn's gevent worker does, first)."""
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and monkey.is_module_patched("threading")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from limits.storage import SlidingWindowCounterSupport, Storage
 
+from ..workers import on_greenlets
 from . import Record, SingleSlots, weighted_count
 
 _SQLITE_SCHEMA = """
@@ -219,16 +220,23 @@ class SQLiteStorage(SingleSlots, Storage, SlidingWindowCounterSupport):
         whichever thread gets the connection runs all queued operations in one transaction, with
         one query for all their counts and one ``executemany`` for all their writes.
         """
-        self._pending.append(operation)
-        while not operation.done:
-            if self._lock.acquire(blocking=False):
-                try:
-                    self._apply(self._opened())
-                finally:
-                    self._lock.release()
-            else:  # the thread holding the connection runs it (or, if it had just finished, we do)
-                operation.finished.acquire(timeout=0.002)
-        self._run_pending()
+        if on_greenlets():
+            # Under gevent a SQLite call never yields, so nothing can queue behind it: run the
+            # operation at once (and a lock wait with a timeout would be a timer each time).
+            with self._lock:
+                self._pending.append(operation)
+                self._apply(self._opened())
+        else:
+            self._pending.append(operation)
+            while not operation.done:
+                if self._lock.acquire(blocking=False):
+                    try:
+                        self._apply(self._opened())
+                    finally:
+                        self._lock.release()
+                else:  # the thread holding the connection runs it (or, had it just finished, we do)
+                    operation.finished.acquire(timeout=0.002)
+            self._run_pending()
         if operation.error is not None:
             raise operation.error
         return operation.result

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+import sys
 import time
 
 # Streams end themselves this long before a stopping worker's grace period runs out, so that
@@ -24,3 +26,11 @@ def stopping(graceful_timeout: float) -> None:
 def streams_must_end_by() -> float | None:
     """When (time.monotonic) this process's streams must end because it is stopping, else None."""
     return _streams_end_by
+
+
+@functools.cache
+def on_greenlets() -> bool:
+    """Whether gevent patched this process's threads (gunicorn's gevent worker does, before the
+    app is imported): then every request is a greenlet, and locks and sockets are gevent's."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
