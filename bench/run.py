@@ -731,7 +731,8 @@ def main() -> None:
                 g = measure(gw.url + route, slow, n, plan.slow_seconds, watch=gw)
                 failed = f"failed {d['failed']} / {g['failed']}"
                 slow_row = [f"{n} × {sleep:g} s p99 ms", "≤ 1.1 × direct", d["p99"], g["p99"],
-                            f"{g['p99'] / d['p99']:.2f} × direct; {failed}"]  # fmt: skip
+                            f"{g['p99'] / d['p99']:.2f} × direct; {failed}; "
+                            f"throughput {g['rps'] / d['rps']:.2f} × direct"]  # fmt: skip
                 rows.append(slow_row)
                 rows.append(
                     (
