@@ -101,7 +101,7 @@ def test_run_py_smoke_prints_every_row():
         assert name.endswith("RSS × upload") or float(gateway) > 0, name
         assert "RSS" in name or float(direct) > 0, name
     # The slow row gets the bare proxy's figure last, from its own gunicorn.
-    assert "failed 0 / 0; bare proxy" in rows["8 × 0.1 s p99 ms"][3]
+    assert "failed 0 / 0; throughput" in rows["8 × 0.1 s p99 ms"][3]
     assert "failed 0 / 0; completed" in rows["20 streams p99 ms"][3]
     assert "failed 0 / 0 (of the slow: 0 / 0)" in rows["c=2 fast during 8 × 0.1 s p99 ms"][3]
 
