@@ -283,3 +283,51 @@ def test_spooled_parts_are_closed_when_the_call_ends(edits, monkeypatch):
     assert client.post(ROUTE, data=body, headers=headers).status_code == 200
     assert opened and all(f.closed for f in opened)
     assert json.dumps(rows(app)[0])  # the row holds no image bytes
+
+
+def test_a_form_of_too_many_parts_is_413_at_once(edits):
+    """Each part costs a spooled file: 150,000 empty ones would hold the worker for seconds."""
+    import time
+
+    app, client = edits
+    parts = [field("model", "image-prod"), field("prompt", "p"), file("image", "a.png", b"x")]
+    body, headers = raw_form(*parts, *(field("x", "") for _ in range(5000)))
+    started = time.monotonic()
+    r = client.post(ROUTE, data=body, headers=headers)
+    error = assert_envelope(r, 413, "invalid_request_error", "request_too_large")
+    assert "more than 1000 parts" in error["message"] and time.monotonic() - started < 2
+
+
+def test_the_same_form_with_another_boundary_is_the_same_request(edits, fake):
+    """Clients pick a new boundary for every send (the official one's retries too): a repeat with
+    the same Idempotency-Key and the same parts replays."""
+    app, client = edits
+    parts = (field("model", "image-prod"), field("prompt", "p"), file("image", "a.png", PNG_A))
+    first, headers = raw_form(*parts, boundary="one")
+    again, headers_again = raw_form(*parts, boundary="two")
+    key = {"Idempotency-Key": "edit-boundary"}
+    assert client.post(ROUTE, data=first, headers={**headers, **key}).status_code == 200
+    replay = client.post(ROUTE, data=again, headers={**headers_again, **key})
+    assert replay.headers["x-aisix-idempotent-replay"] == "true"
+
+
+@pytest.mark.parametrize("n", ["²", "٣", "2.5", "two"])
+def test_n_must_be_ascii_digits(edits, n):
+    app, client = edits
+    body, headers = raw_form(
+        field("model", "image-prod"), field("prompt", "p"), field("n", n), file("image", "a.png", b"x")
+    )
+    assert_envelope(
+        client.post(ROUTE, data=body, headers=headers), 400, "invalid_request_error", "invalid_value", "n"
+    )
+
+
+def test_an_empty_file_input_is_no_image(edits):
+    """What a browser sends when no file was chosen: filename="" and no bytes."""
+    app, client = edits
+    body, headers = raw_form(field("model", "image-prod"), field("prompt", "p"), file("image", "", b""))
+    r = client.post(ROUTE, data=body, headers=headers)
+    assert (
+        "no image was sent"
+        in assert_envelope(r, 400, "invalid_request_error", "invalid_value", "image")["message"]
+    )

@@ -32,9 +32,11 @@ class ImageEditFormSchema(ImageSchema):
             for item in value if isinstance(value, list) else [] if value is None else [value]:
                 if not isinstance(item, FilePart):
                     raise ValidationError("Must be a file (a part with a filename).", name)
-                images.append(item)
+                if item.filename or item.size:  # what a browser sends for "no file chosen" is not
+                    images.append(item)
         if not images:
-            raise ValidationError(MISSING, "image")
+            sent_empty = "image" in data or "image[]" in data
+            raise ValidationError("The file is empty: no image was sent." if sent_empty else MISSING, "image")
         if len(images) > MAX_IMAGES:
             raise ValidationError(f"At most {MAX_IMAGES} images, {len(images)} were sent.", "image")
         if "mask" in data and not isinstance(data["mask"], FilePart):

@@ -10,6 +10,7 @@ the boundary is new. docs/contract.md, image edits.
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from ..errors import InvalidRequest, RequestTooLarge
 
 SPOOL_BYTES = 1024 * 1024
 READ_BYTES = 64 * 1024
+MAX_PARTS = 1000
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() takes "²", which int() refuses
 # Form fields the routes read as numbers or booleans: multipart carries every value as text.
 INTEGERS = frozenset({"n", "partial_images", "output_compression"})
 BOOLEANS = frozenset({"stream"})
@@ -37,13 +40,19 @@ class InvalidMultipart(InvalidRequest):
 
 @dataclass
 class Part:
-    """One part: its headers as received, and where its bytes are."""
+    """One part: its headers as received, where its bytes are, and their digest."""
 
     name: str
     filename: str | None
     headers: Headers
     body: IO[bytes] = field(default_factory=lambda: tempfile.SpooledTemporaryFile(SPOOL_BYTES))
     size: int = 0
+    sha256: Any = field(default_factory=hashlib.sha256)
+
+    def write(self, data: bytes) -> None:
+        self.body.write(data)
+        self.size += len(data)
+        self.sha256.update(data)
 
     @property
     def content_type(self) -> str | None:
@@ -66,27 +75,35 @@ class FilePart:
 
 
 class Form:
-    """A parsed multipart body: its parts in order, and the digest of the bytes that made it."""
+    """A parsed multipart body: its parts in order."""
 
-    def __init__(self, parts: list[Part], digest: str) -> None:
+    def __init__(self, parts: list[Part]) -> None:
         self.parts = parts
-        self.digest = digest
+        self._fields: dict[str, Any] | None = None
+
+    @property
+    def digest(self) -> str:
+        """What makes two forms the same request: each part's name, filename, content type and
+        bytes, in order; not the boundary, which clients choose anew for every send (a retry too)."""
+        digest = hashlib.sha256()
+        for part in self.parts:
+            for value in (part.name, part.filename or "", part.content_type or "", part.sha256.hexdigest()):
+                digest.update(value.encode("utf-8", "surrogateescape") + b"\0")
+        return digest.hexdigest()
 
     def fields(self) -> dict[str, Any]:
         """The request as the route checks it: text fields as values (``n`` and ``stream`` as the
         number and boolean they spell), files as FileParts, a name sent several times as a list."""
-        values: dict[str, Any] = {}
-        for part in self.parts:
-            if part.filename is not None:
-                value: Any = FilePart(part.name, part.filename, part.content_type, part.size)
-            else:
-                value = _typed(part.name, _text(part))
-            if part.name in values:
-                held = values[part.name]
-                values[part.name] = [*held, value] if isinstance(held, list) else [held, value]
-            else:
-                values[part.name] = value
-        return values
+        if self._fields is None:
+            values: dict[str, list[Any]] = {}
+            for part in self.parts:
+                if part.filename is not None:
+                    value: Any = FilePart(part.name, part.filename, part.content_type, part.size)
+                else:
+                    value = _typed(part.name, _text(part))
+                values.setdefault(part.name, []).append(value)
+            self._fields = {name: v[0] if len(v) == 1 else v for name, v in values.items()}
+        return self._fields
 
     def encode(self, replace: dict[str, str]) -> tuple[Upload, str]:
         """The body to send, with the text of the named fields replaced, and its Content-Type."""
@@ -117,26 +134,29 @@ def read_form(limit: int) -> Form:
     if not boundary:
         raise InvalidMultipart("The multipart/form-data body has no boundary in its Content-Type.")
     request.max_content_length = limit
-    decoder = MultipartDecoder(boundary.encode("latin-1"))
-    digest = hashlib.sha256()
-    parts: list[Part] = []
+    # A part costs a spooled file and some bookkeeping: many tiny ones in an allowed body would
+    # cost far more than their bytes (Werkzeug's own form parser stops at 1,000 too).
+    decoder = MultipartDecoder(boundary.encode("latin-1"), max_parts=MAX_PARTS)
+    form = Form([])
     try:
         stream = request.stream
         while True:
             chunk = stream.read(READ_BYTES)
-            digest.update(chunk)
             decoder.receive_data(chunk or None)
-            if _decode(decoder, parts) or not chunk:
+            if _decode(decoder, form.parts) or not chunk:
                 break
     except RequestEntityTooLarge:
-        _close(parts)
+        form.close()
+        too_many = len(form.parts) >= MAX_PARTS
         raise RequestTooLarge(
-            f"The request body is larger than the gateway's limit of {limit} bytes."
+            f"The form has more than {MAX_PARTS} parts."
+            if too_many
+            else f"The request body is larger than the gateway's limit of {limit} bytes."
         ) from None
     except ValueError:
-        _close(parts)
+        form.close()
         raise InvalidMultipart() from None
-    return Form(parts, digest.hexdigest())
+    return form
 
 
 def _decode(decoder: MultipartDecoder, parts: list[Part]) -> bool:
@@ -145,16 +165,10 @@ def _decode(decoder: MultipartDecoder, parts: list[Part]) -> bool:
         if isinstance(event, File | Field):
             parts.append(Part(event.name, getattr(event, "filename", None), event.headers))
         elif isinstance(event, Data):
-            parts[-1].body.write(event.data)
-            parts[-1].size += len(event.data)
+            parts[-1].write(event.data)
         elif isinstance(event, Epilogue):
             return True
     return False
-
-
-def _close(parts: list[Part]) -> None:
-    for part in parts:
-        part.body.close()
 
 
 def _text(part: Part) -> str:
@@ -165,7 +179,7 @@ def _text(part: Part) -> str:
 
 
 def _typed(name: str, text: str) -> Any:
-    if name in INTEGERS and text.strip().lstrip("-").isdigit():
+    if name in INTEGERS and _INTEGER.fullmatch(text.strip()):
         return int(text)
     if name in BOOLEANS and text in ("true", "false"):
         return text == "true"
