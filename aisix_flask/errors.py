@@ -117,6 +117,10 @@ class UnsupportedProvider(InvalidRequest):
     error_code = "unsupported_provider"
 
 
+class PriceUnknown(InvalidRequest):
+    error_code = "price_unknown"
+
+
 class RequestTooLarge(InvalidRequest):
     code = 413
     error_code = "request_too_large"

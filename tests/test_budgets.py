@@ -152,6 +152,7 @@ def test_a_budget_store_that_cannot_be_reached_refuses_budgeted_requests(make_ap
     """Fail closed: a budget is a promise about money. Requests without a budget go on."""
     config["gateway"]["ratelimit"]["storage_url"] = "redis://127.0.0.1:1/0"
     config["api_keys"][0]["budget"] = {"usd": 1, "period": "day"}
+    config["models"][1]["pricing"] = PER_IMAGE
     client = make_app(config).test_client()
     r = image(client)
     error = assert_envelope(r, 503, "server_error", "budget_unavailable")
@@ -220,3 +221,76 @@ def test_the_usage_page_and_the_cli_show_budgets(budgeted, upstream):
     assert out.splitlines()[2].split()[-1] == "never"
     data = app.test_cli_runner().invoke(args=["aisix", "budgets", "--format", "json"]).output
     assert '"remaining": 0.46' in data
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"), [({"size": "1792x1024"}, "size"), ({"quality": "hd", "size": "1024x1024"}, "quality")]
+)
+def test_a_request_the_config_cannot_price_is_refused_under_a_budget(budgeted, upstream, extra, param):
+    """It would be free, and the budget would not hold: 400, nothing sent."""
+    budgeted.config["models"][1]["pricing"] = {"per_image": {"1024x1024": {"standard": 0.04}}}
+    app, client = budgeted(key={"usd": 1, "period": "day"})
+    body = {"model": "dalle", "prompt": "p", **extra}
+    r = client.post("/v1/images/generations", headers=auth(), json=body)
+    error = assert_envelope(r, 400, "invalid_request_error", "price_unknown", param)
+    assert "API key 'dev' has a budget" in error["message"] and not upstream.calls
+
+
+def test_a_model_without_pricing_is_refused_under_a_budget(budgeted, upstream):
+    app, client = budgeted(key={"usd": 1, "period": "day"})
+    r = client.post("/v1/images/generations", headers=auth(), json={"model": "image-prod", "prompt": "p"})
+    assert_envelope(r, 400, "invalid_request_error", "price_unknown", "model")
+    assert not upstream.calls
+
+
+def test_spend_is_counted_before_a_budget_is_set(budgeted, upstream, tmp_path):
+    """Every priced request is counted for its key and model in every period: a budget added (or
+    given another period) later starts from what was really spent, as the ledger has it."""
+    app, client = budgeted()
+    images_answer(upstream, 2)
+    assert image(client, n=2).status_code == 200  # 0.08, no budget yet
+    config = budgeted.config
+    config["api_keys"][0]["budget"] = {"usd": 0.1, "period": "month"}
+    write_config(tmp_path / "config-0.yaml", config)
+    time.sleep(0.3)
+    assert spent(app) == pytest.approx(0.08) == ledger_cost(app)
+    assert image(client).status_code == 429  # 0.12 would pass 0.10
+
+
+def test_a_per_image_request_whose_outcome_is_unknown_costs_its_price(budgeted, upstream):
+    """Sent and not answered (a timeout): the upstream may have made and billed the image, so it
+    is counted, in the ledger and the budget alike."""
+    import requests
+
+    app, client = budgeted(key={"usd": 1, "period": "day"})
+    upstream.post(IMAGES_URL, body=requests.exceptions.ReadTimeout("slow"))
+    assert image(client).status_code == 504
+    assert ledger_cost(app) == pytest.approx(0.04) == spent(app)
+
+
+def test_a_request_the_rate_limit_refuses_holds_no_budget(budgeted, upstream):
+    """The limits are checked first: a refused request never holds part of the budget."""
+    budgeted.config["api_keys"][0]["rate_limit"] = {"concurrency": 1}
+    app, client = budgeted(key={"usd": 0.05, "period": "day"})
+    app.extensions["aisix"].limiter.store.acquire_slot("key:dev", 1, 5)  # another call holds the slot
+    assert image(client).status_code == 429
+    assert spent(app) == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_counters_are_exact(tmp_path, backend):
+    """Whole nano-dollars: three 0.10 USD reservations fit a 0.30 budget (as floats they do not)."""
+    import redis as redis_client
+
+    from aisix_flask.policy.limits import Limiter
+    from aisix_flask.stores.spend import Charge, nanos, spend_store_for
+
+    url = f"sqlite:///{tmp_path}/rl.db" if backend == "sqlite" else "redis://127.0.0.1:6379/11"
+    if backend == "redis":
+        redis_client.Redis.from_url(url).flushdb()
+    store = spend_store_for(Limiter(url).storage)
+    key = f"key:exact-{backend}:total"
+    admitted = sum(store.reserve([Charge(key, nanos(0.3), nanos(0.1), None)]) is None for _ in range(10))
+    assert admitted == 3 and store.spent([key]) == {key: nanos(0.3)}
+    store.add([Charge(key, None, -nanos(0.1), None)] * 3)
+    assert store.spent([key]) == {key: 0}

@@ -65,8 +65,8 @@ def ledger_cost(tmp_path, name: str) -> float:
 def sqlite_spend(tmp_path, name: str, period_name: str = "day") -> float:
     pid, _ = period(period_name, datetime.now(UTC))
     with sqlite3.connect(tmp_path / "ratelimit.db") as db:
-        row = db.execute("SELECT usd FROM spend WHERE key = ?", (f"key:{name}:{pid}",)).fetchone()
-    return row[0] if row else 0.0
+        row = db.execute("SELECT nanos FROM spend_nanos WHERE key = ?", (f"key:{name}:{pid}",)).fetchone()
+    return row[0] / 1e9 if row else 0.0
 
 
 def test_a_per_image_budget_holds_exactly_across_four_workers(tmp_path, fake):
@@ -109,7 +109,7 @@ def test_two_gateways_share_a_budget_through_redis(tmp_path_factory, fake):
         for server in servers:
             assert server.stop() == 0
     total = sum(ledger_cost(p, name) for p in paths)
-    spend = float(connection.get(f"aisix:spend:key:{name}:{pid}"))
+    spend = int(connection.get(f"aisix:spend:key:{name}:{pid}")) / 1e9
     assert spend == pytest.approx(13 * 0.016) and total == pytest.approx(0.2 + 13 * 0.016)
     connection.flushdb()
 

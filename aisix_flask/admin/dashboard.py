@@ -10,7 +10,8 @@ from flask import Blueprint, render_template, request
 from ..errors import InvalidApiKey
 from ..gateway import Gateway, current
 from ..policy.auth import authenticate
-from ..policy.budgets import STORE_ERRORS, configured
+from ..policy.budgets import configured
+from ..stores import STORE_ERRORS
 
 bp = Blueprint("dashboard", __name__)
 

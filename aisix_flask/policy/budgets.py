@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-
-import redis
 
 from .. import metrics
 from ..config import Registry
 from ..config.resources import Budget
 from ..errors import GatewayError, ServiceUnavailable
-from ..stores.spend import Charge, SpendStore
+from ..stores import STORE_ERRORS
+from ..stores.spend import NANOS_PER_USD, Charge, SpendStore, nanos
 
 log = logging.getLogger(__name__)
-STORE_ERRORS = (sqlite3.Error, redis.RedisError)
 
 
 class BudgetExhausted(GatewayError):
@@ -50,10 +47,15 @@ class BudgetScope:
         return f"{'API key' if self.kind == 'key' else 'model'} '{self.name}'"
 
 
+PERIODS = ("day", "week", "month", "total")
+
+
 def period(name: str, now: datetime) -> tuple[str, datetime | None]:
     """The current period of a budget: an id for its counter, and when it ends (UTC; None: never).
 
     Weeks are ISO weeks (Monday to Sunday), months calendar months."""
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)  # the ledger's times are naive UTC
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if name == "day":
         return f"d{day:%Y-%m-%d}", day + timedelta(days=1)
@@ -67,34 +69,40 @@ def period(name: str, now: datetime) -> tuple[str, datetime | None]:
     return "total", None
 
 
-def counter(scope: BudgetScope, period_id: str) -> str:
-    """The spend counter of ``scope`` in a period."""
-    return f"{scope.kind}:{scope.name}:{period_id}"
+def counter(kind: str, name: str, period_id: str) -> str:
+    """The spend counter of a key or a model in a period."""
+    return f"{kind}:{name}:{period_id}"
 
 
 @dataclass
 class Reservation:
-    """What a request reserved, on which counters; settled once when the request ends."""
+    """What a request reserved (nano-dollars), on which counters; counted once when it ends."""
 
     charges: list[Charge] = field(default_factory=list)
-    amount: float = 0.0
+    amount: int = 0
+
+    @property
+    def usd(self) -> float:
+        return self.amount / NANOS_PER_USD
 
 
 class Budgets:
-    """Reserve before the call, settle after it; fail closed when the store cannot be reached."""
+    """Reserve before the call, count what it cost after it; fail closed when the store cannot be
+    reached."""
 
     def __init__(self, store: SpendStore) -> None:
         self.store = store
 
-    def reserve(self, scopes: Sequence[BudgetScope], amount: float) -> Reservation:
-        """Take ``amount`` (0 when the price is known only afterwards) from every budget, or raise
-        429 naming the first that has not enough left; nothing is taken then."""
+    def reserve(self, scopes: Sequence[BudgetScope], amount_usd: float) -> Reservation:
+        """Take ``amount_usd`` (0 when the price is known only afterwards) from every budget, or
+        raise 429 naming the first that has not enough left; nothing is taken then."""
         if not scopes:
             return Reservation()
         now = datetime.now(UTC)
+        amount = nanos(amount_usd)
         periods = [period(scope.budget.period, now) for scope in scopes]
         charges = [
-            Charge(counter(scope, pid), scope.budget.usd, amount, end.timestamp() if end else None)
+            Charge(counter(scope.kind, scope.name, pid), nanos(scope.budget.usd), amount, _timestamp(end))
             for scope, (pid, end) in zip(scopes, periods, strict=True)
         ]
         try:
@@ -112,38 +120,59 @@ class Budgets:
             raise _exhausted(scopes[refused], periods[refused][1], now)
         return Reservation(charges, amount)
 
-    def settle(self, reservation: Reservation, cost: float | None) -> None:
-        """Count what the request cost (nothing: None) instead of what it reserved."""
-        delta = (cost or 0.0) - reservation.amount
-        if not reservation.charges or not delta:
+    def count(
+        self, reservation: Reservation, key: str, model: str, cost: float | None, when: datetime
+    ) -> None:
+        """Add what a request cost to its key's and its model's counters of every period (whether
+        a budget is set or not: one set later, or given another period, finds the spend already
+        there), less what it reserved. ``when`` is when it started, as its ledger row says."""
+        delta: dict[str, int] = {}
+        ends: dict[str, float | None] = {}
+        if cost:
+            for kind, name in (("key", key), ("model", model)):
+                for name_of_period in PERIODS:
+                    pid, end = period(name_of_period, when)
+                    delta[counter(kind, name, pid)] = nanos(cost)
+                    ends[counter(kind, name, pid)] = _timestamp(end)
+        for charge in reservation.charges:
+            delta[charge.key] = delta.get(charge.key, 0) - charge.amount
+            ends.setdefault(charge.key, charge.period_end)
+        charges = [Charge(k, None, amount, ends[k]) for k, amount in delta.items() if amount]
+        if not charges:
             return
         try:
-            self.store.add([charge._replace(amount=delta) for charge in reservation.charges])
+            self.store.add(charges)
         except STORE_ERRORS as e:
-            log.error("budget store failed to count %.6f USD (the ledger has it): %s", delta, e)
+            log.error("budget store failed to count %.9f USD (the ledger has it): %s", cost or 0, e)
 
     def status(self, scopes: Sequence[BudgetScope]) -> list[dict]:
         """Each budget's limit, spend, remaining and period end, for the admin API and page."""
         now = datetime.now(UTC)
-        rows = []
-        keys = []
+        ends, keys = [], []
         for scope in scopes:
             pid, end = period(scope.budget.period, now)
-            keys.append(counter(scope, pid))
-            rows.append((scope, end))
+            keys.append(counter(scope.kind, scope.name, pid))
+            ends.append(end)
         spent = self.store.spent(keys)
-        return [
-            {
-                "scope": scope.kind,
-                "name": scope.name,
-                "period": scope.budget.period,
-                "usd": scope.budget.usd,
-                "spent": round(spent.get(key, 0.0), 10),
-                "remaining": round(max(scope.budget.usd - spent.get(key, 0.0), 0.0), 10),
-                "period_end": end.isoformat().replace("+00:00", "Z") if end else None,
-            }
-            for (scope, end), key in zip(rows, keys, strict=True)
-        ]
+        rows = []
+        for scope, end, key in zip(scopes, ends, keys, strict=True):
+            used = spent.get(key, 0)
+            rows.append(
+                {
+                    "scope": scope.kind,
+                    "name": scope.name,
+                    "period": scope.budget.period,
+                    "usd": scope.budget.usd,
+                    "spent": used / NANOS_PER_USD,
+                    "remaining": max(nanos(scope.budget.usd) - used, 0) / NANOS_PER_USD,
+                    "period_end": end.isoformat().replace("+00:00", "Z") if end else None,
+                }
+            )
+        return rows
+
+
+def _timestamp(end: datetime | None) -> float | None:
+    return end.timestamp() if end else None
 
 
 def configured(registry: Registry) -> list[BudgetScope]:

@@ -7,12 +7,10 @@ import hashlib
 import json
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import redis
 from flask import Response
 
 from ..config.resources import IdempotencySettings
@@ -25,13 +23,12 @@ from ..errors import (
     ServiceUnavailable,
     UpstreamError,
 )
-from ..stores import Record
+from ..stores import STORE_ERRORS, Record
 from ..usage.row import UsageRow
 
 log = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
-STORE_ERRORS = (sqlite3.Error, redis.RedisError)
 REPLAY_HEADER = "x-aisix-idempotent-replay"
 KEPT_HEADERS = ("Retry-After", "x-should-retry")
 _VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")

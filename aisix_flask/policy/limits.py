@@ -13,12 +13,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import redis
 from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
 from limits.errors import StorageError
 from limits.storage import RedisStorage, storage_from_string
@@ -27,7 +25,7 @@ from .. import metrics
 from ..config.resources import RateLimit
 from ..errors import RateLimited
 from ..redact import without_credentials
-from ..stores import AdmissionStore, weighted_count
+from ..stores import STORE_ERRORS, AdmissionStore, weighted_count
 from ..stores import sqlite as _sqlite  # noqa: F401  (registers sqlite:/// URLs with limits)
 from ..stores.redis import RedisAdmissions
 
@@ -107,7 +105,7 @@ class Admission:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-_STORAGE_ERRORS = (StorageError, sqlite3.Error, redis.RedisError)
+_STORAGE_ERRORS = (StorageError, *STORE_ERRORS)
 
 
 class Limiter:
@@ -145,9 +143,10 @@ class Limiter:
             if refusal[0] == "slot":
                 raise _exceeded(plan.slotted[refusal[1]], "concurrency", 1)
             scope, rule, item = plan.windows[refusal[1]]
-            wait = seconds_until_free(refusal[2], item.get_expiry(), item.amount)
-            error = _exceeded(scope, rule, wait)
-            error.extra_headers.update(_headers(rule, item.amount, 0, wait))
+            error = _exceeded(scope, rule, seconds_until_free(refusal[2], item.get_expiry(), item.amount))
+            kind = "requests" if rule in REQUEST_RULES else "tokens"
+            _, limit, reset = _state(refusal[2], item.get_expiry(), item.amount, False)
+            error.extra_headers.update(_headers(kind, limit, 0, reset))
             raise error
         return Admission(
             slots=[(key, slot) for (key, _), slot in zip(plan.slots, ids, strict=True)],
@@ -168,6 +167,17 @@ class Limiter:
         except _STORAGE_ERRORS as e:
             log.error("rate-limit store %s failed to count %d tokens and to release slots "
                       "(they will expire): %s", without_credentials(self.url), tokens, e)  # fmt: skip
+
+    def headers(self, scopes: Sequence[Scope]) -> dict[str, str]:
+        """The rate-limit headers of a request that was not admitted (refused before step 10, or
+        by a concurrency limit): the windows as they are, read one by one. Empty when the store
+        cannot answer."""
+        plan = _plan(tuple(scopes))
+        try:
+            seen = [self.storage.get_sliding_window(key, expiry) for key, expiry, _ in plan.checks]
+        except _STORAGE_ERRORS:
+            return {}
+        return rate_limit_headers(plan.windows, seen, admitted=False)
 
     def release(self, admission: Admission) -> None:
         """Give back the request's concurrency slots without counting tokens."""
@@ -221,29 +231,41 @@ def _windows(
 
 
 def rate_limit_headers(
-    windows: Sequence[tuple[Scope, str, RateLimitItem]], seen: Sequence[tuple[int, float, int, float]]
+    windows: Sequence[tuple[Scope, str, RateLimitItem]],
+    seen: Sequence[tuple[int, float, int, float]],
+    admitted: bool = True,
 ) -> dict[str, str]:
     """OpenAI's x-ratelimit-* headers for the tightest request window and the tightest token window
-    of an admitted request (the one with the least left), as the windows were before it."""
+    (the one with the least left), from the windows as they were before this request; an
+    ``admitted`` request counts in its request windows."""
     tightest: dict[str, tuple[int, int, float]] = {}  # kind -> (remaining, limit, reset)
     for (_, rule, item), window in zip(windows, seen, strict=False):
-        expiry, limit = item.get_expiry(), item.amount
         kind = "requests" if rule in REQUEST_RULES else "tokens"
-        used = weighted_count(window, expiry) + (1 if kind == "requests" else 0)  # this request
-        previous, previous_ttl, current, current_ttl = window
-        # Back to its full allowance when what is counted has decayed out of the sliding window.
-        reset = current_ttl if current or kind == "requests" else (previous_ttl if previous else 0.0)
-        remaining = max(limit - used, 0)
-        if kind not in tightest or remaining < tightest[kind][0]:
-            tightest[kind] = (remaining, limit, reset)
+        state = _state(window, item.get_expiry(), item.amount, admitted and kind == "requests")
+        if kind not in tightest or state[0] < tightest[kind][0]:
+            tightest[kind] = state
     headers: dict[str, str] = {}
     for kind, (remaining, limit, reset) in tightest.items():
-        headers.update(_headers("rpm" if kind == "requests" else "tpm", limit, remaining, reset))
+        headers.update(_headers(kind, limit, remaining, reset))
     return headers
 
 
-def _headers(rule: str, limit: int, remaining: int, reset: float) -> dict[str, str]:
-    kind = "requests" if rule in REQUEST_RULES else "tokens"
+def _state(
+    window: tuple[int, float, int, float], expiry: int, limit: int, counted: bool
+) -> tuple[int, int, float]:
+    """(remaining, limit, seconds until the window is back to its full allowance)."""
+    previous, previous_ttl, current, current_ttl = window
+    used = weighted_count(window, expiry) + (1 if counted else 0)
+    if current or counted:
+        # What the current window holds decays out when it has ended and a whole window more has
+        # passed; a window this request starts (none stored yet) is that long from now.
+        reset = current_ttl if current_ttl > 0 else 2.0 * expiry
+    else:
+        reset = previous_ttl if previous else 0.0
+    return max(limit - used, 0), limit, reset
+
+
+def _headers(kind: str, limit: int, remaining: int, reset: float) -> dict[str, str]:
     return {
         f"x-ratelimit-limit-{kind}": str(limit),
         f"x-ratelimit-remaining-{kind}": str(remaining),
@@ -253,13 +275,13 @@ def _headers(rule: str, limit: int, remaining: int, reset: float) -> dict[str, s
 
 def duration(seconds: float) -> str:
     """A reset time as OpenAI writes it: ``20ms``, ``1.5s``, ``6m0s``."""
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    minutes, rest = divmod(seconds, 60)
-    if minutes < 1:
-        return f"{rest:.3g}s"
-    hours, minutes = divmod(int(minutes), 60)
-    return (f"{hours}h" if hours else "") + f"{minutes}m{rest:.0f}s"
+    millis = round(max(seconds, 0.0) * 1000)
+    if millis < 1000:
+        return f"{millis}ms"
+    if millis < 59_950:
+        return f"{millis / 1000:.3g}s"
+    hours, rest = divmod(round(millis / 1000), 3600)
+    return (f"{hours}h" if hours else "") + f"{rest // 60}m{rest % 60}s"
 
 
 def _exceeded(scope: Scope, rule: str, wait: float) -> RateLimited:

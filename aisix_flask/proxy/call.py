@@ -21,7 +21,7 @@ from ..config.resources import ApiKey
 from ..errors import GatewayError
 from ..gateway import Gateway
 from ..policy.budgets import Reservation
-from ..policy.limits import Admission
+from ..policy.limits import Admission, Scope
 from ..usage.row import UsageRow
 from .multipart import Form
 from .operation import Operation
@@ -45,6 +45,7 @@ class Call:
         self.reservation = Reservation()
         self.priced = False  # the upstream answered 2xx: what it reported has a cost
         self.upstream_started: float | None = None
+        self.outcome_unknown = False  # sent, and no answer says what the upstream made of it
         self.upload: Form | None = None  # a multipart body's parts, spooled
         self.streaming = False  # a stream took over the end of the call
         self._started = time.perf_counter()
@@ -61,11 +62,25 @@ class Call:
     ) -> None:
         if isinstance(error, GatewayError):
             self.row.status, self.row.error_code = error.code, error.error_code
-            error.extra_headers = {**self.admission.headers, **error.extra_headers}
+            error.extra_headers = {**self.rate_limit_headers(), **error.extra_headers}
         elif error is not None:
             self.row.status, self.row.error_code = 500, "internal_error"
         if error is not None or not self.streaming:
             self.finish(self.row.status)
+
+    def rate_limit_headers(self) -> dict[str, str]:
+        """The x-ratelimit-* headers of this call's answer: as its admission saw the windows, or,
+        not admitted, as they are now (for a limited key or model: none otherwise)."""
+        if self.admission.headers:
+            return self.admission.headers
+        scopes = [Scope("key", self.key.display_name, self.key.rate_limit)]
+        if self.route is not None:
+            scopes.append(Scope("model", self.route.model.display_name, self.route.model.rate_limit))
+        if not any(
+            scope.limit.rpm or scope.limit.rpd or scope.limit.tpm or scope.limit.tpd for scope in scopes
+        ):
+            return {}
+        return self.gateway.limiter.headers(scopes)
 
     def finish(self, status_sent: int) -> None:
         """Record the call, once: count its tokens and give back its slots, price it, queue its
@@ -82,7 +97,14 @@ class Call:
         model = self.route.model if self.route else None
         if self.priced and model is not None and model.pricing is not None:
             row.cost_usd = model.pricing.cost(row)
-        self.gateway.budgets.settle(self.reservation, row.cost_usd)
+        elif self.outcome_unknown and self.reservation.amount:
+            # Sent, and no answer says what came of it (a timeout, a cut stream, a hang-up): the
+            # upstream may have made and billed what was asked for, at the price known up front.
+            row.cost_usd = self.reservation.usd
+        if model is not None:
+            self.gateway.budgets.count(
+                self.reservation, self.key.display_name, model.display_name, row.cost_usd, row.created_at
+            )
         self.gateway.ledger.record(row)
         metrics.observe(row, model.display_name if model else "")
         if self._line is not None:

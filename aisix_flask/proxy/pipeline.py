@@ -16,8 +16,10 @@ from ..errors import (
     ModelNotFound,
     NotImplementedOperation,
     PermissionDenied,
+    PriceUnknown,
     ProviderUnavailable,
     UnsupportedProvider,
+    UpstreamError,
 )
 from ..gateway import current
 from ..policy.auth import authenticate
@@ -67,7 +69,7 @@ def handle(operation: Operation) -> Response:
                 call.timeout.slot_ttl_s,
                 digest=call.upload.digest if call.upload else None,
             )
-        response.headers.update(call.admission.headers)  # x-ratelimit-*
+        response.headers.update(call.rate_limit_headers())  # x-ratelimit-*
         return response
 
 
@@ -147,21 +149,39 @@ def limit_scopes(call: Call) -> list[Scope]:
 
 
 def admit(call: Call, body: dict[str, Any], slot_ttl_s: float) -> None:
-    """Step 10: the budgets (what the request is known to cost is reserved), then the rate
-    limits and concurrency slots. Whatever is taken is given back when the call finishes."""
+    """Step 10: the rate limits and concurrency slots, then the budgets (what the request is known
+    to cost is reserved). Whatever is taken is given back, or counted, when the call finishes."""
+    call.admission = call.gateway.limiter.admit(limit_scopes(call), slot_ttl_s)
     key, model = call.key, call.route.model
     scopes = [BudgetScope("key", key.display_name, key.budget)] if key.budget else []
     if model.budget:
         scopes.append(BudgetScope("model", model.display_name, model.budget))
     if scopes:
-        pricing = model.pricing
-        known = (
-            pricing.known_before(whole_number(body.get("n")), body.get("size"), body.get("quality"))
-            if pricing
-            else 0.0
+        call.reservation = call.gateway.budgets.reserve(scopes, price_known_before(call, body, scopes[0]))
+
+
+def price_known_before(call: Call, body: dict[str, Any], scope: BudgetScope) -> float:
+    """What a request under a budget will cost as far as it is known before the call: n images at
+    a per-image price, or 0 for a price only the answer tells (tokens). A request whose price the
+    config cannot tell at all is refused: under a budget it would be free."""
+    model, pricing = call.route.model, call.route.model.pricing
+    if pricing is None:
+        raise PriceUnknown(
+            f"The model '{model.display_name}' has no pricing, and {scope.label} has a budget: a "
+            f"request that cannot be priced cannot be counted against it. Add a pricing block to the "
+            f"model in the gateway config.",
+            param="model",
         )
-        call.reservation = call.gateway.budgets.reserve(scopes, known)
-    call.admission = call.gateway.limiter.admit(limit_scopes(call), slot_ttl_s)
+    known = pricing.known_before(whole_number(body.get("n")), body.get("size"), body.get("quality"))
+    if known is None:
+        raise PriceUnknown(
+            f"The model '{model.display_name}' has no per-image price for size "
+            f"'{body.get('size') or pricing.default_size}' and quality "
+            f"'{body.get('quality') or pricing.default_quality}', and {scope.label} has a budget: a "
+            f"request that cannot be priced cannot be counted against it.",
+            param="quality" if (body.get("size") or pricing.default_size) in pricing.per_image else "size",
+        )
+    return known
 
 
 def forward(call: Call, body: dict[str, Any]) -> Response:
@@ -214,6 +234,9 @@ def send(call: Call, body: dict[str, Any], streamed: bool = False) -> Any:
             stream=streamed,
             content_type=content_type,
         )
+    except UpstreamError as e:
+        call.outcome_unknown = not e.should_retry  # it may have been sent and acted on
+        raise
     finally:
         call.row.upstream_latency_ms = (time.perf_counter() - call.upstream_started) * 1000
     return interpret(answer, route.provider_key) if isinstance(answer, Answer) else answer

@@ -210,6 +210,8 @@ class Relay:
         elif isinstance(failure, StreamEnded):
             row.status, row.error_code = _ROW_STATUS.get(type(failure), 502), failure.code
         call.priced = bool(row.total_tokens or row.images)  # what is known was generated
+        # Ended before its end, not by an error of the upstream's own: what was made of it is unknown.
+        call.outcome_unknown = not self.complete and not isinstance(failure, UpstreamErrorEvent)
         call.finish(200)
 
 

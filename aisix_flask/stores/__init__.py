@@ -7,7 +7,13 @@ and the sliding-window arithmetic.
 from __future__ import annotations
 
 import math
+import sqlite3
 from typing import NamedTuple, Protocol
+
+import redis
+
+# What a store raises when it cannot answer (the file or the server), whichever the backend.
+STORE_ERRORS = (sqlite3.Error, redis.RedisError)
 
 
 class AdmissionStore(Protocol):

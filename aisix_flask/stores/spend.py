@@ -1,9 +1,10 @@
-"""What budgets have spent (USD), beside the rate-limit counters: the same SQLite file for one
+"""What keys and models have spent, beside the rate-limit counters: the same SQLite file for one
 host, the same Redis for several; kept across restarts.
 
-A counter is one (key or model, budget period) pair, e.g. ``key:dev:d2026-11-25``; it expires a
-week after its period ends. ``reserve`` checks and adds in one step for every counter of a request
-(all or nothing), ``add`` settles what a request really cost.
+A counter is one (key or model, period) pair, e.g. ``key:dev:d2026-11-25``, in whole nano-dollars
+(1e-9 USD): sums of floats would drift (0.1 + 0.1 + 0.1 > 0.3), and a limit compared with them
+would refuse what fits. A counter expires a week after its period ends. ``reserve`` checks and adds
+in one step for every counter of a request (all or nothing), ``add`` counts what a request cost.
 """
 
 from __future__ import annotations
@@ -17,14 +18,21 @@ from limits.storage import RedisStorage
 from .sqlite import SQLiteStorage
 
 KEEP_AFTER_PERIOD_S = 7 * 86400.0
+NANOS_PER_USD = 1_000_000_000
+
+
+def nanos(usd: float) -> int:
+    """USD as whole nano-dollars."""
+    return round(usd * NANOS_PER_USD)
 
 
 class Charge(NamedTuple):
-    """A counter, its limit (USD), what to add to it, and when its period ends (None: never)."""
+    """A counter, its limit, what to add to it (nano-dollars), and when its period ends (None:
+    never; the limit is None for a counter without a budget)."""
 
     key: str
-    limit: float
-    amount: float
+    limit: int | None
+    amount: int
     period_end: float | None
 
 
@@ -38,10 +46,19 @@ class SpendStore(Protocol):
         one of more passes while the counter plus it stays within the limit."""
 
     def add(self, charges: list[Charge]) -> None:
-        """Add what a request really cost (less what was reserved for it; may be negative)."""
+        """Add to the counters (what a request cost, less what was reserved; may be negative)."""
 
-    def spent(self, keys: list[str]) -> dict[str, float]:
-        """The counters' values (0 for one that does not exist)."""
+    def spent(self, keys: list[str]) -> dict[str, int]:
+        """The counters' values (a counter that does not exist is left out)."""
+
+
+def refused(held: int, charge: Charge) -> bool:
+    """Whether ``charge`` would pass its limit on a counter at ``held``."""
+    if charge.limit is None:
+        return False
+    if charge.amount > 0:
+        return held + charge.amount > charge.limit
+    return held >= charge.limit
 
 
 def _expires_at(period_end: float | None) -> float:
@@ -49,13 +66,21 @@ def _expires_at(period_end: float | None) -> float:
 
 
 _SQLITE_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS spend (key TEXT PRIMARY KEY, usd REAL NOT NULL, expires_at REAL NOT NULL)"
+    "CREATE TABLE IF NOT EXISTS spend_nanos"
+    " (key TEXT PRIMARY KEY, nanos INTEGER NOT NULL, expires_at REAL NOT NULL)"
 )
-_SQLITE_ADD = "INSERT INTO spend VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET usd = usd + excluded.usd"
+_SQLITE_ADD = (
+    "INSERT INTO spend_nanos VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET nanos = nanos + excluded.nanos"
+)
+
+
+def _select(count: int) -> str:
+    marks = ", ".join("?" * count)
+    return f"SELECT key, nanos FROM spend_nanos WHERE key IN ({marks}) AND expires_at > ?"
 
 
 class SQLiteSpend:
-    """Spend counters in the limiter's SQLite file, one write transaction per call."""
+    """Spend counters in the limiter's SQLite file: a reservation or a count is one transaction."""
 
     def __init__(self, storage: SQLiteStorage) -> None:
         self._storage = storage
@@ -66,7 +91,7 @@ class SQLiteSpend:
         with self._storage.transaction() as db:
             held = self._values(db, [c.key for c in charges])
             for i, charge in enumerate(charges):
-                if _refused(held.get(charge.key, 0.0), charge):
+                if refused(held.get(charge.key, 0), charge):
                     return i
             self._add(db, charges)
         return None
@@ -75,39 +100,49 @@ class SQLiteSpend:
         with self._storage.transaction() as db:
             self._add(db, charges)
 
-    def spent(self, keys: list[str]) -> dict[str, float]:
+    def spent(self, keys: list[str]) -> dict[str, int]:
         if not keys:
             return {}
-        with self._storage.transaction() as db:
-            return self._values(db, keys)
+        marks = ", ".join("?" * len(keys))
+        rows = self._storage.read(
+            f"SELECT key, nanos FROM spend_nanos WHERE key IN ({marks}) AND expires_at > ?",
+            (*keys, time.time()),
+        )
+        return dict(rows)
 
     @staticmethod
-    def _values(db: Any, keys: list[str]) -> dict[str, float]:
+    def _values(db: Any, keys: list[str]) -> dict[str, int]:
         marks = ", ".join("?" * len(keys))
         rows = db.execute(
-            f"SELECT key, usd FROM spend WHERE key IN ({marks}) AND expires_at > ?", (*keys, time.time())
+            f"SELECT key, nanos FROM spend_nanos WHERE key IN ({marks}) AND expires_at > ?",
+            (*keys, time.time()),
         )
         return dict(rows)
 
     @staticmethod
     def _add(db: Any, charges: list[Charge]) -> None:
         now = time.time()
-        db.executemany("DELETE FROM spend WHERE key = ? AND expires_at <= ?", [(c.key, now) for c in charges])
-        adds = [(c.key, c.amount, _expires_at(c.period_end)) for c in charges if c.amount]
-        db.executemany(_SQLITE_ADD, adds)
+        db.executemany(
+            "DELETE FROM spend_nanos WHERE key = ? AND expires_at <= ?", [(c.key, now) for c in charges]
+        )
+        db.executemany(
+            _SQLITE_ADD, [(c.key, c.amount, _expires_at(c.period_end)) for c in charges if c.amount]
+        )
 
 
-# KEYS: the counters; ARGV: per counter its limit, amount, expiry (unix seconds, 0: never).
+# KEYS: the counters; ARGV: per counter its limit (-1: none), amount and expiry (unix s, 0: never).
 _REDIS_RESERVE = """
 for i, key in ipairs(KEYS) do
   local held = tonumber(redis.call('GET', key) or '0')
   local limit, amount = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
-  if (amount > 0 and held + amount > limit) or (amount <= 0 and held >= limit) then return i end
+  if limit >= 0 and ((amount > 0 and held + amount > limit) or (amount <= 0 and held >= limit)) then
+    return i
+  end
 end
 for i, key in ipairs(KEYS) do
-  local amount = ARGV[3 * i - 1]
-  if tonumber(amount) ~= 0 then
-    redis.call('INCRBYFLOAT', key, amount)
+  local amount = tonumber(ARGV[3 * i - 1])
+  if amount ~= 0 then
+    redis.call('INCRBY', key, amount)
     if tonumber(ARGV[3 * i]) > 0 then redis.call('EXPIREAT', key, ARGV[3 * i]) end
   end
 end
@@ -117,44 +152,38 @@ SPEND_PREFIX = "aisix:spend:"
 
 
 class RedisSpend:
-    """Spend counters in Redis (INCRBYFLOAT), shared by every host on the server; a reservation is
-    one script."""
+    """Spend counters in Redis (INCRBY), shared by every host on the server; a reservation is one
+    script, a count one pipeline."""
 
     def __init__(self, connection: redis.Redis) -> None:
         self._redis = connection
         self._reserve = connection.register_script(_REDIS_RESERVE)
 
     def reserve(self, charges: list[Charge]) -> int | None:
-        refused = self._reserve(keys=[SPEND_PREFIX + c.key for c in charges], args=_args(charges))
-        return int(refused) - 1 if refused else None
+        args: list[Any] = []
+        for c in charges:
+            args += [
+                -1 if c.limit is None else c.limit,
+                c.amount,
+                int(_expires_at(c.period_end)) if c.period_end else 0,
+            ]
+        refused_at = self._reserve(keys=[SPEND_PREFIX + c.key for c in charges], args=args)
+        return int(refused_at) - 1 if refused_at else None
 
     def add(self, charges: list[Charge]) -> None:
         with self._redis.pipeline(transaction=False) as pipe:
             for charge in charges:
                 if charge.amount:
-                    pipe.incrbyfloat(SPEND_PREFIX + charge.key, charge.amount)
+                    pipe.incrby(SPEND_PREFIX + charge.key, charge.amount)
                     if charge.period_end is not None:
                         pipe.expireat(SPEND_PREFIX + charge.key, int(_expires_at(charge.period_end)))
             pipe.execute()
 
-    def spent(self, keys: list[str]) -> dict[str, float]:
+    def spent(self, keys: list[str]) -> dict[str, int]:
         if not keys:
             return {}
         values = self._redis.mget([SPEND_PREFIX + key for key in keys])
-        return {key: float(value) for key, value in zip(keys, values, strict=True) if value is not None}
-
-
-def _args(charges: list[Charge]) -> list[Any]:
-    args: list[Any] = []
-    for c in charges:
-        args += [repr(c.limit), repr(c.amount), int(_expires_at(c.period_end)) if c.period_end else 0]
-    return args
-
-
-def _refused(held: float, charge: Charge) -> bool:
-    if charge.amount > 0:
-        return held + charge.amount > charge.limit
-    return held >= charge.limit
+        return {key: int(value) for key, value in zip(keys, values, strict=True) if value is not None}
 
 
 def spend_store_for(limit_storage: Any) -> SpendStore:

@@ -204,6 +204,10 @@ class SQLiteStorage(SingleSlots, Storage, SlidingWindowCounterSupport):
         with self._connection() as connection, _transaction(connection) as db:
             yield db
 
+    def read(self, sql: str, args: tuple) -> list[tuple]:
+        """A query's rows, outside any write transaction: for the stores beside these tables."""
+        return self._read(sql, args)
+
     def transaction(self) -> Any:
         """A write transaction on this file (a context manager giving the connection), taken in
         turn with every other writer: for the stores that keep their tables beside these."""

@@ -47,12 +47,16 @@ class Pricing:
             return None
         return round(sum(costs), 10)  # to the 1e-10 USD: a token can cost less than a micro-dollar
 
-    def known_before(self, n: int | None, size: str | None, quality: str | None) -> float:
+    def known_before(self, n: int | None, size: str | None, quality: str | None) -> float | None:
         """What a request will cost, when its price does not depend on the answer: ``n`` images
-        (1 when not said) at a per-image price. 0 otherwise (tokens are known only afterwards)."""
-        if self.per_million_tokens or not self.per_image:
+        (1 when not said) at a per-image price; 0 when only the answer tells (tokens); None when
+        the request's size and quality have no price."""
+        if self.per_million_tokens:
             return 0.0
-        return (n or 1) * (self.image_price(size, quality) or 0.0)
+        if not self.per_image:
+            return None if self.per_search_unit is None else 0.0
+        price = self.image_price(size, quality)
+        return None if price is None else (n or 1) * price
 
     def image_price(self, size: str | None, quality: str | None) -> float | None:
         """The price of one image of ``size`` and ``quality`` (the defaults when not named)."""
