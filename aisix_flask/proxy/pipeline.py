@@ -185,7 +185,7 @@ def price_known_before(call: Call, body: dict[str, Any], scope: BudgetScope) -> 
 
 
 def forward(call: Call, body: dict[str, Any]) -> Response:
-    """Steps 10 to 12: the budgets and rate limits, the upstream call, the answer as it came."""
+    """Steps 10 to 12: the rate limits and budgets, the upstream call, the answer as it came."""
     admit(call, body, call.timeout.slot_ttl_s)  # 10
     return answered(call, send(call, body))  # 11, 12
 
