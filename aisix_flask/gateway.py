@@ -16,8 +16,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .config import ConfigError, Registry, load_config
 from .errors import ServiceUnavailable
 from .policy.budgets import Budgets
-from .policy.idempotency import Idempotency, store_for
+from .policy.idempotency import Idempotency
 from .policy.limits import Limiter
+from .stores.idempotency import idempotency_store_for
 from .stores.spend import spend_store_for
 from .usage.ledger import Ledger
 
@@ -58,7 +59,7 @@ class Gateway:
         self.path = path
         self.ledger = ledger
         self.limiter = limiter
-        self.idempotency = Idempotency(store_for(limiter.storage)) if limiter else None
+        self.idempotency = Idempotency(idempotency_store_for(limiter.storage)) if limiter else None
         self.budgets = Budgets(spend_store_for(limiter.storage)) if limiter else None
         self._registry = registry
         self._signature = signature  # of the file as it was *before* ``registry`` was read from it

@@ -38,7 +38,7 @@ class Idempotency:
     """Runs a request once per (caller key, Idempotency-Key) in the rate-limit store."""
 
     def __init__(self, store: Any) -> None:
-        self.store = store  # stores.sqlite.SQLiteStorage or stores.redis.RedisIdempotency
+        self.store = store  # see stores.idempotency
 
     def run(
         self,
@@ -148,14 +148,3 @@ def _replay(held: Record) -> Response:
     response.headers.update(held.headers)
     response.headers[REPLAY_HEADER] = "true"
     return response
-
-
-def store_for(limit_storage: Any) -> Any:
-    """The idempotency store beside the rate-limit counters: the same SQLite file or Redis."""
-    from limits.storage import RedisStorage
-
-    from ..stores.redis import RedisIdempotency
-
-    if isinstance(limit_storage, RedisStorage):
-        return RedisIdempotency(limit_storage.get_connection())
-    return limit_storage
