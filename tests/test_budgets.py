@@ -294,3 +294,81 @@ def test_counters_are_exact(tmp_path, backend):
     assert admitted == 3 and store.spent([key]) == {key: nanos(0.3)}
     store.add([Charge(key, None, -nanos(0.1), None)] * 3)
     assert store.spent([key]) == {key: 0}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_counters_from_before_nano_dollars_are_carried_over(tmp_path, backend):
+    """An upgrade keeps what was spent: the float USD counters of the earlier version become
+    nano-dollars (their expiry kept), once, when the gateway starts."""
+    import sqlite3
+
+    import redis as redis_client
+
+    from aisix_flask.policy.limits import Limiter
+    from aisix_flask.stores.spend import SPEND_PREFIX, nanos, spend_store_for
+
+    key, later = "key:old:d2026-11-25", time.time() + 86400
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/rl.db"
+        with sqlite3.connect(tmp_path / "rl.db") as db:
+            db.execute(
+                "CREATE TABLE spend (key TEXT PRIMARY KEY, usd REAL NOT NULL, expires_at REAL NOT NULL)"
+            )
+            db.execute("INSERT INTO spend VALUES (?, ?, ?)", (key, 0.1 + 0.2, later))
+    else:
+        url = "redis://127.0.0.1:6379/11"
+        connection = redis_client.Redis.from_url(url)
+        connection.flushdb()
+        connection.incrbyfloat(f"aisix:spend:{key}", 0.1)
+        connection.incrbyfloat(f"aisix:spend:{key}", 0.2)
+        connection.expireat(f"aisix:spend:{key}", int(later))
+    store = spend_store_for(Limiter(url).storage)
+    assert store.spent([key]) == {key: nanos(0.3)}
+    assert spend_store_for(Limiter(url).storage).spent([key]) == {key: nanos(0.3)}  # once only
+    if backend == "redis":
+        assert not connection.exists(f"aisix:spend:{key}")
+        assert 86000 < connection.ttl(SPEND_PREFIX + key) <= 86400 + 1
+        connection.flushdb()
+
+
+def test_an_unknown_outcome_costs_its_price_without_a_budget_too(budgeted, upstream):
+    """The ledger's cost does not depend on whether a budget is set: a timeout after the request
+    was sent costs the price known up front either way."""
+    import requests
+
+    app, client = budgeted()
+    upstream.post(IMAGES_URL, body=requests.exceptions.ReadTimeout("slow"))
+    assert image(client, n=2).status_code == 504
+    assert ledger_cost(app) == pytest.approx(0.08)
+    config = budgeted.config
+    config["api_keys"][0]["budget"] = {"usd": 1, "period": "day"}
+    assert spent(budgeted()[0]) == pytest.approx(0.08)
+
+
+def test_a_2xx_answer_that_cannot_be_read_costs_its_price(budgeted, upstream):
+    """The upstream answered 2xx (it made the image) with a body that is not JSON: the caller gets
+    502, and the image is counted at its price, as a timeout is."""
+    app, client = budgeted(key={"usd": 1, "period": "day"})
+    upstream.post(IMAGES_URL, body="<html>done</html>", status=200, content_type="text/html")
+    assert_envelope(image(client), 502, "upstream_error", "upstream_bad_response")
+    assert ledger_cost(app) == pytest.approx(0.04) == spent(app)
+
+
+@pytest.mark.parametrize(
+    ("prices", "refused"),
+    [({"input": 1000.0}, True), ({"output": 2000.0}, True), ({"input": 1.0, "output": 2.0}, False)],
+)
+def test_token_prices_must_cover_what_the_route_reports_under_a_budget(budgeted, upstream, prices, refused):
+    """A chat answer reports input and output tokens: with a price for only one of them its cost is
+    unknown, and under a budget it would be free. Refused up front, nothing sent."""
+    budgeted.config["models"][7]["pricing"] = {"per_million_tokens": prices}
+    if not refused:
+        upstream.post(CHAT_URL, json={"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
+    app, client = budgeted(chat={"usd": 1, "period": "day"})
+    r = chat(client)
+    if refused:
+        error = assert_envelope(r, 400, "invalid_request_error", "price_unknown", "model")
+        assert "input/output" in error["message"] and "model 'chat-prod' has a budget" in error["message"]
+        assert not upstream.calls
+    else:
+        assert r.status_code == 200 and spent(app, "model", "chat-prod") == pytest.approx(13e-6)

@@ -14,6 +14,7 @@ import redis
 import requests
 
 from aisix_flask.policy.budgets import period
+from aisix_flask.stores.spend import SPEND_PREFIX
 
 from .serving import Gunicorn
 from .test_integration import ENV, LOAD_KEY, gateway_config
@@ -102,14 +103,14 @@ def test_two_gateways_share_a_budget_through_redis(tmp_path_factory, fake):
             statuses = list(pool.map(lambda i: generate(servers[i % 2].url), range(16)))
         assert sorted(statuses) == [200] * 5 + [429] * 11
         pid, _ = period("week", datetime.now(UTC))
-        connection.set(f"aisix:spend:key:{name}:{pid}", 0)  # a fresh start for the token-priced part
+        connection.set(f"{SPEND_PREFIX}key:{name}:{pid}", 0)  # a fresh start for the token-priced part
         chats = [chat(servers[i % 2].url) for i in range(30)]
         assert chats.count(200) == 13 and set(chats[13:]) == {429}  # 13 x 0.016 = 0.208 >= 0.2
     finally:
         for server in servers:
             assert server.stop() == 0
     total = sum(ledger_cost(p, name) for p in paths)
-    spend = int(connection.get(f"aisix:spend:key:{name}:{pid}")) / 1e9
+    spend = int(connection.get(f"{SPEND_PREFIX}key:{name}:{pid}")) / 1e9
     assert spend == pytest.approx(13 * 0.016) and total == pytest.approx(0.2 + 13 * 0.016)
     connection.flushdb()
 

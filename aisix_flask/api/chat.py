@@ -165,6 +165,7 @@ CHAT = Operation(
     note_answer=UsageRow.note_answer_usage,
     output_text=answer_text,
     streaming=STREAMING,
+    token_kinds=(("input", "output"),),
 )
 
 

@@ -66,6 +66,7 @@ EMBEDDINGS = Operation(
     schema=EmbeddingSchema(),
     texts=Texts(read=read_input, write=write_input),
     note_answer=UsageRow.note_answer_usage,
+    token_kinds=(("input",),),
 )
 
 

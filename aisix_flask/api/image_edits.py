@@ -77,6 +77,7 @@ EDITS = Operation(
     note_answer=UsageRow.note_answer,
     providers=frozenset({"openai"}),
     streaming=STREAMING,
+    token_kinds=(("input", "output"), ("input_text", "input_image", "output_image")),
 )
 
 

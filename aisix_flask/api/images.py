@@ -67,6 +67,7 @@ GENERATIONS = Operation(
     note_answer=UsageRow.note_answer,
     providers=frozenset({"openai"}),
     streaming=STREAMING,
+    token_kinds=(("input", "output"), ("input_text", "output_image")),
 )
 
 

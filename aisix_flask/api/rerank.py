@@ -83,6 +83,7 @@ RERANK = Operation(
     schema=RerankSchema(),
     texts=Texts(read=read_texts, write=write_texts),
     note_answer=note_usage,
+    token_kinds=(("input",),),
 )
 
 

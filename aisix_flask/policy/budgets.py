@@ -81,10 +81,6 @@ class Reservation:
     charges: list[Charge] = field(default_factory=list)
     amount: int = 0
 
-    @property
-    def usd(self) -> float:
-        return self.amount / NANOS_PER_USD
-
 
 class Budgets:
     """Reserve before the call, count what it cost after it; fail closed when the store cannot be

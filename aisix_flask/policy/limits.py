@@ -103,6 +103,7 @@ class Admission:
     slots: list[tuple[str, str]] = field(default_factory=list)  # (slot key, slot id)
     token_windows: list[tuple[str, int]] = field(default_factory=list)  # (window key, expiry)
     headers: dict[str, str] = field(default_factory=dict)
+    store_failed: bool = False  # let through because the store did not answer
 
 
 _STORAGE_ERRORS = (StorageError, *STORE_ERRORS)
@@ -138,7 +139,7 @@ class Limiter:
             )
         except _STORAGE_ERRORS as e:
             log.error("rate-limit store %s failed, request let through: %s", without_credentials(self.url), e)
-            return Admission()
+            return Admission(store_failed=True)
         if refusal is not None:
             if refusal[0] == "slot":
                 raise _exceeded(plan.slotted[refusal[1]], "concurrency", 1)

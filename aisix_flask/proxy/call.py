@@ -43,6 +43,7 @@ class Call:
         self.timeout: Timeout | None = None
         self.admission = Admission()
         self.reservation = Reservation()
+        self.price_before: float | None = None  # what it costs, where known before the call
         self.priced = False  # the upstream answered 2xx: what it reported has a cost
         self.upstream_started: float | None = None
         self.outcome_unknown = False  # sent, and no answer says what the upstream made of it
@@ -71,8 +72,8 @@ class Call:
     def rate_limit_headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers of this call's answer: as its admission saw the windows, or,
         not admitted, as they are now (for a limited key or model: none otherwise)."""
-        if self.admission.headers:
-            return self.admission.headers
+        if self.admission.headers or self.admission.store_failed:
+            return self.admission.headers  # (a store that just failed is not asked again)
         scopes = [Scope("key", self.key.display_name, self.key.rate_limit)]
         if self.route is not None:
             scopes.append(Scope("model", self.route.model.display_name, self.route.model.rate_limit))
@@ -97,10 +98,18 @@ class Call:
         model = self.route.model if self.route else None
         if self.priced and model is not None and model.pricing is not None:
             row.cost_usd = model.pricing.cost(row)
-        elif self.outcome_unknown and self.reservation.amount:
-            # Sent, and no answer says what came of it (a timeout, a cut stream, a hang-up): the
-            # upstream may have made and billed what was asked for, at the price known up front.
-            row.cost_usd = self.reservation.usd
+        elif self.outcome_unknown and self.price_before:
+            # Sent, and no answer says what came of it (a timeout, a cut stream, a hang-up, a 2xx
+            # that cannot be read): the upstream may have made and billed what was asked for, at
+            # the price known up front. (A price known only from the answer is not guessed.)
+            row.cost_usd = self.price_before
+        if self.reservation.charges and self.priced and row.cost_usd is None:
+            log.warning(
+                "request %s to model %r under a budget could not be priced (the upstream reported "
+                "no usage, or usage its pricing has no price for): it counts nothing",
+                row.request_id,
+                row.model,
+            )
         if model is not None:
             self.gateway.budgets.count(
                 self.reservation, self.key.display_name, model.display_name, row.cost_usd, row.created_at

@@ -56,3 +56,6 @@ class Operation:
     output_text: Callable[[dict[str, Any]], list[str]] | None = None  # what output guardrails read
     streaming: Streaming | None = None  # None: ``stream: true`` is forwarded as any field
     form_schema: Schema | None = None  # the route also takes multipart/form-data, checked by this
+    # The token kinds a ``per_million_tokens`` price must name for this route's answers to be
+    # priced (any one of the sets): a budget refuses a request it could not count.
+    token_kinds: tuple[tuple[str, ...], ...] = ()

@@ -19,6 +19,7 @@ from ..errors import (
     PriceUnknown,
     ProviderUnavailable,
     UnsupportedProvider,
+    UpstreamBadResponse,
     UpstreamError,
 )
 from ..gateway import current
@@ -153,6 +154,14 @@ def admit(call: Call, body: dict[str, Any], slot_ttl_s: float) -> None:
     to cost is reserved). Whatever is taken is given back, or counted, when the call finishes."""
     call.admission = call.gateway.limiter.admit(limit_scopes(call), slot_ttl_s)
     key, model = call.key, call.route.model
+    pricing = model.pricing
+    if pricing is not None:
+        call.price_before = pricing.known_before(
+            whole_number(body.get("n")),
+            body.get("size"),
+            body.get("quality"),
+            call.operation.token_kinds,
+        )
     scopes = [BudgetScope("key", key.display_name, key.budget)] if key.budget else []
     if model.budget:
         scopes.append(BudgetScope("model", model.display_name, model.budget))
@@ -163,25 +172,32 @@ def admit(call: Call, body: dict[str, Any], slot_ttl_s: float) -> None:
 def price_known_before(call: Call, body: dict[str, Any], scope: BudgetScope) -> float:
     """What a request under a budget will cost as far as it is known before the call: n images at
     a per-image price, or 0 for a price only the answer tells (tokens). A request whose price the
-    config cannot tell at all is refused: under a budget it would be free."""
+    config cannot tell is refused: under a budget it would be free."""
+    if call.price_before is not None:
+        return call.price_before
     model, pricing = call.route.model, call.route.model.pricing
+    unpriceable = (
+        f"and {scope.label} has a budget: a request that cannot be priced cannot be counted against it."
+    )
     if pricing is None:
         raise PriceUnknown(
-            f"The model '{model.display_name}' has no pricing, and {scope.label} has a budget: a "
-            f"request that cannot be priced cannot be counted against it. Add a pricing block to the "
-            f"model in the gateway config.",
+            f"The model '{model.display_name}' has no pricing, {unpriceable} Add a pricing block to "
+            f"the model in the gateway config.",
             param="model",
         )
-    known = pricing.known_before(whole_number(body.get("n")), body.get("size"), body.get("quality"))
-    if known is None:
+    if pricing.per_million_tokens:
+        kinds = " or ".join("/".join(kinds) for kinds in call.operation.token_kinds)
         raise PriceUnknown(
-            f"The model '{model.display_name}' has no per-image price for size "
-            f"'{body.get('size') or pricing.default_size}' and quality "
-            f"'{body.get('quality') or pricing.default_quality}', and {scope.label} has a budget: a "
-            f"request that cannot be priced cannot be counted against it.",
-            param="quality" if (body.get("size") or pricing.default_size) in pricing.per_image else "size",
+            f"The model '{model.display_name}' has no token price for every kind of token "
+            f"{call.operation.what} answers report ({kinds}), {unpriceable}",
+            param="model",
         )
-    return known
+    size = body.get("size") or pricing.default_size
+    raise PriceUnknown(
+        f"The model '{model.display_name}' has no per-image price for size '{size}' and quality "
+        f"'{body.get('quality') or pricing.default_quality}', {unpriceable}",
+        param="quality" if size in pricing.per_image else "size",
+    )
 
 
 def forward(call: Call, body: dict[str, Any]) -> Response:
@@ -239,7 +255,14 @@ def send(call: Call, body: dict[str, Any], streamed: bool = False) -> Any:
         raise
     finally:
         call.row.upstream_latency_ms = (time.perf_counter() - call.upstream_started) * 1000
-    return interpret(answer, route.provider_key) if isinstance(answer, Answer) else answer
+    if not isinstance(answer, Answer):
+        return answer
+    try:
+        return interpret(answer, route.provider_key)
+    except UpstreamBadResponse:
+        # A 2xx the gateway cannot read: the upstream did the work, and may bill it.
+        call.outcome_unknown = 200 <= answer.status < 300
+        raise
 
 
 def encode(call: Call, body: dict[str, Any]) -> tuple[Any, str]:

@@ -9,6 +9,7 @@ in one step for every counter of a request (all or nothing), ``add`` counts what
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, NamedTuple, Protocol
 
@@ -16,6 +17,8 @@ import redis
 from limits.storage import RedisStorage
 
 from .sqlite import SQLiteStorage
+
+log = logging.getLogger(__name__)
 
 KEEP_AFTER_PERIOD_S = 7 * 86400.0
 NANOS_PER_USD = 1_000_000_000
@@ -74,11 +77,6 @@ _SQLITE_ADD = (
 )
 
 
-def _select(count: int) -> str:
-    marks = ", ".join("?" * count)
-    return f"SELECT key, nanos FROM spend_nanos WHERE key IN ({marks}) AND expires_at > ?"
-
-
 class SQLiteSpend:
     """Spend counters in the limiter's SQLite file: a reservation or a count is one transaction."""
 
@@ -86,6 +84,7 @@ class SQLiteSpend:
         self._storage = storage
         with storage.transaction() as db:
             db.execute(_SQLITE_SCHEMA)
+            _upgrade_sqlite(db)
 
     def reserve(self, charges: list[Charge]) -> int | None:
         with self._storage.transaction() as db:
@@ -130,6 +129,16 @@ class SQLiteSpend:
         )
 
 
+def _upgrade_sqlite(db: Any) -> None:
+    """Counters from before nano-dollars (USD as floats, table ``spend``) carried over, once."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spend'").fetchone():
+        db.execute(
+            "INSERT INTO spend_nanos SELECT key, CAST(round(usd * 1e9) AS INTEGER), expires_at FROM spend"
+            " WHERE true ON CONFLICT(key) DO UPDATE SET nanos = nanos + excluded.nanos"
+        )
+        db.execute("DROP TABLE spend")
+
+
 # KEYS: the counters; ARGV: per counter its limit (-1: none), amount and expiry (unix s, 0: never).
 _REDIS_RESERVE = """
 for i, key in ipairs(KEYS) do
@@ -148,7 +157,19 @@ for i, key in ipairs(KEYS) do
 end
 return 0
 """
-SPEND_PREFIX = "aisix:spend:"
+SPEND_PREFIX = "aisix:spend-nanos:"
+# Counters from before nano-dollars (USD as floats, INCRBYFLOAT): carried over when a gateway starts.
+_OLD_PREFIX = "aisix:spend:"
+# KEYS: the old counter, the new one. Adds the old one's USD as nano-dollars, keeps its expiry.
+_REDIS_UPGRADE = """
+local usd = tonumber(redis.call('GET', KEYS[1]) or '')
+if not usd then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('INCRBY', KEYS[2], math.floor(usd * 1e9 + 0.5))
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+redis.call('DEL', KEYS[1])
+return 1
+"""
 
 
 class RedisSpend:
@@ -158,6 +179,13 @@ class RedisSpend:
     def __init__(self, connection: redis.Redis) -> None:
         self._redis = connection
         self._reserve = connection.register_script(_REDIS_RESERVE)
+        try:
+            upgrade = connection.register_script(_REDIS_UPGRADE)
+            for old in connection.scan_iter(match=_OLD_PREFIX + "*", count=1000):
+                name = old.decode() if isinstance(old, bytes) else old
+                upgrade(keys=[name, SPEND_PREFIX + name.removeprefix(_OLD_PREFIX)])
+        except redis.RedisError as e:
+            log.error("budget store: counters from an older version not converted yet: %s", e)
 
     def reserve(self, charges: list[Charge]) -> int | None:
         args: list[Any] = []

@@ -47,16 +47,29 @@ class Pricing:
             return None
         return round(sum(costs), 10)  # to the 1e-10 USD: a token can cost less than a micro-dollar
 
-    def known_before(self, n: int | None, size: str | None, quality: str | None) -> float | None:
+    def known_before(
+        self,
+        n: int | None,
+        size: str | None,
+        quality: str | None,
+        token_kinds: tuple[tuple[str, ...], ...] = (),
+    ) -> float | None:
         """What a request will cost, when its price does not depend on the answer: ``n`` images
         (1 when not said) at a per-image price; 0 when only the answer tells (tokens); None when
-        the request's size and quality have no price."""
+        it cannot be priced: no price for the request's size and quality, or token prices that
+        name none of the sets of ``token_kinds`` (the kinds the route's answers report)."""
         if self.per_million_tokens:
-            return 0.0
+            return 0.0 if self.prices_tokens(token_kinds) else None
         if not self.per_image:
             return None if self.per_search_unit is None else 0.0
         price = self.image_price(size, quality)
         return None if price is None else (n or 1) * price
+
+    def prices_tokens(self, token_kinds: tuple[tuple[str, ...], ...]) -> bool:
+        """Whether the token prices name every kind of one of the sets (or no set is asked for)."""
+        return not token_kinds or any(
+            all(kind in self.per_million_tokens for kind in kinds) for kinds in token_kinds
+        )
 
     def image_price(self, size: str | None, quality: str | None) -> float | None:
         """The price of one image of ``size`` and ``quality`` (the defaults when not named)."""
