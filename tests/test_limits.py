@@ -303,11 +303,32 @@ def test_backend_concurrency_slots(limiter):
     third = limiter.admit(scopes, 60)
     limiter.release(second)
     limiter.release(third)
-    limiter.admit(scopes, 0.2)
-    limiter.admit(scopes, 0.2)
+    crashed = [limiter.admit(scopes, 0.2), limiter.admit(scopes, 0.2)]
     assert refused(limiter, scopes) == 1
     time.sleep(0.3)  # both holders "crashed": their slots expire
     limiter.admit(scopes, 60)
+    for admission in crashed:  # given back late: nothing more to give back
+        limiter.release(admission)
+    limiter.admit(scopes, 60)
+    assert refused(limiter, scopes) == 1
+
+
+def test_slot_counts_are_recounted_when_the_file_is_opened(tmp_path):
+    """A file whose slots were written without their counts (an earlier version) is counted
+    again when a process opens it: the slots held still hold."""
+    path = tmp_path / "rl.db"
+    Limiter(f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:
+        for drop in ("TRIGGER slot_taken", "TRIGGER slot_given_back", "TABLE slots_taken"):
+            db.execute(f"DROP {drop}")  # the file as an earlier version left it
+        db.executemany(
+            "INSERT INTO slots VALUES ('key:old', ?, ?)",
+            [("a", time.time() + 60), ("b", time.time() + 60)],
+        )
+    scopes = [Scope("key", "old", RateLimit(concurrency=3))]
+    limiter = Limiter(f"sqlite:///{path}")
+    limiter.admit(scopes, 60)
+    assert refused(limiter, scopes) == 1
 
 
 # -- SQLite batches: every admission and release waiting in a process goes in one transaction --

@@ -16,15 +16,25 @@ from limits.storage import SlidingWindowCounterSupport, Storage
 from . import SingleSlots, weighted_count
 from .sqlite_file import Queued, SQLiteFile, sqlite_path
 
-_SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS windows (
-    key TEXT NOT NULL, window INTEGER NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (key, window)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS slots (
-    key TEXT NOT NULL, id TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (key, id)
-) WITHOUT ROWID;
-"""
+_SQLITE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS counters"
+    " (key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS windows (key TEXT NOT NULL, window INTEGER NOT NULL,"
+    " count INTEGER NOT NULL, PRIMARY KEY (key, window)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS slots (key TEXT NOT NULL, id TEXT NOT NULL,"
+    " expires_at REAL NOT NULL, PRIMARY KEY (key, id)) WITHOUT ROWID",
+    # slots_taken: how many rows each key has in slots, kept by the two triggers. Counting a key's
+    # slots at every admission read one row per request in flight (a thousand streams: a thousand
+    # rows per admission). Counted afresh when a process opens the file (an earlier version kept
+    # slots without their counts).
+    "CREATE TABLE IF NOT EXISTS slots_taken (key TEXT PRIMARY KEY, taken INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TRIGGER IF NOT EXISTS slot_taken AFTER INSERT ON slots BEGIN INSERT INTO slots_taken"
+    " VALUES (new.key, 1) ON CONFLICT(key) DO UPDATE SET taken = taken + 1; END",
+    "CREATE TRIGGER IF NOT EXISTS slot_given_back AFTER DELETE ON slots BEGIN"
+    " UPDATE slots_taken SET taken = taken - 1 WHERE key = old.key; END",
+    "DELETE FROM slots_taken",
+    "INSERT INTO slots_taken SELECT key, count(*) FROM slots GROUP BY key",
+)
 
 
 @dataclass(eq=False)
@@ -38,13 +48,12 @@ class _Batched(Queued):
     adds: list[tuple[str, int, int]] = field(default_factory=list)  # (window key, expiry, amount)
 
 
-def _slots_taken(db: sqlite3.Connection, keys: set[str], now: float) -> dict[str, int]:
-    """How many live slots each of ``keys`` holds (keys without any are left out)."""
+def _slots_taken(db: sqlite3.Connection, keys: set[str]) -> dict[str, int]:
+    """How many slots each of ``keys`` holds (keys without any may be left out)."""
     if not keys:
         return {}
     marks = ", ".join("?" * len(keys))
-    sql = f"SELECT key, count(*) FROM slots WHERE key IN ({marks}) AND expires_at > ? GROUP BY key"
-    return dict(db.execute(sql, (*keys, now)))
+    return dict(db.execute(f"SELECT key, taken FROM slots_taken WHERE key IN ({marks})", tuple(keys)))
 
 
 def _window_counts(db: sqlite3.Connection, keys: set[str]) -> dict[tuple[str, int], int]:
@@ -88,9 +97,8 @@ class SQLiteStorage(SQLiteFile, SingleSlots, Storage, SlidingWindowCounterSuppor
         SQLiteFile.__init__(self, sqlite_path(uri))
         Storage.__init__(self, uri, wrap_exceptions=wrap_exceptions, **options)
         with self._write() as db:
-            for statement in _SQLITE_SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            for statement in _SQLITE_SCHEMA:
+                db.execute(statement)
 
     @property
     def base_exceptions(self) -> type[Exception]:
@@ -125,6 +133,7 @@ class SQLiteStorage(SQLiteFile, SingleSlots, Storage, SlidingWindowCounterSuppor
 
     def reset(self) -> int | None:
         with self._write() as db:
+            db.execute("DELETE FROM slots_taken")
             return sum(db.execute(f"DELETE FROM {t}").rowcount for t in ("counters", "windows", "slots"))
 
     def clear(self, key: str) -> None:
@@ -212,7 +221,20 @@ class SQLiteStorage(SQLiteFile, SingleSlots, Storage, SlidingWindowCounterSuppor
         added: dict[tuple[str, int], int],
         now: float,
     ) -> None:
-        taken = _slots_taken(db, {key for o in admissions for key, _, _ in o.admission[0]}, now)
+        if now >= self._next_sweep:
+            self._sweep(db, now, [check for o in admissions for check in o.admission[1]])
+        wanted: dict[str, int] = {}
+        for operation in admissions:
+            for key, _, _ in operation.admission[0]:
+                wanted[key] = wanted.get(key, 0) + 1
+        taken = _slots_taken(db, set(wanted))
+        if any(
+            taken.get(key, 0) + wanted[key] > limit for o in admissions for key, limit, _ in o.admission[0]
+        ):
+            # At a limit: slots past their time (their holder died) are given back first.
+            marks = ", ".join("?" * len(wanted))
+            db.execute(f"DELETE FROM slots WHERE key IN ({marks}) AND expires_at <= ?", (*wanted, now))
+            taken = _slots_taken(db, set(wanted))
         counts = _window_counts(db, {key for o in admissions for key, _, _ in o.admission[1]})
         for window, n in added.items():
             counts[window] = counts.get(window, 0) + n
@@ -230,14 +252,13 @@ class SQLiteStorage(SQLiteFile, SingleSlots, Storage, SlidingWindowCounterSuppor
                 counts[window] = counts.get(window, 0) + 1
                 added[window] = added.get(window, 0) + 1
         db.executemany("INSERT INTO slots VALUES (?, ?, ?)", new_slots)
-        if now >= self._next_sweep:
-            self._sweep(db, now, [check for o in admissions for check in o.admission[1]])
 
     def _sweep(self, db: sqlite3.Connection, now: float, windows: list[tuple[str, int, int]]) -> None:
-        """Drop expired slots, and windows before the previous one, about once a second (the
-        queries skip them anyway; this keeps the tables as small as what is live)."""
+        """Drop expired slots, keys without slots, and windows before the previous one, about once
+        a second (this keeps the tables as small as what is live)."""
         self._next_sweep = now + 1.0
         db.execute("DELETE FROM slots WHERE expires_at <= ?", (now,))
+        db.execute("DELETE FROM slots_taken WHERE taken <= 0")
         db.executemany(
             "DELETE FROM windows WHERE key = ? AND window < ?",
             [(key, int(now // expiry) - 1) for key, expiry, _ in windows],
