@@ -35,7 +35,12 @@ SMALL = json.dumps(
     {
         "created": 1710000000,
         "data": [{"url": "https://images.example/0.png"}],
-        "usage": {"input_tokens": 12, "output_tokens": 272, "total_tokens": 284},
+        "usage": {
+            "input_tokens": 12,
+            "output_tokens": 272,
+            "total_tokens": 284,
+            "input_tokens_details": {"text_tokens": 12, "image_tokens": 0},
+        },
     }
 ).encode()
 # A 1×1 PNG: the edit's answer is kept small so that the run measures the upload.

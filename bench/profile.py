@@ -40,8 +40,8 @@ from tests.serving import free_port  # noqa: E402
 spent: dict[str, float] = defaultdict(float)
 calls: Counter[str] = Counter()
 
-# label → (where the function is looked up when the route calls it, its name there). "limiter" and
-# "ledger" stand for this app's instances, which exist only once the app is built.
+# label → (where the function is looked up when the route calls it, its name there). "limiter",
+# "budgets" and "ledger" stand for this app's instances, which exist only once the app is built.
 STEPS: dict[str, tuple[Any, str]] = {
     "auth (caller key)": (pipeline, "authenticate"),
     "body read + JSON": (pipeline, "read_json_object"),
@@ -52,6 +52,7 @@ STEPS: dict[str, tuple[Any, str]] = {
     "rate limits: finish (tokens, slots back)": ("limiter", "finish"),
     "upstream call (incl. the fake's time)": (pipeline, "send"),
     "answer": (pipeline, "passthrough"),
+    "spend: count the cost (every period)": ("budgets", "count"),
     "ledger: queue the row": ("ledger", "record"),
     "metrics": (metrics, "observe"),
     "ledger: insert (writer thread)": (ledger.Ledger, "_write"),
@@ -127,7 +128,9 @@ def main() -> None:
             logging.getLogger("aisix_flask.access").disabled = False
             app = create_app({"AISIX_CONFIG": str(tmp / "config.yaml")})
             gateway = app.extensions["aisix"]
-            names = wrap_steps({"limiter": gateway.limiter, "ledger": gateway.ledger})
+            names = wrap_steps(
+                {"limiter": gateway.limiter, "budgets": gateway.budgets, "ledger": gateway.ledger}
+            )
             client = app.test_client()
             body = {"model": "image-prod", "prompt": args.prompt}
             headers = {"Authorization": f"Bearer {KEY}"}

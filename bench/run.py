@@ -78,8 +78,9 @@ def gateway_config(
     store: str = "",
     body_limit: int | None = None,
 ) -> str:
-    """The bench's gateway: rate limits on the key and on each model (none when ``limits`` is
-    empty) kept in SQLite (or ``store``), a keyword guardrail, the SQLite ledger, the access log;
+    """The bench's gateway: priced models, rate limits on the key and on each model (none when
+    ``limits`` is empty) kept in SQLite (or ``store``), a keyword guardrail, the SQLite ledger,
+    the access log;
     ``body_limit`` raises request_body_limit_bytes (large image edits)."""
     store = store or f"sqlite:///{tmp}/ratelimit.db"
     limits = f", rate_limit: {{{limits}}}" if limits else ""
@@ -92,8 +93,10 @@ gateway:
 provider_keys:
   - {{display_name: openai-main, provider: openai, api_key: sk-bench, api_base: "{upstream}"}}
 models:
-  - {{display_name: image-prod, provider: openai, model_name: gpt-image-1, provider_key: openai-main{limits}}}
-  - {{display_name: chat-prod, provider: openai, model_name: gpt-4o-mini, provider_key: openai-main{limits}}}
+  - {{display_name: image-prod, provider: openai, model_name: gpt-image-1, provider_key: openai-main{limits},
+      pricing: {{per_million_tokens: {{input_text: 5, input_image: 10, output_image: 40}}}}}}
+  - {{display_name: chat-prod, provider: openai, model_name: gpt-4o-mini, provider_key: openai-main{limits},
+      pricing: {{per_million_tokens: {{input: 0.15, output: 0.6}}}}}}
 api_keys:
   - {{display_name: bench, key_hash: {hashlib.sha256(KEY.encode()).hexdigest()}{limits}}}
 guardrails:

@@ -118,6 +118,7 @@ def test_profile_py_smoke_times_every_step():
         "rate limits: finish (tokens, slots back)",
         "upstream call (incl. the fake's time)",
         "answer",
+        "spend: count the cost (every period)",
         "ledger: queue the row",
         "metrics",
         "ledger: insert (writer thread)",

@@ -9,11 +9,12 @@ be passed by the requests already in flight when it runs out.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from .. import metrics
 from ..config import Registry
@@ -125,11 +126,11 @@ class Budgets:
         delta: dict[str, int] = {}
         ends: dict[str, float | None] = {}
         if cost:
+            day = (when.astimezone(UTC) if when.tzinfo else when).date()
             for kind, name in (("key", key), ("model", model)):
-                for name_of_period in PERIODS:
-                    pid, end = period(name_of_period, when)
+                for pid, end in _periods_of(day):
                     delta[counter(kind, name, pid)] = nanos(cost)
-                    ends[counter(kind, name, pid)] = _timestamp(end)
+                    ends[counter(kind, name, pid)] = end
         for charge in reservation.charges:
             delta[charge.key] = delta.get(charge.key, 0) - charge.amount
             ends.setdefault(charge.key, charge.period_end)
@@ -169,6 +170,14 @@ class Budgets:
 
 def _timestamp(end: datetime | None) -> float | None:
     return end.timestamp() if end else None
+
+
+@functools.lru_cache(maxsize=4)
+def _periods_of(day: date) -> tuple[tuple[str, float | None], ...]:
+    """Every period a UTC day falls in: its counter id and end (a request ends on one of a few
+    days, so each is worked out once)."""
+    midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return tuple((pid, _timestamp(end)) for pid, end in (period(name, midnight) for name in PERIODS))
 
 
 def configured(registry: Registry) -> list[BudgetScope]:

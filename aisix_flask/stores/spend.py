@@ -82,6 +82,7 @@ class SQLiteSpend:
 
     def __init__(self, storage: SQLiteStorage) -> None:
         self._storage = storage
+        self._next_sweep = 0.0
         with storage.transaction() as db:
             db.execute(_SQLITE_SCHEMA)
             _upgrade_sqlite(db)
@@ -118,15 +119,16 @@ class SQLiteSpend:
         )
         return dict(rows)
 
-    @staticmethod
-    def _add(db: Any, charges: list[Charge]) -> None:
-        now = time.time()
-        db.executemany(
-            "DELETE FROM spend_nanos WHERE key = ? AND expires_at <= ?", [(c.key, now) for c in charges]
-        )
+    def _add(self, db: Any, charges: list[Charge]) -> None:
+        # A counter's key names its period, so nothing adds to one after it expires: expired ones
+        # are only dropped, about once a minute.
         db.executemany(
             _SQLITE_ADD, [(c.key, c.amount, _expires_at(c.period_end)) for c in charges if c.amount]
         )
+        now = time.time()
+        if now >= self._next_sweep:
+            self._next_sweep = now + 60
+            db.execute("DELETE FROM spend_nanos WHERE expires_at <= ?", (now,))
 
 
 def _upgrade_sqlite(db: Any) -> None:
