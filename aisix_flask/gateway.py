@@ -122,6 +122,8 @@ class Gateway:
     def close(self) -> None:
         """Stop watching the file and close the ledger (tests; a worker just exits)."""
         self._closed.set()
+        if self.budgets is not None:
+            self.budgets.flush()
         if self.ledger is not None:
             self.ledger.close()
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from aisix_flask.gateway import Gateway
-from aisix_flask.policy.budgets import period
+from aisix_flask.policy.budgets import Budgets, period
 
 from .conftest import ADMIN_KEY, CHAT_URL, IMAGES_URL, assert_envelope, auth, write_config
 
@@ -340,6 +340,7 @@ def test_an_unknown_outcome_costs_its_price_without_a_budget_too(budgeted, upstr
     upstream.post(IMAGES_URL, body=requests.exceptions.ReadTimeout("slow"))
     assert image(client, n=2).status_code == 504
     assert ledger_cost(app) == pytest.approx(0.08)
+    time.sleep(Budgets.defer_s * 4)  # counted apart from any budget: written within defer_s
     config = budgeted.config
     config["api_keys"][0]["budget"] = {"usd": 1, "period": "day"}
     assert spent(budgeted()[0]) == pytest.approx(0.08)
@@ -372,3 +373,26 @@ def test_token_prices_must_cover_what_the_route_reports_under_a_budget(budgeted,
         assert not upstream.calls
     else:
         assert r.status_code == 200 and spent(app, "model", "chat-prod") == pytest.approx(13e-6)
+
+
+def test_requests_under_no_budget_are_counted_a_few_at_a_time(budgeted, upstream, monkeypatch):
+    """Without a budget, a request's spend waits up to defer_s to be written with the others' (one
+    store write for many requests); under a budget it is written when the request ends."""
+    app, client = budgeted(chat={"usd": 1, "period": "day"})
+    budgets = app.extensions["aisix"].budgets
+    writes = []
+    add = budgets.store.add
+    monkeypatch.setattr(budgets.store, "add", lambda charges: (writes.append(charges), add(charges)))
+    for _ in range(5):
+        images_answer(upstream, 1)
+        assert image(client).status_code == 200  # dalle, key 'dev': no budget
+    assert writes == []
+    time.sleep(Budgets.defer_s * 4)
+    assert len(writes) == 1 and spent(app, "model", "chat-prod") == 0
+    assert {c.key: c.amount for c in writes[0]}[
+        f"key:dev:{period('day', datetime.now(UTC))[0]}"
+    ] == 5 * 40_000_000
+    upstream.post(CHAT_URL, json={"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
+    assert chat(client).status_code == 200  # chat-prod has a budget: written at once
+    assert len(writes) == 2 and spent(app, "model", "chat-prod") == pytest.approx(0.013)
+    assert ledger_cost(app) == pytest.approx(0.2 + 0.013)

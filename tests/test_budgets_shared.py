@@ -33,9 +33,10 @@ CHAT = (
 )
 
 
-def budget_config(tmp_path, fake, name: str, budget: str, storage_url: str | None = None):
+def budget_config(tmp_path, fake, name: str, budget: str | None, storage_url: str | None = None):
     """The integration config; the load key is ``name`` with ``budget``; dalle and chat-prod priced."""
-    path = gateway_config(tmp_path, fake, storage_url=storage_url, load=f"{name}, budget: {budget}")
+    load = f"{name}, budget: {budget}" if budget else name
+    path = gateway_config(tmp_path, fake, storage_url=storage_url, load=load)
     text = path.read_text().replace(DALLE, PRICED_DALLE).replace("models:\n", "models:\n" + CHAT, 1)
     path.write_text(text)
     return path
@@ -115,13 +116,13 @@ def test_two_gateways_share_a_budget_through_redis(tmp_path_factory, fake):
     connection.flushdb()
 
 
-def test_spend_equals_the_ledger_after_a_sigterm_under_load(tmp_path, fake):
-    """Every request the stopping gateway accepted is answered, recorded and counted: the budget's
-    spend is the sum of the rows' cost_usd, to the micro-dollar."""
+@pytest.mark.parametrize("budget", ["{usd: 1000, period: month}", None])
+def test_spend_equals_the_ledger_after_a_sigterm_under_load(tmp_path, fake, budget):
+    """Every request the stopping gateway accepted is answered, recorded and counted: the key's
+    spend is the sum of the rows' cost_usd, to the micro-dollar, whether its requests were counted
+    at once (under a budget) or a few at a time (none)."""
     name = f"load-{uuid.uuid4().hex[:6]}"
-    server = Gunicorn(
-        budget_config(tmp_path, fake, name, "{usd: 1000, period: month}"), workers=4, threads=8, env=ENV
-    )
+    server = Gunicorn(budget_config(tmp_path, fake, name, budget), workers=4, threads=8, env=ENV)
     answered: list[int] = []
 
     def one(i: int) -> None:

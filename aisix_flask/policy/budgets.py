@@ -9,9 +9,13 @@ be passed by the requests already in flight when it runs out.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import math
+import os
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -85,10 +89,24 @@ class Reservation:
 
 class Budgets:
     """Reserve before the call, count what it cost after it; fail closed when the store cannot be
-    reached."""
+    reached.
+
+    A request under a budget is counted when it ends, in the store at once: the next reservation,
+    in any process, sees it. Every other priced request is counted too (a budget set later finds
+    the spend), but a process adds those up and writes them together within ``defer_s``: one
+    write for many requests instead of one transaction each, which cost the hot path more than
+    the rate limits' own end did.
+    """
+
+    defer_s = 0.05
 
     def __init__(self, store: SpendStore) -> None:
         self.store = store
+        self._lock = threading.Lock()
+        self._deferred: dict[str, list] = {}  # counter → [nano-dollars, period end]
+        self._timer: threading.Timer | None = None
+        self._pid = os.getpid()
+        _OPEN.add(self)
 
     def reserve(self, scopes: Sequence[BudgetScope], amount_usd: float) -> Reservation:
         """Take ``amount_usd`` (0 when the price is known only afterwards) from every budget, or
@@ -137,13 +155,43 @@ class Budgets:
         charges = [Charge(k, None, amount, ends[k]) for k, amount in delta.items() if amount]
         if not charges:
             return
+        if reservation.charges:  # under a budget: the next reservation must see it
+            self._add(charges)
+        else:
+            self._defer(charges)
+
+    def flush(self) -> None:
+        """Write the deferred counts now (a timer does it within ``defer_s``; also at exit)."""
+        with self._lock:
+            deferred, self._deferred = self._deferred, {}
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if deferred and self._pid == os.getpid():
+            self._add([Charge(key, None, amount, end) for key, (amount, end) in deferred.items()])
+
+    def _defer(self, charges: list[Charge]) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's counts are the parent's
+                self._pid, self._deferred, self._timer = os.getpid(), {}, None
+            for charge in charges:
+                held = self._deferred.setdefault(charge.key, [0, charge.period_end])
+                held[0] += charge.amount
+            if self._timer is None:
+                self._timer = threading.Timer(self.defer_s, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _add(self, charges: list[Charge]) -> None:
         try:
             self.store.add(charges)
         except STORE_ERRORS as e:
-            log.error("budget store failed to count %.9f USD (the ledger has it): %s", cost or 0, e)
+            usd = sum(charge.amount for charge in charges) / NANOS_PER_USD
+            log.error("budget store failed to count %.9f USD (the ledger has it): %s", usd, e)
 
     def status(self, scopes: Sequence[BudgetScope]) -> list[dict]:
         """Each budget's limit, spend, remaining and period end, for the admin API and page."""
+        self.flush()
         now = datetime.now(UTC)
         ends, keys = [], []
         for scope in scopes:
@@ -166,6 +214,16 @@ class Budgets:
                 }
             )
         return rows
+
+
+_OPEN: weakref.WeakSet[Budgets] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    """A worker that stops (SIGTERM, after its calls drained) writes what it deferred."""
+    for budgets in list(_OPEN):
+        budgets.flush()
 
 
 def _timestamp(end: datetime | None) -> float | None:
