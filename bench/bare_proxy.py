@@ -17,12 +17,13 @@ _local = threading.local()
 
 
 @app.post("/v1/images/generations")
+@app.post("/v1/chat/completions")
 def proxy() -> Response:
     """Forward the body as it came and pass the answer back."""
     session = getattr(_local, "session", None) or requests.Session()
     _local.session = session
     r = session.post(
-        f"{UPSTREAM}/images/generations",
+        UPSTREAM + request.path.removeprefix("/v1"),
         data=request.get_data(),
         headers={"Content-Type": "application/json", "Authorization": "Bearer sk-bench"},
         timeout=(5, 300),

@@ -9,7 +9,9 @@ the SQLite ledger, the access log) and drives them with wrk (Debian package ``wr
         [--gunicorn-args "-k gevent --worker-connections 2000"]
     .venv/bin/python bench/run.py --smoke    # every step once, tiny: what the test suite runs
 
-Scenarios (``--only`` takes their names): ``latency`` (c=1, 8, 64), ``breakdown`` (c=64 with parts
+Scenarios (``--only`` takes their names): ``latency`` (c=1, 8, 64), ``chat`` (the chat route beside
+the image route: c=1, 8, 64 not streamed, the first event and the end of a stream at c=1, the memory
+of 100 streams in flight), ``breakdown`` (c=64 with parts
 of the config taken away), ``redis`` (the limits on Redis, when one answers on 6379), ``slow``
 (1,000 concurrent 5 s generations and the memory they take), ``large`` (8 and 32 MB answers), and
 three on the gateway as ``make serve`` runs it (gunicorn.conf.py, no -w/--threads), driven by
@@ -278,6 +280,7 @@ class Plan:
     edit_image_bytes: int
     edit_connections: int  # edits in flight for the memory figure
     stream_connections: int
+    memory_streams: int  # chat streams in flight for the memory figure
     stream_seconds: float
     stream_gap_s: float  # between two content chunks (7 of them)
     fast_connections: int  # small requests while the slow_* load runs
@@ -295,13 +298,13 @@ def plan_for(args: argparse.Namespace) -> Plan:
         return Plan(seconds=0.1, workers=2, threads=4, reload_wait_s=0, slow_connections=8,
                     slow_sleep_s=0.1, slow_seconds=0.2, slow_workers=1, slow_threads=8, sizes_mb=(1,),
                     edit_images=2, edit_image_bytes=256 * 1024, edit_connections=2,
-                    stream_connections=20, stream_seconds=0.1, stream_gap_s=0.02,
+                    stream_connections=20, memory_streams=10, stream_seconds=0.1, stream_gap_s=0.02,
                     fast_connections=2, fast_delay_s=0.1, fast_seconds=0.1, timeout_s=10,
                     smoke=True)  # fmt: skip
     return Plan(seconds=args.seconds, workers=args.workers, threads=args.threads, reload_wait_s=2.5,
                 slow_connections=1000, slow_sleep_s=5, slow_seconds=12, slow_workers=4, slow_threads=256,
                 sizes_mb=(8, 32), edit_images=4, edit_image_bytes=4 * 1024 * 1024, edit_connections=4,
-                stream_connections=1000, stream_seconds=12, stream_gap_s=0.3,
+                stream_connections=1000, memory_streams=100, stream_seconds=12, stream_gap_s=0.3,
                 fast_connections=8, fast_delay_s=2, fast_seconds=9, timeout_s=60)  # fmt: skip
 
 
@@ -421,10 +424,13 @@ def load(
 
 
 Row = tuple[str, str, float, float, str]
-SCENARIOS = ("latency", "breakdown", "redis", "slow", "large", "edits", "streams", "fast")
-# Measured with wrk in real runs; the others use bench/aioload.py.
-WRK_SCENARIOS = frozenset(SCENARIOS[:5])
+SCENARIOS = ("latency", "chat", "breakdown", "redis", "slow", "large", "edits", "streams", "fast")
+# Measured with wrk in real runs (chat: its answers that are not streamed); the others use
+# bench/aioload.py.
+WRK_SCENARIOS = frozenset(("latency", "chat", "breakdown", "redis", "slow", "large"))
+IMAGES, CHAT = "/v1/images/generations", "/v1/chat/completions"
 SMALL = {"model": "image-prod", "prompt": "A minimal illustration of an AI gateway"}
+SMALL_CHAT = {"model": "chat-prod", "messages": [{"role": "user", "content": "Say hello [chunks:3]"}]}
 
 
 def checked(result: dict, what: str, smoke: bool) -> dict:
@@ -490,6 +496,67 @@ def edit_rows(plan: Plan, upstream: str, gw: Server) -> list[Row]:
         f"{upload_mb:.1f} MB upload; all gateway processes"
     )
     rows.append((f"{name} RSS × upload", "≤ 2 × upload per edit", 0, per, note))
+    return rows
+
+
+def chat_rows(
+    plan: Plan,
+    upstream: str,
+    gw: Server,
+    bare: Server,
+    measure: Callable[..., dict],
+    images: dict[int, tuple[dict, dict, dict]],
+) -> list[Row]:
+    """The chat route beside the image route, on the same gateway in the same run: not streamed,
+    the added p50 at c=1 and the throughput at c=8 and c=64 as a share of the bare proxy; streamed
+    at c=1, the added p50 to the first event and to the end; the memory 100 streams in flight take.
+    ``images`` holds the image route's (direct, bare, gateway) figures by connections, where the
+    latency rows measured them."""
+    rows: list[Row] = []
+    direct_chat = {**SMALL_CHAT, "model": "gpt-4o-mini"}
+    for c in (1, 8, 64):
+        if c not in images:
+            images[c] = (
+                measure(f"{upstream}/images/generations", {**SMALL, "model": "gpt-image-1"}, c),
+                measure(bare.url + IMAGES, SMALL, c),
+                measure(gw.url + IMAGES, SMALL, c),
+            )
+        di, bi, gi = images[c]
+        d = measure(f"{upstream}/chat/completions", direct_chat, c)
+        b = measure(bare.url + CHAT, SMALL_CHAT, c)
+        g = measure(gw.url + CHAT, SMALL_CHAT, c)
+        if c == 1:
+            note = (
+                f"added {g['p50'] - d['p50']:+.2f} ms (bare proxy {b['p50'] - d['p50']:+.2f}); "
+                f"image route {gi['p50'] - di['p50']:+.2f} ms"
+            )
+            rows.append(("chat c=1 p50 ms", "added ≤ the image route's", d["p50"], g["p50"], note))
+        else:
+            share, image_share = g["rps"] / b["rps"], gi["rps"] / bi["rps"]
+            note = f"bare {b['rps']:.0f}: {share:.0%} of bare; image route {image_share:.0%}"
+            rows.append((f"chat c={c} req/s", "share ≥ the image route's", d["rps"], g["rps"], note))
+
+    def streams(url: str, model: str, connections: int, content: str) -> dict:
+        body = {"model": model, "stream": True, "messages": [{"role": "user", "content": content}]}
+        result = aioload.run(url, json.dumps(body).encode(), connections=connections,
+                             seconds=plan.seconds, stream=True, timeout=plan.timeout_s, key=KEY)  # fmt: skip
+        return checked(result, "chat streams", plan.smoke)
+
+    quick = "Count to three [gap:0.01] [chunks:3]"
+    d = streams(f"{upstream}/chat/completions", "gpt-4o-mini", 1, quick)
+    g = streams(gw.url + CHAT, "chat-prod", 1, quick)
+    rows.append(("chat stream c=1 first event p50 ms", "", d["first_p50"], g["first_p50"],
+                 f"added {g['first_p50'] - d['first_p50']:+.2f} ms"))  # fmt: skip
+    rows.append(
+        ("chat stream c=1 end p50 ms", "", d["p50"], g["p50"], f"added {g['p50'] - d['p50']:+.2f} ms")
+    )
+    n = plan.memory_streams
+    idle = gw.rss_mb()
+    with peak_rss(gw) as peak:  # streams of ~6 s: all of them in flight at once for a while
+        streams(gw.url + CHAT, "chat-prod", n, f"Count to twenty [gap:{plan.stream_gap_s:g}] [chunks:20]")
+    per_100 = (peak[0] - idle) / n * 100
+    note = f"peak {peak[0]:.0f} − idle {idle:.0f} MB over {n} streams, all gateway processes"
+    rows.append(("chat streams: RSS per 100 in flight MB", "", 0, per_100, note))
     return rows
 
 
@@ -622,7 +689,7 @@ def main() -> None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
     extra = shlex.split(args.gunicorn_args)
     variants = {}  # what each gateway's command line makes of gunicorn.conf.py and --gunicorn-args
-    if only & {"latency", "breakdown", "redis"}:
+    if only & {"latency", "chat", "breakdown", "redis"}:
         label = f"latency runs (-w {plan.workers} --threads {plan.threads})"
         variants[label] = gunicorn_args(0, plan.workers, plan.threads, extra)
     if only & {"slow", "large"}:
@@ -665,19 +732,21 @@ def main() -> None:
             env = {"AISIX_CONFIG": str(tmp / "config.yaml")}
             direct = f"{upstream}/images/generations"
             small = SMALL
-            route = "/v1/images/generations"
+            route = IMAGES
+            images: dict[int, tuple[dict, dict, dict]] = {}  # the latency rows' figures, by c
             bare = None
-            if only & {"latency", "breakdown", "redis", "large"}:
+            if only & {"latency", "chat", "breakdown", "redis", "large"}:
                 bare = gunicorn("bench.bare_proxy:app", free_port(), plan.workers, plan.threads,
                                 {"BARE_UPSTREAM": upstream}, tmp, "bare")  # fmt: skip
                 servers.append(bare)
-            if only & {"latency", "breakdown", "redis"}:
+            if only & {"latency", "chat", "breakdown", "redis"}:
                 gw = start("gateway", plan.workers, plan.threads, env)
             if "latency" in only:
                 for c in (1, 8, 64):
                     d = measure(direct, small, c)
                     b = measure(bare.url + route, small, c)
                     g = measure(gw.url + route, small, c)
+                    images[c] = (d, b, g)
                     if c == 1:
                         rows.append(
                             (
@@ -701,6 +770,8 @@ def main() -> None:
                                 f"bare {b['rps']:.0f}: gateway {g['rps'] / b['rps']:.0%} of bare",
                             )
                         )
+            if "chat" in only:
+                rows += chat_rows(plan, upstream, gw, bare, measure, images)
             if "breakdown" in only:
                 # What each part costs: the same gateway, its config edited (reloaded live).
                 for label, limits, access_log in BREAKDOWN:
@@ -721,7 +792,7 @@ def main() -> None:
                 share = f"gateway {g['rps'] / b['rps']:.0%} of bare (bare in the direct column)"
                 rows.append(("c=64 req/s, limits: all three, on Redis", "", b["rps"], g["rps"], share))
                 stop(gw_redis)
-            if only & {"latency", "breakdown", "redis"}:
+            if only & {"latency", "chat", "breakdown", "redis"}:
                 stop(gw)  # the bare proxy stays: the large answers are measured through it too
             if only & {"slow", "large"}:
                 n, sleep = plan.slow_connections, plan.slow_sleep_s

@@ -79,6 +79,12 @@ def test_run_py_smoke_prints_every_row():
         "c=1 p99 ms",
         "c=8 req/s",
         "c=64 req/s",
+        "chat c=1 p50 ms",
+        "chat c=8 req/s",
+        "chat c=64 req/s",
+        "chat stream c=1 first event p50 ms",
+        "chat stream c=1 end p50 ms",
+        "chat streams: RSS per 100 in flight MB",
         "c=64 req/s, limits: rpm + tpm + concurrency",
         "c=64 req/s, limits: rpm + tpm (no concurrency slots)",
         "c=64 req/s, no rate limits",
@@ -97,12 +103,14 @@ def test_run_py_smoke_prints_every_row():
     assert list(rows) == expected
     for name, (_target, direct, gateway, _result) in rows.items():
         float(gateway)
-        # The memory growth of a smoke run's two small edits may be within the sampling's noise.
-        assert name.endswith("RSS × upload") or float(gateway) > 0, name
+        # The memory growth of a smoke run's two small edits, or ten short streams, may be within
+        # the sampling's noise.
+        assert name.endswith("RSS × upload") or "RSS per" in name or float(gateway) > 0, name
         assert "RSS" in name or float(direct) > 0, name
     # The slow row gets the bare proxy's figure last, from its own gunicorn.
     assert "failed 0 / 0; throughput" in rows["8 × 0.1 s p99 ms"][3]
     assert "failed 0 / 0; completed" in rows["20 streams p99 ms"][3]
+    assert "image route" in rows["chat c=1 p50 ms"][3] and "image route" in rows["chat c=8 req/s"][3]
     assert "failed 0 / 0 (of the slow: 0 / 0)" in rows["c=2 fast during 8 × 0.1 s p99 ms"][3]
 
 
