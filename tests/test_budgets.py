@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from aisix_flask.gateway import Gateway
-from aisix_flask.policy.budgets import Budgets, period
+from aisix_flask.policy.budgets import Budgets, counter, period
 
 from .conftest import ADMIN_KEY, CHAT_URL, IMAGES_URL, assert_envelope, auth, write_config
 
@@ -319,14 +319,17 @@ def test_counters_from_before_nano_dollars_are_carried_over(tmp_path, backend):
         url = "redis://127.0.0.1:6379/11"
         connection = redis_client.Redis.from_url(url)
         connection.flushdb()
-        connection.incrbyfloat(f"aisix:spend:{key}", 0.1)
-        connection.incrbyfloat(f"aisix:spend:{key}", 0.2)
-        connection.expireat(f"aisix:spend:{key}", int(later))
+        connection.incrbyfloat(SPEND_PREFIX + key, 0.1)
+        connection.incrbyfloat(SPEND_PREFIX + key, 0.2)
+        connection.expireat(SPEND_PREFIX + key, int(later))
+        connection.incrby(SPEND_PREFIX + "key:new:total", nanos(12.5))  # already nano-dollars
+        connection.incrbyfloat(SPEND_PREFIX + "key:big:total", 123456.789)  # 1.2e14 nano-dollars
     store = spend_store_for(Limiter(url).storage)
     assert store.spent([key]) == {key: nanos(0.3)}
     assert spend_store_for(Limiter(url).storage).spent([key]) == {key: nanos(0.3)}  # once only
     if backend == "redis":
-        assert not connection.exists(f"aisix:spend:{key}")
+        assert store.spent(["key:new:total"]) == {"key:new:total": nanos(12.5)}
+        assert store.spent(["key:big:total"]) == {"key:big:total": nanos(123456.789)}
         assert 86000 < connection.ttl(SPEND_PREFIX + key) <= 86400 + 1
         connection.flushdb()
 
@@ -396,3 +399,23 @@ def test_requests_under_no_budget_are_counted_a_few_at_a_time(budgeted, upstream
     assert chat(client).status_code == 200  # chat-prod has a budget: written at once
     assert len(writes) == 2 and spent(app, "model", "chat-prod") == pytest.approx(0.013)
     assert ledger_cost(app) == pytest.approx(0.2 + 0.013)
+
+
+def test_a_flush_waits_for_a_write_already_under_way(budgeted, upstream, monkeypatch):
+    """At exit (or for the admin API) a flush returns once what was counted is in the store, also
+    when the timer's write of it is still running."""
+    app, client = budgeted()
+    budgets = app.extensions["aisix"].budgets
+    add = budgets.store.add
+
+    def slow(charges):
+        time.sleep(0.3)
+        add(charges)
+
+    monkeypatch.setattr(budgets.store, "add", slow)
+    images_answer(upstream, 1)
+    assert image(client).status_code == 200
+    time.sleep(Budgets.defer_s * 3)  # the timer has taken the counts and is writing them
+    budgets.flush()
+    day = counter("key", "dev", period("day", datetime.now(UTC))[0])
+    assert budgets.store.spent([day]) == {day: 40_000_000}

@@ -306,3 +306,15 @@ def test_a_clean_stream_gives_its_connection_back_and_a_cut_one_does_not(streami
         events(chat(client, text))
     ports = [call["port"] for call in fake_calls(fake)]
     assert ports[0] == ports[1] == ports[2] != ports[3]
+
+
+def test_a_cut_image_stream_costs_the_images_asked_for_at_a_per_image_price(make_app, tmp_path, fake):
+    """Cut before its completed event: the upstream may have made (and billed) the images, so with a
+    per-image price the row costs what was asked for; with a token price nothing is guessed."""
+    config = base_config(tmp_path, fake.url)
+    config["models"][0]["pricing"] = {"per_image": {"1024x1024": {"low": 0.01}}}
+    config["models"][0]["pricing"]["defaults"] = {"size": "1024x1024", "quality": "low"}
+    app = make_app(config)
+    events(images(app.test_client(), "[cut:1] a fox", partial_images=2, n=2))
+    row = ledger_row(app)
+    assert (row["status"], row["images"], row["cost_usd"]) == (502, 0, pytest.approx(0.02))

@@ -103,6 +103,7 @@ class Budgets:
     def __init__(self, store: SpendStore) -> None:
         self.store = store
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # a flush is written whole before another (or exit) goes on
         self._deferred: dict[str, list] = {}  # counter → [nano-dollars, period end]
         self._timer: threading.Timer | None = None
         self._pid = os.getpid()
@@ -161,14 +162,16 @@ class Budgets:
             self._defer(charges)
 
     def flush(self) -> None:
-        """Write the deferred counts now (a timer does it within ``defer_s``; also at exit)."""
-        with self._lock:
-            deferred, self._deferred = self._deferred, {}
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-        if deferred and self._pid == os.getpid():
-            self._add([Charge(key, None, amount, end) for key, (amount, end) in deferred.items()])
+        """Write the deferred counts now (a timer does it within ``defer_s``; also at exit), and
+        wait for a write already under way: what was counted is in the store when this returns."""
+        with self._writing:
+            with self._lock:
+                deferred, self._deferred = self._deferred, {}
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+            if deferred and self._pid == os.getpid():
+                self._add([Charge(key, None, amount, end) for key, (amount, end) in deferred.items()])
 
     def _defer(self, charges: list[Charge]) -> None:
         with self._lock:

@@ -98,10 +98,11 @@ class Call:
         model = self.route.model if self.route else None
         if self.priced and model is not None and model.pricing is not None:
             row.cost_usd = model.pricing.cost(row)
-        elif self.outcome_unknown and self.price_before:
-            # Sent, and no answer says what came of it (a timeout, a cut stream, a hang-up, a 2xx
-            # that cannot be read): the upstream may have made and billed what was asked for, at
-            # the price known up front. (A price known only from the answer is not guessed.)
+        if self.outcome_unknown and self.price_before and (row.cost_usd or 0) < self.price_before:
+            # Sent, and no answer says what came of all of it (a timeout, a stream cut after some
+            # of its images, a hang-up, a 2xx that cannot be read): the upstream may have made and
+            # billed what was asked for, at the price known up front. (A price known only from the
+            # answer is not guessed.)
             row.cost_usd = self.price_before
         if self.reservation.charges and self.priced and row.cost_usd is None:
             log.warning(

@@ -159,17 +159,21 @@ for i, key in ipairs(KEYS) do
 end
 return 0
 """
-SPEND_PREFIX = "aisix:spend-nanos:"
-# Counters from before nano-dollars (USD as floats, INCRBYFLOAT): carried over when a gateway starts.
-_OLD_PREFIX = "aisix:spend:"
-# KEYS: the old counter, the new one. Adds the old one's USD as nano-dollars, keeps its expiry.
+SPEND_PREFIX = "aisix:spend:"
+# The first version with budgets kept USD as floats (INCRBYFLOAT) under the same names; its
+# counters are converted in place when a gateway starts, once per Redis (the mark says it is done).
+# A float counter is told by its decimal point or exponent: INCRBY never writes either. (One that
+# INCRBYFLOAT left at a whole number of dollars cannot be told apart, and is read as nano-dollars.)
+_CONVERTED_MARK = "aisix:spend-nano-dollars"
+# KEYS: a counter. Its USD as nano-dollars, its expiry kept; a counter in nano-dollars is left.
 _REDIS_UPGRADE = """
-local usd = tonumber(redis.call('GET', KEYS[1]) or '')
+local value = redis.call('GET', KEYS[1])
+if not value or not string.find(value, '[.eE]') then return 0 end
+local usd = tonumber(value)
 if not usd then return 0 end
 local ttl = redis.call('PTTL', KEYS[1])
-redis.call('INCRBY', KEYS[2], math.floor(usd * 1e9 + 0.5))
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[1], string.format('%d', math.floor(usd * 1e9 + 0.5)))
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1
 """
 
@@ -182,12 +186,22 @@ class RedisSpend:
         self._redis = connection
         self._reserve = connection.register_script(_REDIS_RESERVE)
         try:
-            upgrade = connection.register_script(_REDIS_UPGRADE)
-            for old in connection.scan_iter(match=_OLD_PREFIX + "*", count=1000):
-                name = old.decode() if isinstance(old, bytes) else old
-                upgrade(keys=[name, SPEND_PREFIX + name.removeprefix(_OLD_PREFIX)])
+            if not connection.exists(_CONVERTED_MARK):
+                self._convert_float_counters()
         except redis.RedisError as e:
-            log.error("budget store: counters from an older version not converted yet: %s", e)
+            log.error("budget store: counters of an older version not converted yet: %s", e)
+
+    def _convert_float_counters(self) -> None:
+        upgrade = self._redis.register_script(_REDIS_UPGRADE)
+        failed = 0
+        for key in self._redis.scan_iter(match=SPEND_PREFIX + "*", count=1000):
+            try:
+                upgrade(keys=[key])
+            except redis.ResponseError as e:  # this counter only: the others are still converted
+                failed += 1
+                log.error("budget store: counter %r not converted: %s", key, e)
+        if not failed:
+            self._redis.set(_CONVERTED_MARK, 1)
 
     def reserve(self, charges: list[Charge]) -> int | None:
         args: list[Any] = []
