@@ -11,7 +11,7 @@ import pytest
 from aisix_flask.gateway import Gateway
 from aisix_flask.policy.budgets import Budgets, counter, period
 
-from .conftest import ADMIN_KEY, CHAT_URL, IMAGES_URL, assert_envelope, auth, write_config
+from .conftest import ADMIN_KEY, CHAT_URL, IMAGES_URL, RERANK_URL, assert_envelope, auth, write_config
 
 PER_IMAGE = {"per_image": {"1024x1024": {"standard": 0.04, "hd": 0.08}},
              "defaults": {"size": "1024x1024", "quality": "standard"}}  # fmt: skip
@@ -419,3 +419,22 @@ def test_a_flush_waits_for_a_write_already_under_way(budgeted, upstream, monkeyp
     budgets.flush()
     day = counter("key", "dev", period("day", datetime.now(UTC))[0])
     assert budgets.store.spent([day]) == {day: 40_000_000}
+
+
+def test_a_search_unit_price_prices_rerank_only_under_a_budget(budgeted, upstream):
+    """A chat model priced per search unit would count nothing (chat reports tokens): refused."""
+    budgeted.config["models"][7]["pricing"] = {"per_search_unit": 0.002}
+    app, client = budgeted(chat={"usd": 1, "period": "day"})
+    error = assert_envelope(chat(client), 400, "invalid_request_error", "price_unknown", "model")
+    assert "search unit" in error["message"] and not upstream.calls
+
+
+def test_rerank_priced_per_search_unit_passes_under_a_budget(budgeted, upstream):
+    rerank = {"results": [], "meta": {"billed_units": {"search_units": 2}}}
+    upstream.post(RERANK_URL, json=rerank)
+    reranker = next(m for m in budgeted.config["models"] if m["display_name"] == "reranker")
+    reranker["pricing"] = {"per_search_unit": 0.002}
+    app, client = budgeted(key={"usd": 1, "period": "day"})
+    body = {"model": "reranker", "query": "q", "documents": ["a"]}
+    assert client.post("/v1/rerank", headers=auth(), json=body).status_code == 200
+    assert spent(app) == pytest.approx(0.004) == ledger_cost(app)

@@ -84,6 +84,7 @@ RERANK = Operation(
     texts=Texts(read=read_texts, write=write_texts),
     note_answer=note_usage,
     token_kinds=(("input",),),
+    search_units=True,
 )
 
 

@@ -59,3 +59,4 @@ class Operation:
     # The token kinds a ``per_million_tokens`` price must name for this route's answers to be
     # priced (any one of the sets): a budget refuses a request it could not count.
     token_kinds: tuple[tuple[str, ...], ...] = ()
+    search_units: bool = False  # its answers may report search units (rerank)

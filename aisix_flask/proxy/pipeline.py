@@ -161,6 +161,7 @@ def admit(call: Call, body: dict[str, Any], slot_ttl_s: float) -> None:
             body.get("size"),
             body.get("quality"),
             call.operation.token_kinds,
+            call.operation.search_units,
         )
     scopes = [BudgetScope("key", key.display_name, key.budget)] if key.budget else []
     if model.budget:
@@ -190,6 +191,12 @@ def price_known_before(call: Call, body: dict[str, Any], scope: BudgetScope) -> 
         raise PriceUnknown(
             f"The model '{model.display_name}' has no token price for every kind of token "
             f"{call.operation.what} answers report ({kinds}), {unpriceable}",
+            param="model",
+        )
+    if not pricing.per_image:
+        raise PriceUnknown(
+            f"The model '{model.display_name}' has only a price per search unit, which "
+            f"{call.operation.what} answers do not report, {unpriceable}",
             param="model",
         )
     size = body.get("size") or pricing.default_size

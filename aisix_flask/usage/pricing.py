@@ -53,15 +53,17 @@ class Pricing:
         size: str | None,
         quality: str | None,
         token_kinds: tuple[tuple[str, ...], ...] = (),
+        search_units: bool = True,
     ) -> float | None:
         """What a request will cost, when its price does not depend on the answer: ``n`` images
-        (1 when not said) at a per-image price; 0 when only the answer tells (tokens); None when
-        it cannot be priced: no price for the request's size and quality, or token prices that
-        name none of the sets of ``token_kinds`` (the kinds the route's answers report)."""
+        (1 when not said) at a per-image price; 0 when only the answer tells (tokens, search
+        units); None when it cannot be priced: no price for the request's size and quality, token
+        prices that name none of the sets of ``token_kinds`` (the kinds the route's answers
+        report), or only a search-unit price for a route that reports none (not ``search_units``)."""
         if self.per_million_tokens:
             return 0.0 if self.prices_tokens(token_kinds) else None
         if not self.per_image:
-            return None if self.per_search_unit is None else 0.0
+            return 0.0 if self.per_search_unit is not None and search_units else None
         price = self.image_price(size, quality)
         return None if price is None else (n or 1) * price
 
