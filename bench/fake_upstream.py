@@ -82,20 +82,19 @@ async def read_body(reader: asyncio.StreamReader, headers: dict[bytes, bytes], k
     dropped, and only its last 64 bytes are returned."""
     kept = bytearray()
 
-    def take(data: bytes) -> None:
-        kept.extend(data)
-        if not keep:
-            del kept[:-64]
+    async def take(left: int) -> None:
+        while left:
+            data = await reader.read(min(left, _READ_BYTES))
+            if not data:
+                raise asyncio.IncompleteReadError(bytes(kept), left)
+            kept.extend(data)
+            if not keep:
+                del kept[:-64]
+            left -= len(data)
 
     if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
         while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-            left = size
-            while left:
-                data = await reader.read(min(left, _READ_BYTES))
-                if not data:
-                    raise asyncio.IncompleteReadError(bytes(kept), None)
-                take(data)
-                left -= len(data)
+            await take(size)
             await reader.readexactly(2)
         while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, if any
             pass
@@ -103,12 +102,7 @@ async def read_body(reader: asyncio.StreamReader, headers: dict[bytes, bytes], k
     left = int(headers.get(b"content-length", b"0"))
     if keep:
         return await reader.readexactly(left) if left else b""
-    while left:
-        data = await reader.read(min(left, _READ_BYTES))
-        if not data:
-            raise asyncio.IncompleteReadError(bytes(kept), left)
-        take(data)
-        left -= len(data)
+    await take(left)
     return bytes(kept)
 
 

@@ -499,6 +499,13 @@ def edit_rows(plan: Plan, upstream: str, gw: Server) -> list[Row]:
     return rows
 
 
+def chat_streams(plan: Plan, url: str, body: dict, connections: int, seconds: float, what: str) -> dict:
+    """``connections`` chat streams of ``body`` kept going for ``seconds`` (bench/aioload.py)."""
+    result = aioload.run(url, json.dumps(body).encode(), connections=connections, seconds=seconds,
+                         stream=True, timeout=plan.timeout_s, key=KEY)  # fmt: skip
+    return checked(result, what, plan.smoke)
+
+
 def chat_rows(
     plan: Plan,
     upstream: str,
@@ -538,9 +545,7 @@ def chat_rows(
 
     def streams(url: str, model: str, connections: int, content: str) -> dict:
         body = {"model": model, "stream": True, "messages": [{"role": "user", "content": content}]}
-        result = aioload.run(url, json.dumps(body).encode(), connections=connections,
-                             seconds=plan.seconds, stream=True, timeout=plan.timeout_s, key=KEY)  # fmt: skip
-        return checked(result, "chat streams", plan.smoke)
+        return chat_streams(plan, url, body, connections, plan.seconds, "chat streams")
 
     quick = "Count to three [gap:0.01] [chunks:3]"
     d = streams(f"{upstream}/chat/completions", "gpt-4o-mini", 1, quick)
@@ -572,17 +577,7 @@ def stream_rows(plan: Plan, upstream: str, gw: Server) -> list[Row]:
     }
 
     def streams(url: str, model: str, what: str) -> dict:
-        payload = json.dumps({"model": model, **body}).encode()
-        result = aioload.run(
-            url,
-            payload,
-            connections=n,
-            seconds=plan.stream_seconds,
-            stream=True,
-            timeout=plan.timeout_s,
-            key=KEY,
-        )
-        return checked(result, what, plan.smoke)
+        return chat_streams(plan, url, {"model": model, **body}, n, plan.stream_seconds, what)
 
     d = streams(f"{upstream}/chat/completions", "gpt-4o-mini", "direct streams")
     g = streams(gw.url + "/v1/chat/completions", "chat-prod", "streams through the gateway")

@@ -77,6 +77,15 @@ _SQLITE_ADD = (
 )
 
 
+def _live(keys: list[str]) -> tuple[str, tuple]:
+    """The query (and its arguments) for the values of the counters ``keys`` that have not expired."""
+    marks = ", ".join("?" * len(keys))
+    return f"SELECT key, nanos FROM spend_nanos WHERE key IN ({marks}) AND expires_at > ?", (
+        *keys,
+        time.time(),
+    )
+
+
 class SQLiteSpend:
     """Spend counters in the limiter's SQLite file: a reservation or a count is one transaction."""
 
@@ -101,23 +110,11 @@ class SQLiteSpend:
             self._add(db, charges)
 
     def spent(self, keys: list[str]) -> dict[str, int]:
-        if not keys:
-            return {}
-        marks = ", ".join("?" * len(keys))
-        rows = self._storage.read(
-            f"SELECT key, nanos FROM spend_nanos WHERE key IN ({marks}) AND expires_at > ?",
-            (*keys, time.time()),
-        )
-        return dict(rows)
+        return dict(self._storage.read(*_live(keys))) if keys else {}
 
     @staticmethod
     def _values(db: Any, keys: list[str]) -> dict[str, int]:
-        marks = ", ".join("?" * len(keys))
-        rows = db.execute(
-            f"SELECT key, nanos FROM spend_nanos WHERE key IN ({marks}) AND expires_at > ?",
-            (*keys, time.time()),
-        )
-        return dict(rows)
+        return dict(db.execute(*_live(keys)))
 
     def _add(self, db: Any, charges: list[Charge]) -> None:
         # A counter's key names its period, so nothing adds to one after it expires: expired ones
