@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.aioload import Events, load
-from bench.run import gunicorn_args, parse_wrk, probe_gunicorn, pyload, redis_answers
+from bench.harness import gunicorn_args, parse_wrk, probe_gunicorn, pyload, redis_answers
 
 REPO = Path(__file__).resolve().parent.parent
 
