@@ -16,7 +16,8 @@ of the config taken away), ``redis`` (the limits on Redis, when one answers on 6
 (1,000 concurrent 5 s generations and the memory they take), ``large`` (8 and 32 MB answers), and
 three on the gateway as ``make serve`` runs it (gunicorn.conf.py, no -w/--threads), driven by
 bench/aioload.py instead of wrk: ``edits`` (4 × 4 MB image edits at c=1 and c=4, and the memory
-each in-flight edit takes), ``streams`` (1,000 concurrent ~2 s chat streams) and ``fast`` (c=8
+each in-flight edit takes), ``streams`` (1,000 concurrent ~2 s chat streams, beside the bare proxy
+relaying them on the same workers) and ``fast`` (c=8
 small requests while 1,000 slow generations hold the gateway). ``--gunicorn-args`` is appended to
 every gateway's gunicorn command line (not the bare proxy's); the heading shows the worker class
 and workers × threads each gateway ended up with.
@@ -331,13 +332,16 @@ def main() -> None:
                 # Large edits need a larger body limit than the default's.
                 write_config(tmp / "uploads.yaml", gateway_config(tmp, upstream, body_limit=64 * 2**20))
                 gw = start("gateway-default", None, None, {"AISIX_CONFIG": str(tmp / "uploads.yaml")})
-                for scenario, rows_of in (
-                    ("edits", edit_rows),
-                    ("streams", stream_rows),
-                    ("fast", fast_rows),
-                ):
-                    if scenario in only:
-                        rows += rows_of(plan, upstream, gw)
+                if "edits" in only:
+                    rows += edit_rows(plan, upstream, gw)
+                if "streams" in only:  # the floor: the bare proxy on the same workers (no extra args)
+                    bare_default = gunicorn("bench.bare_proxy:app", free_port(), None, None,
+                                            {"BARE_UPSTREAM": upstream}, tmp, "bare-default")  # fmt: skip
+                    servers.append(bare_default)
+                    rows += stream_rows(plan, upstream, gw, bare_default)
+                    stop(bare_default)
+                if "fast" in only:
+                    rows += fast_rows(plan, upstream, gw)
                 stop(gw)
         finally:
             for server in servers:

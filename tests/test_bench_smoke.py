@@ -97,6 +97,7 @@ def test_run_py_smoke_prints_every_row():
         "edit 2 × 0.25 MB p50 ms, c=2",
         "edit 2 × 0.25 MB RSS × upload",
         "20 streams p99 ms",
+        "20 streams p99 after the opening ms",
         "20 streams first event p99 ms",
         "c=2 fast during 8 × 0.1 s p99 ms",
     ]
@@ -109,6 +110,7 @@ def test_run_py_smoke_prints_every_row():
         assert "RSS" in name or float(direct) > 0, name
     # The slow row gets the bare proxy's figure last, from its own gunicorn.
     assert "failed 0 / 0; throughput" in rows["8 × 0.1 s p99 ms"][3]
+    assert "(bare proxy " in rows["20 streams p99 ms"][3]
     assert "failed 0 / 0; completed" in rows["20 streams p99 ms"][3]
     assert "image route" in rows["chat c=1 p50 ms"][3] and "image route" in rows["chat c=8 req/s"][3]
     assert "failed 0 / 0 (of the slow: 0 / 0)" in rows["c=2 fast during 8 × 0.1 s p99 ms"][3]
