@@ -9,19 +9,162 @@ call (a fraction of a millisecond; the limiter's file lock while another worker 
 large JSON body or a multipart upload, writing a batch of ledger rows. They are short, but every
 greenlet of the worker waits for them, which is what sets the p99 of many concurrent calls
 (bench/RESULTS.md).
+
+The workers share one listening socket, and the kernel wakes all of them for a new connection:
+the one already running wins it. Under load that is the busiest, so with gunicorn's own server one
+worker ended up with 80 to 85 % of a thousand kept-alive connections while the other's core idled
+(bench/RESULTS.md, round 5). ``BalancedServer`` leaves a new connection to a sibling worker that
+holds fewer, for a moment: each worker writes how many connections it holds into a small table in
+shared memory, made by gunicorn's master before it forks the workers.
 """
 
 from __future__ import annotations
 
+import functools
+import mmap
+import os
+import struct
+import time
+from collections.abc import Callable
 from typing import Any
 
+from gevent.server import StreamServer
 from gunicorn.workers import ggevent
 
 from . import stopping
 
+# A worker holding more connections than its least busy sibling by more than this leaves a new
+# connection to it, re-checking every RECHECK_S and taking it itself after WAIT_S at most.
+SLACK = 4
+RECHECK_S = 0.002
+WAIT_S = 0.02
+# Each worker writes its count when it accepts, and every BEAT_S; a count older than STALE_S is a
+# sibling that stopped, died or is stuck, and is left out.
+BEAT_S = 0.05
+STALE_S = 1.0
+
+_ENTRY = struct.Struct("qqd")  # pid, connections held, when written (time.monotonic: host-wide)
+_ENTRIES = 64  # workers on one host; more share entries, which only weakens the balance
+_table: mmap.mmap | None = None
+
+
+def fewer_elsewhere(mine: int, fewest: int | None) -> bool:
+    """Whether a worker holding ``mine`` connections should leave a new one to the sibling that
+    holds ``fewest`` (None: no sibling is taking connections)."""
+    return fewest is not None and mine > fewest + SLACK
+
+
+class Siblings:
+    """This worker's entry in the shared table, and what it reads of the others'."""
+
+    def __init__(self, table: mmap.mmap, entry: int) -> None:
+        self.table, self.offset, self.pid = table, entry * _ENTRY.size, os.getpid()
+        self.servers: list[BalancedServer] = []
+
+    def held(self) -> int:
+        """Connections this worker holds: every open listener's handlers, idle keep-alives too."""
+        return sum(len(server.pool) for server in self.servers if not server.closed)
+
+    def publish(self) -> int:
+        """Write this worker's count (its entry is cleared once no listener is open); return it."""
+        if not any(not server.closed for server in self.servers):
+            _ENTRY.pack_into(self.table, self.offset, 0, 0, 0.0)
+            return 0
+        held = self.held()
+        _ENTRY.pack_into(self.table, self.offset, self.pid, held, time.monotonic())
+        return held
+
+    def fewest(self, now: float) -> int | None:
+        """The count of the sibling holding the fewest connections, among those that are live."""
+        counts = [
+            held
+            for pid, held, written in _ENTRY.iter_unpack(self.table)
+            if pid and pid != self.pid and now - written < STALE_S
+        ]
+        return min(counts, default=None)
+
+
+_siblings: Siblings | None = None  # this worker process's, once it runs
+
+
+class BalancedServer(StreamServer):
+    """gevent's server for one listener, built by gunicorn's worker (as its ``server_class``), that
+    gives a new connection to the worker's handler unless a sibling worker holds fewer: then it
+    stops accepting for RECHECK_S, so that the sibling (woken for the same connection) takes it.
+    It takes the connection itself once it has waited WAIT_S."""
+
+    def __init__(
+        self,
+        listener: Any,
+        *,
+        handler_class: Callable[..., Any],
+        spawn: Any,
+        application: Any = None,
+        log: Any = None,
+        environ: Any = None,
+        **ssl_args: Any,
+    ) -> None:
+        # gunicorn passes its pywsgi arguments; this server hands each connection to the worker's
+        # own handler (gunicorn's HTTP parser), as gunicorn's default server does.
+        super().__init__(listener, handle=functools.partial(handler_class, listener), spawn=spawn, **ssl_args)
+        self.max_accept = 1  # one connection per wake-up, as gunicorn's server with several workers
+        self._waiting_since = self._waited_at = 0.0
+        self._beat: Any = None
+        if _siblings is not None:
+            _siblings.servers.append(self)
+
+    def start_accepting(self) -> None:
+        super().start_accepting()
+        if self._beat is None and _siblings is not None:
+            self._beat = self.loop.timer(BEAT_S, BEAT_S)
+            self._beat.start(_siblings.publish)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._beat is not None:
+                self._beat.stop()
+                self._beat = None
+            if _siblings is not None:
+                _siblings.publish()
+
+    def _do_read(self) -> None:
+        """A connection is waiting: take it, or leave it to a sibling holding fewer for a moment."""
+        if _siblings is not None:
+            now = time.monotonic()
+            held = _siblings.publish()
+            if now - self._waited_at > 2 * RECHECK_S + 0.001:
+                self._waiting_since = now  # not a re-check: a new connection is waiting
+            if now - self._waiting_since < WAIT_S and fewer_elsewhere(held, _siblings.fewest(now)):
+                self._waited_at = now
+                self.stop_accepting()
+                self._timer = self.loop.timer(RECHECK_S)
+                self._timer.start(self._start_accepting_if_started)
+                return
+        super()._do_read()
+
 
 class GeventWorker(ggevent.GeventWorker):
-    """gunicorn's gevent worker that tells streams when it is stopping."""
+    """gunicorn's gevent worker that tells streams when it is stopping and shares new connections
+    with its siblings (``BalancedServer``)."""
+
+    server_class = BalancedServer
+
+    @classmethod
+    def setup(cls) -> None:
+        """Called by gunicorn in the master before it forks any worker (and again on a reload):
+        the table the workers share."""
+        global _table
+        if _table is None:
+            _table = mmap.mmap(-1, _ENTRY.size * _ENTRIES)
+
+    def init_process(self) -> None:
+        global _siblings
+        if _table is not None:
+            _siblings = Siblings(_table, self.age % _ENTRIES)
+        self.wsgi_handler = self.handle  # what gunicorn gives server_class as its handler_class
+        super().init_process()
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
         """SIGTERM: a graceful stop; streams must end before the grace period does."""
