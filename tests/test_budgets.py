@@ -381,3 +381,29 @@ def test_rerank_priced_per_search_unit_passes_under_a_budget(budgeted, upstream)
     body = {"model": "reranker", "query": "q", "documents": ["a"]}
     assert client.post("/v1/rerank", headers=auth(), json=body).status_code == 200
     assert spent(app) == pytest.approx(0.004) == ledger_cost(app)
+
+
+def test_a_forked_child_starts_with_nothing_deferred_and_no_lock_held(tmp_path):
+    """gunicorn's preload_app forks workers from a process that may have counted: the child writes
+    none of the parent's counts, and a lock one of the parent's threads held does not hang it."""
+    import os
+
+    from aisix_flask.policy.limits import Limiter
+    from aisix_flask.stores.spend import Charge, spend_store_for
+
+    budgets = Budgets(spend_store_for(Limiter(f"sqlite:///{tmp_path}/rl.db").storage))
+    budgets.defer_s = 60  # the parent's count stays deferred
+    budgets._defer([Charge("key:parent:total", None, 5, None)])
+    budgets._lock.acquire()  # as if another thread of the parent were counting at the fork
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if both hold
+        try:
+            free = budgets._lock.acquire(timeout=2)
+            os._exit(0 if free and not budgets._deferred and budgets._timer is None else 1)
+        except BaseException:
+            os._exit(2)
+    budgets._lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    budgets.flush()  # the parent still writes its own
+    assert budgets.store.spent(["key:parent:total"]) == {"key:parent:total": 5}

@@ -102,12 +102,17 @@ class Budgets:
 
     def __init__(self, store: SpendStore) -> None:
         self.store = store
+        self._start_afresh()
+        _OPEN.add(self)
+
+    def _start_afresh(self) -> None:
+        """Nothing deferred and no lock held: at creation, and in a forked child (gunicorn's
+        preload_app), where the parent's counts are the parent's to write and a lock that one of
+        its threads held would never be released."""
         self._lock = threading.Lock()
         self._writing = threading.Lock()  # a flush is written whole before another (or exit) goes on
         self._deferred: dict[str, list] = {}  # counter → [nano-dollars, period end]
         self._timer: threading.Timer | None = None
-        self._pid = os.getpid()
-        _OPEN.add(self)
 
     def reserve(self, scopes: Sequence[BudgetScope], amount_usd: float) -> Reservation:
         """Take ``amount_usd`` (0 when the price is known only afterwards) from every budget, or
@@ -170,13 +175,11 @@ class Budgets:
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-            if deferred and self._pid == os.getpid():
+            if deferred:
                 self._add([Charge(key, None, amount, end) for key, (amount, end) in deferred.items()])
 
     def _defer(self, charges: list[Charge]) -> None:
         with self._lock:
-            if self._pid != os.getpid():  # a forked child: the parent's counts are the parent's
-                self._pid, self._deferred, self._timer = os.getpid(), {}, None
             for charge in charges:
                 held = self._deferred.setdefault(charge.key, [0, charge.period_end])
                 held[0] += charge.amount
@@ -227,6 +230,14 @@ def _flush_all() -> None:
     """A worker that stops (SIGTERM, after its calls drained) writes what it deferred."""
     for budgets in list(_OPEN):
         budgets.flush()
+
+
+def _after_fork() -> None:
+    for budgets in list(_OPEN):
+        budgets._start_afresh()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _timestamp(end: datetime | None) -> float | None:
