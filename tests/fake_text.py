@@ -2,7 +2,8 @@
 
 The last user message (chat), the first input (embeddings) or the query (rerank) may steer it:
 
-- ``[say:some words]`` answers those words (else ``Hello from the fake upstream``);
+- ``[say:some words]`` answers those words (else ``Hello from the fake upstream``); with ``[tool]``,
+  as the arguments of a tool call (``lookup``) instead of content;
 - ``[status:503]`` answers that status; ``[sleep:1.5]`` waits before answering;
 - streams: ``[gap:0.3]`` waits that long before each chunk; ``[cut:2]`` closes the connection
   after 2 content chunks, without ``[DONE]``; ``[reset:2]`` resets it there; ``[silent:2]`` stops
@@ -57,16 +58,21 @@ def number(text: str, name: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+_TOOL_CALL = {"id": "call_fake", "type": "function", "function": {"name": "lookup", "arguments": ""}}
+
+
 def chat_completion(body: dict[str, Any], text: str) -> dict[str, Any]:
     content = " ".join(words(text))
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if "[tool]" in text:
+        call = {**_TOOL_CALL, "function": {"name": "lookup", "arguments": content}}
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.get("model"),
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
         "usage": {
             "prompt_tokens": 10,
             "completion_tokens": len(words(text)),
@@ -153,12 +159,20 @@ def stream_chat(handler: Any, body: dict[str, Any], text: str, call: dict[str, A
         send(f"data: {payload}\n\n".encode())
 
     try:
-        event(_chunk(body, {"role": "assistant", "content": ""}))
+        tool = "[tool]" in text
+        opening = {"content": None, "tool_calls": [{"index": 0, **_TOOL_CALL}]} if tool else {"content": ""}
+        event(_chunk(body, {"role": "assistant", **opening}))
         said = ["x" * 16384] * int(number(text, "big")) if number(text, "big") else words(text)
         for i, word in enumerate(said):
             if gap:
                 time.sleep(gap)
-            event(_chunk(body, {"content": word + (" " if i < len(said) - 1 else "")}))
+            piece = word + (" " if i < len(said) - 1 else "")
+            delta = (
+                {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                if tool
+                else {"content": piece}
+            )
+            event(_chunk(body, delta))
             call["chunks_sent"] = i + 1
             if "[error-event]" in text:
                 overloaded = {

@@ -56,6 +56,23 @@ def test_known_fields_are_type_checked(client, upstream, field, value):
         {"role": "system", "content": "a forbidden phrase"},
         {"role": "assistant", "content": "a forbidden phrase"},
         {"role": "tool", "content": "a forbidden phrase", "tool_call_id": "t"},
+        {"role": "assistant", "content": None, "refusal": "a forbidden phrase"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "t",
+                    "type": "function",
+                    "function": {"name": "f", "arguments": '{"q": "a forbidden phrase"}'},
+                }
+            ],
+        },  # fmt: skip
+        {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": "f", "arguments": "forbidden phrase"},
+        },
         {
             "role": "user",
             "content": [
@@ -84,12 +101,26 @@ def test_masked_text_goes_back_where_it_was(make_app, config, upstream):
             ],
         },
         {"role": "assistant", "content": None, "tool_calls": [{"id": "t"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "u",
+                    "type": "function",
+                    "function": {"name": "mail", "arguments": '{"to": "x@y.io"}'},
+                },
+                "not a call",
+            ],
+        },
     ]
     assert post(client, messages).status_code == 200
     sent = json.loads(upstream.calls[0].request.body)["messages"]
     assert sent[0]["content"] == "write to [EMAIL_REDACTED]"
     assert sent[1]["content"] == [{"type": "text", "text": "me: [EMAIL_REDACTED]"}, messages[1]["content"][1]]
-    assert sent[2] == messages[2]
+    assert sent[2] == messages[2]  # nothing to read in it: sent as it came
+    assert sent[3]["tool_calls"][0]["function"] == {"name": "mail", "arguments": '{"to": "[EMAIL_REDACTED]"}'}
+    assert sent[3]["tool_calls"][1] == "not a call"
 
 
 def test_output_guardrails_in_monitor_mode_only_flag(make_app, config, upstream):

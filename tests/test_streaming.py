@@ -173,6 +173,34 @@ def test_output_guardrails_end_the_stream_before_the_matching_chunk(streaming):
     assert (row["status"], row["error_code"]) == (422, "content_policy_violation")
 
 
+def test_output_guardrails_read_a_streamed_tool_calls_arguments(streaming):
+    """The match spans two argument fragments; the one that completes it is not relayed."""
+    app, client = streaming
+    got = payloads(chat(client, "[tool][say:the launch code is 1234]"))
+    fragments = [
+        call["function"].get("arguments", "")
+        for c in got
+        if "choices" in c
+        for call in c["choices"][0]["delta"].get("tool_calls", [])
+    ]
+    assert "".join(fragments) == "the launch "
+    assert got[-1]["error"]["code"] == "content_policy_violation"
+    assert ledger_row(app)["error_code"] == "content_policy_violation"
+
+
+def test_output_guardrails_read_a_whole_answers_tool_calls(streaming):
+    app, client = streaming
+    body = {"model": "chat-prod", "messages": [{"role": "user", "content": "[tool][say:my launch code]"}]}
+    assert_envelope(
+        client.post(ROUTE, headers=auth(), json=body), 422, "content_filter", "content_policy_violation"
+    )
+    body["messages"][0]["content"] = "[tool][say:nothing to see]"
+    r = client.post(ROUTE, headers=auth(), json=body)
+    assert r.status_code == 200 and r.json["choices"][0]["message"]["tool_calls"][0]["function"][
+        "arguments"
+    ] == ("nothing to see")
+
+
 def test_output_guardrails_on_a_whole_answer_are_a_422_that_is_recorded(streaming):
     app, client = streaming
     body = {"model": "chat-prod", "messages": [{"role": "user", "content": "[say:my launch code]"}]}

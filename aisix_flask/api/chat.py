@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from flask import Blueprint, Response
@@ -72,32 +73,51 @@ class ChatCompletionSchema(Schema):
 
 
 def read_messages(body: dict[str, Any]) -> list[str]:
-    """Every message's text, every role: string content, and the ``text`` of text parts."""
-    texts = []
+    """Every message's text, every role: string content, the ``text`` of text parts, a refusal,
+    and the arguments of each tool call (and of a legacy ``function_call``)."""
+    texts: list[str] = []
     for message in body["messages"]:
-        content = message.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts.extend(part["text"] for part in content if _is_text_part(part))
+        _with_texts(message, lambda text: texts.append(text) or text)
     return texts
 
 
 def write_messages(body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
     """The body with each text ``read_messages`` found replaced, in the same order."""
     replacements = iter(texts)
-    messages = []
-    for message in body["messages"]:
-        content = message.get("content")
-        if isinstance(content, str):
-            message = {**message, "content": next(replacements)}
-        elif isinstance(content, list):
-            parts = [
-                {**part, "text": next(replacements)} if _is_text_part(part) else part for part in content
-            ]
-            message = {**message, "content": parts}
-        messages.append(message)
+    messages = [_with_texts(message, lambda _: next(replacements)) for message in body["messages"]]
     return {**body, "messages": messages}
+
+
+def _with_texts(message: dict[str, Any], replace: Callable[[str], str]) -> dict[str, Any]:
+    """``message`` with each of its texts passed through ``replace``, in one fixed order (what
+    reading and writing them back both rely on)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        message = {**message, "content": replace(content)}
+    elif isinstance(content, list):
+        parts = [{**part, "text": replace(part["text"])} if _is_text_part(part) else part for part in content]
+        message = {**message, "content": parts}
+    if isinstance(message.get("refusal"), str):
+        message = {**message, "refusal": replace(message["refusal"])}
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        message = {**message, "tool_calls": [_with_arguments(call, replace) for call in calls]}
+    if isinstance(message.get("function_call"), dict):
+        message = {**message, "function_call": _with_arguments(message["function_call"], replace)}
+    return message
+
+
+def _with_arguments(call: Any, replace: Callable[[str], str]) -> Any:
+    """A tool call (``{"function": {"arguments": …}}``) or a legacy function call
+    (``{"arguments": …}``) with its arguments string passed through ``replace``."""
+    if not isinstance(call, dict):
+        return call
+    function = call.get("function")
+    if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+        return {**call, "function": {**function, "arguments": replace(function["arguments"])}}
+    if isinstance(call.get("arguments"), str):
+        return {**call, "arguments": replace(call["arguments"])}
+    return call
 
 
 def _is_text_part(part: dict[str, Any]) -> bool:
@@ -105,14 +125,14 @@ def _is_text_part(part: dict[str, Any]) -> bool:
 
 
 def answer_text(document: dict[str, Any]) -> list[str]:
-    """The assistant's text in a (non-streamed) answer: every choice's message content."""
+    """The assistant's text in a (non-streamed) answer: every choice's message content, refusal
+    and tool-call arguments."""
     choices = document.get("choices")
-    texts = []
+    texts: list[str] = []
     for choice in choices if isinstance(choices, list) else []:
         message = choice.get("message") if isinstance(choice, dict) else None
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            texts.append(content)
+        if isinstance(message, dict):
+            _with_texts(message, lambda text: texts.append(text) or text)
     return texts
 
 
@@ -134,16 +154,28 @@ def _usage_only(chunk: dict[str, Any]) -> bool:
     return chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
 
 
-def chunk_text(chunk: dict[str, Any]) -> list[tuple[int, str]]:
-    """The assistant's new text in a streamed chunk, by choice index."""
+def chunk_text(chunk: dict[str, Any]) -> list[tuple[Hashable, str]]:
+    """The assistant's new text in a streamed chunk, each with what it continues: a choice's
+    content, its refusal, or the arguments of one of its tool calls (by the call's index)."""
     choices = chunk.get("choices")
-    texts = []
+    texts: list[tuple[Hashable, str]] = []
     for choice in choices if isinstance(choices, list) else []:
         delta = choice.get("delta") if isinstance(choice, dict) else None
-        content = delta.get("content") if isinstance(delta, dict) else None
-        if isinstance(content, str) and content:
-            index = choice.get("index")
-            texts.append((index if isinstance(index, int) else 0, content))
+        if not isinstance(delta, dict):
+            continue
+        index = choice.get("index") if isinstance(choice.get("index"), int) else 0
+        for field in ("content", "refusal"):
+            if isinstance(delta.get(field), str) and delta[field]:
+                texts.append(((index, field), delta[field]))
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else []:
+            function = call.get("function") if isinstance(call, dict) else None
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            if isinstance(arguments, str) and arguments:
+                texts.append(((index, "tool_calls", call.get("index")), arguments))
+        legacy = delta.get("function_call")
+        if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str) and legacy["arguments"]:
+            texts.append(((index, "function_call"), legacy["arguments"]))
     return texts
 
 

@@ -6,7 +6,7 @@ Everything else (the request path, the upstream call, the bookkeeping) is shared
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,9 @@ class Streaming:
     is_final: Callable[[str, Any], bool]
     last: bool = True
     is_usage_only: Callable[[dict[str, Any]], bool] = lambda event: False
-    text: Callable[[dict[str, Any]], list[tuple[int, str]]] | None = None  # new answer text by choice
+    # An event's new answer text, each with what it continues (a choice's content, a tool call's
+    # arguments…): the output guardrails read it with the end of what came before.
+    text: Callable[[dict[str, Any]], list[tuple[Hashable, str]]] | None = None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import requests
@@ -114,7 +114,7 @@ class Relay:
         self.events = events
         self.hide_usage = hide_usage
         self.guardrails = call.registry.output_guardrails if self.spec.text else ()
-        self.tails: dict[int, str] = {}  # the end of each choice's text so far (output guardrails)
+        self.tails: dict[Hashable, str] = {}  # the end of each text so far (output guardrails)
         self.flagged: list[str] = []
         self.complete = False  # the event that completes the stream was relayed
         self.ended = False  # nothing more is to be relayed
@@ -179,11 +179,12 @@ class Relay:
         return _USAGE_NULL.sub(b"", event) if self.hide_usage else event
 
     def _guard(self, document: dict[str, Any]) -> None:
-        """Output guardrails over each choice's newest text and what came just before it; the event
-        that completes a match is not relayed (ContentPolicyViolation ends the stream instead)."""
-        for index, text in self.spec.text(document):
-            window = self.tails.get(index, "") + text
-            self.tails[index] = window[-GUARD_OVERLAP:]
+        """Output guardrails over each newest text (a choice's content, a tool call's arguments) and
+        what came just before it; the event that completes a match is not relayed
+        (ContentPolicyViolation ends the stream instead)."""
+        for continues, text in self.spec.text(document):
+            window = self.tails.get(continues, "") + text
+            self.tails[continues] = window[-GUARD_OVERLAP:]
             check_output(self.guardrails, window, self.flagged)
 
     def close(self) -> None:
