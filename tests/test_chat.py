@@ -123,6 +123,40 @@ def test_masked_text_goes_back_where_it_was(make_app, config, upstream):
     assert sent[3]["tool_calls"][1] == "not a call"
 
 
+def test_masking_reads_tool_call_arguments_as_json_and_keeps_them_json(make_app, config, upstream):
+    """The value after a JSON escape ("\\n") is what the detector reads; the masked arguments still
+    parse. A refusal and a legacy function_call are masked in place too."""
+    config["guardrails"].append({"name": "pii", "kind": "pii", "action": "mask", "detectors": ["email"]})
+    client = make_app(config).test_client()
+    upstream.post(CHAT_URL, json=ANSWER)
+    arguments = json.dumps({"body": "Contact:\njohn@example.com", "n": 2, "cc": ["a@b.io"]})
+    call = {"id": "t", "type": "function", "function": {"name": "mail", "arguments": arguments}}
+    messages = [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "assistant", "content": None, "refusal": "ask ops@example.com"},
+        {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "to x@y.io"}},
+        {"role": "user", "content": "hi"},
+    ]  # fmt: skip
+    assert post(client, messages).status_code == 200
+    sent = json.loads(upstream.calls[0].request.body)["messages"]
+    assert json.loads(sent[0]["tool_calls"][0]["function"]["arguments"]) == {
+        "body": "Contact:\n[EMAIL_REDACTED]",
+        "n": 2,
+        "cc": ["[EMAIL_REDACTED]"],
+    }
+    assert sent[1]["refusal"] == "ask [EMAIL_REDACTED]"
+    assert sent[2]["function_call"] == {"name": "f", "arguments": "to [EMAIL_REDACTED]"}
+
+
+def test_an_answer_of_any_shape_is_read_by_output_guardrails_without_failing(make_app, config, upstream):
+    config["guardrails"][0]["hook_point"] = "both"
+    client = make_app(config).test_client()
+    odd = {"role": "assistant", "content": ["not a part", {"type": "text", "text": "fine"}],
+           "tool_calls": [None, {"function": {"arguments": 5}}, {"function": "x"}], "refusal": 7}  # fmt: skip
+    upstream.post(CHAT_URL, json={**ANSWER, "choices": [{"index": 0, "message": odd}, "not a choice"]})
+    assert post(client, [{"role": "user", "content": "hi"}]).status_code == 200
+
+
 def test_output_guardrails_in_monitor_mode_only_flag(make_app, config, upstream):
     patterns = [{"kind": "literal", "value": "ok"}]
     config["guardrails"].append(

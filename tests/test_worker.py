@@ -147,7 +147,8 @@ def _conn():
 def test_a_burst_of_two_hundred_connections_is_split_evenly_under_gevent(server):
     """Two hundred connections at once, each sending a request that holds it for 0.5 s. gunicorn's
     own gevent server gave one worker 105 to 157 of them when the box was busy (the worker
-    already running wins the kernel's race to accept); these workers stay within a few."""
+    already running wins the kernel's race to accept); these workers split them within a few
+    (95–100 for the lesser; the bound leaves room for a loaded CI box)."""
     clients = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(200)]
     try:
         for client in clients:
@@ -156,7 +157,7 @@ def test_a_burst_of_two_hundred_connections_is_split_evenly_under_gevent(server)
     finally:
         for client in clients:
             client.close()
-    assert len(pids) == 2 and min(pids.values()) >= 85, pids
+    assert len(pids) == 2 and min(pids.values()) >= 75, pids
 
 
 def _chunked_body(client: socket.socket) -> str:
@@ -198,13 +199,11 @@ def test_only_live_siblings_count():
     assert greenlets._ENTRY.unpack_from(table, 0) == (0, 0, 0.0)
 
 
-@pytest.mark.parametrize(("sibling_holds", "waits"), [(0, True), (8, False)])
-def test_a_busier_worker_takes_a_connection_only_after_waiting_for_its_sibling(
-    monkeypatch, sibling_holds, waits
-):
-    """A worker holding 8 connections (greenlets in its pool) with a live sibling holding none
-    leaves a new connection for WAIT_S, then takes it (the sibling did not); with a sibling holding
-    as many it takes it at once."""
+@pytest.fixture
+def balanced(monkeypatch):
+    """A BalancedServer on a real gevent listener, its worker holding 8 connections (greenlets in
+    its pool) and one live sibling whose count the test sets; ``handled`` gets the time of each
+    connection the server hands to its handler."""
     import mmap
 
     import gevent
@@ -213,33 +212,88 @@ def test_a_busier_worker_takes_a_connection_only_after_waiting_for_its_sibling(
     from aisix_flask.workers import greenlets
 
     table = mmap.mmap(-1, greenlets._ENTRY.size * greenlets._ENTRIES)
-    greenlets._ENTRY.pack_into(table, greenlets._ENTRY.size, 1, sibling_holds, time.monotonic())
+
+    def sibling_holds(count: int) -> None:
+        greenlets._ENTRY.pack_into(table, greenlets._ENTRY.size, 1, count, time.monotonic())
+
     monkeypatch.setattr(greenlets, "_siblings", greenlets.Siblings(table, 0))
-    handled: list[float] = []
     pool = Pool(100)
     held = [pool.spawn(gevent.sleep, 5) for _ in range(8)]
     listener = gevent.socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
+    handled: list[float] = []
     server = greenlets.BalancedServer(
         listener, handler_class=lambda _listener, sock, _addr: handled.append(time.monotonic()), spawn=pool
     )
     server.start()
+    server.sibling_holds, server.handled, server.table = sibling_holds, handled, table
+    yield server
+    server.close()
+    gevent.killall(held)
+    listener.close()
+
+
+def connect_and_wait(server, seconds: float = 2) -> float:
+    """Connect to ``server``; how long until its handler got the connection (fails if never)."""
+    import gevent
+
+    connected = time.monotonic()
+    client = gevent.socket.create_connection(server.socket.getsockname())
+    deadline = connected + seconds
+    while not server.handled and time.monotonic() < deadline:
+        gevent.sleep(0.001)
+    client.close()
+    assert server.handled, "never accepted"
+    return server.handled[0] - connected
+
+
+def test_a_busier_worker_takes_a_connection_only_after_waiting_for_its_sibling(balanced):
+    """The sibling holds none (and never takes it, here): the connection waits WAIT_S, not more."""
+    from aisix_flask.workers import greenlets
+
+    balanced.sibling_holds(0)
+    waited = connect_and_wait(balanced)
+    assert greenlets.WAIT_S <= waited < 0.5, waited
+    assert greenlets._ENTRY.unpack_from(balanced.table, 0)[1] >= 8  # it wrote what it holds
+
+
+def test_a_worker_as_busy_as_its_sibling_takes_a_connection_at_once(balanced, monkeypatch):
+    left: list[bool] = []
+    monkeypatch.setattr(balanced, "stop_accepting", lambda: left.append(True))
+    balanced.sibling_holds(8)
+    connect_and_wait(balanced)
+    assert left == []  # never stopped accepting to leave it to the sibling
+
+
+def test_the_wait_is_bounded_while_the_worker_is_busy(balanced):
+    """A worker whose loop turns take 8 ms (CPU work between switches) still takes the connection
+    after about WAIT_S: the re-checks must not each count as a new connection."""
+    import gevent
+
+    def busy() -> None:
+        while True:
+            spin_until = time.perf_counter() + 0.008
+            while time.perf_counter() < spin_until:
+                pass
+            gevent.sleep(0.0005)  # a timer, as a request waiting on its upstream
+
+    worker = gevent.spawn(busy)
     try:
-        connected = time.monotonic()
-        client = gevent.socket.create_connection(listener.getsockname())
-        deadline = connected + 1
-        while not handled and time.monotonic() < deadline:
-            gevent.sleep(0.001)
-        client.close()
-        assert handled, "never accepted"
-        waited = handled[0] - connected
-        if waits:
-            assert greenlets.WAIT_S <= waited < 0.5, waited
-        else:
-            assert waited < greenlets.WAIT_S, waited
-        assert greenlets._ENTRY.unpack_from(table, 0)[1] >= 8  # it wrote what it holds
+        balanced.sibling_holds(0)
+        assert connect_and_wait(balanced) < 0.3
     finally:
-        server.close()
-        gevent.killall(held)
-        listener.close()
+        worker.kill()
+
+
+def test_a_stopping_worker_is_no_longer_a_sibling_to_leave_connections_to(balanced):
+    import os
+
+    from aisix_flask.workers import greenlets
+
+    me = greenlets._siblings
+    me.publish()
+    assert greenlets._ENTRY.unpack_from(balanced.table, 0)[:2] == (os.getpid(), 8)
+    me.leaving = True
+    me.publish()
+    assert greenlets._ENTRY.unpack_from(balanced.table, 0) == (0, 0, 0.0)

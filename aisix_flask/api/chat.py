@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -108,20 +109,49 @@ def _with_texts(message: dict[str, Any], replace: Callable[[str], str]) -> dict[
 
 
 def _with_arguments(call: Any, replace: Callable[[str], str]) -> Any:
-    """A tool call (``{"function": {"arguments": …}}``) or a legacy function call
-    (``{"arguments": …}``) with its arguments string passed through ``replace``."""
+    """A tool call (``{"function": {"arguments": …}}``, or a custom tool's ``{"custom": {"input":
+    …}}``) or a legacy function call (``{"arguments": …}``) with its texts passed through
+    ``replace``: the string values of JSON arguments, else the whole text."""
     if not isinstance(call, dict):
         return call
-    function = call.get("function")
-    if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-        return {**call, "function": {**function, "arguments": replace(function["arguments"])}}
+    for holder, field in (("function", "arguments"), ("custom", "input")):
+        inner = call.get(holder)
+        if isinstance(inner, dict) and isinstance(inner.get(field), str):
+            return {**call, holder: {**inner, field: _json_texts(inner[field], replace)}}
     if isinstance(call.get("arguments"), str):
-        return {**call, "arguments": replace(call["arguments"])}
+        return {**call, "arguments": _json_texts(call["arguments"], replace)}
     return call
 
 
-def _is_text_part(part: dict[str, Any]) -> bool:
-    return part.get("type") == "text" and isinstance(part.get("text"), str)
+def _json_texts(arguments: str, replace: Callable[[str], str]) -> str:
+    """``arguments`` with each string value in it passed through ``replace`` (the text a guardrail
+    reads is the value, not its JSON escapes; masked values are encoded again), or the whole
+    text when it is not JSON."""
+    try:
+        document = json.loads(arguments)
+    except ValueError:
+        return replace(arguments)
+    changed = False
+
+    def walk(value: Any) -> Any:
+        nonlocal changed
+        if isinstance(value, str):
+            new = replace(value)
+            changed = changed or new != value
+            return new
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        if isinstance(value, dict):
+            return {name: walk(item) for name, item in value.items()}
+        return value
+
+    walked = walk(document)
+    # ASCII escapes: a value may hold a lone surrogate that UTF-8 cannot encode.
+    return json.dumps(walked) if changed else arguments
+
+
+def _is_text_part(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
 
 
 def answer_text(document: dict[str, Any]) -> list[str]:
@@ -172,7 +202,8 @@ def chunk_text(chunk: dict[str, Any]) -> list[tuple[Hashable, str]]:
             function = call.get("function") if isinstance(call, dict) else None
             arguments = function.get("arguments") if isinstance(function, dict) else None
             if isinstance(arguments, str) and arguments:
-                texts.append(((index, "tool_calls", call.get("index")), arguments))
+                position = call.get("index") if isinstance(call.get("index"), int) else None
+                texts.append(((index, "tool_calls", position), arguments))
         legacy = delta.get("function_call")
         if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str) and legacy["arguments"]:
             texts.append(((index, "function_call"), legacy["arguments"]))

@@ -26,15 +26,17 @@ import os
 import struct
 import time
 from collections.abc import Callable
+from select import POLLIN
 from typing import Any
 
+from gevent import monkey
 from gevent.server import StreamServer
 from gunicorn.workers import ggevent
 
 from . import stopping
 
 # A worker holding more connections than its least busy sibling by more than this leaves a new
-# connection to it, re-checking every RECHECK_S and taking it itself after WAIT_S at most.
+# connection to it, looking again every RECHECK_S and taking it itself once it has waited WAIT_S.
 SLACK = 4
 RECHECK_S = 0.002
 WAIT_S = 0.02
@@ -44,8 +46,10 @@ BEAT_S = 0.05
 STALE_S = 1.0
 
 _ENTRY = struct.Struct("qqd")  # pid, connections held, when written (time.monotonic: host-wide)
-_ENTRIES = 64  # workers on one host; more share entries, which only weakens the balance
+_ENTRIES = 128  # worker ages (gunicorn's count of workers started) modulo this share an entry
 _table: mmap.mmap | None = None
+# A plain poll(2), not gevent's: whether a connection still waits, without a switch to the hub.
+_poll = monkey.get_original("select", "poll")
 
 
 def fewer_elsewhere(mine: int, fewest: int | None) -> bool:
@@ -60,6 +64,7 @@ class Siblings:
     def __init__(self, table: mmap.mmap, entry: int) -> None:
         self.table, self.offset, self.pid = table, entry * _ENTRY.size, os.getpid()
         self.servers: list[BalancedServer] = []
+        self.leaving = False  # told to stop: siblings must not leave connections to it
 
     def held(self) -> int:
         """Connections this worker holds: every open listener's handlers, idle keep-alives too."""
@@ -67,7 +72,7 @@ class Siblings:
 
     def publish(self) -> int:
         """Write this worker's count (its entry is cleared once no listener is open); return it."""
-        if not any(not server.closed for server in self.servers):
+        if self.leaving or not any(not server.closed for server in self.servers):
             _ENTRY.pack_into(self.table, self.offset, 0, 0, 0.0)
             return 0
         held = self.held()
@@ -93,6 +98,9 @@ class BalancedServer(StreamServer):
     stops accepting for RECHECK_S, so that the sibling (woken for the same connection) takes it.
     It takes the connection itself once it has waited WAIT_S."""
 
+    _beat: Any = None  # the timer that writes this worker's count (set while accepting)
+    _waiting_since: float | None = None  # since when a connection has been left to a sibling
+
     def __init__(
         self,
         listener: Any,
@@ -107,10 +115,8 @@ class BalancedServer(StreamServer):
         # gunicorn passes its pywsgi arguments; this server hands each connection to the worker's
         # own handler (gunicorn's HTTP parser), as gunicorn's default server does.
         super().__init__(listener, handle=functools.partial(handler_class, listener), spawn=spawn, **ssl_args)
-        self.max_accept = 1  # one connection per wake-up, as gunicorn's server with several workers
-        self._waiting_since = self._waited_at = 0.0
-        self._beat: Any = None
         if _siblings is not None:
+            self.max_accept = 1  # one connection per wake-up, as gunicorn's with several workers
             _siblings.servers.append(self)
 
     def start_accepting(self) -> None:
@@ -125,6 +131,7 @@ class BalancedServer(StreamServer):
         finally:
             if self._beat is not None:
                 self._beat.stop()
+                self._beat.close()
                 self._beat = None
             if _siblings is not None:
                 _siblings.publish()
@@ -134,15 +141,26 @@ class BalancedServer(StreamServer):
         if _siblings is not None:
             now = time.monotonic()
             held = _siblings.publish()
-            if now - self._waited_at > 2 * RECHECK_S + 0.001:
-                self._waiting_since = now  # not a re-check: a new connection is waiting
-            if now - self._waiting_since < WAIT_S and fewer_elsewhere(held, _siblings.fewest(now)):
-                self._waited_at = now
-                self.stop_accepting()
-                self._timer = self.loop.timer(RECHECK_S)
-                self._timer.start(self._start_accepting_if_started)
-                return
+            if self._waiting_since is None or now - self._waiting_since < WAIT_S:
+                if fewer_elsewhere(held, _siblings.fewest(now)):
+                    if self._waiting_since is None:
+                        self._waiting_since = now
+                    self.stop_accepting()
+                    self._timer = self.loop.timer(RECHECK_S)
+                    self._timer.start(self._look_again)
+                    return
+        self._waiting_since = None
         super()._do_read()
+
+    def _look_again(self) -> None:
+        """After RECHECK_S: if the sibling took the connection, nothing waits any more; accept again
+        either way (a connection still waiting calls ``_do_read``, which may leave it once more)."""
+        if self._waiting_since is not None and not self.closed:
+            waiting = _poll()
+            waiting.register(self.socket.fileno(), POLLIN)
+            if not waiting.poll(0):
+                self._waiting_since = None
+        self._start_accepting_if_started()
 
 
 class GeventWorker(ggevent.GeventWorker):
@@ -161,7 +179,9 @@ class GeventWorker(ggevent.GeventWorker):
 
     def init_process(self) -> None:
         global _siblings
-        if _table is not None:
+        # With reuse_port each worker has a listening socket of its own: a connection left in it
+        # would only wait, no sibling can take it. One worker has no sibling.
+        if _table is not None and self.cfg.workers > 1 and not self.cfg.reuse_port:
             _siblings = Siblings(_table, self.age % _ENTRIES)
         self.wsgi_handler = self.handle  # what gunicorn gives server_class as its handler_class
         super().init_process()
@@ -169,4 +189,17 @@ class GeventWorker(ggevent.GeventWorker):
     def handle_exit(self, sig: Any, frame: Any) -> None:
         """SIGTERM: a graceful stop; streams must end before the grace period does."""
         stopping(self.cfg.graceful_timeout)
+        self._leave()
         super().handle_exit(sig, frame)
+
+    def handle_quit(self, sig: Any, frame: Any) -> None:
+        """SIGQUIT / SIGINT: a quick stop."""
+        self._leave()
+        super().handle_quit(sig, frame)
+
+    def _leave(self) -> None:
+        """Siblings stop leaving connections to this worker at once (it keeps accepting for up to
+        a second before gunicorn closes its listeners)."""
+        if _siblings is not None:
+            _siblings.leaving = True
+            _siblings.publish()
