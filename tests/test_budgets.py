@@ -383,26 +383,45 @@ def test_rerank_priced_per_search_unit_passes_under_a_budget(budgeted, upstream)
     assert spent(app) == pytest.approx(0.004) == ledger_cost(app)
 
 
-def test_a_forked_child_starts_with_nothing_deferred_and_no_lock_held(tmp_path):
+@pytest.mark.parametrize("greenlets", [False, True])
+def test_a_forked_child_starts_with_nothing_deferred_and_no_lock_held(tmp_path, greenlets):
     """gunicorn's preload_app forks workers from a process that may have counted: the child writes
-    none of the parent's counts, and a lock one of the parent's threads held does not hang it."""
+    none of the parent's counts, a lock one of the parent's threads held does not hang it, and in
+    a gevent worker (which patches threading after the fork) two greenlets counting at once do
+    not block the worker."""
     import os
 
     from aisix_flask.policy.limits import Limiter
     from aisix_flask.stores.spend import Charge, spend_store_for
 
     budgets = Budgets(spend_store_for(Limiter(f"sqlite:///{tmp_path}/rl.db").storage))
-    budgets.defer_s = 60  # the parent's count stays deferred
+    budgets.defer_s = 60  # counts stay deferred
     budgets._defer([Charge("key:parent:total", None, 5, None)])
-    budgets._lock.acquire()  # as if another thread of the parent were counting at the fork
+    counting, _ = budgets._locks
+    counting.acquire()  # as if another thread of the parent were counting at the fork
     pid = os.fork()
-    if pid == 0:  # the child: exit code 0 only if both hold
+    if pid == 0:  # the child: exit code 0 only if all of it holds
         try:
-            free = budgets._lock.acquire(timeout=2)
-            os._exit(0 if free and not budgets._deferred and budgets._timer is None else 1)
+            child = [Charge("key:child:total", None, 1, None)]
+            if greenlets:
+                import warnings
+
+                import gevent
+                from gevent import monkey
+
+                with warnings.catch_warnings():  # "patching after ssl was imported": as late as gunicorn
+                    warnings.simplefilter("ignore")
+                    monkey.patch_all()
+                done = gevent.joinall([gevent.spawn(budgets._defer, child) for _ in range(2)], timeout=3)
+                counted = len(done) == 2
+            else:
+                budgets._defer(child)
+                budgets._defer(child)
+                counted = True
+            os._exit(0 if counted and budgets._deferred == {"key:child:total": [2, None]} else 1)
         except BaseException:
             os._exit(2)
-    budgets._lock.release()
+    counting.release()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     budgets.flush()  # the parent still writes its own

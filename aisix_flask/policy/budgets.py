@@ -106,13 +106,20 @@ class Budgets:
         _OPEN.add(self)
 
     def _start_afresh(self) -> None:
-        """Nothing deferred and no lock held: at creation, and in a forked child (gunicorn's
-        preload_app), where the parent's counts are the parent's to write and a lock that one of
-        its threads held would never be released."""
-        self._lock = threading.Lock()
-        self._writing = threading.Lock()  # a flush is written whole before another (or exit) goes on
+        """Nothing deferred, and locks made at first use: at creation, and in a forked child
+        (gunicorn's preload_app). There the parent's counts are the parent's to write, a lock one
+        of its threads held would never be released, and gevent's worker patches threading only
+        after the fork: a lock made before then would block the whole worker."""
+        # (counting, writing): a flush is written whole before another (or exit) goes on
+        self._locks: tuple[threading.Lock, threading.Lock] | None = None
         self._deferred: dict[str, list] = {}  # counter → [nano-dollars, period end]
         self._timer: threading.Timer | None = None
+
+    def _locks_made(self) -> tuple[threading.Lock, threading.Lock]:
+        with _MAKING_LOCKS:
+            if self._locks is None:
+                self._locks = (threading.Lock(), threading.Lock())
+            return self._locks
 
     def reserve(self, scopes: Sequence[BudgetScope], amount_usd: float) -> Reservation:
         """Take ``amount_usd`` (0 when the price is known only afterwards) from every budget, or
@@ -169,8 +176,9 @@ class Budgets:
     def flush(self) -> None:
         """Write the deferred counts now (a timer does it within ``defer_s``; also at exit), and
         wait for a write already under way: what was counted is in the store when this returns."""
-        with self._writing:
-            with self._lock:
+        counting, writing = self._locks or self._locks_made()
+        with writing:
+            with counting:
                 deferred, self._deferred = self._deferred, {}
                 if self._timer is not None:
                     self._timer.cancel()
@@ -179,7 +187,8 @@ class Budgets:
                 self._add([Charge(key, None, amount, end) for key, (amount, end) in deferred.items()])
 
     def _defer(self, charges: list[Charge]) -> None:
-        with self._lock:
+        counting, _ = self._locks or self._locks_made()
+        with counting:
             for charge in charges:
                 held = self._deferred.setdefault(charge.key, [0, charge.period_end])
                 held[0] += charge.amount
@@ -223,6 +232,7 @@ class Budgets:
 
 
 _OPEN: weakref.WeakSet[Budgets] = weakref.WeakSet()
+_MAKING_LOCKS = threading.Lock()  # held for no more than making two locks: never across a switch
 
 
 @atexit.register
@@ -233,6 +243,8 @@ def _flush_all() -> None:
 
 
 def _after_fork() -> None:
+    global _MAKING_LOCKS
+    _MAKING_LOCKS = threading.Lock()
     for budgets in list(_OPEN):
         budgets._start_afresh()
 
