@@ -334,9 +334,10 @@ def main() -> None:
                 gw = start("gateway-default", None, None, {"AISIX_CONFIG": str(tmp / "uploads.yaml")})
                 if "edits" in only:
                     rows += edit_rows(plan, upstream, gw)
-                if "streams" in only:  # the floor: the bare proxy on the same workers (no extra args)
-                    bare_default = gunicorn("bench.bare_proxy:app", free_port(), None, None,
-                                            {"BARE_UPSTREAM": upstream}, tmp, "bare-default")  # fmt: skip
+                if "streams" in only:  # the floor: the bare proxy on the same workers as the gateway
+                    bare_env = {"BARE_UPSTREAM": upstream}
+                    bare_default = gunicorn("bench.bare_proxy:app", free_port(), None, None, bare_env, tmp,
+                                            "bare-default", extra)  # fmt: skip
                     servers.append(bare_default)
                     rows += stream_rows(plan, upstream, gw, bare_default)
                     stop(bare_default)

@@ -53,7 +53,7 @@ def plan_for(args: argparse.Namespace) -> Plan:
         return Plan(seconds=0.1, workers=2, threads=4, reload_wait_s=0, slow_connections=8,
                     slow_sleep_s=0.1, slow_seconds=0.2, slow_workers=1, slow_threads=8, sizes_mb=(1,),
                     edit_images=2, edit_image_bytes=256 * 1024, edit_connections=2,
-                    stream_connections=20, memory_streams=10, stream_seconds=0.1, stream_gap_s=0.005,
+                    stream_connections=20, memory_streams=10, stream_seconds=0.3, stream_gap_s=0.005,
                     fast_connections=2, fast_delay_s=0.1, fast_seconds=0.1, timeout_s=10,
                     smoke=True)  # fmt: skip
     return Plan(seconds=args.seconds, workers=args.workers, threads=args.threads, reload_wait_s=2.5,
