@@ -36,10 +36,11 @@ from gunicorn.workers import ggevent
 from . import stopping
 
 # A worker holding more connections than its least busy sibling by more than this leaves a new
-# connection to it, looking again every RECHECK_S and taking it itself once it has waited WAIT_S.
+# connection to it, looking again every RECHECK_S and taking it itself once it has waited WAIT_S
+# (in a burst the sibling may be in the middle of a loop turn of tens of milliseconds).
 SLACK = 4
 RECHECK_S = 0.002
-WAIT_S = 0.02
+WAIT_S = 0.1
 # Each worker writes its count when it accepts, and every BEAT_S; a count older than STALE_S is a
 # sibling that stopped, died or is stuck, and is left out.
 BEAT_S = 0.05
