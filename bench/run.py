@@ -317,10 +317,9 @@ def main() -> None:
             if only & {"slow", "large"}:
                 stop(gw)
             if "slow" in only:
-                # The floor for the slow scenario: the bare proxy (gthread: one thread per call).
-                bare_slow = gunicorn("bench.bare_proxy:app", free_port(), plan.slow_workers,
-                                     plan.slow_threads, {"BARE_UPSTREAM": upstream}, tmp,
-                                     "bare-slow")  # fmt: skip
+                # The floor for the slow scenario: the bare proxy on the gateway's workers.
+                bare_slow = gunicorn("bench.bare_proxy:app", free_port(), None, None,
+                                     {"BARE_UPSTREAM": upstream}, tmp, "bare-slow", extra)  # fmt: skip
                 servers.append(bare_slow)
                 b = measure(bare_slow.url + route, slow, n, plan.slow_seconds)
                 slow_row[4] += f"; bare proxy {b['p99'] / d_slow_p99:.2f} × direct"

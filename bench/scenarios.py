@@ -27,8 +27,6 @@ class Plan:
     slow_connections: int
     slow_sleep_s: float
     slow_seconds: float
-    slow_workers: int
-    slow_threads: int
     sizes_mb: tuple[int, ...]
     # The scenarios on the default gunicorn config (bench/aioload.py):
     edit_images: int  # files in one edit
@@ -51,13 +49,13 @@ def plan_for(args: argparse.Namespace) -> Plan:
         # No wait after a config edit: the smoke run's figures mean nothing, write_config has
         # checked that the gateway accepts the file, and live reloading has tests of its own.
         return Plan(seconds=0.1, workers=2, threads=4, reload_wait_s=0, slow_connections=8,
-                    slow_sleep_s=0.1, slow_seconds=0.2, slow_workers=1, slow_threads=8, sizes_mb=(1,),
+                    slow_sleep_s=0.1, slow_seconds=0.2, sizes_mb=(1,),
                     edit_images=2, edit_image_bytes=256 * 1024, edit_connections=2,
                     stream_connections=20, memory_streams=10, stream_seconds=0.3, stream_gap_s=0.005,
                     fast_connections=2, fast_delay_s=0.1, fast_seconds=0.1, timeout_s=10,
                     smoke=True)  # fmt: skip
     return Plan(seconds=args.seconds, workers=args.workers, threads=args.threads, reload_wait_s=2.5,
-                slow_connections=1000, slow_sleep_s=5, slow_seconds=12, slow_workers=4, slow_threads=256,
+                slow_connections=1000, slow_sleep_s=5, slow_seconds=12,
                 sizes_mb=(8, 32), edit_images=4, edit_image_bytes=4 * 1024 * 1024, edit_connections=4,
                 stream_connections=1000, memory_streams=100, stream_seconds=12, stream_gap_s=0.3,
                 fast_connections=8, fast_delay_s=2, fast_seconds=9, timeout_s=60)  # fmt: skip
