@@ -127,6 +127,21 @@ def test_backend_concurrency_slots(limiter):
     assert refused(limiter, scopes) == 1
 
 
+def test_backend_renewed_slots_outlive_their_first_lease(limiter):
+    """A stream's slots are leased and renewed: a renewed slot is still held past its first lease;
+    one already given back is not taken again by a late renewal."""
+    scopes = scope(concurrency=1)
+    running = limiter.admit(scopes, 0.3)
+    limiter.renew(running, 60)
+    time.sleep(0.5)  # past the first lease
+    assert refused(limiter, scopes) == 1
+    slots = list(running.slots)
+    limiter.release(running)
+    limiter.store.renew_all(slots, 60)  # a renewal that comes after the release
+    limiter.release(limiter.admit(scopes, 60))
+    limiter.renew(running, 60)  # nothing held: nothing to do
+
+
 def test_slot_counts_are_recounted_when_the_file_is_opened(tmp_path):
     """A file whose slots were written without their counts (an earlier version) is counted
     again when a process opens it: the slots held still hold."""

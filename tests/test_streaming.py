@@ -160,6 +160,31 @@ def test_a_caller_that_hangs_up_closes_the_upstream_at_once(streaming, fake):
     assert (row["status"], row["error_code"]) == (499, "client_disconnected")
 
 
+def test_a_streams_slot_is_leased_and_renewed_while_it_runs(make_app, tmp_path, fake, monkeypatch):
+    """The concurrency slot of a stream outlives its first lease (0.8 s here: 4 keep-alive
+    intervals) because the relay renews it; after the stream, the slot is free again."""
+    from aisix_flask.proxy import streaming
+
+    monkeypatch.setattr(streaming, "STREAM_SLOT_LEASE_S", 0.4)  # the lease: 4 x 0.2 s keep-alive
+    config = base_config(tmp_path, fake.url)
+    config["gateway"]["stream_keepalive_s"] = 0.2
+    chat_prod = next(m for m in config["models"] if m["display_name"] == "chat-prod")
+    chat_prod["rate_limit"] = {"concurrency": 1}
+    client = make_app(config).test_client()
+    started = time.monotonic()
+    stream = chat(client, "[gap:0.3][say:one two three four five six]")
+    pieces = iter(stream.response)
+    while time.monotonic() - started < 1.3:  # the relay runs (and renews) as the events are read
+        next(pieces)
+    hello = {"model": "chat-prod", "messages": [{"role": "user", "content": "hi"}]}
+    second = client.post(ROUTE, headers=auth(), json=hello)
+    rest = b"".join(pieces)  # the stream read to its end and closed before anything is asserted
+    stream.close()
+    assert_envelope(second, 429, "rate_limit_error", "rate_limit_exceeded")
+    assert b"[DONE]" in rest
+    assert client.post(ROUTE, headers=auth(), json=hello).status_code == 200
+
+
 def test_output_guardrails_end_the_stream_before_the_matching_chunk(streaming):
     app, client = streaming
     got = payloads(chat(client, "[say:the launch code is 1234]"))

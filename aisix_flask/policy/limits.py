@@ -169,6 +169,17 @@ class Limiter:
             log.error("rate-limit store %s failed to count %d tokens and to release slots "
                       "(they will expire): %s", without_credentials(self.url), tokens, e)  # fmt: skip
 
+    def renew(self, admission: Admission, ttl_s: float) -> None:
+        """A request still running keeps its concurrency slots for ``ttl_s`` more (a stream's
+        slots are leased, so that a worker that dies mid-stream does not hold them for long)."""
+        if not admission.slots:
+            return
+        try:
+            self.store.renew_all(admission.slots, ttl_s)
+        except _STORAGE_ERRORS as e:
+            log.error("rate-limit store %s failed to renew %d slots (they may expire before the "
+                      "stream ends): %s", without_credentials(self.url), len(admission.slots), e)  # fmt: skip
+
     def headers(self, scopes: Sequence[Scope]) -> dict[str, str]:
         """The rate-limit headers of a request that was not admitted (refused before step 10, or
         by a concurrency limit): the windows as they are, read one by one. Empty when the store

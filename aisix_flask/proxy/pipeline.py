@@ -36,7 +36,7 @@ from .multipart import read_form
 from .operation import Operation
 from .outcomes import Answer, interpret
 from .schema import validate
-from .streaming import STREAM_SLOT_TTL_S, refuse_idempotency_key, stream_response
+from .streaming import refuse_idempotency_key, stream_response, stream_slot_lease
 from .upstream import Timeout
 
 
@@ -216,7 +216,7 @@ def forward(call: Call, body: dict[str, Any]) -> Response:
 def stream(call: Call, body: dict[str, Any]) -> Response:
     """Steps 10 to 12 of a stream: the limits, the upstream call, its events relayed."""
     outgoing, hide_usage = call.operation.streaming.prepare(body)
-    admit(call, body, STREAM_SLOT_TTL_S)  # 10
+    admit(call, body, stream_slot_lease(call.registry.gateway.stream_keepalive_s))  # 10, slots leased
     opened = send(call, outgoing, streamed=True)  # 11
     if isinstance(opened, Answer):  # an upstream that answered JSON after all
         return answered(call, opened)

@@ -27,8 +27,17 @@ from .call import Call
 from .events import KEEPALIVE, CallerGone, Interrupted, ShuttingDown, Silent, StreamEnded, UpstreamEvents
 from .operation import Streaming
 
-# A stream holds its concurrency slots for as long as it runs; this long at most if its worker dies.
-STREAM_SLOT_TTL_S = 3600.0
+# A stream holds its concurrency slots for as long as it runs: leased for this long and renewed
+# every quarter of it while the stream runs, so a worker that dies mid-stream frees them soon.
+STREAM_SLOT_LEASE_S = 120.0
+
+
+def stream_slot_lease(keepalive_s: float) -> float:
+    """A stream's slot lease: long enough that the relay, which wakes at least every keep-alive
+    interval, renews it in time."""
+    return max(STREAM_SLOT_LEASE_S, 4 * keepalive_s)
+
+
 # Output guardrails look at the newest text and this much of what came before it, so that a match
 # split across chunks is found without scanning the whole answer again for every chunk.
 GUARD_OVERLAP = 1024
@@ -120,6 +129,8 @@ class Relay:
         self.ended = False  # nothing more is to be relayed
         self.failure: StreamEnded | GatewayError | None = None
         self._closed = False
+        self._lease = stream_slot_lease(call.registry.gateway.stream_keepalive_s)
+        self._renew_at = time.monotonic() + self._lease / 4
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -130,6 +141,9 @@ class Relay:
                     yield out
                 if self.ended:
                     return
+                if time.monotonic() >= self._renew_at:
+                    self._renew_at = time.monotonic() + self._lease / 4
+                    self.call.gateway.limiter.renew(self.call.admission, self._lease)
             if not self.complete:
                 raise Interrupted("the stream ended without its last event")
             self.ended = True

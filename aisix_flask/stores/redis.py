@@ -93,6 +93,19 @@ return 1
 )
 
 
+# KEYS: the slot sets. ARGV: the TTL (ms), then each slot's id. XX: a slot given back (or expired)
+# is not taken again.
+_REDIS_RENEW = """
+local t = redis.call('TIME')
+local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], 'XX', expires, ARGV[1 + i])
+  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+end
+return 1
+"""
+
+
 class RedisAdmissions(SingleSlots):
     """A whole admission in one script, and a request's end in another: slots and windows of every
     host that uses the same server. Same interface as the SQLite store's."""
@@ -102,6 +115,7 @@ class RedisAdmissions(SingleSlots):
         connection = storage.get_connection()
         self._admit = connection.register_script(_REDIS_ADMIT)
         self._finish = connection.register_script(_REDIS_FINISH_ADMISSION)
+        self._renew = connection.register_script(_REDIS_RENEW)
 
     def _window_keys(self, key: str) -> list[str]:
         current = self._storage.prefixed_key(f"{{{key}}}")
@@ -138,6 +152,11 @@ class RedisAdmissions(SingleSlots):
                 for i in range(0, len(counts), 4)
             )
         return ids, None
+
+    def renew_all(self, slots: list[tuple[str, str]], ttl_s: float) -> None:
+        """Give ``slots`` (key, id) ``ttl_s`` more from now; one already given back stays so."""
+        keys = [SLOT_PREFIX + key for key, _ in slots]
+        self._renew(keys=keys, args=[max(int(ttl_s * 1000), 1), *(slot for _, slot in slots)])
 
     def finish_all(self, slots: list[tuple[str, str]], counted: list[tuple[str, int, int]]) -> None:
         """Release ``slots`` and add to windows (``counted``: key, expiry, amount) at once."""

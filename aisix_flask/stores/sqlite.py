@@ -176,6 +176,15 @@ class SQLiteStorage(SQLiteFile, SingleSlots, Storage, SlidingWindowCounterSuppor
         """Release ``slots`` and add to windows (``counted``: key, expiry, amount) at once."""
         self._batched(_Batched(releases=slots, adds=counted))
 
+    def renew_all(self, slots: list[tuple[str, str]], ttl_s: float) -> None:
+        """Give ``slots`` (key, id) ``ttl_s`` more from now; one already given back stays so."""
+        expires_at = time.time() + ttl_s
+        with self._write() as db:
+            db.executemany(
+                "UPDATE slots SET expires_at = ? WHERE key = ? AND id = ?",
+                [(expires_at, key, slot) for key, slot in slots],
+            )
+
     # -- a whole admission in one transaction --
 
     def admit_all(
