@@ -390,6 +390,7 @@ def test_a_forked_child_starts_with_nothing_deferred_and_no_lock_held(tmp_path, 
     a gevent worker (which patches threading after the fork) two greenlets counting at once do
     not block the worker."""
     import os
+    import signal
 
     from aisix_flask.policy.limits import Limiter
     from aisix_flask.stores.spend import Charge, spend_store_for
@@ -401,6 +402,8 @@ def test_a_forked_child_starts_with_nothing_deferred_and_no_lock_held(tmp_path, 
     counting.acquire()  # as if another thread of the parent were counting at the fork
     pid = os.fork()
     if pid == 0:  # the child: exit code 0 only if all of it holds
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(10)  # a child that hangs is killed: the test fails instead of hanging
         try:
             child = [Charge("key:child:total", None, 1, None)]
             if greenlets:

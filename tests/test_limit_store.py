@@ -131,15 +131,19 @@ def test_backend_renewed_slots_outlive_their_first_lease(limiter):
     """A stream's slots are leased and renewed: a renewed slot is still held past its first lease;
     one already given back is not taken again by a late renewal."""
     scopes = scope(concurrency=1)
-    running = limiter.admit(scopes, 0.3)
-    limiter.renew(running, 60)
-    time.sleep(0.5)  # past the first lease
+    running = limiter.admit(scopes, 1)
+    assert limiter.store.renew_all(running.slots, 60) == 1
+    time.sleep(1.2)  # past the first lease
     assert refused(limiter, scopes) == 1
     slots = list(running.slots)
     limiter.release(running)
-    limiter.store.renew_all(slots, 60)  # a renewal that comes after the release
+    assert limiter.store.renew_all(slots, 60) == 0  # a renewal that comes after the release
     limiter.release(limiter.admit(scopes, 60))
     limiter.renew(running, 60)  # nothing held: nothing to do
+    lapsed = limiter.admit(scopes, 0.2)
+    time.sleep(0.3)
+    assert limiter.store.renew_all(lapsed.slots, 60) == 0  # past its time: not taken again
+    limiter.admit(scopes, 60)
 
 
 def test_slot_counts_are_recounted_when_the_file_is_opened(tmp_path):

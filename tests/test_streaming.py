@@ -161,20 +161,22 @@ def test_a_caller_that_hangs_up_closes_the_upstream_at_once(streaming, fake):
 
 
 def test_a_streams_slot_is_leased_and_renewed_while_it_runs(make_app, tmp_path, fake, monkeypatch):
-    """The concurrency slot of a stream outlives its first lease (0.8 s here: 4 keep-alive
-    intervals) because the relay renews it; after the stream, the slot is free again."""
+    """The concurrency slot of a stream outlives its first lease (1.7 s here: connect 0.3 s + read
+    1 s + two 0.2 s keep-alive intervals) because the relay renews it; after the stream, the slot
+    is free again."""
     from aisix_flask.proxy import streaming
 
-    monkeypatch.setattr(streaming, "STREAM_SLOT_LEASE_S", 0.4)  # the lease: 4 x 0.2 s keep-alive
+    monkeypatch.setattr(streaming, "STREAM_SLOT_LEASE_S", 0.4)
     config = base_config(tmp_path, fake.url)
     config["gateway"]["stream_keepalive_s"] = 0.2
+    config["gateway"]["upstream"] = {"connect_timeout_s": 0.3, "timeout_s": 1.0}
     chat_prod = next(m for m in config["models"] if m["display_name"] == "chat-prod")
     chat_prod["rate_limit"] = {"concurrency": 1}
     client = make_app(config).test_client()
     started = time.monotonic()
-    stream = chat(client, "[gap:0.3][say:one two three four five six]")
+    stream = chat(client, "[gap:0.3][say:one two three four five six seven eight nine ten]")
     pieces = iter(stream.response)
-    while time.monotonic() - started < 1.3:  # the relay runs (and renews) as the events are read
+    while time.monotonic() - started < 2.3:  # the relay runs (and renews) as the events are read
         next(pieces)
     hello = {"model": "chat-prod", "messages": [{"role": "user", "content": "hi"}]}
     second = client.post(ROUTE, headers=auth(), json=hello)
@@ -183,6 +185,17 @@ def test_a_streams_slot_is_leased_and_renewed_while_it_runs(make_app, tmp_path, 
     assert_envelope(second, 429, "rate_limit_error", "rate_limit_exceeded")
     assert b"[DONE]" in rest
     assert client.post(ROUTE, headers=auth(), json=hello).status_code == 200
+
+
+def test_a_streams_lease_covers_the_wait_for_the_upstreams_headers():
+    """Renewal starts once the relay runs: until then the upstream may take the connect and read
+    timeouts, and a write to a slow caller may block for the read timeout."""
+    from aisix_flask.proxy.streaming import stream_slot_lease
+    from aisix_flask.proxy.upstream import Timeout
+
+    assert stream_slot_lease(15, Timeout(5, 300)) == 5 + 300 + 30
+    assert stream_slot_lease(15, Timeout(1, 10)) == 120  # at least two minutes
+    assert stream_slot_lease(60, Timeout(1, 10)) == 240  # four keep-alive intervals
 
 
 def test_output_guardrails_end_the_stream_before_the_matching_chunk(streaming):

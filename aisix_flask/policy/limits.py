@@ -175,10 +175,15 @@ class Limiter:
         if not admission.slots:
             return
         try:
-            self.store.renew_all(admission.slots, ttl_s)
-        except _STORAGE_ERRORS as e:
+            renewed = self.store.renew_all(admission.slots, ttl_s)
+        except (*_STORAGE_ERRORS, OSError) as e:
             log.error("rate-limit store %s failed to renew %d slots (they may expire before the "
                       "stream ends): %s", without_credentials(self.url), len(admission.slots), e)  # fmt: skip
+            return
+        if renewed < len(admission.slots):
+            log.warning("%d of a running stream's %d concurrency slots had expired: until it ends it "
+                        "is not counted against its limits", len(admission.slots) - renewed,
+                        len(admission.slots))  # fmt: skip
 
     def headers(self, scopes: Sequence[Scope]) -> dict[str, str]:
         """The rate-limit headers of a request that was not admitted (refused before step 10, or

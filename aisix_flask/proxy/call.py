@@ -42,6 +42,7 @@ class Call:
         self.route: Route | None = None
         self.timeout: Timeout | None = None
         self.admission = Admission()
+        self.slot_lease: tuple[float, float] | None = None  # a stream's: (leased at, for seconds)
         self.reservation = Reservation()
         self.price_before: float | None = None  # what it costs, where known before the call
         self.priced = False  # the upstream answered 2xx: what it reported has a cost

@@ -216,7 +216,9 @@ def forward(call: Call, body: dict[str, Any]) -> Response:
 def stream(call: Call, body: dict[str, Any]) -> Response:
     """Steps 10 to 12 of a stream: the limits, the upstream call, its events relayed."""
     outgoing, hide_usage = call.operation.streaming.prepare(body)
-    admit(call, body, stream_slot_lease(call.registry.gateway.stream_keepalive_s))  # 10, slots leased
+    lease = stream_slot_lease(call.registry.gateway.stream_keepalive_s, call.timeout)
+    call.slot_lease = (time.monotonic(), lease)  # the relay renews it from here
+    admit(call, body, lease)  # 10
     opened = send(call, outgoing, streamed=True)  # 11
     if isinstance(opened, Answer):  # an upstream that answered JSON after all
         return answered(call, opened)

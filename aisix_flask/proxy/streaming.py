@@ -26,16 +26,19 @@ from ..policy.idempotency import HEADER as IDEMPOTENCY_HEADER
 from .call import Call
 from .events import KEEPALIVE, CallerGone, Interrupted, ShuttingDown, Silent, StreamEnded, UpstreamEvents
 from .operation import Streaming
+from .upstream import Timeout
 
-# A stream holds its concurrency slots for as long as it runs: leased for this long and renewed
-# every quarter of it while the stream runs, so a worker that dies mid-stream frees them soon.
+# A stream holds its concurrency slots for as long as it runs: leased (at least this long) and
+# renewed every quarter of the lease while the stream runs, so a worker that dies mid-stream frees
+# them within one lease.
 STREAM_SLOT_LEASE_S = 120.0
 
 
-def stream_slot_lease(keepalive_s: float) -> float:
-    """A stream's slot lease: long enough that the relay, which wakes at least every keep-alive
-    interval, renews it in time."""
-    return max(STREAM_SLOT_LEASE_S, 4 * keepalive_s)
+def stream_slot_lease(keepalive_s: float, timeout: Timeout) -> float:
+    """A stream's slot lease. The relay renews it when it wakes, at least every keep-alive
+    interval once the stream runs; before that the upstream may take the connect timeout and the
+    read timeout to send its headers, and a write to a slow caller may block for the read timeout."""
+    return max(STREAM_SLOT_LEASE_S, 4 * keepalive_s, timeout.connect_s + timeout.read_s + 2 * keepalive_s)
 
 
 # Output guardrails look at the newest text and this much of what came before it, so that a match
@@ -129,8 +132,8 @@ class Relay:
         self.ended = False  # nothing more is to be relayed
         self.failure: StreamEnded | GatewayError | None = None
         self._closed = False
-        self._lease = stream_slot_lease(call.registry.gateway.stream_keepalive_s)
-        self._renew_at = time.monotonic() + self._lease / 4
+        leased_at, self._lease = call.slot_lease or (time.monotonic(), STREAM_SLOT_LEASE_S)
+        self._renew_at = leased_at + self._lease / 4
 
     def __iter__(self) -> Iterator[bytes]:
         try:

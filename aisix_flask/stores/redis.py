@@ -93,16 +93,21 @@ return 1
 )
 
 
-# KEYS: the slot sets. ARGV: the TTL (ms), then each slot's id. XX: a slot given back (or expired)
-# is not taken again.
+# KEYS: the slot sets. ARGV: the TTL (ms), then each slot's id. Returns how many were still held:
+# a slot given back, or past its time, is not taken again.
 _REDIS_RENEW = """
 local t = redis.call('TIME')
-local expires = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local renewed = 0
 for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], 'XX', expires, ARGV[1 + i])
-  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+  local held = redis.call('ZSCORE', KEYS[i], ARGV[1 + i])
+  if held and tonumber(held) > now then
+    redis.call('ZADD', KEYS[i], 'XX', now + tonumber(ARGV[1]), ARGV[1 + i])
+    if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+    renewed = renewed + 1
+  end
 end
-return 1
+return renewed
 """
 
 
@@ -153,10 +158,10 @@ class RedisAdmissions(SingleSlots):
             )
         return ids, None
 
-    def renew_all(self, slots: list[tuple[str, str]], ttl_s: float) -> None:
-        """Give ``slots`` (key, id) ``ttl_s`` more from now; one already given back stays so."""
+    def renew_all(self, slots: list[tuple[str, str]], ttl_s: float) -> int:
+        """See ``SQLiteStorage.renew_all``."""
         keys = [SLOT_PREFIX + key for key, _ in slots]
-        self._renew(keys=keys, args=[max(int(ttl_s * 1000), 1), *(slot for _, slot in slots)])
+        return int(self._renew(keys=keys, args=[max(int(ttl_s * 1000), 1), *(slot for _, slot in slots)]))
 
     def finish_all(self, slots: list[tuple[str, str]], counted: list[tuple[str, int, int]]) -> None:
         """Release ``slots`` and add to windows (``counted``: key, expiry, amount) at once."""

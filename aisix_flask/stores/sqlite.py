@@ -176,14 +176,15 @@ class SQLiteStorage(SQLiteFile, SingleSlots, Storage, SlidingWindowCounterSuppor
         """Release ``slots`` and add to windows (``counted``: key, expiry, amount) at once."""
         self._batched(_Batched(releases=slots, adds=counted))
 
-    def renew_all(self, slots: list[tuple[str, str]], ttl_s: float) -> None:
-        """Give ``slots`` (key, id) ``ttl_s`` more from now; one already given back stays so."""
-        expires_at = time.time() + ttl_s
+    def renew_all(self, slots: list[tuple[str, str]], ttl_s: float) -> int:
+        """Give ``slots`` (key, id) ``ttl_s`` more from now; how many were still held (one given
+        back, or past its time, is not taken again)."""
+        now = time.time()
         with self._write() as db:
-            db.executemany(
-                "UPDATE slots SET expires_at = ? WHERE key = ? AND id = ?",
-                [(expires_at, key, slot) for key, slot in slots],
-            )
+            return db.executemany(
+                "UPDATE slots SET expires_at = ? WHERE key = ? AND id = ? AND expires_at > ?",
+                [(now + ttl_s, key, slot, now) for key, slot in slots],
+            ).rowcount
 
     # -- a whole admission in one transaction --
 

@@ -142,6 +142,8 @@ class BalancedServer(StreamServer):
         if _siblings is not None:
             now = time.monotonic()
             held = _siblings.publish()
+            if self._waiting_since is not None and now - self._waiting_since > STALE_S:
+                self._waiting_since = None  # that one was taken by a sibling after the last look
             if self._waiting_since is None or now - self._waiting_since < WAIT_S:
                 if fewer_elsewhere(held, _siblings.fewest(now)):
                     if self._waiting_since is None:
