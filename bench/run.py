@@ -114,7 +114,7 @@ BREAKDOWN = [
 ]
 
 
-REDIS_STORE = "redis://127.0.0.1:6379/15"
+REDIS_STORE = "redis://127.0.0.1:6379/10"  # a database no test uses
 
 
 def write_config(path: Path, text: str) -> None:
