@@ -76,10 +76,7 @@ class ChatCompletionSchema(Schema):
 def read_messages(body: dict[str, Any]) -> list[str]:
     """Every message's text, every role: string content, the ``text`` of text parts, a refusal,
     and the arguments of each tool call (and of a legacy ``function_call``)."""
-    texts: list[str] = []
-    for message in body["messages"]:
-        _with_texts(message, lambda text: texts.append(text) or text)
-    return texts
+    return [text for message in body["messages"] for text in _texts_in(message)]
 
 
 def write_messages(body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
@@ -87,6 +84,13 @@ def write_messages(body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
     replacements = iter(texts)
     messages = [_with_texts(message, lambda _: next(replacements)) for message in body["messages"]]
     return {**body, "messages": messages}
+
+
+def _texts_in(message: dict[str, Any]) -> list[str]:
+    """A message's texts, in the order ``_with_texts`` passes them."""
+    texts: list[str] = []
+    _with_texts(message, lambda text: texts.append(text) or text)
+    return texts
 
 
 def _with_texts(message: dict[str, Any], replace: Callable[[str], str]) -> dict[str, Any]:
@@ -158,12 +162,12 @@ def answer_text(document: dict[str, Any]) -> list[str]:
     """The assistant's text in a (non-streamed) answer: every choice's message content, refusal
     and tool-call arguments."""
     choices = document.get("choices")
-    texts: list[str] = []
-    for choice in choices if isinstance(choices, list) else []:
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict):
-            _with_texts(message, lambda text: texts.append(text) or text)
-    return texts
+    messages = (
+        [choice.get("message") for choice in choices if isinstance(choice, dict)]
+        if isinstance(choices, list)
+        else []
+    )
+    return [text for message in messages if isinstance(message, dict) for text in _texts_in(message)]
 
 
 def ask_for_usage(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:

@@ -132,7 +132,7 @@ class Relay:
         self.ended = False  # nothing more is to be relayed
         self.failure: StreamEnded | GatewayError | None = None
         self._closed = False
-        leased_at, self._lease = call.slot_lease or (time.monotonic(), STREAM_SLOT_LEASE_S)
+        leased_at, self._lease = call.slot_lease  # pipeline.stream leased the slots
         self._renew_at = leased_at + self._lease / 4
 
     def __iter__(self) -> Iterator[bytes]:

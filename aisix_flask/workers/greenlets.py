@@ -145,7 +145,8 @@ class BalancedServer(StreamServer):
             if self._waiting_since is not None and now - self._waiting_since > STALE_S:
                 self._waiting_since = None  # that one was taken by a sibling after the last look
             if self._waiting_since is None or now - self._waiting_since < WAIT_S:
-                if fewer_elsewhere(held, _siblings.fewest(now)):
+                # (holding no more than SLACK, no sibling can hold few enough: no need to look)
+                if held > SLACK and fewer_elsewhere(held, _siblings.fewest(now)):
                     if self._waiting_since is None:
                         self._waiting_since = now
                     self.stop_accepting()
