@@ -28,13 +28,12 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from run import KEY, gateway_config  # noqa: E402
 
 from aisix_flask import create_app, metrics  # noqa: E402
 from aisix_flask.proxy import pipeline  # noqa: E402
 from aisix_flask.usage import ledger  # noqa: E402
+from bench.config import gateway_config  # noqa: E402
+from bench.harness import KEY  # noqa: E402
 from tests.serving import free_port  # noqa: E402
 
 spent: dict[str, float] = defaultdict(float)
