@@ -8,64 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aisix_flask.gateway import Gateway
-from aisix_flask.policy.budgets import Budgets, counter, period
+from aisix_flask.policy.budgets import Budgets, period
 
+from .budgeting import PER_IMAGE, chat, image, images_answer, ledger_cost, spent
 from .conftest import ADMIN_KEY, CHAT_URL, IMAGES_URL, RERANK_URL, assert_envelope, auth, write_config
-
-PER_IMAGE = {"per_image": {"1024x1024": {"standard": 0.04, "hd": 0.08}},
-             "defaults": {"size": "1024x1024", "quality": "standard"}}  # fmt: skip
-PER_TOKEN = {"per_million_tokens": {"input": 1000.0, "output": 2000.0}}  # 0.001 / 0.002 USD a token
-
-
-@pytest.fixture
-def budgeted(make_app, config, tmp_path, monkeypatch):
-    """An app with priced dalle (per image) and chat-prod (per token) and a way to set budgets."""
-    monkeypatch.setattr(Gateway, "settle_s", 0.0)
-    monkeypatch.setattr(Gateway, "watch_interval_s", 0.05)
-    config["models"][1]["pricing"] = PER_IMAGE  # dalle
-    config["models"][7]["pricing"] = PER_TOKEN  # chat-prod
-
-    def make(key=None, dalle=None, chat=None):
-        if key:
-            config["api_keys"][0]["budget"] = key
-        if dalle:
-            config["models"][1]["budget"] = dalle
-        if chat:
-            config["models"][7]["budget"] = chat
-        app = make_app(config)
-        return app, app.test_client()
-
-    make.config = config
-    return make
-
-
-def image(client, n=1, quality=None, model="dalle"):
-    body = {"model": model, "prompt": "p", "n": n, **({"quality": quality} if quality else {})}
-    return client.post("/v1/images/generations", headers=auth(), json=body)
-
-
-def chat(client, model="chat-prod"):
-    return client.post(
-        "/v1/chat/completions",
-        headers=auth(),
-        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
-    )
-
-
-def images_answer(upstream, n):
-    upstream.post(IMAGES_URL, json={"created": 1, "data": [{"url": f"u{i}"} for i in range(n)]})
-
-
-def ledger_cost(app) -> float:
-    ledger = app.extensions["aisix"].ledger
-    assert ledger.flush(10)
-    return sum(r["cost_usd"] or 0 for r in ledger.query(limit=1000))
-
-
-def spent(app, scope="key", name="dev") -> float:
-    r = app.test_client().get("/admin/v1/budgets", headers=auth(ADMIN_KEY))
-    return next(b["spent"] for b in r.get_json()["data"] if (b["scope"], b["name"]) == (scope, name))
 
 
 def test_a_per_image_request_that_would_pass_the_budget_is_refused_up_front(budgeted, upstream):
@@ -321,49 +267,6 @@ def test_token_prices_must_cover_what_the_route_reports_under_a_budget(budgeted,
         assert r.status_code == 200 and spent(app, "model", "chat-prod") == pytest.approx(13e-6)
 
 
-def test_requests_under_no_budget_are_counted_a_few_at_a_time(budgeted, upstream, monkeypatch):
-    """Without a budget, a request's spend waits up to defer_s to be written with the others' (one
-    store write for many requests); under a budget it is written when the request ends."""
-    app, client = budgeted(chat={"usd": 1, "period": "day"})
-    budgets = app.extensions["aisix"].budgets
-    writes = []
-    add = budgets.store.add
-    monkeypatch.setattr(budgets.store, "add", lambda charges: (writes.append(charges), add(charges)))
-    for _ in range(5):
-        images_answer(upstream, 1)
-        assert image(client).status_code == 200  # dalle, key 'dev': no budget
-    assert writes == []
-    time.sleep(Budgets.defer_s * 4)
-    assert len(writes) == 1 and spent(app, "model", "chat-prod") == 0
-    assert {c.key: c.amount for c in writes[0]}[
-        f"key:dev:{period('day', datetime.now(UTC))[0]}"
-    ] == 5 * 40_000_000
-    upstream.post(CHAT_URL, json={"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
-    assert chat(client).status_code == 200  # chat-prod has a budget: written at once
-    assert len(writes) == 2 and spent(app, "model", "chat-prod") == pytest.approx(0.013)
-    assert ledger_cost(app) == pytest.approx(0.2 + 0.013)
-
-
-def test_a_flush_waits_for_a_write_already_under_way(budgeted, upstream, monkeypatch):
-    """At exit (or for the admin API) a flush returns once what was counted is in the store, also
-    when the timer's write of it is still running."""
-    app, client = budgeted()
-    budgets = app.extensions["aisix"].budgets
-    add = budgets.store.add
-
-    def slow(charges):
-        time.sleep(0.3)
-        add(charges)
-
-    monkeypatch.setattr(budgets.store, "add", slow)
-    images_answer(upstream, 1)
-    assert image(client).status_code == 200
-    time.sleep(Budgets.defer_s * 3)  # the timer has taken the counts and is writing them
-    budgets.flush()
-    day = counter("key", "dev", period("day", datetime.now(UTC))[0])
-    assert budgets.store.spent([day]) == {day: 40_000_000}
-
-
 def test_a_search_unit_price_prices_rerank_only_under_a_budget(budgeted, upstream):
     """A chat model priced per search unit would count nothing (chat reports tokens): refused."""
     budgeted.config["models"][7]["pricing"] = {"per_search_unit": 0.002}
@@ -381,51 +284,3 @@ def test_rerank_priced_per_search_unit_passes_under_a_budget(budgeted, upstream)
     body = {"model": "reranker", "query": "q", "documents": ["a"]}
     assert client.post("/v1/rerank", headers=auth(), json=body).status_code == 200
     assert spent(app) == pytest.approx(0.004) == ledger_cost(app)
-
-
-@pytest.mark.parametrize("greenlets", [False, True])
-def test_a_forked_child_starts_with_nothing_deferred_and_no_lock_held(tmp_path, greenlets):
-    """gunicorn's preload_app forks workers from a process that may have counted: the child writes
-    none of the parent's counts, a lock one of the parent's threads held does not hang it, and in
-    a gevent worker (which patches threading after the fork) two greenlets counting at once do
-    not block the worker."""
-    import os
-    import signal
-
-    from aisix_flask.policy.limits import Limiter
-    from aisix_flask.stores.spend import Charge, spend_store_for
-
-    budgets = Budgets(spend_store_for(Limiter(f"sqlite:///{tmp_path}/rl.db").storage))
-    budgets.defer_s = 60  # counts stay deferred
-    budgets._defer([Charge("key:parent:total", None, 5, None)])
-    counting, _ = budgets._locks
-    counting.acquire()  # as if another thread of the parent were counting at the fork
-    pid = os.fork()
-    if pid == 0:  # the child: exit code 0 only if all of it holds
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(10)  # a child that hangs is killed: the test fails instead of hanging
-        try:
-            child = [Charge("key:child:total", None, 1, None)]
-            if greenlets:
-                import warnings
-
-                import gevent
-                from gevent import monkey
-
-                with warnings.catch_warnings():  # "patching after ssl was imported": as late as gunicorn
-                    warnings.simplefilter("ignore")
-                    monkey.patch_all()
-                done = gevent.joinall([gevent.spawn(budgets._defer, child) for _ in range(2)], timeout=3)
-                counted = len(done) == 2
-            else:
-                budgets._defer(child)
-                budgets._defer(child)
-                counted = True
-            os._exit(0 if counted and budgets._deferred == {"key:child:total": [2, None]} else 1)
-        except BaseException:
-            os._exit(2)
-    counting.release()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    budgets.flush()  # the parent still writes its own
-    assert budgets.store.spent(["key:parent:total"]) == {"key:parent:total": 5}
