@@ -1,6 +1,11 @@
-"""What the budget tests share: the prices they set, and requests and figures they read."""
+"""What the budget tests share (a pytest plugin, see conftest.py): the ``budgeted`` app, the
+prices it sets, and requests and figures they read."""
 
 from __future__ import annotations
+
+import pytest
+
+from aisix_flask.gateway import Gateway
 
 from .conftest import ADMIN_KEY, IMAGES_URL, auth
 
@@ -35,3 +40,26 @@ def ledger_cost(app) -> float:
 def spent(app, scope="key", name="dev") -> float:
     r = app.test_client().get("/admin/v1/budgets", headers=auth(ADMIN_KEY))
     return next(b["spent"] for b in r.get_json()["data"] if (b["scope"], b["name"]) == (scope, name))
+
+
+@pytest.fixture
+def budgeted(make_app, config, tmp_path, monkeypatch):
+    """An app with priced dalle (per image) and chat-prod (per token) and a way to set budgets
+    (tests/test_budgets.py, tests/test_spend_counting.py)."""
+    monkeypatch.setattr(Gateway, "settle_s", 0.0)
+    monkeypatch.setattr(Gateway, "watch_interval_s", 0.05)
+    config["models"][1]["pricing"] = PER_IMAGE  # dalle
+    config["models"][7]["pricing"] = PER_TOKEN  # chat-prod
+
+    def make(key=None, dalle=None, chat=None):
+        if key:
+            config["api_keys"][0]["budget"] = key
+        if dalle:
+            config["models"][1]["budget"] = dalle
+        if chat:
+            config["models"][7]["budget"] = chat
+        app = make_app(config)
+        return app, app.test_client()
+
+    make.config = config
+    return make

@@ -20,6 +20,9 @@ from aisix_flask import create_app
 
 from .fake_upstream import FakeOpenAI
 
+# Fixtures that live beside the helpers of the tests that share them.
+pytest_plugins = ["tests.budgeting", "tests.streams"]
+
 UPSTREAM = "https://upstream.test/v1"
 IMAGES_URL = f"{UPSTREAM}/images/generations"
 CHAT_URL = f"{UPSTREAM}/chat/completions"
@@ -316,30 +319,3 @@ def assert_no_secret(response):
     text = response.get_data(as_text=True) + json.dumps(dict(response.headers))
     for secret in SECRETS:
         assert secret not in text
-
-
-@pytest.fixture
-def budgeted(make_app, config, tmp_path, monkeypatch):
-    """An app with priced dalle (per image) and chat-prod (per token) and a way to set budgets
-    (tests/test_budgets.py, tests/test_spend_counting.py)."""
-    from aisix_flask.gateway import Gateway
-
-    from .budgeting import PER_IMAGE, PER_TOKEN
-
-    monkeypatch.setattr(Gateway, "settle_s", 0.0)
-    monkeypatch.setattr(Gateway, "watch_interval_s", 0.05)
-    config["models"][1]["pricing"] = PER_IMAGE  # dalle
-    config["models"][7]["pricing"] = PER_TOKEN  # chat-prod
-
-    def make(key=None, dalle=None, chat=None):
-        if key:
-            config["api_keys"][0]["budget"] = key
-        if dalle:
-            config["models"][1]["budget"] = dalle
-        if chat:
-            config["models"][7]["budget"] = chat
-        app = make_app(config)
-        return app, app.test_client()
-
-    make.config = config
-    return make

@@ -6,66 +6,9 @@ import json
 import time
 
 import pytest
-import requests
 
 from .conftest import CALLER_KEY, assert_envelope, auth, base_config
-
-ROUTE = "/v1/chat/completions"
-
-
-@pytest.fixture
-def streaming(make_app, tmp_path, fake):
-    """An app whose upstream is the fake; returns (app, client), the fake's calls forgotten."""
-    requests.delete(f"{fake.url.removesuffix('/v1')}/_calls", timeout=5)
-    config = base_config(tmp_path, fake.url)
-    config["gateway"]["stream_keepalive_s"] = 0.2
-    for alias, upstream_model in (("quick-chat", "gpt-4o-mini"), ("quick-image", "gpt-image-1")):
-        quick = {"display_name": alias, "provider": "openai", "provider_key": "openai-main", "timeout_s": 1.0}
-        config["models"].append({**quick, "model_name": upstream_model})
-    config["guardrails"].append(
-        {
-            "name": "no-launch-codes",
-            "kind": "keyword",
-            "hook_point": "output",
-            "patterns": [{"kind": "literal", "value": "launch code"}],
-        }  # fmt: skip
-    )
-    app = make_app(config)
-    return app, app.test_client()
-
-
-def chat(client, text: str, model: str = "chat-prod", **extra):
-    body = {"model": model, "messages": [{"role": "user", "content": text}], "stream": True, **extra}
-    return client.post(ROUTE, headers=auth(), json=body, buffered=False)
-
-
-def events(response) -> list[bytes]:
-    """The answer's events, each as sent (blank line included)."""
-    data = b"".join(response.response)
-    response.close()
-    return [e + b"\n\n" for e in data.split(b"\n\n") if e]
-
-
-def payloads(response) -> list:
-    """Each event's data: "[DONE]", or its JSON."""
-    out = []
-    for event in events(response):
-        for line in event.splitlines():
-            if line.startswith(b"data: "):
-                data = line[6:].decode()
-                out.append(data if data == "[DONE]" else json.loads(data))
-    return out
-
-
-def ledger_row(app) -> dict:
-    ledger = app.extensions["aisix"].ledger
-    assert ledger.flush(10)
-    [row] = ledger.query()
-    return row
-
-
-def fake_calls(fake) -> list[dict]:
-    return requests.get(f"{fake.url.removesuffix('/v1')}/_calls", timeout=5).json()
+from .streams import ROUTE, chat, events, fake_calls, ledger_row, payloads
 
 
 def test_a_stream_is_relayed_with_usage_asked_for_and_not_shown(streaming, fake):
@@ -288,45 +231,6 @@ def test_a_stream_releases_its_concurrency_slot_when_it_ends(make_app, tmp_path,
     assert CALLER_KEY not in json.dumps(fake_calls(fake))
 
 
-def images(client, prompt: str, **extra):
-    body = {"model": "image-prod", "prompt": prompt, "stream": True, **extra}
-    return client.post("/v1/images/generations", headers=auth(), json=body, buffered=False)
-
-
-def test_an_image_stream_relays_partials_then_the_completed_image(streaming):
-    app, client = streaming
-    sent = events(images(client, "a fox", partial_images=2))
-    kinds = [e.split(b"\n")[0] for e in sent]
-    assert kinds == [b"event: image_generation.partial_image"] * 2 + [b"event: image_generation.completed"]
-    row = ledger_row(app)
-    assert (row["status"], row["images"], row["total_tokens"], row["input_text_tokens"]) == (200, 1, 284, 12)
-
-
-def test_a_cut_image_stream_ends_with_an_error_event(streaming):
-    app, client = streaming
-    got = payloads(images(client, "[cut:1] a fox", partial_images=3))
-    assert got[0]["type"] == "image_generation.partial_image"
-    assert got[-1]["error"]["code"] == "upstream_stream_interrupted"
-    row = ledger_row(app)
-    assert (row["status"], row["images"], row["error_code"]) == (502, 0, "upstream_stream_interrupted")
-
-
-def test_a_silent_image_stream_gets_keep_alives(streaming, make_app, tmp_path, fake):
-    app, client = streaming
-    sent = events(images(client, "[silent:1] a fox", partial_images=2, model="quick-image"))
-    assert sent.count(b": keep-alive\n\n") >= 2 and b"upstream_timeout" in sent[-1]
-
-
-def test_an_image_stream_is_priced_from_its_completed_event(make_app, tmp_path, fake):
-    config = base_config(tmp_path, fake.url)
-    config["models"][0]["pricing"] = {
-        "per_million_tokens": {"input_text": 5, "input_image": 10, "output_image": 40}
-    }
-    app = make_app(config)
-    events(images(app.test_client(), "a fox", partial_images=1))
-    assert ledger_row(app)["cost_usd"] == pytest.approx((12 * 5 + 272 * 40) / 1e6)
-
-
 @pytest.mark.parametrize("framing", ["[close]", "[http10]", "[deflate]", "[close][deflate]"])
 def test_streams_framed_or_coded_otherwise_are_relayed(streaming, framing):
     """Connection: close (http.client then hands the socket to the response), a body that ends at the
@@ -372,15 +276,3 @@ def test_a_clean_stream_gives_its_connection_back_and_a_cut_one_does_not(streami
         events(chat(client, text))
     ports = [call["port"] for call in fake_calls(fake)]
     assert ports[0] == ports[1] == ports[2] != ports[3]
-
-
-def test_a_cut_image_stream_costs_the_images_asked_for_at_a_per_image_price(make_app, tmp_path, fake):
-    """Cut before its completed event: the upstream may have made (and billed) the images, so with a
-    per-image price the row costs what was asked for; with a token price nothing is guessed."""
-    config = base_config(tmp_path, fake.url)
-    config["models"][0]["pricing"] = {"per_image": {"1024x1024": {"low": 0.01}}}
-    config["models"][0]["pricing"]["defaults"] = {"size": "1024x1024", "quality": "low"}
-    app = make_app(config)
-    events(images(app.test_client(), "[cut:1] a fox", partial_images=2, n=2))
-    row = ledger_row(app)
-    assert (row["status"], row["images"], row["cost_usd"]) == (502, 0, pytest.approx(0.02))
