@@ -8,7 +8,7 @@ import pytest
 
 from aisix_flask import create_app
 from aisix_flask.config import ConfigError, hash_key, load_config
-from aisix_flask.proxy.adapters import endpoint_url
+from aisix_flask.proxy.endpoints import endpoint_url
 
 from .conftest import CALLER_KEY, base_config, sha, write_config
 

@@ -165,3 +165,9 @@ def test_masking_runs_before_later_guardrails(make_app, config, upstream):
     app = make_app(config)
     upstream.post(IMAGES_URL, json={"created": 1, "data": [{"url": "u"}]})
     assert send(app, "for jane@example.com").status_code == 200
+
+
+def test_the_config_names_exactly_the_builtin_detectors():
+    from aisix_flask.config.resources import PII_DETECTORS
+
+    assert pii.NAMES == PII_DETECTORS

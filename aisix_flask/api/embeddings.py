@@ -8,10 +8,11 @@ from flask import Blueprint, Response
 from marshmallow import INCLUDE, Schema, fields
 from marshmallow.validate import Length, OneOf, Range
 
+from ..jsonvalues import whole_number
 from ..proxy.operation import Operation, Texts
 from ..proxy.pipeline import handle
 from ..proxy.schema import OneOfTypes, StrictInt
-from ..usage.row import UsageRow, whole_number
+from ..usage.row import UsageRow
 
 
 def _token(value: Any) -> bool:

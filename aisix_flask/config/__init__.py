@@ -14,12 +14,12 @@ from typing import Any
 import yaml
 from marshmallow import ValidationError
 
-from ..policy import pii
-from ..proxy.adapters import default_adapter
+from ..adapters import default_adapter
 from ..usage.pricing import IMAGE_TOKEN_KINDS, TEXT_TOKEN_KINDS, Pricing
 from .aliases import Router
 from .checks import cross_check, expand, flatten, unknown_fields
 from .resources import (
+    PII_DETECTORS,
     ApiKey,
     Budget,
     Guardrail,
@@ -222,16 +222,14 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str], modified_at:
 
 
 def _guardrail(row: Mapping[str, Any]) -> Guardrail:
-    detectors = ()
-    if row["kind"] == "pii":
-        custom = tuple(pii.custom(p["name"], p["pattern"]) for p in row.get("custom_patterns", []))
-        detectors = pii.builtin(row.get("detectors", pii.NAMES)) + custom
+    pii = row["kind"] == "pii"
     return Guardrail(
         name=row["name"],
         kind=row["kind"],
         hook_point=row.get("hook_point", "input"),
         patterns=tuple(_pattern(p["kind"], p["value"]) for p in row.get("patterns", [])),
-        detectors=detectors,
+        detectors=tuple(row.get("detectors", PII_DETECTORS)) if pii else (),
+        custom_patterns=tuple((p["name"], p["pattern"]) for p in row.get("custom_patterns", [])),
         action=row.get("action", "block"),
         enforcement_mode=row.get("enforcement_mode", "enforce"),
     )

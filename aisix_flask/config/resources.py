@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
 
-from ..policy.pii import Detector
 from ..usage.pricing import Pricing
 
 
@@ -36,6 +35,8 @@ class RateLimit:
 
 
 BUDGET_PERIODS = ("day", "week", "month", "total")
+# The built-in PII detectors a ``pii`` guardrail may name (policy.pii has what each one finds).
+PII_DETECTORS = ("email", "phone", "credit_card", "us_ssn", "ip_address", "api_key")
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ class Guardrail:
     kind: str
     hook_point: str = "input"
     patterns: tuple[Pattern, ...] = ()
-    detectors: tuple[Detector, ...] = ()
+    detectors: tuple[str, ...] = ()  # pii: the built-in detectors it runs, by name
+    custom_patterns: tuple[tuple[str, str], ...] = ()  # pii: (name, regex) of its own detectors
     action: str = "block"  # block | mask (pii)
     enforcement_mode: str = "enforce"  # enforce | monitor: record what it would do, do nothing
 

@@ -8,10 +8,9 @@ from typing import Any
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validates_schema
 from marshmallow.validate import Length, OneOf, Range, Regexp
 
-from ..policy import pii
-from ..proxy.adapters import BRIDGES
+from ..adapters import ADAPTERS
 from ..usage.pricing import IMAGE_TOKEN_KINDS, TEXT_TOKEN_KINDS
-from .resources import BUDGET_PERIODS
+from .resources import BUDGET_PERIODS, PII_DETECTORS
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -126,7 +125,7 @@ class GatewaySchema(_Schema):
 class ProviderKeySchema(_Schema):
     display_name = _name(required=True)
     provider = _name(required=True)
-    adapter = fields.String(validate=OneOf(sorted(BRIDGES)))
+    adapter = fields.String(validate=OneOf(sorted(ADAPTERS)))
     api_key = fields.String()
     api_base = fields.String(validate=Regexp(r"^https?://", error="Must be an http:// or https:// URL."))
     proxy = _proxy_url
@@ -214,7 +213,7 @@ class GuardrailSchema(_Schema):
     enforcement_mode = fields.String(validate=OneOf(["enforce", "monitor"]))
     patterns = fields.List(fields.Nested(PatternSchema), validate=Length(min=1))
     action = fields.String(validate=OneOf(["block", "mask"]))
-    detectors = fields.List(fields.String(validate=OneOf(pii.NAMES)), validate=Length(min=1))
+    detectors = fields.List(fields.String(validate=OneOf(PII_DETECTORS)), validate=Length(min=1))
     custom_patterns = fields.List(fields.Nested(CustomPatternSchema))
 
     @validates_schema

@@ -21,9 +21,13 @@ class Verdict:
     flagged: list[str] = field(default_factory=list)  # monitor-mode guardrails that would have acted
 
 
+def _detectors(guardrail: Guardrail) -> tuple[pii.Detector, ...]:
+    return pii.detectors(guardrail.detectors, guardrail.custom_patterns)
+
+
 def _matches(guardrail: Guardrail, text: str, folded: str | None = None) -> bool:
     if guardrail.kind == "pii":
-        return pii.detect(text, guardrail.detectors)
+        return pii.detect(text, _detectors(guardrail))
     folded = text.casefold() if folded is None else folded
     return any(p.matches(text, folded) for p in guardrail.patterns)
 
@@ -51,7 +55,7 @@ def check_input(guardrails: Iterable[Guardrail], texts: list[str], what: str = "
                 break
             if guardrail.action != "mask":
                 raise _blocked(guardrail, what)
-            verdict.texts[i], count = pii.mask(text, guardrail.detectors)
+            verdict.texts[i], count = pii.mask(text, _detectors(guardrail))
             verdict.masked += count
             folded[i] = None
     return verdict

@@ -1,7 +1,11 @@
-"""PII detectors: what each one finds in prompt text, and the token that masks it."""
+"""PII detectors: what each one finds in prompt text, and the token that masks it.
+
+A ``pii`` guardrail names its detectors in the config; they are compiled here, once per set.
+"""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -103,7 +107,7 @@ _BUILTIN = (
 DETECTORS: dict[str, tuple[Detector, ...]] = {}
 for _detector in _BUILTIN:
     DETECTORS[_detector.name] = (*DETECTORS.get(_detector.name, ()), _detector)
-NAMES = tuple(DETECTORS)
+NAMES = tuple(DETECTORS)  # what the config's PII_DETECTORS lists (tests/test_pii.py checks)
 
 
 def builtin(names: tuple[str, ...] | list[str]) -> tuple[Detector, ...]:
@@ -114,6 +118,12 @@ def builtin(names: tuple[str, ...] | list[str]) -> tuple[Detector, ...]:
 def custom(name: str, pattern: str) -> Detector:
     """A detector from a guardrail's ``custom_patterns``."""
     return Detector(name, re.compile(pattern))
+
+
+@functools.lru_cache(maxsize=256)
+def detectors(names: tuple[str, ...], custom_patterns: tuple[tuple[str, str], ...]) -> tuple[Detector, ...]:
+    """A pii guardrail's detectors: the built-in ones it names, then its own (name, regex) ones."""
+    return builtin(names) + tuple(custom(name, pattern) for name, pattern in custom_patterns)
 
 
 def mask(text: str, detectors: tuple[Detector, ...]) -> tuple[str, int]:

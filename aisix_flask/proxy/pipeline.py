@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Response, request
 
+from ..adapters import ADAPTERS, supporting
 from ..config.aliases import Route
 from ..errors import (
     ModelNotFound,
@@ -23,15 +24,15 @@ from ..errors import (
     UpstreamError,
 )
 from ..gateway import current
+from ..jsonvalues import whole_number
 from ..policy.auth import authenticate
 from ..policy.budgets import BudgetScope
 from ..policy.guardrails import check_input, check_output
 from ..policy.limits import Scope
-from ..usage.row import whole_number
 from . import upstream
-from .adapters import BRIDGES, endpoint_url
 from .body import read_json_object
 from .call import Call
+from .endpoints import endpoint_url
 from .multipart import read_form
 from .operation import Operation
 from .outcomes import Answer, interpret
@@ -110,13 +111,12 @@ def require_provider(operation: Operation, route: Route) -> None:
 def require_adapter(operation: Operation, route: Route) -> None:
     """The provider key's adapter must implement the operation, else 501."""
     adapter = route.provider_key.adapter
-    if not BRIDGES[adapter].implements(operation.name):
-        supporting = ", ".join(name for name, bridge in BRIDGES.items() if bridge.implements(operation.name))
+    if not ADAPTERS[adapter].implements(operation.name):
         raise NotImplementedOperation(
             f"The provider key '{route.provider_key.display_name}' of model '{route.alias}' uses "
             f"the '{adapter}' adapter, which does not implement {operation.what}. This is a "
             f"provider capability issue: check that the model's provider key uses an adapter "
-            f"that supports {operation.what} (adapter: {supporting})."
+            f"that supports {operation.what} (adapter: {', '.join(supporting(operation.name))})."
         )
 
 
@@ -136,7 +136,7 @@ def guard_input(call: Call, body: dict[str, Any]) -> dict[str, Any]:
         return body
     texts = call.operation.texts
     verdict = check_input(guardrails, texts.read(body))
-    call.row.note_guardrails(verdict)
+    call.row.note_guardrails(verdict.masked, verdict.flagged)
     return texts.write(body, verdict.texts) if verdict.masked else body
 
 

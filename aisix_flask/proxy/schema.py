@@ -12,7 +12,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields
 
 from ..errors import InvalidRequest, MissingParameter
-from ..usage.row import whole_number
+from ..jsonvalues import whole_number
 
 
 class StrictInt(fields.Integer):

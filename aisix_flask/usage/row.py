@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..policy.guardrails import Verdict
+from ..jsonvalues import whole_number
 
 _TEXT_LIMIT = 256
 
@@ -19,17 +18,6 @@ def _short(value: Any, limit: int = 64) -> str | None:
 
 # What a ledger integer column holds everywhere (PostgreSQL's INTEGER is 32 bits).
 _INT_MAX = 2**31 - 1
-
-
-def whole_number(value: Any) -> int | None:
-    """A JSON number with no fraction (2 or 2.0) as an int; None for anything else, bools too."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
 
 
 def _count(value: Any) -> int:
@@ -83,10 +71,10 @@ class UsageRow:
         """Record a replayed answer: its status and error code, and nothing spent."""
         self.idempotent_replay, self.status, self.error_code = True, status, error_code
 
-    def note_guardrails(self, verdict: Verdict) -> None:
+    def note_guardrails(self, masked: int, flagged: list[str]) -> None:
         """Record how many PII matches were masked and which monitor-mode guardrails matched."""
-        self.pii_masked = verdict.masked
-        self.note_flagged(verdict.flagged)
+        self.pii_masked = masked
+        self.note_flagged(flagged)
 
     def note_flagged(self, names: list[str]) -> None:
         """Add monitor-mode guardrails that matched (the answer's, after the request's)."""
