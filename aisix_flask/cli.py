@@ -15,7 +15,7 @@ from flask.cli import AppGroup
 from .config import ConfigError, hash_key, load_config
 from .gateway import current
 from .policy.budgets import configured
-from .usage.ledger import SUMMARY_GROUPS, parse_since
+from .usage.report import SUMMARY_GROUPS, parse_since
 
 aisix = AppGroup("aisix", help="aisix-flask gateway tools.")
 

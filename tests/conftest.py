@@ -319,3 +319,12 @@ def assert_no_secret(response):
     text = response.get_data(as_text=True) + json.dumps(dict(response.headers))
     for secret in SECRETS:
         assert secret not in text
+
+
+def hold_slot(app, ttl_s: float = 60.0):
+    """Another request of caller key 'dev' in flight: its one concurrency slot taken (give it back
+    with ``app.extensions["aisix"].limiter.finish(admission)``)."""
+    from aisix_flask.config.resources import RateLimit
+    from aisix_flask.policy.limits import Scope
+
+    return app.extensions["aisix"].limiter.admit([Scope("key", "dev", RateLimit(concurrency=1))], ttl_s)

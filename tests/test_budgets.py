@@ -11,7 +11,16 @@ import pytest
 from aisix_flask.policy.budgets import Budgets, period
 
 from .budgeting import PER_IMAGE, chat, image, images_answer, ledger_cost, spent
-from .conftest import ADMIN_KEY, CHAT_URL, IMAGES_URL, RERANK_URL, assert_envelope, auth, write_config
+from .conftest import (
+    ADMIN_KEY,
+    CHAT_URL,
+    IMAGES_URL,
+    RERANK_URL,
+    assert_envelope,
+    auth,
+    hold_slot,
+    write_config,
+)
 
 
 def test_a_per_image_request_that_would_pass_the_budget_is_refused_up_front(budgeted, upstream):
@@ -218,7 +227,7 @@ def test_a_request_the_rate_limit_refuses_holds_no_budget(budgeted, upstream):
     """The limits are checked first: a refused request never holds part of the budget."""
     budgeted.config["api_keys"][0]["rate_limit"] = {"concurrency": 1}
     app, client = budgeted(key={"usd": 0.05, "period": "day"})
-    app.extensions["aisix"].limiter.store.acquire_slot("key:dev", 1, 5)  # another call holds the slot
+    hold_slot(app, 5)  # another call holds the slot
     assert image(client).status_code == 429
     assert spent(app) == 0
 

@@ -12,7 +12,7 @@ import requests
 from responses import matchers
 from urllib3.exceptions import NewConnectionError
 
-from .conftest import IMAGES_URL, LIMITED_KEY, auth
+from .conftest import IMAGES_URL, LIMITED_KEY, auth, hold_slot
 from .serving import Gunicorn
 from .test_integration import DEV_KEY, ENV, gateway_config
 
@@ -137,9 +137,9 @@ def test_a_rate_limit_refusal_frees_the_key(build, upstream, config):
     config["api_keys"][0]["rate_limit"] = {"concurrency": 1}
     app = build()
     limiter, client = app.extensions["aisix"].limiter, app.test_client()
-    held = limiter.store.acquire_slot("key:dev", 1, 60)
+    held = hold_slot(app)
     assert post(client, "k-7").status_code == 429
-    limiter.store.release_slot("key:dev", held)
+    limiter.finish(held)
     once(upstream)
     assert post(client, "k-7").status_code == 200
 

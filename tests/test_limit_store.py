@@ -13,7 +13,8 @@ import pytest
 
 from aisix_flask.config.resources import RateLimit
 from aisix_flask.errors import RateLimited
-from aisix_flask.policy.limits import Limiter, Scope, seconds_until_free
+from aisix_flask.policy.limits import Limiter, Scope
+from aisix_flask.policy.windows import seconds_until_free
 
 from .conftest import away_from_a_minute_boundary
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from responses import matchers
 
-from .conftest import IMAGES_URL, LIMITED_KEY, auth, away_from_a_minute_boundary
+from .conftest import IMAGES_URL, LIMITED_KEY, auth, away_from_a_minute_boundary, hold_slot
 
 ROUTE = "/v1/images/generations"
 USAGE_ANSWER = {
@@ -122,9 +122,9 @@ def test_tpd_and_rpd_are_day_windows(limited, upstream):
 def test_concurrency_slot(limited, upstream):
     app = limited(key={"concurrency": 1})
     limiter, client = app.extensions["aisix"].limiter, app.test_client()
-    held = limiter.store.acquire_slot("key:dev", 1, 60)  # another request is in flight
+    held = hold_slot(app)  # another request is in flight
     assert_429(post(client), "API key 'dev' allows 1 concurrent requests")
-    limiter.store.release_slot("key:dev", held)
+    limiter.finish(held)
     ok_upstream(upstream)
     assert post(client).status_code == 200
     assert slots_taken(app) == 0
@@ -168,7 +168,7 @@ def test_slot_released_when_the_gateway_itself_fails(limited, monkeypatch):
 
 def test_a_leaked_slot_expires(limited, upstream):
     app = limited(key={"concurrency": 1})
-    app.extensions["aisix"].limiter.store.acquire_slot("key:dev", 1, 0.2)  # a worker that died
+    hold_slot(app, 0.2)  # a worker that died
     assert post(app.test_client()).status_code == 429
     time.sleep(0.3)
     ok_upstream(upstream)
@@ -217,7 +217,7 @@ def test_answers_carry_the_headers_failed_ones_too(limited, upstream):
 
 
 def test_durations_read_like_openais():
-    from aisix_flask.policy.limits import duration
+    from aisix_flask.policy.limit_headers import duration
 
     assert [duration(s) for s in (0.02, 1.5, 59.9, 60, 360, 3725)] == [
         "20ms",

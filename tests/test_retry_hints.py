@@ -7,7 +7,7 @@ import pytest
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from .conftest import DISABLED_KEY, LIMITED_KEY, auth, expect_upstream
+from .conftest import DISABLED_KEY, LIMITED_KEY, auth, expect_upstream, hold_slot
 from .serving import Gunicorn
 from .test_integration import DEV_KEY, ENV, gateway_config
 
@@ -39,7 +39,7 @@ def test_the_gateways_own_refusals_say_do_not_retry(client, headers, body, statu
 def test_our_rate_limit_says_retry(make_app, config):
     config["api_keys"][0]["rate_limit"] = {"concurrency": 1}
     app = make_app(config)
-    app.extensions["aisix"].limiter.store.acquire_slot("key:dev", 1, 60)
+    hold_slot(app)
     r = app.test_client().post(ROUTE, headers=auth(), json=OK)
     assert (r.status_code, r.headers["x-should-retry"]) == (429, "true")
     assert r.headers["Retry-After"]

@@ -11,7 +11,7 @@ from ..errors import InvalidRequest, ServiceUnavailable
 from ..gateway import current
 from ..policy.auth import authenticate
 from ..policy.budgets import configured
-from ..usage.ledger import SUMMARY_GROUPS, parse_since
+from ..usage.report import SUMMARY_GROUPS, parse_since
 
 bp = Blueprint("admin", __name__)
 

@@ -23,7 +23,8 @@ from ..errors import (
     ServiceUnavailable,
     UpstreamError,
 )
-from ..stores import STORE_ERRORS, Record
+from ..stores import STORE_ERRORS
+from ..stores.idempotency import IdempotencyStore, Record
 from ..usage.row import UsageRow
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ _VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 class Idempotency:
     """Runs a request once per (caller key, Idempotency-Key) in the rate-limit store."""
 
-    def __init__(self, store: Any) -> None:
-        self.store = store  # see stores.idempotency
+    def __init__(self, store: IdempotencyStore) -> None:
+        self.store = store
 
     def run(
         self,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
+from limits import RateLimitItem
 from limits.errors import StorageError
 from limits.storage import RedisStorage, storage_from_string
 
@@ -25,15 +25,17 @@ from .. import metrics
 from ..config.resources import RateLimit
 from ..errors import RateLimited
 from ..redact import without_credentials
-from ..stores import STORE_ERRORS, AdmissionStore, weighted_count
+from ..stores import STORE_ERRORS
 from ..stores import sqlite as _sqlite  # noqa: F401  (registers sqlite:/// URLs with limits)
+from ..stores.admissions import AdmissionStore
 from ..stores.redis import RedisAdmissions
+from .limit_headers import headers_for, rate_limit_headers
+from .windows import REQUEST_RULES, TOKEN_RULES, seconds_until_free, window_state
+from .windows import kind as window_kind
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "aisix"
-REQUEST_RULES = {"rpm": RateLimitItemPerMinute, "rpd": RateLimitItemPerDay}
-TOKEN_RULES = {"tpm": RateLimitItemPerMinute, "tpd": RateLimitItemPerDay}
 UNITS = {
     "rpm": "requests per minute",
     "rpd": "requests per day",
@@ -41,35 +43,6 @@ UNITS = {
     "tpd": "tokens per day",
     "concurrency": "concurrent requests",
 }
-
-
-def seconds_until_free(
-    window: tuple[int, float, int, float], expiry: int, limit: int, cost: int = 1
-) -> float:
-    """How long until ``cost`` more fits, for a sliding-window-counter ``window``.
-
-    ``window`` is what ``get_sliding_window`` returns: (previous count, previous TTL,
-    current count, current TTL). The previous window weighs ``previous TTL / expiry``;
-    when the current window ends it becomes the previous one with full weight.
-    """
-    previous, previous_ttl, current, current_ttl = window
-    room = limit - cost
-    if room < 0:
-        return float(expiry)
-    if weighted_count(window, expiry) <= room:
-        return 0.0
-    # The conditions below are strict (count < room + 1): a moment past the boundary fits.
-    end = current_ttl - expiry if current_ttl > expiry else previous_ttl
-    if current <= room:
-        t = previous_ttl - (room - current + 1) * expiry / previous
-        if t <= end:
-            return max(t, 0.0) + _MOMENT
-    if current == 0:
-        return max(end, 0.0) + _MOMENT
-    return max(end, end + expiry - (room + 1) * expiry / current) + _MOMENT
-
-
-_MOMENT = 0.001
 
 
 @dataclass(frozen=True)
@@ -145,9 +118,8 @@ class Limiter:
                 raise _exceeded(plan.slotted[refusal[1]], "concurrency", 1)
             scope, rule, item = plan.windows[refusal[1]]
             error = _exceeded(scope, rule, seconds_until_free(refusal[2], item.get_expiry(), item.amount))
-            kind = "requests" if rule in REQUEST_RULES else "tokens"
-            _, limit, reset = _state(refusal[2], item.get_expiry(), item.amount, False)
-            error.extra_headers.update(_headers(kind, limit, 0, reset))
+            _, limit, reset = window_state(refusal[2], item.get_expiry(), item.amount, False)
+            error.extra_headers.update(headers_for(window_kind(rule), limit, 0, reset))
             raise error
         return Admission(
             slots=[(key, slot) for (key, _), slot in zip(plan.slots, ids, strict=True)],
@@ -245,60 +217,6 @@ def _windows(
         for rule, item_class in rules.items()
         if getattr(scope.limit, rule)
     ]
-
-
-def rate_limit_headers(
-    windows: Sequence[tuple[Scope, str, RateLimitItem]],
-    seen: Sequence[tuple[int, float, int, float]],
-    admitted: bool = True,
-) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers for the tightest request window and the tightest token window
-    (the one with the least left), from the windows as they were before this request; an
-    ``admitted`` request counts in its request windows."""
-    tightest: dict[str, tuple[int, int, float]] = {}  # kind -> (remaining, limit, reset)
-    for (_, rule, item), window in zip(windows, seen, strict=False):
-        kind = "requests" if rule in REQUEST_RULES else "tokens"
-        state = _state(window, item.get_expiry(), item.amount, admitted and kind == "requests")
-        if kind not in tightest or state[0] < tightest[kind][0]:
-            tightest[kind] = state
-    headers: dict[str, str] = {}
-    for kind, (remaining, limit, reset) in tightest.items():
-        headers.update(_headers(kind, limit, remaining, reset))
-    return headers
-
-
-def _state(
-    window: tuple[int, float, int, float], expiry: int, limit: int, counted: bool
-) -> tuple[int, int, float]:
-    """(remaining, limit, seconds until the window is back to its full allowance)."""
-    previous, previous_ttl, current, current_ttl = window
-    used = weighted_count(window, expiry) + (1 if counted else 0)
-    if current or counted:
-        # What the current window holds decays out when it has ended and a whole window more has
-        # passed; a window this request starts (none stored yet) is that long from now.
-        reset = current_ttl if current_ttl > 0 else 2.0 * expiry
-    else:
-        reset = previous_ttl if previous else 0.0
-    return max(limit - used, 0), limit, reset
-
-
-def _headers(kind: str, limit: int, remaining: int, reset: float) -> dict[str, str]:
-    return {
-        f"x-ratelimit-limit-{kind}": str(limit),
-        f"x-ratelimit-remaining-{kind}": str(remaining),
-        f"x-ratelimit-reset-{kind}": duration(reset),
-    }
-
-
-def duration(seconds: float) -> str:
-    """A reset time as OpenAI writes it: ``20ms``, ``1.5s``, ``6m0s``."""
-    millis = round(max(seconds, 0.0) * 1000)
-    if millis < 1000:
-        return f"{millis}ms"
-    if millis < 59_950:
-        return f"{millis / 1000:.3g}s"
-    hours, rest = divmod(round(millis / 1000), 3600)
-    return (f"{hours}h" if hours else "") + f"{rest // 60}m{rest % 60}s"
 
 
 def _exceeded(scope: Scope, rule: str, wait: float) -> RateLimited:

@@ -10,13 +10,38 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import redis
 from limits.storage import RedisStorage
 
-from . import Record
 from .sqlite import SQLiteStorage
+
+
+class Record(NamedTuple):
+    """What an idempotency key holds: the request's body hash, and its answer once finished."""
+
+    body_hash: str
+    state: str  # running | done | too_large
+    status: int | None = None
+    content_type: str | None = None
+    headers: dict[str, str] = {}
+    body: bytes | None = None
+
+
+class IdempotencyStore(Protocol):
+    """``SQLiteIdempotency`` or ``RedisIdempotency``."""
+
+    def claim(self, key: str, body_hash: str, running_s: float, ttl_s: float) -> Record | None:
+        """Claim ``key`` for a new request (None), or return the record that holds it; a running
+        record whose request outlived ``running_s`` (a crashed worker) is taken over."""
+
+    def finish(self, key: str, answer: Record) -> None:
+        """Keep ``answer`` as the key's record, for as long as the key lives."""
+
+    def release(self, key: str) -> None:
+        """Forget a running claim (nothing was sent upstream: a retry may really run)."""
+
 
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS idempotency (
@@ -144,7 +169,7 @@ class RedisIdempotency:
         self._release(keys=[IDEMPOTENCY_PREFIX + key])
 
 
-def idempotency_store_for(limit_storage: Any) -> SQLiteIdempotency | RedisIdempotency:
+def idempotency_store_for(limit_storage: Any) -> IdempotencyStore:
     """The idempotency store beside the rate-limit counters: the same SQLite file or Redis."""
     if isinstance(limit_storage, RedisStorage):
         return RedisIdempotency(limit_storage.get_connection())

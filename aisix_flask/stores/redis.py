@@ -11,8 +11,6 @@ from typing import Any
 
 from limits.storage import RedisStorage
 
-from . import SingleSlots
-
 SLOT_PREFIX = "aisix:slots:"
 
 
@@ -111,7 +109,7 @@ return renewed
 """
 
 
-class RedisAdmissions(SingleSlots):
+class RedisAdmissions:
     """A whole admission in one script, and a request's end in another: slots and windows of every
     host that uses the same server. Same interface as the SQLite store's."""
 

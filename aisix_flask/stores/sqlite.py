@@ -13,8 +13,8 @@ from typing import Any
 
 from limits.storage import SlidingWindowCounterSupport, Storage
 
-from . import SingleSlots, weighted_count
 from .sqlite_file import Queued, SQLiteFile, sqlite_path
+from .windows import weighted_count
 
 _SQLITE_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS counters"
@@ -87,7 +87,7 @@ def _admit(
     return [uuid.uuid4().hex for _ in slots], None
 
 
-class SQLiteStorage(SQLiteFile, SingleSlots, Storage, SlidingWindowCounterSupport):
+class SQLiteStorage(SQLiteFile, Storage, SlidingWindowCounterSupport):
     """A ``limits`` storage in one SQLite file: every gunicorn worker on a host shares it."""
 
     STORAGE_SCHEME = ["sqlite"]

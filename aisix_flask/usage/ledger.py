@@ -1,4 +1,5 @@
-"""The usage ledger: one row per authenticated request, written off the request thread."""
+"""The usage ledger: one row per proxied request, written off the request thread (reading it:
+``report``)."""
 
 from __future__ import annotations
 
@@ -6,35 +7,19 @@ import atexit
 import logging
 import os
 import queue
-import re
 import threading
 import time
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from sqlalchemy import case, func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 
 from .. import metrics
 from ..redact import without_credentials
+from .report import LedgerQueries
 from .row import UsageRow
 from .table import create_or_upgrade, engine_for, storable, usage
 
 log = logging.getLogger(__name__)
-
-SUMMARY_GROUPS = ("api_key", "model", "route", "day")
-_RELATIVE = re.compile(r"(\d+)([mhd])")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
-
-
-def parse_since(value: str) -> datetime:
-    """``7d``, ``24h``, ``30m`` (ago) or an ISO-8601 time (naive means UTC); ValueError otherwise."""
-    relative = _RELATIVE.fullmatch(value.strip())
-    if relative:
-        return datetime.now(UTC) - timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
-    # An unencoded "+00:00" in a query string arrives as " 00:00".
-    since = datetime.fromisoformat(value.strip().replace(" ", "+"))
-    return since if since.tzinfo else since.replace(tzinfo=UTC)
 
 
 def _describe(e: BaseException) -> str:
@@ -44,7 +29,7 @@ def _describe(e: BaseException) -> str:
     return without_credentials(first)[:300]
 
 
-class Ledger:
+class Ledger(LedgerQueries):
     """Queues rows from request threads; one writer thread per process inserts them in batches."""
 
     batch_size = 500
@@ -241,36 +226,6 @@ class Ledger:
             self._stopping.clear()
         self.engine.dispose()
 
-    def summary(self, *, since: datetime | None, by: str) -> list[dict[str, Any]]:
-        """Requests, errors, images, tokens and cost per API key, model or UTC day."""
-        c = usage.c
-        group = {"api_key": c.api_key, "model": c.model, "route": c.route, "day": func.date(c.created_at)}[by]
-        stmt = (
-            select(
-                group.label(by),
-                func.count().label("requests"),
-                func.sum(case((c.status >= 400, 1), else_=0)).label("errors"),
-                func.sum(c.images).label("images"),
-                func.sum(c.input_tokens).label("input_tokens"),
-                func.sum(c.output_tokens).label("output_tokens"),
-                func.sum(c.total_tokens).label("total_tokens"),
-                func.sum(c.cost_usd).label("cost_usd"),
-                func.count(c.cost_usd).label("priced_requests"),
-            )
-            .group_by(group)
-            .order_by(group)
-        )
-        if since is not None:
-            stmt = stmt.where(c.created_at >= since.astimezone(UTC).replace(tzinfo=None))
-        with self.engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(stmt).mappings()]
-        for row in rows:
-            row[by] = None if row[by] is None else str(row[by])  # SQLite gives text, PostgreSQL a date
-            for key in ("requests", "errors", "images", "input_tokens", "output_tokens", "total_tokens"):
-                row[key] = int(row[key] or 0)
-            row["cost_usd"] = None if row["cost_usd"] is None else round(float(row["cost_usd"]), 6)
-        return rows
-
     def ping(self) -> bool:
         """Tell whether the database answers (and has the table)."""
         if not self._schema_ready:
@@ -283,31 +238,3 @@ class Ledger:
             return True
         except SQLAlchemyError:
             return False
-
-    def query(
-        self,
-        *,
-        limit: int = 100,
-        since: datetime | None = None,
-        api_key: str | None = None,
-        model: str | None = None,
-        failed: bool = False,
-    ) -> list[dict[str, Any]]:
-        """Rows, newest first, filtered as the admin API asks (``failed``: status 400 and up)."""
-        stmt = select(usage).order_by(usage.c.created_at.desc(), usage.c.id.desc()).limit(limit)
-        if since is not None:
-            stmt = stmt.where(usage.c.created_at >= since.astimezone(UTC).replace(tzinfo=None))
-        if api_key is not None:
-            stmt = stmt.where(usage.c.api_key == api_key)
-        if model is not None:
-            stmt = stmt.where(usage.c.model == model)
-        if failed:
-            stmt = stmt.where(usage.c.status >= 400)
-        with self.engine.connect() as conn:
-            result = conn.execute(stmt).mappings().all()
-        rows = []
-        for r in result:
-            row = {k: v for k, v in r.items() if k != "id"}
-            row["created_at"] = r["created_at"].isoformat(timespec="milliseconds") + "Z"
-            rows.append(row)
-        return rows
