@@ -82,8 +82,8 @@ def _log_access(response: Response) -> Response:
 
 
 def _enabled() -> bool:
-    registry = current()._registry
-    return registry is None or registry.gateway.access_log
+    config = current()._config
+    return config is None or config.settings.access_log
 
 
 def _init_access_log() -> None:

@@ -26,18 +26,18 @@ def check_config(path: str | None) -> None:
     """Validate a config file offline (default: $AISIX_CONFIG or ./config.yaml)."""
     path = path or os.environ.get("AISIX_CONFIG", "config.yaml")
     try:
-        registry = load_config(path)
+        config = load_config(path)
     except ConfigError as e:
         click.echo(f"{path}: {len(e.problems)} problem(s)", err=True)
         for problem in e.problems:
             click.echo(f"  error: {problem}", err=True)
         raise SystemExit(1) from None
-    for warning in registry.warnings:
+    for warning in config.warnings:
         click.echo(f"  warning: {warning}", err=True)
     click.echo(
-        f"{path}: OK ({len(registry.provider_keys)} provider keys, "
-        f"{len(registry.router)} models, {len(registry.api_keys)} api keys, "
-        f"{len(registry.guardrails)} guardrails, {len(registry.warnings)} warnings)"
+        f"{path}: OK ({len(config.provider_keys)} provider keys, "
+        f"{len(config.router)} models, {len(config.api_keys)} api keys, "
+        f"{len(config.guardrails)} guardrails, {len(config.warnings)} warnings)"
     )
 
 

@@ -13,7 +13,7 @@ import click
 from flask import Flask, current_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import ConfigError, Registry, load_config
+from .config import Config, ConfigError, load_config
 from .errors import ServiceUnavailable
 from .policy.budgets import Budgets
 from .policy.idempotency import Idempotency
@@ -35,12 +35,12 @@ def _signature(path: str) -> tuple[int, int, int] | None:
 
 
 class Gateway:
-    """One process's gateway: the registry it serves, its ledger and its limiter.
+    """One process's gateway: the config it serves, its ledger and its limiter.
 
     A thread per process looks at the config file (one ``stat``) every ``watch_interval_s``,
     whether or not the process serves traffic, so every gunicorn worker follows the same edits.
     A changed file is loaded and validated whole, off the request path; only a valid one
-    replaces the registry (README, "Live config"). A request keeps the registry it started with.
+    replaces the config (README, "Live config"). A request keeps the config it started with.
     """
 
     watch_interval_s = 0.5
@@ -52,7 +52,7 @@ class Gateway:
         self,
         path: str,
         signature: tuple[int, int, int] | None,
-        registry: Registry | None,
+        config: Config | None,
         ledger: Ledger | None,
         limiter: Limiter | None,
     ):
@@ -61,20 +61,20 @@ class Gateway:
         self.limiter = limiter
         self.idempotency = Idempotency(idempotency_store_for(limiter.storage)) if limiter else None
         self.budgets = Budgets(spend_store_for(limiter.storage)) if limiter else None
-        self._registry = registry
-        self._signature = signature  # of the file as it was *before* ``registry`` was read from it
+        self._config = config
+        self._signature = signature  # of the file as it was *before* ``config`` was read from it
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        if registry is not None:
+        if config is not None:
             _GATEWAYS.add(self)
             self._watch()
 
-    def config(self) -> Registry:
-        """The registry for this request, or 503 when the app started without one."""
-        registry = self._registry
-        if registry is None:
+    def config(self) -> Config:
+        """The config for this request, or 503 when the app started without one."""
+        config = self._config
+        if config is None:
             raise ServiceUnavailable("The gateway has no valid configuration loaded.")
-        return registry
+        return config
 
     def _watch(self) -> None:
         thread = threading.Thread(
@@ -93,13 +93,13 @@ class Gateway:
                 return False  # still being written, perhaps: the next look decides
             self._signature = signature
             try:
-                registry = load_config(self.path)
+                config = load_config(self.path)
             except ConfigError as e:
                 log.error("%s\nthe change is rejected; the last good config keeps serving", e)
                 return False
-            old = self._registry
+            old = self._config
             emptied = [
-                what for what in ("api_keys", "models") if _count(old, what) and not _count(registry, what)
+                what for what in ("api_keys", "models") if _count(old, what) and not _count(config, what)
             ]
             if emptied:
                 log.error(
@@ -111,11 +111,11 @@ class Gateway:
                 )
                 return False
             for setting in ("usage_database_url", "ratelimit_storage_url"):
-                if getattr(old.gateway, setting) != getattr(registry.gateway, setting):
+                if getattr(old.settings, setting) != getattr(config.settings, setting):
                     log.warning("config %s: %s changed; it takes effect after a restart", self.path, setting)
-            for warning in registry.warnings:
+            for warning in config.warnings:
                 log.warning("config %s: %s", self.path, warning)
-            self._registry = registry
+            self._config = config
             log.warning("config %s reloaded", self.path)
             return True
 
@@ -128,8 +128,8 @@ class Gateway:
             self.ledger.close()
 
 
-def _count(registry: Registry, what: str) -> int:
-    return len(registry.api_keys) if what == "api_keys" else len(registry.router)
+def _count(config: Config, what: str) -> int:
+    return len(config.api_keys) if what == "api_keys" else len(config.router)
 
 
 def _watch(ref: weakref.ref[Gateway], closed: threading.Event) -> None:
@@ -174,12 +174,12 @@ def open_gateway(config_path: str) -> Gateway:
     """Load the config (ConfigError when it is broken), open the ledger and the limiter."""
     # Taken before reading: an edit made while this worker boots is then seen as a change.
     signature = _signature(config_path)
-    registry = load_config(config_path)
-    for warning in registry.warnings:
+    config = load_config(config_path)
+    for warning in config.warnings:
         log.warning("config %s: %s", config_path, warning)
-    settings = registry.gateway
+    settings = config.settings
     ledger, limiter = Ledger(settings.usage_database_url), Limiter(settings.ratelimit_storage_url)
-    return Gateway(config_path, signature, registry, ledger, limiter)
+    return Gateway(config_path, signature, config, ledger, limiter)
 
 
 class Unopened:
@@ -209,7 +209,7 @@ def init_app(app: Flask, config_path: str) -> None:
         app.extensions["aisix"] = Unopened(config_path)
     else:
         gateway = app.extensions["aisix"] = open_gateway(config_path)
-        settings = gateway.config().gateway
+        settings = gateway.config().settings
         if settings.trusted_proxy_hops:
             # Believe X-Forwarded-For/-Proto only as far as the operator says proxies stand in
             # front: by default a caller cannot forge its address in the ledger. (A change needs

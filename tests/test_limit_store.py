@@ -114,16 +114,16 @@ def test_backend_concurrency_slots(limiter):
     scopes = scope(concurrency=2)
     first, second = limiter.admit(scopes, 60), limiter.admit(scopes, 60)
     assert refused(limiter, scopes) == 1
-    limiter.release(first)
+    limiter.finish(first)
     third = limiter.admit(scopes, 60)
-    limiter.release(second)
-    limiter.release(third)
+    limiter.finish(second)
+    limiter.finish(third)
     crashed = [limiter.admit(scopes, 0.2), limiter.admit(scopes, 0.2)]
     assert refused(limiter, scopes) == 1
     time.sleep(0.3)  # both holders "crashed": their slots expire
     limiter.admit(scopes, 60)
     for admission in crashed:  # given back late: nothing more to give back
-        limiter.release(admission)
+        limiter.finish(admission)
     limiter.admit(scopes, 60)
     assert refused(limiter, scopes) == 1
 
@@ -137,9 +137,9 @@ def test_backend_renewed_slots_outlive_their_first_lease(limiter):
     time.sleep(1.2)  # past the first lease
     assert refused(limiter, scopes) == 1
     slots = list(running.slots)
-    limiter.release(running)
+    limiter.finish(running)
     assert limiter.store.renew_all(slots, 60) == 0  # a renewal that comes after the release
-    limiter.release(limiter.admit(scopes, 60))
+    limiter.finish(limiter.admit(scopes, 60))
     limiter.renew(running, 60)  # nothing held: nothing to do
     lapsed = limiter.admit(scopes, 0.2)
     time.sleep(0.3)
@@ -250,7 +250,7 @@ def test_threads_admitting_at_once_never_hold_more_than_the_limit(tmp_path):
             time.sleep(0.0005)
             with lock:
                 holding[0] -= 1
-            limiter.release(admission)
+            limiter.finish(admission)
 
     threads = [threading.Thread(target=client) for _ in range(32)]
     for thread in threads:

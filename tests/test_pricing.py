@@ -33,7 +33,7 @@ GPT_IMAGE_1 = Pricing(per_million_tokens={"input_text": 5.0, "input_image": 10.0
 
 def answered(images=1, size=None, quality=None, status=200, **usage) -> UsageRow:
     row = UsageRow("r", "k", "/v1/images/generations", None, status=status, size=size, quality=quality)
-    row.note_answer({"data": [{}] * images, **({"usage": usage} if usage else {})})
+    row.note_image_answer({"data": [{}] * images, **({"usage": usage} if usage else {})})
     return row
 
 

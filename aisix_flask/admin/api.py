@@ -31,7 +31,7 @@ def readyz() -> Response:
     gateway.config()
     if not gateway.ledger.ping():
         raise ServiceUnavailable("The usage ledger database is not reachable.")
-    if not gateway.ledger.writer_running():
+    if gateway.ledger.restart_stopped_writer():
         raise ServiceUnavailable("The usage ledger writer of this worker had stopped; it was started again.")
     return jsonify(status="ok")
 
@@ -47,7 +47,7 @@ def prometheus() -> Response:
 def usage() -> Response:
     """Ledger rows, newest first: ``?limit=N&since=ISO&api_key=NAME&model=ALIAS``."""
     gateway = current()
-    authenticate(gateway.config().gateway.admin_keys, request.headers)
+    authenticate(gateway.config().settings.admin_keys, request.headers)
     args = request.args
     rows = gateway.ledger.query(
         limit=_limit(args.get("limit")),
@@ -62,7 +62,7 @@ def usage() -> Response:
 def usage_summary() -> Response:
     """Totals per group: ``?since=7d&by=api_key|model|day`` (the same as ``flask aisix usage``)."""
     gateway = current()
-    authenticate(gateway.config().gateway.admin_keys, request.headers)
+    authenticate(gateway.config().settings.admin_keys, request.headers)
     by = request.args.get("by", "model")
     if by not in SUMMARY_GROUPS:
         raise InvalidRequest(f"'by' must be one of {', '.join(SUMMARY_GROUPS)}.", param="by")
@@ -75,9 +75,9 @@ def usage_summary() -> Response:
 def budgets() -> Response:
     """Every budget's limit, spend, remaining and period end (UTC), keys first, then models."""
     gateway = current()
-    registry = gateway.config()
-    authenticate(registry.gateway.admin_keys, request.headers)
-    return jsonify(object="list", data=gateway.budgets.status(configured(registry)))
+    config = gateway.config()
+    authenticate(config.settings.admin_keys, request.headers)
+    return jsonify(object="list", data=gateway.budgets.status(configured(config)))
 
 
 def _limit(value: str | None) -> int:

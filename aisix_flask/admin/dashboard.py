@@ -38,7 +38,7 @@ def usage_page() -> str:
     """Requests, images and cost per day; per key and per alias; the latest errors."""
     gateway = current()
     try:
-        authenticate(gateway.config().gateway.admin_keys, request.headers)
+        authenticate(gateway.config().settings.admin_keys, request.headers)
     except InvalidApiKey as e:
         # Let a browser ask for the admin key (HTTP Basic: any user name, the key as password).
         e.extra_headers["WWW-Authenticate"] = 'Basic realm="aisix admin", charset="UTF-8"'

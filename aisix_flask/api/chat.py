@@ -99,7 +99,7 @@ STREAMING = Streaming(
 )
 
 CHAT = Operation(
-    name="chat",
+    capability="chat",
     route="/v1/chat/completions",
     upstream_path="/chat/completions",
     what="chat completions",

@@ -60,7 +60,7 @@ def write_input(body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
 
 
 EMBEDDINGS = Operation(
-    name="embeddings",
+    capability="embeddings",
     route="/v1/embeddings",
     upstream_path="/embeddings",
     what="embeddings",

@@ -67,14 +67,14 @@ class ImageEditJsonSchema(ImageSchema):
 
 
 EDITS = Operation(
-    name="images",
+    capability="images",
     route="/v1/images/edits",
     upstream_path="/images/edits",
     what="image edits",
     schema=ImageEditJsonSchema(),
     form_schema=ImageEditFormSchema(),
     texts=PROMPT,
-    note_answer=UsageRow.note_answer,
+    note_answer=UsageRow.note_image_answer,
     providers=frozenset({"openai"}),
     streaming=STREAMING,
     token_kinds=(("input", "output"), ("input_text", "input_image", "output_image")),

@@ -58,13 +58,13 @@ PROMPT = Texts(
 )
 
 GENERATIONS = Operation(
-    name="images",
+    capability="images",
     route="/v1/images/generations",
     upstream_path="/images/generations",
     what="image generation",
     schema=ImageSchema(),
     texts=PROMPT,
-    note_answer=UsageRow.note_answer,
+    note_answer=UsageRow.note_image_answer,
     providers=frozenset({"openai"}),
     streaming=STREAMING,
     token_kinds=(("input", "output"), ("input_text", "output_image")),

@@ -77,7 +77,7 @@ def note_usage(row: UsageRow, document: dict[str, Any]) -> None:
 
 
 RERANK = Operation(
-    name="rerank",
+    capability="rerank",
     route="/v1/rerank",
     upstream_path="/rerank",
     what="rerank",

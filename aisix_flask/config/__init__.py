@@ -1,4 +1,4 @@
-"""Config file → ${VAR} expansion → marshmallow validation → a frozen Registry."""
+"""Config file → ${VAR} expansion → marshmallow validation → a frozen Config."""
 
 from __future__ import annotations
 
@@ -64,11 +64,11 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True)
-class Registry:
+class Config:
     """Everything the config file says, parsed once; request handling reads only this."""
 
     path: str
-    gateway: GatewaySettings
+    settings: GatewaySettings  # the ``gateway:`` block
     provider_keys: Mapping[str, ProviderKey]
     router: Router
     api_keys: tuple[ApiKey, ...]
@@ -78,7 +78,7 @@ class Registry:
 
     @cached_property
     def input_guardrails(self) -> tuple[Guardrail, ...]:
-        """Guardrails that inspect the prompt (worked out once per registry)."""
+        """Guardrails that inspect the prompt (worked out once per config)."""
         return tuple(g for g in self.guardrails if g.checks_input)
 
     @cached_property
@@ -87,7 +87,7 @@ class Registry:
         return tuple(g for g in self.guardrails if g.checks_output)
 
 
-def load_config(path: str) -> Registry:
+def load_config(path: str) -> Config:
     """Read, expand, validate and freeze the config file; raise ConfigError listing every problem."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -150,10 +150,10 @@ def _api_key(row: Mapping[str, Any], path: str, warnings: list[str]) -> ApiKey:
     )
 
 
-def _build(path: str, data: Mapping[str, Any], warnings: list[str], modified_at: int) -> Registry:
+def _build(path: str, data: Mapping[str, Any], warnings: list[str], modified_at: int) -> Config:
     gw = data.get("gateway", {})
     upstream = gw.get("upstream", {})
-    gateway = GatewaySettings(
+    settings = GatewaySettings(
         request_body_limit_bytes=gw.get("request_body_limit_bytes", DEFAULT_BODY_LIMIT),
         upstream=UpstreamSettings(
             connect_timeout_s=upstream.get("connect_timeout_s", UpstreamSettings.connect_timeout_s),
@@ -207,9 +207,9 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str], modified_at:
         if not key.api_key:
             warnings.append(f"provider key {name!r} has no api_key; its models will answer 503")
     guardrails = tuple(_guardrail(row) for row in data.get("guardrails", []))
-    return Registry(
+    return Config(
         path=path,
-        gateway=gateway,
+        settings=settings,
         provider_keys=MappingProxyType(provider_keys),
         router=Router(models, provider_keys),
         api_keys=tuple(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from .. import metrics
-from ..config import Registry
+from ..config import Config
 from ..config.resources import Budget
 from ..errors import GatewayError, ServiceUnavailable
 from ..stores import STORE_ERRORS
@@ -264,10 +264,10 @@ def _periods_of(day: date) -> tuple[tuple[str, float | None], ...]:
     return tuple((pid, _timestamp(end)) for pid, end in (period(name, midnight) for name in PERIODS))
 
 
-def configured(registry: Registry) -> list[BudgetScope]:
+def configured(config: Config) -> list[BudgetScope]:
     """Every budget in the config: the caller keys', then the model rows'."""
-    scopes = [BudgetScope("key", k.display_name, k.budget) for k in registry.api_keys if k.budget]
-    models = registry.router.exact() + registry.router.patterns()
+    scopes = [BudgetScope("key", k.display_name, k.budget) for k in config.api_keys if k.budget]
+    models = config.router.exact() + config.router.patterns()
     return scopes + [BudgetScope("model", m.display_name, m.budget) for m in models if m.budget]
 
 

@@ -168,10 +168,6 @@ class Limiter:
             return {}
         return rate_limit_headers(plan.windows, seen, admitted=False)
 
-    def release(self, admission: Admission) -> None:
-        """Give back the request's concurrency slots without counting tokens."""
-        self.finish(admission, 0)
-
     def ping(self) -> bool:
         """Tell whether the store answers."""
         try:

@@ -15,7 +15,7 @@ from types import TracebackType
 from flask import request
 
 from .. import access, metrics
-from ..config import Registry
+from ..config import Config
 from ..config.aliases import Route
 from ..config.resources import ApiKey
 from ..errors import GatewayError
@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 class Call:
     """A proxied request's state and its end; use as ``with Call(...) as call:``."""
 
-    def __init__(self, operation: Operation, gateway: Gateway, registry: Registry, key: ApiKey) -> None:
+    def __init__(self, operation: Operation, gateway: Gateway, config: Config, key: ApiKey) -> None:
         self.operation = operation
         self.gateway = gateway
-        self.registry = registry  # this request's config, start to finish
+        self.config = config  # this request's config, start to finish
         self.key = key
         self.row = UsageRow(access.request_id(), key.display_name, operation.route, request.remote_addr)
         self.route: Route | None = None
@@ -52,7 +52,7 @@ class Call:
         self.streaming = False  # a stream took over the end of the call
         self._started = time.perf_counter()
         # Taken now: a stream finishes after the request context is gone.
-        self._line = access.entry(0, 0.0) if registry.gateway.access_log else None
+        self._line = access.entry(0, 0.0) if config.settings.access_log else None
         self._finished = False
         access.logs_itself()
 

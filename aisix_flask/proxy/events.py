@@ -35,29 +35,29 @@ MAX_EVENT_BYTES = 64 * 1024 * 1024
 DRAIN_S = 0.2
 
 
-class StreamEnded(Exception):
+class StreamCutShort(Exception):
     """A stream that did not end cleanly; ``code`` is what its usage row records."""
 
     code = "upstream_stream_interrupted"
 
 
-class Interrupted(StreamEnded):
+class Interrupted(StreamCutShort):
     """The upstream closed or reset the connection, or broke the framing, before the end."""
 
 
-class Silent(StreamEnded):
+class Silent(StreamCutShort):
     """The upstream sent nothing for longer than the model's timeout."""
 
     code = "upstream_timeout"
 
 
-class CallerGone(StreamEnded):
+class CallerGone(StreamCutShort):
     """The caller hung up."""
 
     code = "client_disconnected"
 
 
-class ShuttingDown(StreamEnded):
+class ShuttingDown(StreamCutShort):
     """The worker is stopping and its grace period is nearly over."""
 
     code = "gateway_shutting_down"

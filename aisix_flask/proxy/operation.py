@@ -47,7 +47,7 @@ class Streaming:
 class Operation:
     """One proxied route: its schema, its text, its provider rule, its upstream and its usage."""
 
-    name: str  # the adapter capability: "images", "chat", "embeddings", "rerank"
+    capability: str  # what the adapter must implement: "images", "chat", "embeddings", "rerank"
     route: str  # "/v1/chat/completions"
     upstream_path: str  # "/chat/completions"
     what: str  # how messages name it: "chat completions"

@@ -44,9 +44,9 @@ from .upstream import Timeout
 def handle(operation: Operation) -> Response:
     """Run ``operation`` for this request: check the caller and its policy, then forward once."""
     gateway = current()
-    registry = gateway.config()  # this request's config, start to finish
-    key = authenticate(registry.api_keys, request.headers)  # 1
-    with Call(operation, gateway, registry, key) as call:  # 13: the call owns its row (see Call)
+    config = gateway.config()  # this request's config, start to finish
+    key = authenticate(config.api_keys, request.headers)  # 1
+    with Call(operation, gateway, config, key) as call:  # 13: the call owns its row (see Call)
         body = read_body(call)  # 2
         call.row.note_request(body)
         validate(operation.form_schema if call.upload else operation.schema, body)  # 3
@@ -67,7 +67,7 @@ def handle(operation: Operation) -> Response:
                 body,
                 call.row,
                 lambda: forward(call, body),
-                registry.gateway.idempotency,
+                config.settings.idempotency,
                 call.timeout.slot_ttl_s,
                 digest=call.upload.digest if call.upload else None,
             )
@@ -78,7 +78,7 @@ def handle(operation: Operation) -> Response:
 def read_body(call: Call) -> dict[str, Any]:
     """The body as a JSON object; for a route that takes forms, multipart/form-data too (its text
     fields as values, its files described, its parts kept for sending on)."""
-    limit = call.registry.gateway.request_body_limit_bytes
+    limit = call.config.settings.request_body_limit_bytes
     if call.operation.form_schema is not None and request.mimetype == "multipart/form-data":
         call.upload = read_form(limit)
         return call.upload.fields()
@@ -87,11 +87,11 @@ def read_body(call: Call) -> dict[str, Any]:
 
 def resolve(call: Call, alias: str) -> Route:
     """The configured route for ``alias``, or 404; the call learns its upstream and timeout."""
-    route = call.registry.router.resolve(alias)
+    route = call.config.router.resolve(alias)
     if route is None:
         raise ModelNotFound(f"The model '{alias}' does not exist on this gateway.", param="model")
     call.row.upstream_model, call.row.provider = route.upstream_model, route.model.provider
-    settings = call.registry.gateway.upstream
+    settings = call.config.settings.upstream
     call.timeout = Timeout(settings.connect_timeout_s, route.model.timeout_s or settings.timeout_s)
     return route
 
@@ -111,12 +111,12 @@ def require_provider(operation: Operation, route: Route) -> None:
 def require_adapter(operation: Operation, route: Route) -> None:
     """The provider key's adapter must implement the operation, else 501."""
     adapter = route.provider_key.adapter
-    if not ADAPTERS[adapter].implements(operation.name):
+    if not ADAPTERS[adapter].implements(operation.capability):
         raise NotImplementedOperation(
             f"The provider key '{route.provider_key.display_name}' of model '{route.alias}' uses "
             f"the '{adapter}' adapter, which does not implement {operation.what}. This is a "
             f"provider capability issue: check that the model's provider key uses an adapter "
-            f"that supports {operation.what} (adapter: {', '.join(supporting(operation.name))})."
+            f"that supports {operation.what} (adapter: {', '.join(supporting(operation.capability))})."
         )
 
 
@@ -131,7 +131,7 @@ def require_credential(route: Route) -> None:
 
 def guard_input(call: Call, body: dict[str, Any]) -> dict[str, Any]:
     """The input guardrails over the operation's texts; the body with masked text put back."""
-    guardrails = call.registry.input_guardrails
+    guardrails = call.config.input_guardrails
     if not guardrails:
         return body
     texts = call.operation.texts
@@ -216,7 +216,7 @@ def forward(call: Call, body: dict[str, Any]) -> Response:
 def stream(call: Call, body: dict[str, Any]) -> Response:
     """Steps 10 to 12 of a stream: the limits, the upstream call, its events relayed."""
     outgoing, hide_usage = call.operation.streaming.prepare(body)
-    lease = stream_slot_lease(call.registry.gateway.stream_keepalive_s, call.timeout)
+    lease = stream_slot_lease(call.config.settings.stream_keepalive_s, call.timeout)
     call.slot_lease = (time.monotonic(), lease)  # the relay renews it from here
     admit(call, body, lease)  # 10
     opened = send(call, outgoing, streamed=True)  # 11
@@ -245,7 +245,7 @@ def send(call: Call, body: dict[str, Any], streamed: bool = False) -> Any:
     route = call.route
     payload, content_type = encode(call, body)
     url = endpoint_url(route.provider_key.api_base, call.operation.upstream_path)
-    proxies, verify = upstream.route_settings(url, route.provider_key, call.registry.gateway.upstream)
+    proxies, verify = upstream.route_settings(url, route.provider_key, call.config.settings.upstream)
     call.upstream_started = time.perf_counter()
     try:
         answer = upstream.post(
@@ -290,7 +290,7 @@ def encode(call: Call, body: dict[str, Any]) -> tuple[Any, str]:
 def guard_output(call: Call, document: Any) -> None:
     """The output guardrails over the answer's text (chat); a block is a 422 after the upstream
     answered: its tokens are counted and its cost recorded."""
-    guardrails, read = call.registry.output_guardrails, call.operation.output_text
+    guardrails, read = call.config.output_guardrails, call.operation.output_text
     if not guardrails or read is None or not isinstance(document, dict):
         return
     flagged: list[str] = []

@@ -24,7 +24,7 @@ from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest
 from ..policy.guardrails import check_output
 from ..policy.idempotency import HEADER as IDEMPOTENCY_HEADER
 from .call import Call
-from .events import KEEPALIVE, CallerGone, Interrupted, ShuttingDown, Silent, StreamEnded, UpstreamEvents
+from .events import KEEPALIVE, CallerGone, Interrupted, ShuttingDown, Silent, StreamCutShort, UpstreamEvents
 from .operation import Streaming
 from .upstream import Timeout
 
@@ -67,7 +67,7 @@ _MESSAGES = {
 }
 
 
-class UpstreamErrorEvent(StreamEnded):
+class UpstreamErrorEvent(StreamCutShort):
     """The upstream ended the stream with an error event of its own (relayed as it is)."""
 
     def __init__(self, error: Any) -> None:
@@ -94,7 +94,7 @@ def stream_response(call: Call, upstream: requests.Response, hide_usage: bool) -
         events = UpstreamEvents(
             upstream,
             silence_s=call.timeout.read_s,
-            keepalive_s=call.registry.gateway.stream_keepalive_s,
+            keepalive_s=call.config.settings.stream_keepalive_s,
             caller=caller,
             stop_by=workers.streams_must_end_by,
         )
@@ -125,12 +125,12 @@ class Relay:
         self.spec: Streaming = call.operation.streaming
         self.events = events
         self.hide_usage = hide_usage
-        self.guardrails = call.registry.output_guardrails if self.spec.text else ()
+        self.guardrails = call.config.output_guardrails if self.spec.text else ()
         self.tails: dict[Hashable, str] = {}  # the end of each text so far (output guardrails)
         self.flagged: list[str] = []
         self.complete = False  # the event that completes the stream was relayed
         self.ended = False  # nothing more is to be relayed
-        self.failure: StreamEnded | GatewayError | None = None
+        self.failure: StreamCutShort | GatewayError | None = None
         self._closed = False
         leased_at, self._lease = call.slot_lease  # pipeline.stream leased the slots
         self._renew_at = leased_at + self._lease / 4
@@ -150,7 +150,7 @@ class Relay:
             if not self.complete:
                 raise Interrupted("the stream ended without its last event")
             self.ended = True
-        except (StreamEnded, ContentPolicyViolation) as e:
+        except (StreamCutShort, ContentPolicyViolation) as e:
             self.failure = e
             # Also to a caller that seems gone: one that only closed its sending side still reads,
             # and must not see a clean end.
@@ -225,7 +225,7 @@ class Relay:
             row.status = 200
         elif isinstance(failure, GatewayError):
             row.status, row.error_code = failure.code, failure.error_code
-        elif isinstance(failure, StreamEnded):
+        elif isinstance(failure, StreamCutShort):
             row.status, row.error_code = _ROW_STATUS.get(type(failure), 502), failure.code
         call.priced = bool(row.total_tokens or row.images)  # what is known was generated
         # Ended before its end, not by an error of the upstream's own: what was made of it is unknown.
@@ -233,7 +233,7 @@ class Relay:
         call.finish(200)
 
 
-def error_event(failure: StreamEnded | GatewayError) -> bytes:
+def error_event(failure: StreamCutShort | GatewayError) -> bytes:
     """The last event of a stream that did not end cleanly: the error envelope as its data (the
     official clients raise on it)."""
     if isinstance(failure, GatewayError):

@@ -122,7 +122,6 @@ def post(
     # identity for a stream: compressed events would sit in the decompressor instead of reaching
     # the caller.
     prepared = _prepare(url, payload, key, request_id, stream, content_type)
-    started = time.perf_counter()
     # requests' read timeout is per socket read; the deadline bounds the whole answer
     # so an upstream trickling bytes cannot hold a worker thread forever.
     deadline = time.monotonic() + timeout[1]
@@ -131,7 +130,7 @@ def post(
         if stream and 200 <= r.status_code < 300 and r.headers.get("Content-Type", "").startswith(EVENTS):
             return r
         with r:
-            return _answer(r, _read_until(r, deadline), started)
+            return _answer(r, _read_until(r, deadline))
 
 
 EVENTS = "text/event-stream"
@@ -167,7 +166,7 @@ def _send(
     )
 
 
-def _answer(r: requests.Response, content: bytes, started: float) -> Answer:
+def _answer(r: requests.Response, content: bytes) -> Answer:
     return Answer(
         status=r.status_code,
         content=content,

@@ -65,13 +65,13 @@ class Ledger(LedgerQueries):
             self._unwritten += 1
         self._queue.put(row)
 
-    def writer_running(self) -> bool:
-        """Whether this process's writer runs (or has not been needed yet); a stopped one is
-        started again, and this answers False that once so /readyz and the log show it."""
+    def restart_stopped_writer(self) -> bool:
+        """Start this process's writer again if it had stopped; True when it had (then /readyz
+        and the log say so, once). A writer not yet needed has not stopped."""
         if self._pid != os.getpid() or self._thread.is_alive():
-            return True
+            return False
         self._start_writer()
-        return False
+        return True
 
     def _start_writer(self) -> None:
         with self._lock:

@@ -81,7 +81,7 @@ class UsageRow:
         known = self.guardrails_flagged.split(",") if self.guardrails_flagged else []
         self.guardrails_flagged = ",".join(dict.fromkeys([*known, *names]))[:256] or None
 
-    def note_answer(self, document: Any) -> None:
+    def note_image_answer(self, document: Any) -> None:
         """Record the images an image answer returned and the tokens it reported."""
         if not isinstance(document, dict):
             return
