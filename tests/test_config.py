@@ -35,6 +35,10 @@ def test_example_config_loads(monkeypatch):
         not dev.may_use("gpt-4o")
         and registry.router.resolve("rerank").provider_key.adapter == "openai-compatible"
     )
+    # The README retrieves openai/gpt-4.1 through the example's wildcard row.
+    wildcard = registry.router.resolve("openai/gpt-4.1")
+    assert (wildcard.model.display_name, wildcard.upstream_model) == ("openai/*", "gpt-4.1")
+    assert dev.may_use("openai/gpt-4.1")
 
 
 def test_unset_variables_expand_to_empty_with_warnings(monkeypatch):
