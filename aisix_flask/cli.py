@@ -15,6 +15,7 @@ from flask.cli import AppGroup
 from .config import ConfigError, hash_key, load_config
 from .gateway import current
 from .policy.budgets import configured
+from .usage.display import format_usd
 from .usage.report import SUMMARY_GROUPS, parse_since
 
 aisix = AppGroup("aisix", help="aisix-flask gateway tools.")
@@ -96,9 +97,10 @@ def budgets_report(fmt: str) -> None:
 
 
 def _budget_cell(value: object) -> str:
+    """A budget table cell: a spend in USD (a small one not shown as zero), a date, or never."""
     if value is None:
         return "never"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return format_usd(value) if isinstance(value, float) else str(value)
 
 
 def render(rows: list[dict], by: str, fmt: str) -> str:
@@ -128,14 +130,16 @@ def _line(cells: object, widths: list[int]) -> str:
 
 
 def _total(rows: list[dict], column: str) -> float | int | None:
+    """The column's sum (None when every row's is None); not rounded: _cell writes it."""
     values = [row[column] for row in rows if row[column] is not None]
-    return round(sum(values), 6) if values else None
+    return sum(values) if values else None
 
 
 def _cell(value: object, column: str) -> str:
+    """A report table cell: a cost in USD (a small one not shown as zero), a count or a name."""
     if value is None:
         return "-" if column == "cost_usd" else "(none)"
-    return f"{value:.4f}" if column == "cost_usd" else str(value)
+    return format_usd(value) if column == "cost_usd" else str(value)
 
 
 def init_app(app: Flask) -> None:

@@ -178,6 +178,19 @@ def test_the_usage_page_and_the_cli_show_budgets(budgeted, upstream):
     assert '"remaining": 0.46' in data
 
 
+def test_a_small_spend_is_never_shown_as_zero(budgeted, upstream):
+    """Nine cheap tokens spend 0.000042 USD: the page and the CLI say so, not 0.0000."""
+    budgeted.config["models"][7]["pricing"] = {"per_million_tokens": {"input": 2.0, "output": 8.0}}
+    app, client = budgeted(key={"usd": 1, "period": "day"})
+    usage = {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}  # 10 + 32 micro-dollars
+    upstream.post(CHAT_URL, json={"choices": [{"message": {"content": "x"}}], "usage": usage})
+    assert chat(client).status_code == 200
+    html = client.get("/admin/", headers=auth(ADMIN_KEY)).get_data(as_text=True)
+    assert '<td>dev</td><td>day</td><td class="n">1.00</td>\n      <td class="n">0.000042</td>' in html
+    out = app.test_cli_runner().invoke(args=["aisix", "budgets"]).output
+    assert out.splitlines()[1].split()[:5] == ["key", "dev", "day", "1.0", "0.000042"]
+
+
 @pytest.mark.parametrize(
     ("extra", "param"), [({"size": "1792x1024"}, "size"), ({"quality": "hd", "size": "1024x1024"}, "quality")]
 )

@@ -59,6 +59,20 @@ def test_page_shows_days_keys_models_and_errors(app):
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
 
 
+def test_a_small_cost_is_never_shown_as_zero(app):
+    """Embedding tokens cost millionths of a dollar: the card, the table, the bar's title and its
+    label show 0.000042, not 0.0000 (or $0.00 under the bar)."""
+    ledger = app.extensions["aisix"].ledger
+    ledger.record(UsageRow("req-0", "alice", "/v1/embeddings", None, created_at=NOW, model="embed",
+                           status=200, cost_usd=0.000042))  # fmt: skip
+    ledger.flush(10)
+    html = app.test_client().get("/admin/?days=7", headers=basic(ADMIN_KEY)).get_data(as_text=True)
+    assert '<b id="total-cost">0.000042</b>' in html
+    assert html.count('<td class="n">0.000042</td>') == 3  # per key, per alias, per route
+    assert "images, $0.000042</title>" in html and ">$0.000042</text>" in html
+    assert ">0.0000<" not in html and "$0.00<" not in html
+
+
 @pytest.mark.skipif(
     not shutil.which("chromium") and not os.environ.get("CI"),
     reason="needs Debian's chromium: sudo apt-get install chromium (.ci/run installs it)",

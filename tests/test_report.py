@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from aisix_flask.usage.display import format_usd
 from aisix_flask.usage.row import UsageRow
 
 from .conftest import ADMIN_KEY, auth
@@ -88,3 +89,47 @@ def test_summary_api_matches_the_report(seeded):
         == "by"
     )
     assert client.get("/admin/v1/usage/summary").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("value", "places", "shown"),
+    [
+        (0.0, 4, "0.0000"),
+        (0.12, 4, "0.1200"),
+        (0.1312, 4, "0.1312"),
+        (0.0012, 4, "0.0012"),
+        (0.00015, 4, "0.00015"),
+        (0.000042, 4, "0.000042"),
+        (0.00001, 4, "0.00001"),
+        (3e-10, 4, "0.0000000003"),
+        (0.000099999, 4, "0.0001"),
+        (12.345678, 4, "12.3457"),
+        (0.004, 2, "0.004"),
+        (0.5, 2, "0.50"),
+    ],
+)
+def test_a_cost_shows_two_significant_digits_at_least(value, places, shown):
+    assert format_usd(value, places) == shown
+
+
+def test_a_small_cost_is_never_shown_as_zero(app):
+    """A few embedding tokens cost 0.000042 USD: the table says so, not 0.0000, and the summary's
+    JSON keeps a sum below half a micro-dollar (it was rounded to 6 decimals: 0.0)."""
+    ledger = app.extensions["aisix"].ledger
+    for model, cost in [("embed", 0.000042), ("tiny", 3e-07), ("tiny", 1e-07)]:
+        ledger.record(
+            UsageRow(
+                "r", "alice", "/v1/embeddings", None, created_at=NOW, model=model, status=200, cost_usd=cost
+            )
+        )
+    ledger.flush(10)
+    lines = run(app, "--by", "model").splitlines()
+    assert [line.split()[0::7] for line in lines[1:]] == [
+        ["embed", "0.000042"],
+        ["tiny", "0.0000004"],
+        ["total", "0.000042"],
+    ]
+    r = app.test_client().get("/admin/v1/usage/summary?by=model", headers=auth(ADMIN_KEY))
+    costs = {row["model"]: row["cost_usd"] for row in r.get_json()["data"]}
+    assert costs == {"embed": pytest.approx(0.000042), "tiny": pytest.approx(4e-07)}
+    assert json.loads(run(app, "--by", "model", "--format", "json"))[1]["cost_usd"] > 0

@@ -12,8 +12,10 @@ from ..gateway import Gateway, current
 from ..policy.auth import authenticate
 from ..policy.budgets import configured
 from ..stores import STORE_ERRORS
+from ..usage.display import format_usd
 
 bp = Blueprint("dashboard", __name__)
+bp.add_app_template_filter(format_usd, "usd")  # {{ cost|usd }}: a small cost is not shown as 0.0000
 
 CHART_W, CHART_H, PAD = 760, 240, 44
 HEADROOM = 24  # above the tallest bar: its label and the legend
@@ -99,5 +101,5 @@ def _totals(rows) -> dict:
         "errors": sum(r["errors"] for r in rows),
         "images": sum(r["images"] for r in rows),
         "tokens": sum(r["total_tokens"] for r in rows),
-        "cost": round(sum(costs), 4) if costs else None,
+        "cost": sum(costs) if costs else None,  # not rounded: the page writes it (|usd)
     }

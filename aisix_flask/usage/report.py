@@ -58,7 +58,8 @@ class LedgerQueries:
             row[by] = None if row[by] is None else str(row[by])  # SQLite gives text, PostgreSQL a date
             for key in ("requests", "errors", "images", "input_tokens", "output_tokens", "total_tokens"):
                 row[key] = int(row[key] or 0)
-            row["cost_usd"] = None if row["cost_usd"] is None else round(float(row["cost_usd"]), 6)
+            # To the 1e-10 USD a row's cost is kept to (pricing.py), so that a nonzero sum stays nonzero.
+            row["cost_usd"] = None if row["cost_usd"] is None else round(float(row["cost_usd"]), 10)
         return rows
 
     def query(
