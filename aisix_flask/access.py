@@ -4,39 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response
 
-from .gateway import current
+from .gateway import GatewayRequest, current, this_request
+from .usage.row import UsageRow
 
 access_log = logging.getLogger("aisix_flask.access")
 
 REQUEST_ID_HEADER = "x-aisix-request-id"
-_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-
-
-def request_id() -> str:
-    """This request's id: a safe incoming ``x-request-id``, else a new one."""
-    rid = g.get("request_id")
-    if rid is None:
-        incoming = request.headers.get("x-request-id", "")
-        rid = incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        g.request_id = rid
-    return rid
-
-
-def _start_clock() -> None:
-    g.started = time.perf_counter()
 
 
 def _add_request_id(response: Response) -> Response:
-    response.headers[REQUEST_ID_HEADER] = request_id()
+    response.headers[REQUEST_ID_HEADER] = this_request().request_id
     return response
 
 
@@ -47,43 +31,41 @@ _ACCESS_FIELDS = (
 )  # fmt: skip
 
 
-def entry(status: int, latency_ms: float) -> dict[str, Any]:
-    """This request's access log line, without a usage row (a call adds its own and logs it)."""
+def entry(handled: GatewayRequest, status: int) -> dict[str, Any]:
+    """A request's access log line, as far as the request itself tells (a call adds its row)."""
     return {
         "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "request_id": request_id(),
-        "method": request.method,
-        "path": request.path,
+        "request_id": handled.request_id,
+        "method": handled.method,
+        "path": handled.path,
         "status": status,
-        "latency_ms": round(latency_ms, 2),
-        "client_ip": request.remote_addr,
+        "latency_ms": round((time.perf_counter() - handled.started) * 1000, 2),
+        "client_ip": handled.remote_addr,
     }
 
 
-def log_call(line: dict[str, Any], row: Any) -> None:
-    """Log a proxied call's line, with what its usage row says; it may end long after its
-    request (a stream), so ``line`` was made while the request was there."""
-    line.update({name: getattr(row, name) for name in _ACCESS_FIELDS})
-    access_log.info(json.dumps(line))
-
-
-def logs_itself() -> None:
-    """This request is a proxied call that logs its own line when it ends."""
-    g.aisix_call_logs = True
-
-
 def _log_access(response: Response) -> Response:
-    """One JSON line per request (``gateway.access_log``, on by default), unless a call logs it."""
-    if g.get("aisix_call_logs") or not _enabled():
+    """Write this request's JSON line (``gateway.access_log``, on by default): now, or, for a
+    proxied call, when the call ends (a stream: after its last event), with what its usage row
+    says. This is the only place an access line is written."""
+    config = current().request_config()
+    if config is not None and not config.settings.access_log:
         return response
-    started = g.get("started", time.perf_counter())
-    access_log.info(json.dumps(entry(response.status_code, (time.perf_counter() - started) * 1000)))
+    handled = this_request()
+    line = entry(handled, response.status_code)
+    if handled.call is None:
+        access_log.info(json.dumps(line))
+    else:
+        handled.call.when_finished(lambda status, row: _log_call(line, status, row))
     return response
 
 
-def _enabled() -> bool:
-    config = current()._config
-    return config is None or config.settings.access_log
+def _log_call(line: dict[str, Any], status_sent: int, row: UsageRow) -> None:
+    """A call's line, with the status the caller got and what the call's row says (the call may
+    end long after its request, a stream: ``line`` was made while the request was there)."""
+    line.update(status=status_sent, latency_ms=round(row.latency_ms or 0.0, 2))
+    line.update({name: getattr(row, name) for name in _ACCESS_FIELDS})
+    access_log.info(json.dumps(line))
 
 
 def _init_access_log() -> None:
@@ -99,6 +81,5 @@ def _init_access_log() -> None:
 def init_app(app: Flask) -> None:
     """Give every answer its request id, and log one JSON line per request."""
     _init_access_log()
-    app.before_request(_start_clock)
     app.after_request(_add_request_id)
     app.after_request(_log_access)

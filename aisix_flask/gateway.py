@@ -1,16 +1,21 @@
 """The app-wide state in ``app.extensions["aisix"]``: the config (reloaded when the file changes),
-the ledger, the limiter and the idempotency store."""
+the ledger, the limiter and the idempotency store; and what a request to the gateway carries."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
+import uuid
 import weakref
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any, Protocol, cast
 
 import click
-from flask import Flask, current_app
+from flask import Flask, Request, current_app, has_request_context, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import Config, ConfigError, load_config
@@ -21,8 +26,52 @@ from .policy.limits import Limiter
 from .stores.idempotency import idempotency_store_for
 from .stores.spend import spend_store_for
 from .usage.ledger import Ledger
+from .usage.row import UsageRow
 
 log = logging.getLogger(__name__)
+
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+class Finishing(Protocol):
+    """A proxied call, as the end of its request sees it (``proxy.call.Call``)."""
+
+    def when_finished(self, callback: Callable[[int, UsageRow], None]) -> None:
+        """Call ``callback(status_sent, row)`` when the call has finished (now, if it has)."""
+
+
+class GatewayRequest(Request):
+    """A request to the gateway, and what its handling shares: its id, when it started, the
+    config it runs under (``Gateway.config``) and the proxied call it runs, if any (the access
+    log writes a call's line when the call ends: ``follow_call``)."""
+
+    config: Config | None = None
+    call: Finishing | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = time.perf_counter()
+
+    @cached_property
+    def request_id(self) -> str:
+        """A safe incoming ``x-request-id``, else a new one."""
+        incoming = self.headers.get("x-request-id", "")
+        return incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+
+
+def this_request() -> GatewayRequest:
+    """The request being handled (the app's ``request_class`` is ``GatewayRequest``)."""
+    return cast(GatewayRequest, request._get_current_object())  # type: ignore[attr-defined]
+
+
+def request_id() -> str:
+    """This request's id (what ``x-aisix-request-id`` says, and the upstream is told)."""
+    return this_request().request_id
+
+
+def follow_call(call: Finishing) -> None:
+    """This request runs ``call``: its access log line is written when the call ends."""
+    this_request().call = call
 
 
 def _signature(path: str) -> tuple[int, int, int] | None:
@@ -70,11 +119,23 @@ class Gateway:
             self._watch()
 
     def config(self) -> Config:
-        """The config for this request, or 503 when the app started without one."""
-        config = self._config
+        """The config this request runs under (see ``request_config``), or 503 when the app
+        started without one."""
+        config = self.request_config()
         if config is None:
             raise ServiceUnavailable("The gateway has no valid configuration loaded.")
         return config
+
+    def request_config(self) -> Config | None:
+        """The config this request runs under: the one serving when it first asked, whatever a
+        reload does meanwhile (a stream's end, its access line); outside a request, the one
+        serving now. None when the app started without one."""
+        if not has_request_context():
+            return self._config
+        current_request = this_request()
+        if current_request.config is None:
+            current_request.config = self._config
+        return current_request.config
 
     def _watch(self) -> None:
         thread = threading.Thread(
@@ -205,6 +266,7 @@ class Unopened:
 def init_app(app: Flask, config_path: str) -> None:
     """Open the gateway (failing start-up when the config is broken); under the flask CLI, on
     first use instead."""
+    app.request_class = GatewayRequest
     if click.get_current_context(silent=True) is not None:
         app.extensions["aisix"] = Unopened(config_path)
     else:

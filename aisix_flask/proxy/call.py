@@ -1,60 +1,68 @@
-"""One proxied request, from its caller key to its usage row.
+"""One proxied request's record, and what its end settles.
 
-A ``Call`` holds what the request holds while it runs (its route, its concurrency slots) and owes
-what it owes at its end: the usage row, the metrics, the tokens counted against the limits, the
-slots given back, the access log line. A plain answer ends when the view returns; a stream ends when
-its last event is sent or its caller goes away, and the call finishes then (docs/contract.md).
+The steps of the request path hand each other what they make; the ``Call`` keeps only what the
+request's end needs: its usage row (filled in as the request goes), the form to close, the model
+whose price and budget apply, what step 10 held and what the upstream made of it. A plain answer
+ends when the view returns; a stream ends when its last event is sent or its caller goes away,
+and the call finishes then (docs/contract.md).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 
 from flask import request
 
-from .. import access, metrics
+from .. import metrics
 from ..config import Config
 from ..config.aliases import Route
-from ..config.resources import ApiKey
+from ..config.resources import ApiKey, Model
 from ..errors import GatewayError
-from ..gateway import Gateway
-from ..policy.budgets import Reservation
-from ..policy.limits import Admission, Scope
+from ..gateway import Gateway, request_id
 from ..usage.row import UsageRow
+from .admission import Held, limit_scopes
 from .multipart import Form
 from .operation import Operation
-from .upstream import Timeout
+from .send import Attempt
 
 log = logging.getLogger(__name__)
 
 
-class Call:
-    """A proxied request's state and its end; use as ``with Call(...) as call:``."""
+@dataclass(frozen=True)
+class Outcome:
+    """What came of the upstream call, as far as the call's price goes."""
 
-    def __init__(self, operation: Operation, gateway: Gateway, config: Config, key: ApiKey) -> None:
-        self.operation = operation
+    priced: bool = False  # the upstream answered 2xx (a stream: generated): what it reported costs
+    unknown: bool = False  # sent, and no answer says what the upstream made of it
+
+
+class Call:
+    """A proxied request's record and its end; use as ``with Call(...) as call:``.
+
+    ``gateway``, ``config``, ``operation`` and ``key`` are what the request runs with, read-only;
+    the rest is what its end settles.
+    """
+
+    def __init__(self, gateway: Gateway, config: Config, operation: Operation, key: ApiKey) -> None:
         self.gateway = gateway
-        self.config = config  # this request's config, start to finish
+        self.config = config  # this request's, start to finish
+        self.operation = operation
         self.key = key
-        self.row = UsageRow(access.request_id(), key.display_name, operation.route, request.remote_addr)
-        self.route: Route | None = None
-        self.timeout: Timeout | None = None
-        self.admission = Admission()
-        self.slot_lease: tuple[float, float] | None = None  # a stream's: (leased at, for seconds)
-        self.reservation = Reservation()
-        self.price_before: float | None = None  # what it costs, where known before the call
-        self.priced = False  # the upstream answered 2xx: what it reported has a cost
-        self.upstream_started: float | None = None
-        self.outcome_unknown = False  # sent, and no answer says what the upstream made of it
-        self.upload: Form | None = None  # a multipart body's parts, spooled
-        self.streaming = False  # a stream took over the end of the call
+        self.row = UsageRow(request_id(), key.display_name, operation.route, request.remote_addr)
+        # What the end settles, each given once by the step that makes it:
+        self.upload: Form | None = None  # step 2: a form's spooled parts, closed at the end
+        self.model: Model | None = None  # step 4: whose limits, price and budget apply
+        self.held = Held()  # step 10: slots and windows to give back or charge, a reservation
+        self.outcome = Outcome()  # step 11
         self._started = time.perf_counter()
-        # Taken now: a stream finishes after the request context is gone.
-        self._line = access.entry(0, 0.0) if config.settings.access_log else None
+        self._stream_ends_it = False
         self._finished = False
-        access.logs_itself()
+        self._status_sent = 0
+        self._when_finished: list[Callable[[int, UsageRow], None]] = []
 
     def __enter__(self) -> Call:
         return self
@@ -67,45 +75,79 @@ class Call:
             error.extra_headers = {**self.rate_limit_headers(), **error.extra_headers}
         elif error is not None:
             self.row.status, self.row.error_code = 500, "internal_error"
-        if error is not None or not self.streaming:
+        if error is not None or not self._stream_ends_it:
             self.finish(self.row.status)
+
+    def resolved(self, route: Route) -> None:
+        """Step 4 found the route: the row names its upstream, the end prices at its model."""
+        self.model = route.model
+        self.row.upstream_model, self.row.provider = route.upstream_model, route.model.provider
+
+    def settle(self, attempt: Attempt) -> Attempt:
+        """Record what the upstream call came to; raise the error the gateway answers instead."""
+        self.row.upstream_latency_ms = attempt.latency_ms
+        if attempt.error is not None:
+            self.outcome = Outcome(unknown=attempt.outcome_unknown)
+            raise attempt.error
+        if attempt.answer is not None:
+            self.row.status = attempt.answer.status
+            if attempt.answer.status >= 400:
+                self.row.error_code = attempt.answer.error_code()
+            else:
+                self.outcome = Outcome(priced=True)
+        return attempt
+
+    def ended_by_stream(self) -> None:
+        """The answer is a stream: the call finishes when it ends (``finish``), not at exit."""
+        self._stream_ends_it = True
+
+    def when_finished(self, callback: Callable[[int, UsageRow], None]) -> None:
+        """Call ``callback(status_sent, row)`` when the call has finished (now, if it has)."""
+        if self._finished:
+            callback(self._status_sent, self.row)
+        else:
+            self._when_finished.append(callback)
 
     def rate_limit_headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers of this call's answer: as its admission saw the windows, or,
         not admitted, as they are now (for a limited key or model: none otherwise)."""
-        if self.admission.headers or self.admission.store_failed:
-            return self.admission.headers  # (a store that just failed is not asked again)
-        scopes = [Scope("key", self.key.display_name, self.key.rate_limit)]
-        if self.route is not None:
-            scopes.append(Scope("model", self.route.model.display_name, self.route.model.rate_limit))
+        limits = self.held.limits
+        if limits.headers or limits.store_failed:
+            return limits.headers  # (a store that just failed is not asked again)
+        scopes = limit_scopes(self.key, self.model)
         if not any(
             scope.limit.rpm or scope.limit.rpd or scope.limit.tpm or scope.limit.tpd for scope in scopes
         ):
             return {}
         return self.gateway.limiter.headers(scopes)
 
-    def finish(self, status_sent: int) -> None:
+    def renew_slots(self, ttl_s: float) -> None:
+        """A stream still running keeps its concurrency slots for ``ttl_s`` more."""
+        self.gateway.limiter.renew(self.held.limits, ttl_s)
+
+    def finish(self, status_sent: int, outcome: Outcome | None = None) -> None:
         """Record the call, once: count its tokens and give back its slots, price it, queue its
-        row, count it in the metrics, log its line. ``status_sent`` is the HTTP status the caller
-        got (a stream's is 200 whatever its row says)."""
+        row, count it in the metrics, then tell who waits for its end. ``status_sent`` is the HTTP
+        status the caller got (a stream's is 200 whatever its row says); ``outcome``, when the
+        stream that ended it says what came of the upstream call."""
         if self._finished:
             return
-        self._finished = True
+        self._finished, self._status_sent = True, status_sent
+        outcome = outcome or self.outcome
         if self.upload is not None:
             self.upload.close()
-        row = self.row
+        row, held, model = self.row, self.held, self.model
         row.latency_ms = (time.perf_counter() - self._started) * 1000
-        self.gateway.limiter.finish(self.admission, row.total_tokens)
-        model = self.route.model if self.route else None
-        if self.priced and model is not None and model.pricing is not None:
+        self.gateway.limiter.finish(held.limits, row.total_tokens)
+        if outcome.priced and model is not None and model.pricing is not None:
             row.cost_usd = model.pricing.cost(row)
-        if self.outcome_unknown and self.price_before and (row.cost_usd or 0) < self.price_before:
+        if outcome.unknown and held.price_before and (row.cost_usd or 0) < held.price_before:
             # Sent, and no answer says what came of all of it (a timeout, a stream cut after some
             # of its images, a hang-up, a 2xx that cannot be read): the upstream may have made and
             # billed what was asked for, at the price known up front. (A price known only from the
             # answer is not guessed.)
-            row.cost_usd = self.price_before
-        if self.reservation.charges and self.priced and row.cost_usd is None:
+            row.cost_usd = held.price_before
+        if held.reservation.charges and outcome.priced and row.cost_usd is None:
             log.warning(
                 "request %s to model %r under a budget could not be priced (the upstream reported "
                 "no usage, or usage its pricing has no price for): it counts nothing",
@@ -114,10 +156,9 @@ class Call:
             )
         if model is not None:
             self.gateway.budgets.count(
-                self.reservation, self.key.display_name, model.display_name, row.cost_usd, row.created_at
+                held.reservation, self.key.display_name, model.display_name, row.cost_usd, row.created_at
             )
         self.gateway.ledger.record(row)
         metrics.observe(row, model.display_name if model else "")
-        if self._line is not None:
-            self._line.update(status=status_sent, latency_ms=round(row.latency_ms, 2))
-            access.log_call(self._line, row)
+        for callback in self._when_finished:
+            callback(status_sent, row)

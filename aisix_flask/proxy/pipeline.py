@@ -1,42 +1,38 @@
 """The request path every proxied route runs: docs/contract.md's steps 1 to 13, one per line.
 
-A route module declares its ``Operation`` (what differs) and calls ``handle`` with it.
+A route module declares its ``Operation`` (what differs) and calls ``handle`` with it. Each step
+takes what the one before it made and hands on what it makes (the body, the route, what step 10
+held, the upstream's answer); the ``Call`` keeps only what the request's end settles.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
 from flask import Response, request
 
 from ..adapters import ADAPTERS, supporting
+from ..config import Config
 from ..config.aliases import Route
+from ..config.resources import ApiKey
 from ..errors import (
     ModelNotFound,
     NotImplementedOperation,
     PermissionDenied,
-    PriceUnknown,
     ProviderUnavailable,
     UnsupportedProvider,
-    UpstreamBadResponse,
-    UpstreamError,
 )
-from ..gateway import current
-from ..jsonvalues import whole_number
+from ..gateway import current, follow_call
 from ..policy.auth import authenticate
-from ..policy.budgets import BudgetScope
 from ..policy.guardrails import check_input, check_output
-from ..policy.limits import Scope
-from . import upstream
+from .admission import admit
 from .body import read_json_object
 from .call import Call
-from .endpoints import endpoint_url
-from .multipart import read_form
+from .multipart import Form, read_form
 from .operation import Operation
-from .outcomes import Answer, interpret
-from .schema import validate
+from .outcomes import Answer
+from .schema import validate as check_fields
+from .send import Attempt, Payload, send
 from .streaming import refuse_idempotency_key, stream_response, stream_slot_lease
 from .upstream import Timeout
 
@@ -46,54 +42,65 @@ def handle(operation: Operation) -> Response:
     gateway = current()
     config = gateway.config()  # this request's config, start to finish
     key = authenticate(config.api_keys, request.headers)  # 1
-    with Call(operation, gateway, config, key) as call:  # 13: the call owns its row (see Call)
-        body = read_body(call)  # 2
+    with Call(gateway, config, operation, key) as call:  # 13: settles what the call holds (see Call)
+        follow_call(call)  # the access log writes this request's line when the call ends
+        body, call.upload = read_body(operation, config)  # 2
         call.row.note_request(body)
-        validate(operation.form_schema if call.upload else operation.schema, body)  # 3
-        route = call.route = resolve(call, body["model"])  # 4
-        if not key.may_use(route.alias):  # 5
-            raise PermissionDenied(f"This API key may not use the model '{route.alias}'.")
+        validate(operation, body, call.upload)  # 3
+        route = resolve(config, body["model"])  # 4
+        call.resolved(route)
+        require_access(key, route)  # 5
         require_provider(operation, route)  # 6
         require_adapter(operation, route)  # 7
         require_credential(route)  # 8
-        body = guard_input(call, body)  # 9
+        sent = Payload(route, guard_input(call, body), call.upload)  # 9
+        timeout = upstream_timeout(config, route)
         if operation.streaming is not None and body.get("stream") is True:
             refuse_idempotency_key()
-            response = stream(call, body)  # 10-12, the answer relayed as it arrives
+            response = stream(call, sent, timeout)  # 10-12, the answer relayed as it arrives
         else:  # 10-12, at most once per Idempotency-Key: a repeat gets the stored answer
             response = gateway.idempotency.run(
                 request.headers,
                 key.display_name,
-                body,
+                sent.body,
                 call.row,
-                lambda: forward(call, body),
+                lambda: forward(call, sent, timeout),
                 config.settings.idempotency,
-                call.timeout.slot_ttl_s,
+                timeout.slot_ttl_s,
                 digest=call.upload.digest if call.upload else None,
             )
         response.headers.update(call.rate_limit_headers())  # x-ratelimit-*
         return response
 
 
-def read_body(call: Call) -> dict[str, Any]:
-    """The body as a JSON object; for a route that takes forms, multipart/form-data too (its text
-    fields as values, its files described, its parts kept for sending on)."""
-    limit = call.config.settings.request_body_limit_bytes
-    if call.operation.form_schema is not None and request.mimetype == "multipart/form-data":
-        call.upload = read_form(limit)
-        return call.upload.fields()
-    return read_json_object(limit)
+def read_body(operation: Operation, config: Config) -> tuple[dict[str, Any], Form | None]:
+    """The body as a JSON object; for a route that takes forms, multipart/form-data too: then its
+    text fields as the body, and the form (its files described, its parts kept for sending on)."""
+    limit = config.settings.request_body_limit_bytes
+    if operation.form_schema is not None and request.mimetype == "multipart/form-data":
+        form = read_form(limit)
+        return form.fields(), form
+    return read_json_object(limit), None
 
 
-def resolve(call: Call, alias: str) -> Route:
-    """The configured route for ``alias``, or 404; the call learns its upstream and timeout."""
-    route = call.config.router.resolve(alias)
+def validate(operation: Operation, body: dict[str, Any], upload: Form | None) -> None:
+    """Step 3: the route's schema (its form schema for a form); 400 naming the first bad field."""
+    form_schema = operation.form_schema if upload is not None else None
+    check_fields(form_schema or operation.schema, body)
+
+
+def resolve(config: Config, alias: str) -> Route:
+    """The configured route for ``alias``, or 404."""
+    route = config.router.resolve(alias)
     if route is None:
         raise ModelNotFound(f"The model '{alias}' does not exist on this gateway.", param="model")
-    call.row.upstream_model, call.row.provider = route.upstream_model, route.model.provider
-    settings = call.config.settings.upstream
-    call.timeout = Timeout(settings.connect_timeout_s, route.model.timeout_s or settings.timeout_s)
     return route
+
+
+def require_access(key: ApiKey, route: Route) -> None:
+    """The caller key's ``allowed_models`` must admit the alias it named, else 403."""
+    if not key.may_use(route.alias):
+        raise PermissionDenied(f"This API key may not use the model '{route.alias}'.")
 
 
 def require_provider(operation: Operation, route: Route) -> None:
@@ -140,151 +147,52 @@ def guard_input(call: Call, body: dict[str, Any]) -> dict[str, Any]:
     return texts.write(body, verdict.texts) if verdict.masked else body
 
 
-def limit_scopes(call: Call) -> list[Scope]:
-    """The caller key's and the model row's limits (wildcard rows count as one model)."""
-    model = call.route.model
-    return [
-        Scope("key", call.key.display_name, call.key.rate_limit),
-        Scope("model", model.display_name, model.rate_limit),
-    ]
+def upstream_timeout(config: Config, route: Route) -> Timeout:
+    """The connect timeout, and the model's read budget (else the gateway's)."""
+    settings = config.settings.upstream
+    return Timeout(settings.connect_timeout_s, route.model.timeout_s or settings.timeout_s)
 
 
-def admit(call: Call, body: dict[str, Any], slot_ttl_s: float) -> None:
-    """Step 10: the rate limits and concurrency slots, then the budgets (what the request is known
-    to cost is reserved). Whatever is taken is given back, or counted, when the call finishes."""
-    call.admission = call.gateway.limiter.admit(limit_scopes(call), slot_ttl_s)
-    key, model = call.key, call.route.model
-    pricing = model.pricing
-    if pricing is not None:
-        call.price_before = pricing.known_before(
-            whole_number(body.get("n")),
-            body.get("size"),
-            body.get("quality"),
-            call.operation.token_kinds,
-            call.operation.search_units,
-        )
-    scopes = [BudgetScope("key", key.display_name, key.budget)] if key.budget else []
-    if model.budget:
-        scopes.append(BudgetScope("model", model.display_name, model.budget))
-    if scopes:
-        call.reservation = call.gateway.budgets.reserve(scopes, price_known_before(call, body, scopes[0]))
-
-
-def price_known_before(call: Call, body: dict[str, Any], scope: BudgetScope) -> float:
-    """What a request under a budget will cost as far as it is known before the call: n images at
-    a per-image price, or 0 for a price only the answer tells (tokens). A request whose price the
-    config cannot tell is refused: under a budget it would be free."""
-    if call.price_before is not None:
-        return call.price_before
-    model, pricing = call.route.model, call.route.model.pricing
-    unpriceable = (
-        f"and {scope.label} has a budget: a request that cannot be priced cannot be counted against it."
-    )
-    if pricing is None:
-        raise PriceUnknown(
-            f"The model '{model.display_name}' has no pricing, {unpriceable} Add a pricing block to "
-            f"the model in the gateway config.",
-            param="model",
-        )
-    if pricing.per_million_tokens:
-        kinds = " or ".join("/".join(kinds) for kinds in call.operation.token_kinds)
-        raise PriceUnknown(
-            f"The model '{model.display_name}' has no token price for every kind of token "
-            f"{call.operation.what} answers report ({kinds}), {unpriceable}",
-            param="model",
-        )
-    if not pricing.per_image:
-        raise PriceUnknown(
-            f"The model '{model.display_name}' has only a price per search unit, which "
-            f"{call.operation.what} answers do not report, {unpriceable}",
-            param="model",
-        )
-    size = body.get("size") or pricing.default_size
-    raise PriceUnknown(
-        f"The model '{model.display_name}' has no per-image price for size '{size}' and quality "
-        f"'{body.get('quality') or pricing.default_quality}', {unpriceable}",
-        param="quality" if size in pricing.per_image else "size",
-    )
-
-
-def forward(call: Call, body: dict[str, Any]) -> Response:
+def forward(call: Call, sent: Payload, timeout: Timeout) -> Response:
     """Steps 10 to 12: the rate limits and budgets, the upstream call, the answer as it came."""
-    admit(call, body, call.timeout.slot_ttl_s)  # 10
-    return answered(call, send(call, body))  # 11, 12
+    call.held = admit(call, sent, timeout.slot_ttl_s)  # 10
+    attempt = call.settle(
+        send(call.operation, sent, timeout, call.config.settings.upstream, call.row.request_id)
+    )
+    return answered(call, attempt.answer)  # 12
 
 
-def stream(call: Call, body: dict[str, Any]) -> Response:
+def stream(call: Call, sent: Payload, timeout: Timeout) -> Response:
     """Steps 10 to 12 of a stream: the limits, the upstream call, its events relayed."""
-    outgoing, hide_usage = call.operation.streaming.prepare(body)
-    lease = stream_slot_lease(call.config.settings.stream_keepalive_s, call.timeout)
-    call.slot_lease = (time.monotonic(), lease)  # the relay renews it from here
-    admit(call, body, lease)  # 10
-    opened = send(call, outgoing, streamed=True)  # 11
-    if isinstance(opened, Answer):  # an upstream that answered JSON after all
-        return answered(call, opened)
-    return stream_response(call, opened, hide_usage)  # 12
+    spec = call.operation.streaming
+    assert spec is not None  # handle streams only what the operation can
+    outgoing, hide_usage = spec.prepare(sent.body)
+    lease = stream_slot_lease(call.config.settings.stream_keepalive_s, timeout)
+    call.held = admit(call, sent, lease)  # 10
+    settings = call.config.settings.upstream
+    attempt = call.settle(
+        send(call.operation, sent.with_body(outgoing), timeout, settings, call.row.request_id, True)
+    )
+    if attempt.events is None:  # an upstream that answered JSON after all
+        return answered(call, attempt.answer)
+    return stream_response(call, attempt, spec, hide_usage, timeout, lease)  # 12
 
 
-def answered(call: Call, answer: Answer) -> Response:
+def send_once(call: Call, sent: Payload, timeout: Timeout, streamed: bool = False) -> Attempt:
+    """Step 11: send once, and settle the call with what came of it (raising the error the
+    gateway answers instead)."""
+    settings = call.config.settings.upstream
+    return call.settle(send(call.operation, sent, timeout, settings, call.row.request_id, streamed))
+
+
+def answered(call: Call, answer: Answer | None) -> Response:
     """Record what a whole answer says, check its text, and pass it on as it is."""
-    row = call.row
-    row.status = answer.status
-    if answer.status >= 400:
-        row.error_code = answer.error_code()
-    else:
-        call.priced = True
-        call.operation.note_answer(row, answer.document)
+    assert answer is not None  # an attempt that failed raised in Call.settle
+    if answer.status < 400:
+        call.operation.note_answer(call.row, answer.document)
         guard_output(call, answer.document)
     answer.document = None  # a large answer's parsed copy is not needed to send its bytes
     return passthrough(answer)  # 12
-
-
-def send(call: Call, body: dict[str, Any], streamed: bool = False) -> Any:
-    """Send the body once, with only ``model`` rewritten, and interpret the answer: an Answer,
-    or (``streamed``, when the upstream streams) the open response."""
-    route = call.route
-    payload, content_type = encode(call, body)
-    url = endpoint_url(route.provider_key.api_base, call.operation.upstream_path)
-    proxies, verify = upstream.route_settings(url, route.provider_key, call.config.settings.upstream)
-    call.upstream_started = time.perf_counter()
-    try:
-        answer = upstream.post(
-            url,
-            payload,
-            key=route.provider_key,
-            request_id=call.row.request_id,
-            timeout=(call.timeout.connect_s, call.timeout.read_s),
-            proxies=proxies,
-            verify=verify,
-            stream=streamed,
-            content_type=content_type,
-        )
-    except UpstreamError as e:
-        call.outcome_unknown = not e.should_retry  # it may have been sent and acted on
-        raise
-    finally:
-        call.row.upstream_latency_ms = (time.perf_counter() - call.upstream_started) * 1000
-    if not isinstance(answer, Answer):
-        return answer
-    try:
-        return interpret(answer, route.provider_key)
-    except UpstreamBadResponse:
-        # A 2xx the gateway cannot read: the upstream did the work, and may bill it.
-        call.outcome_unknown = 200 <= answer.status < 300
-        raise
-
-
-def encode(call: Call, body: dict[str, Any]) -> tuple[Any, str]:
-    """What to send and its Content-Type: the body with only ``model`` rewritten (and masked text);
-    a form's parts as they came, those fields' text replaced."""
-    model = call.route.upstream_model
-    if call.upload is None:
-        return json.dumps({**body, "model": model}, ensure_ascii=False).encode(), "application/json"
-    sent = call.upload.fields()
-    changed = {
-        name: value for name, value in body.items() if isinstance(value, str) and sent.get(name) != value
-    }
-    return call.upload.encode({**changed, "model": model})
 
 
 def guard_output(call: Call, document: Any) -> None:

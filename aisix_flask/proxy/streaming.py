@@ -16,16 +16,17 @@ import time
 from collections.abc import Hashable, Iterator
 from typing import Any
 
-import requests
 from flask import Response, request
 
 from .. import workers
+from ..config.resources import Guardrail
 from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest
 from ..policy.guardrails import check_output
 from ..policy.idempotency import HEADER as IDEMPOTENCY_HEADER
-from .call import Call
+from .call import Call, Outcome
 from .events import KEEPALIVE, CallerGone, Interrupted, ShuttingDown, Silent, StreamCutShort, UpstreamEvents
 from .operation import Streaming
+from .send import Attempt
 from .upstream import Timeout
 
 # A stream holds its concurrency slots for as long as it runs: leased (at least this long) and
@@ -86,23 +87,29 @@ def refuse_idempotency_key() -> None:
         )
 
 
-def stream_response(call: Call, upstream: requests.Response, hide_usage: bool) -> Response:
-    """The caller's answer: the relay of ``upstream``'s events, which finishes the call when it
+def stream_response(
+    call: Call, attempt: Attempt, spec: Streaming, hide_usage: bool, timeout: Timeout, lease_s: float
+) -> Response:
+    """The caller's answer: the relay of the attempt's events, which finishes the call when it
     ends. The caller's connection (gunicorn gives it) is watched for a hang-up meanwhile."""
+    assert attempt.events is not None
     caller = request.environ.get("gunicorn.socket")
     try:
         events = UpstreamEvents(
-            upstream,
-            silence_s=call.timeout.read_s,
+            attempt.events,
+            silence_s=timeout.read_s,
             keepalive_s=call.config.settings.stream_keepalive_s,
             caller=caller,
             stop_by=workers.streams_must_end_by,
         )
     except BaseException:
-        upstream.close()
+        attempt.events.close()
         raise
-    relay = Relay(call, events, hide_usage, caller)
-    call.streaming = True
+    guardrails = call.config.output_guardrails if spec.text else ()
+    relay = Relay(
+        call, events, spec, hide_usage, guardrails, timeout.read_s, lease_s, attempt.sent_at, caller
+    )
+    call.ended_by_stream()
     response = Response(relay, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the events
@@ -114,7 +121,16 @@ class Relay:
     the stream ended) closes the upstream connection and finishes the call."""
 
     def __init__(
-        self, call: Call, events: UpstreamEvents, hide_usage: bool, caller: socket.socket | None = None
+        self,
+        call: Call,
+        events: UpstreamEvents,
+        spec: Streaming,
+        hide_usage: bool,
+        guardrails: tuple[Guardrail, ...],
+        write_timeout_s: float,
+        lease_s: float,
+        sent_at: float,
+        caller: socket.socket | None = None,
     ) -> None:
         self.call = call
         # A caller that stops reading would block the server's write, and this thread, for ever:
@@ -122,18 +138,22 @@ class Relay:
         # deadline) fails, and the stream ends as if the caller had hung up.
         self.caller = caller
         self._caller_timeout = caller.gettimeout() if caller is not None else None
-        self.spec: Streaming = call.operation.streaming
+        self._write_timeout_s = write_timeout_s
+        self.spec = spec
         self.events = events
         self.hide_usage = hide_usage
-        self.guardrails = call.config.output_guardrails if self.spec.text else ()
+        self.guardrails = guardrails
         self.tails: dict[Hashable, str] = {}  # the end of each text so far (output guardrails)
         self.flagged: list[str] = []
         self.complete = False  # the event that completes the stream was relayed
         self.ended = False  # nothing more is to be relayed
         self.failure: StreamCutShort | GatewayError | None = None
         self._closed = False
-        leased_at, self._lease = call.slot_lease  # pipeline.stream leased the slots
-        self._renew_at = leased_at + self._lease / 4
+        self._sent_at = sent_at
+        # The slots were leased (step 10) just before the upstream call was sent: renewed on the
+        # same clock from then, however long the upstream took to answer.
+        self._lease_s = lease_s
+        self._renew_at = sent_at + lease_s / 4
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -144,9 +164,9 @@ class Relay:
                     yield out
                 if self.ended:
                     return
-                if time.monotonic() >= self._renew_at:
-                    self._renew_at = time.monotonic() + self._lease / 4
-                    self.call.gateway.limiter.renew(self.call.admission, self._lease)
+                if time.perf_counter() >= self._renew_at:
+                    self._renew_at = time.perf_counter() + self._lease_s / 4
+                    self.call.renew_slots(self._lease_s)
             if not self.complete:
                 raise Interrupted("the stream ended without its last event")
             self.ended = True
@@ -165,7 +185,7 @@ class Relay:
     def _bound_the_write(self) -> None:
         if self.caller is None:
             return
-        limit = self.call.timeout.read_s
+        limit = self._write_timeout_s
         stop_by = workers.streams_must_end_by()
         if stop_by is not None:
             limit = min(limit, max(0.1, stop_by - time.monotonic()))
@@ -215,8 +235,8 @@ class Relay:
                 self.caller.settimeout(self._caller_timeout)  # the connection may serve again
             except OSError:
                 pass
-        call, row = self.call, self.call.row
-        row.upstream_latency_ms = (time.perf_counter() - call.upstream_started) * 1000
+        row = self.call.row
+        row.upstream_latency_ms = (time.perf_counter() - self._sent_at) * 1000
         row.note_flagged(self.flagged)
         failure = self.failure
         if failure is None and not self.ended:
@@ -227,10 +247,12 @@ class Relay:
             row.status, row.error_code = failure.code, failure.error_code
         elif isinstance(failure, StreamCutShort):
             row.status, row.error_code = _ROW_STATUS.get(type(failure), 502), failure.code
-        call.priced = bool(row.total_tokens or row.images)  # what is known was generated
-        # Ended before its end, not by an error of the upstream's own: what was made of it is unknown.
-        call.outcome_unknown = not self.complete and not isinstance(failure, UpstreamErrorEvent)
-        call.finish(200)
+        outcome = Outcome(
+            priced=bool(row.total_tokens or row.images),  # what is known was generated
+            # Ended before its end, not by an error of the upstream's own: what came of it is unknown.
+            unknown=not self.complete and not isinstance(failure, UpstreamErrorEvent),
+        )
+        self.call.finish(200, outcome)
 
 
 def error_event(failure: StreamCutShort | GatewayError) -> bytes:

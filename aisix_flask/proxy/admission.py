@@ -1,0 +1,112 @@
+"""Step 10: what a request takes before it is sent, or the answer that refuses it.
+
+It takes a turn in every rate-limit window of its caller key and its model row, and their
+concurrency slots (429 when one is full); then its budgets reserve what it is known to cost (429
+when one has not enough left). A request under a budget whose price the config cannot tell is
+refused (400): it would count nothing. Whatever is taken is given back, or counted, when the call
+ends (``Call.finish``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..config.resources import ApiKey, Model
+from ..errors import GatewayError, PriceUnknown
+from ..jsonvalues import whole_number
+from ..policy.budgets import Budgets, BudgetScope, Reservation
+from ..policy.limits import Admission, Scope
+from .operation import Operation
+
+if TYPE_CHECKING:
+    from .call import Call
+    from .send import Payload
+
+
+@dataclass(frozen=True)
+class Held:
+    """What step 10 took for a request: concurrency slots and token windows (given back, or
+    charged, at its end), its budgets' reservation, and its price where known before the call."""
+
+    limits: Admission = field(default_factory=Admission)
+    reservation: Reservation = field(default_factory=Reservation)
+    price_before: float | None = None
+
+
+def limit_scopes(key: ApiKey, model: Model | None) -> list[Scope]:
+    """The caller key's limits and the model row's (a wildcard row counts as one model)."""
+    scopes = [Scope("key", key.display_name, key.rate_limit)]
+    if model is not None:
+        scopes.append(Scope("model", model.display_name, model.rate_limit))
+    return scopes
+
+
+def admit(call: Call, sent: Payload, slot_ttl_s: float) -> Held:
+    """Take the rate limits and slots, then reserve the budgets; raise the refusal instead (a
+    refusal by a budget gives the limits' turn back at once, and answers with their headers)."""
+    limiter, model = call.gateway.limiter, sent.route.model
+    limits = limiter.admit(limit_scopes(call.key, model), slot_ttl_s)
+    try:
+        return Held(limits, *reserve(call.gateway.budgets, call.operation, call.key, model, sent.body))
+    except GatewayError as refusal:
+        limiter.finish(limits)
+        refusal.extra_headers = {**limits.headers, **refusal.extra_headers}
+        raise
+
+
+def reserve(
+    budgets: Budgets, operation: Operation, key: ApiKey, model: Model, body: dict[str, Any]
+) -> tuple[Reservation, float | None]:
+    """The budgets' reservation of what the request is known to cost, and that price (None: only
+    the answer tells, or there is no pricing)."""
+    price = None
+    if model.pricing is not None:
+        price = model.pricing.known_before(
+            whole_number(body.get("n")),
+            body.get("size"),
+            body.get("quality"),
+            operation.token_kinds,
+            operation.search_units,
+        )
+    scopes = [BudgetScope("key", key.display_name, key.budget)] if key.budget else []
+    if model.budget:
+        scopes.append(BudgetScope("model", model.display_name, model.budget))
+    if not scopes:
+        return Reservation(), price
+    if price is None:
+        raise unpriceable(operation, model, body, scopes[0])
+    return budgets.reserve(scopes, price), price
+
+
+def unpriceable(operation: Operation, model: Model, body: dict[str, Any], scope: BudgetScope) -> PriceUnknown:
+    """Why a request under a budget cannot be priced before its call (and so cannot be counted):
+    no pricing, token prices that miss a kind the route's answers report, only a search-unit price
+    for a route that reports none, or no per-image price for the size and quality asked."""
+    pricing = model.pricing
+    reason = f"and {scope.label} has a budget: a request that cannot be priced cannot be counted against it."
+    if pricing is None:
+        return PriceUnknown(
+            f"The model '{model.display_name}' has no pricing, {reason} Add a pricing block to "
+            f"the model in the gateway config.",
+            param="model",
+        )
+    if pricing.per_million_tokens:
+        kinds = " or ".join("/".join(kinds) for kinds in operation.token_kinds)
+        return PriceUnknown(
+            f"The model '{model.display_name}' has no token price for every kind of token "
+            f"{operation.what} answers report ({kinds}), {reason}",
+            param="model",
+        )
+    if not pricing.per_image:
+        return PriceUnknown(
+            f"The model '{model.display_name}' has only a price per search unit, which "
+            f"{operation.what} answers do not report, {reason}",
+            param="model",
+        )
+    size = body.get("size") or pricing.default_size
+    return PriceUnknown(
+        f"The model '{model.display_name}' has no per-image price for size '{size}' and quality "
+        f"'{body.get('quality') or pricing.default_quality}', {reason}",
+        param="quality" if size in pricing.per_image else "size",
+    )
