@@ -58,7 +58,7 @@ class _Recorder(logging.Handler):
 def nothing_secret_is_logged():
     """Whatever the gateway logged during the suite, in this process or in any gunicorn it
     started, holds no caller or upstream key and no image data."""
-    from . import serving, test_integration
+    from . import integration, serving
     from .fake_upstream import PNG_1PX
 
     recorder = _Recorder()
@@ -68,7 +68,7 @@ def nothing_secret_is_logged():
     yield recorder
     for logger in loggers:
         logger.removeHandler(recorder)
-    forbidden = [*SECRETS, *test_integration.SECRETS, PNG_1PX, "aGVsbG8=", "d29ybGQ="]
+    forbidden = [*SECRETS, *integration.SECRETS, PNG_1PX, "aGVsbG8=", "d29ybGQ="]
     texts = [("in-process log", "\n".join(recorder.lines))]
     texts += [(str(path), path.read_text(errors="replace")) for path in serving.LOGS if path.exists()]
     for where, logged in texts:

@@ -16,8 +16,8 @@ import requests
 from aisix_flask.policy.budgets import period
 from aisix_flask.stores.spend import SPEND_PREFIX
 
+from .integration import ENV, LOAD_KEY, gateway_config
 from .serving import Gunicorn
-from .test_integration import ENV, LOAD_KEY, gateway_config
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 DALLE = (

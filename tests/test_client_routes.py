@@ -10,7 +10,7 @@ import openai
 import pytest
 import requests
 
-from .test_integration import ADMIN_KEY, DEV_KEY
+from .integration import ADMIN_KEY, DEV_KEY
 from .text_routes import fake_calls, rows, settled_rows
 
 

@@ -78,9 +78,9 @@ def test_a_small_cost_is_never_shown_as_zero(app):
     reason="needs Debian's chromium: sudo apt-get install chromium (.ci/run installs it)",
 )
 def test_page_in_headless_chromium(tmp_path, fake):
+    from .integration import ADMIN_KEY as IT_ADMIN_KEY
+    from .integration import ENV, gateway_config
     from .serving import Gunicorn
-    from .test_integration import ADMIN_KEY as IT_ADMIN_KEY
-    from .test_integration import ENV, gateway_config
 
     config = gateway_config(tmp_path, fake)
     seeding = Ledger(f"sqlite:///{tmp_path}/usage.db")

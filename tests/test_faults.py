@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
+from .integration import ADMIN_KEY, DEV_KEY, ENV, gateway_config
 from .serving import Gunicorn, free_port, generate
-from .test_integration import ADMIN_KEY, DEV_KEY, ENV, gateway_config
 
 FAULTS = [
     # prompt, model, status, error type, error code

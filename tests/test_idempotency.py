@@ -13,8 +13,8 @@ from responses import matchers
 from urllib3.exceptions import NewConnectionError
 
 from .conftest import IMAGES_URL, LIMITED_KEY, auth, hold_slot
+from .integration import DEV_KEY, ENV, gateway_config
 from .serving import Gunicorn
-from .test_integration import DEV_KEY, ENV, gateway_config
 
 ROUTE = "/v1/images/generations"
 REDIS_URL = "redis://127.0.0.1:6379/12"

@@ -136,8 +136,8 @@ def test_four_workers_and_a_sigterm_mid_load(tmp_path, fake, request, backend):
 
     import requests
 
+    from .integration import ENV, LOAD_KEY, gateway_config
     from .serving import Gunicorn, generate
-    from .test_integration import ENV, LOAD_KEY, gateway_config
 
     url = f"sqlite:///{tmp_path}/usage.db" if backend == "sqlite" else request.getfixturevalue("pg_schema")
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))

@@ -11,8 +11,8 @@ from collections import Counter
 import requests
 
 from .conftest import sha
+from .integration import DEV_KEY, ENV, gateway_config
 from .serving import Gunicorn, generate
-from .test_integration import DEV_KEY, ENV, gateway_config
 
 LATE_KEY = "integration-late-SECRET-81fa"
 

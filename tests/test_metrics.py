@@ -8,8 +8,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import IMAGES_URL, auth
+from .integration import ENV, LOAD_KEY, gateway_config
 from .serving import Gunicorn, generate
-from .test_integration import ENV, LOAD_KEY, gateway_config
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

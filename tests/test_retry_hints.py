@@ -8,8 +8,8 @@ import requests
 from urllib3.exceptions import NewConnectionError
 
 from .conftest import DISABLED_KEY, LIMITED_KEY, auth, expect_upstream, hold_slot
+from .integration import DEV_KEY, ENV, gateway_config
 from .serving import Gunicorn
-from .test_integration import DEV_KEY, ENV, gateway_config
 
 ROUTE = "/v1/images/generations"
 OK = {"model": "image-prod", "prompt": "p"}

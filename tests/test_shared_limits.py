@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from .conftest import away_from_a_minute_boundary
+from .integration import ENV, LOAD_KEY, gateway_config
 from .serving import Gunicorn, generate
-from .test_integration import ENV, LOAD_KEY, gateway_config
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 

@@ -7,8 +7,8 @@ import json
 import socket
 import time
 
+from .integration import DEV_KEY, ENV
 from .serving import Gunicorn
-from .test_integration import DEV_KEY, ENV
 from .text_routes import fake_calls, rows, settled_rows, text_config
 
 

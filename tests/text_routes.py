@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
+from .integration import ENV, gateway_config, usage_rows
 from .serving import Gunicorn
-from .test_integration import ADMIN_KEY, ENV, gateway_config
 
 TEXT_MODELS = """
   - {display_name: chat-prod, provider: openai, model_name: gpt-4o-mini, provider_key: openai-main}
@@ -46,10 +46,8 @@ def gateway(tmp_path_factory, fake):
 
 
 def rows(gateway, route: str) -> list[dict]:
-    r = requests.get(
-        f"{gateway.url}/admin/v1/usage", params={"limit": 1000}, headers={"x-api-key": ADMIN_KEY}
-    )
-    return [row for row in r.json()["data"] if row["route"] == route]
+    """The served gateway's usage rows of ``route``."""
+    return [row for row in usage_rows(gateway) if row["route"] == route]
 
 
 def settled_rows(gateway, route: str) -> list[dict]:
