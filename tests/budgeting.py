@@ -7,7 +7,7 @@ import pytest
 
 from aisix_flask.gateway import Gateway
 
-from .conftest import ADMIN_KEY, IMAGES_URL, auth
+from .conftest import ADMIN_KEY, IMAGES_URL, auth, named
 
 PER_IMAGE = {"per_image": {"1024x1024": {"standard": 0.04, "hd": 0.08}},
              "defaults": {"size": "1024x1024", "quality": "standard"}}  # fmt: skip
@@ -48,16 +48,16 @@ def budgeted(make_app, config, tmp_path, monkeypatch):
     (tests/test_budgets.py, tests/test_spend_counting.py)."""
     monkeypatch.setattr(Gateway, "settle_s", 0.0)
     monkeypatch.setattr(Gateway, "watch_interval_s", 0.05)
-    config["models"][1]["pricing"] = PER_IMAGE  # dalle
-    config["models"][7]["pricing"] = PER_TOKEN  # chat-prod
+    named(config, "models", "dalle")["pricing"] = PER_IMAGE
+    named(config, "models", "chat-prod")["pricing"] = PER_TOKEN
 
     def make(key=None, dalle=None, chat=None):
         if key:
-            config["api_keys"][0]["budget"] = key
+            named(config, "api_keys", "dev")["budget"] = key
         if dalle:
-            config["models"][1]["budget"] = dalle
+            named(config, "models", "dalle")["budget"] = dalle
         if chat:
-            config["models"][7]["budget"] = chat
+            named(config, "models", "chat-prod")["budget"] = chat
         app = make_app(config)
         return app, app.test_client()
 

@@ -207,6 +207,13 @@ def base_config(tmp_path: Path, upstream: str = UPSTREAM) -> dict[str, Any]:
     }
 
 
+def named(config: dict[str, Any], collection: str, name: str) -> dict[str, Any]:
+    """The row of ``config[collection]`` called ``name`` (its display_name, a guardrail's name): tests
+    edit a row by what it is, so that reordering the config cannot change which row they edit."""
+    [row] = [r for r in config[collection] if r.get("display_name", r.get("name")) == name]
+    return row
+
+
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     """Write ``config`` as YAML and return its path."""
     path.write_text(yaml.safe_dump(config))

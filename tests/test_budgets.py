@@ -19,6 +19,7 @@ from .conftest import (
     assert_envelope,
     auth,
     hold_slot,
+    named,
     write_config,
 )
 
@@ -84,7 +85,7 @@ def test_a_budget_raised_in_the_config_lets_requests_through_at_once(budgeted, u
     assert image(client).status_code == 200
     assert image(client).status_code == 429
     config = budgeted.config
-    config["api_keys"][0]["budget"] = {"usd": 1.0, "period": "day"}
+    named(config, "api_keys", "dev")["budget"] = {"usd": 1.0, "period": "day"}
     write_config(tmp_path / "config-0.yaml", config)
     time.sleep(0.3)
     images_answer(upstream, 1)
@@ -106,8 +107,8 @@ def test_the_admin_api_lists_every_budget(budgeted, upstream):
 def test_a_budget_store_that_cannot_be_reached_refuses_budgeted_requests(make_app, config, upstream):
     """Fail closed: a budget is a promise about money. Requests without a budget go on."""
     config["gateway"]["ratelimit"]["storage_url"] = "redis://127.0.0.1:1/0"
-    config["api_keys"][0]["budget"] = {"usd": 1, "period": "day"}
-    config["models"][1]["pricing"] = PER_IMAGE
+    named(config, "api_keys", "dev")["budget"] = {"usd": 1, "period": "day"}
+    named(config, "models", "dalle")["pricing"] = PER_IMAGE
     client = make_app(config).test_client()
     r = image(client)
     error = assert_envelope(r, 503, "server_error", "budget_unavailable")
@@ -196,7 +197,7 @@ def test_a_small_spend_is_never_shown_as_zero(budgeted, upstream):
 )
 def test_a_request_the_config_cannot_price_is_refused_under_a_budget(budgeted, upstream, extra, param):
     """It would be free, and the budget would not hold: 400, nothing sent."""
-    budgeted.config["models"][1]["pricing"] = {"per_image": {"1024x1024": {"standard": 0.04}}}
+    named(budgeted.config, "models", "dalle")["pricing"] = {"per_image": {"1024x1024": {"standard": 0.04}}}
     app, client = budgeted(key={"usd": 1, "period": "day"})
     body = {"model": "dalle", "prompt": "p", **extra}
     r = client.post("/v1/images/generations", headers=auth(), json=body)
@@ -218,7 +219,7 @@ def test_spend_is_counted_before_a_budget_is_set(budgeted, upstream, tmp_path):
     images_answer(upstream, 2)
     assert image(client, n=2).status_code == 200  # 0.08, no budget yet
     config = budgeted.config
-    config["api_keys"][0]["budget"] = {"usd": 0.1, "period": "month"}
+    named(config, "api_keys", "dev")["budget"] = {"usd": 0.1, "period": "month"}
     write_config(tmp_path / "config-0.yaml", config)
     time.sleep(0.3)
     assert spent(app) == pytest.approx(0.08) == ledger_cost(app)
@@ -238,7 +239,7 @@ def test_a_per_image_request_whose_outcome_is_unknown_costs_its_price(budgeted, 
 
 def test_a_request_the_rate_limit_refuses_holds_no_budget(budgeted, upstream):
     """The limits are checked first: a refused request never holds part of the budget."""
-    budgeted.config["api_keys"][0]["rate_limit"] = {"concurrency": 1}
+    named(budgeted.config, "api_keys", "dev")["rate_limit"] = {"concurrency": 1}
     app, client = budgeted(key={"usd": 0.05, "period": "day"})
     hold_slot(app, 5)  # another call holds the slot
     assert image(client).status_code == 429
@@ -256,7 +257,7 @@ def test_an_unknown_outcome_costs_its_price_without_a_budget_too(budgeted, upstr
     assert ledger_cost(app) == pytest.approx(0.08)
     time.sleep(Budgets.defer_s * 4)  # counted apart from any budget: written within defer_s
     config = budgeted.config
-    config["api_keys"][0]["budget"] = {"usd": 1, "period": "day"}
+    named(config, "api_keys", "dev")["budget"] = {"usd": 1, "period": "day"}
     assert spent(budgeted()[0]) == pytest.approx(0.08)
 
 
@@ -276,7 +277,7 @@ def test_a_2xx_answer_that_cannot_be_read_costs_its_price(budgeted, upstream):
 def test_token_prices_must_cover_what_the_route_reports_under_a_budget(budgeted, upstream, prices, refused):
     """A chat answer reports input and output tokens: with a price for only one of them its cost is
     unknown, and under a budget it would be free. Refused up front, nothing sent."""
-    budgeted.config["models"][7]["pricing"] = {"per_million_tokens": prices}
+    named(budgeted.config, "models", "chat-prod")["pricing"] = {"per_million_tokens": prices}
     if not refused:
         upstream.post(CHAT_URL, json={"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
     app, client = budgeted(chat={"usd": 1, "period": "day"})
@@ -291,7 +292,7 @@ def test_token_prices_must_cover_what_the_route_reports_under_a_budget(budgeted,
 
 def test_a_search_unit_price_prices_rerank_only_under_a_budget(budgeted, upstream):
     """A chat model priced per search unit would count nothing (chat reports tokens): refused."""
-    budgeted.config["models"][7]["pricing"] = {"per_search_unit": 0.002}
+    named(budgeted.config, "models", "chat-prod")["pricing"] = {"per_search_unit": 0.002}
     app, client = budgeted(chat={"usd": 1, "period": "day"})
     error = assert_envelope(chat(client), 400, "invalid_request_error", "price_unknown", "model")
     assert "search unit" in error["message"] and not upstream.calls

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import CHAT_URL, assert_envelope, auth
+from .conftest import CHAT_URL, assert_envelope, auth, named
 
 ROUTE = "/v1/chat/completions"
 ANSWER = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
@@ -149,7 +149,7 @@ def test_masking_reads_tool_call_arguments_as_json_and_keeps_them_json(make_app,
 
 
 def test_an_answer_of_any_shape_is_read_by_output_guardrails_without_failing(make_app, config, upstream):
-    config["guardrails"][0]["hook_point"] = "both"
+    named(config, "guardrails", "no-secrets")["hook_point"] = "both"
     client = make_app(config).test_client()
     odd = {"role": "assistant", "content": ["not a part", {"type": "text", "text": "fine"}],
            "tool_calls": [None, {"function": {"arguments": 5}}, {"function": "x"}], "refusal": 7}  # fmt: skip
@@ -178,7 +178,7 @@ def test_output_guardrails_in_monitor_mode_only_flag(make_app, config, upstream)
 
 def test_an_answer_blocked_by_an_output_guardrail_is_kept_for_its_idempotency_key(make_app, config, upstream):
     """It was generated and billed: a retry with the same key gets the same 422, no second call."""
-    config["guardrails"][0]["hook_point"] = "both"
+    named(config, "guardrails", "no-secrets")["hook_point"] = "both"
     client = make_app(config).test_client()
     upstream.post(CHAT_URL, json={**ANSWER, "choices": [{"message": {"content": "a Forbidden Phrase"}}]})
     headers = {**auth(), "Idempotency-Key": "blocked-1"}

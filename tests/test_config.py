@@ -10,7 +10,7 @@ from aisix_flask import create_app
 from aisix_flask.config import ConfigError, hash_key, load_config
 from aisix_flask.proxy.endpoints import endpoint_url
 
-from .conftest import CALLER_KEY, base_config, sha, write_config
+from .conftest import CALLER_KEY, base_config, named, sha, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -161,7 +161,7 @@ def test_missing_file(tmp_path):
 
 
 def test_unknown_fields_load_with_a_warning(tmp_path, config):
-    config["models"][0]["fallbacks"] = ["dalle"]
+    named(config, "models", "image-prod")["fallbacks"] = ["dalle"]
     config["routes"] = []
     registry = load_config(str(write_config(tmp_path / "c.yaml", config)))
     assert "models[0].fallbacks: unknown field, ignored" in registry.warnings

@@ -12,7 +12,7 @@ import requests
 from responses import matchers
 from urllib3.exceptions import NewConnectionError
 
-from .conftest import IMAGES_URL, LIMITED_KEY, auth, hold_slot
+from .conftest import IMAGES_URL, LIMITED_KEY, auth, hold_slot, named
 from .integration import DEV_KEY, ENV, gateway_config
 from .serving import Gunicorn
 
@@ -134,7 +134,7 @@ def test_a_refusal_before_sending_frees_the_key(build, upstream, config):
 
 
 def test_a_rate_limit_refusal_frees_the_key(build, upstream, config):
-    config["api_keys"][0]["rate_limit"] = {"concurrency": 1}
+    named(config, "api_keys", "dev")["rate_limit"] = {"concurrency": 1}
     app = build()
     limiter, client = app.extensions["aisix"].limiter, app.test_client()
     held = hold_slot(app)

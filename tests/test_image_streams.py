@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import auth, base_config
+from .conftest import auth, base_config, named
 from .streams import events, ledger_row, payloads
 
 
@@ -40,7 +40,7 @@ def test_a_silent_image_stream_gets_keep_alives(streaming, make_app, tmp_path, f
 
 def test_an_image_stream_is_priced_from_its_completed_event(make_app, tmp_path, fake):
     config = base_config(tmp_path, fake.url)
-    config["models"][0]["pricing"] = {
+    named(config, "models", "image-prod")["pricing"] = {
         "per_million_tokens": {"input_text": 5, "input_image": 10, "output_image": 40}
     }
     app = make_app(config)
@@ -52,8 +52,8 @@ def test_a_cut_image_stream_costs_the_images_asked_for_at_a_per_image_price(make
     """Cut before its completed event: the upstream may have made (and billed) the images, so with a
     per-image price the row costs what was asked for; with a token price nothing is guessed."""
     config = base_config(tmp_path, fake.url)
-    config["models"][0]["pricing"] = {"per_image": {"1024x1024": {"low": 0.01}}}
-    config["models"][0]["pricing"]["defaults"] = {"size": "1024x1024", "quality": "low"}
+    pricing = named(config, "models", "image-prod")["pricing"] = {"per_image": {"1024x1024": {"low": 0.01}}}
+    pricing["defaults"] = {"size": "1024x1024", "quality": "low"}
     app = make_app(config)
     events(images(app.test_client(), "[cut:1] a fox", partial_images=2, n=2))
     row = ledger_row(app)

@@ -167,11 +167,11 @@ def test_four_workers_and_a_sigterm_mid_load(tmp_path, fake, request, backend):
 
 def test_the_gateway_starts_and_serves_while_its_stores_are_down(make_app, config, upstream, caplog):
     """Nothing listens on port 1: the ledger database and the Redis limiter are both down."""
-    from .conftest import IMAGES_URL, auth
+    from .conftest import IMAGES_URL, auth, named
 
     config["gateway"]["usage"]["database_url"] = "postgresql://127.0.0.1:1/test?connect_timeout=2"
     config["gateway"]["ratelimit"]["storage_url"] = "redis://127.0.0.1:1/0"
-    config["api_keys"][0]["rate_limit"] = {"rpm": 5}
+    named(config, "api_keys", "dev")["rate_limit"] = {"rpm": 5}
     app = make_app(config)
     client = app.test_client()
     assert client.get("/livez").status_code == 200

@@ -9,7 +9,7 @@ import time
 import pytest
 from responses import matchers
 
-from .conftest import IMAGES_URL, LIMITED_KEY, auth, away_from_a_minute_boundary, hold_slot
+from .conftest import IMAGES_URL, LIMITED_KEY, auth, away_from_a_minute_boundary, hold_slot, named
 
 ROUTE = "/v1/images/generations"
 USAGE_ANSWER = {
@@ -30,11 +30,11 @@ def limited(make_app, config):
 
     def build(key=None, model=None, wildcard=None):
         if key:
-            config["api_keys"][0]["rate_limit"] = key
+            named(config, "api_keys", "dev")["rate_limit"] = key
         if model:
-            config["models"][0]["rate_limit"] = model
+            named(config, "models", "image-prod")["rate_limit"] = model
         if wildcard:
-            config["models"][2]["rate_limit"] = wildcard
+            named(config, "models", "openai/*")["rate_limit"] = wildcard
         return make_app(config)
 
     return build

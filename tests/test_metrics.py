@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import IMAGES_URL, auth
+from .conftest import IMAGES_URL, auth, named
 from .integration import ENV, LOAD_KEY, gateway_config
 from .serving import Gunicorn, generate
 
@@ -25,8 +25,9 @@ def value(text: str, name: str, **labels) -> float:
 
 
 def test_requests_tokens_images_cost_blocks_and_limits(make_app, config, upstream):
-    config["models"][0]["pricing"] = {"per_million_tokens": {"input_text": 5, "output_image": 40}}
-    config["api_keys"][1]["rate_limit"] = {"rpm": 1}
+    prices = {"per_million_tokens": {"input_text": 5, "output_image": 40}}
+    named(config, "models", "image-prod")["pricing"] = prices
+    named(config, "api_keys", "limited")["rate_limit"] = {"rpm": 1}
     client = make_app(config).test_client()
     before = client.get("/metrics").get_data(as_text=True)
     usage = {"input_tokens": 10, "output_tokens": 500, "total_tokens": 510,

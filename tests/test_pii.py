@@ -7,7 +7,7 @@ from responses import matchers
 
 from aisix_flask.policy import pii
 
-from .conftest import IMAGES_URL, auth
+from .conftest import IMAGES_URL, auth, named
 
 ROUTE = "/v1/images/generations"
 
@@ -149,7 +149,7 @@ def test_monitor_records_without_acting(pii_app, upstream, action):
 
 
 def test_keyword_guardrail_in_monitor_mode(make_app, config, upstream):
-    config["guardrails"][0]["enforcement_mode"] = "monitor"
+    named(config, "guardrails", "no-secrets")["enforcement_mode"] = "monitor"
     app = make_app(config)
     upstream.post(IMAGES_URL, json={"created": 1, "data": [{"url": "u"}]})
     assert send(app, "a forbidden phrase").status_code == 200

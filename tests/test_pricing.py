@@ -8,7 +8,7 @@ from aisix_flask.api.rerank import note_usage as note_rerank_usage
 from aisix_flask.usage.pricing import Pricing
 from aisix_flask.usage.row import UsageRow
 
-from .conftest import IMAGES_URL, auth
+from .conftest import IMAGES_URL, auth, named
 
 DALL_E_3 = Pricing(
     per_image={
@@ -89,8 +89,10 @@ def test_missing_price_for_a_reported_kind_is_null():
 
 @pytest.mark.parametrize("status", [400, 404, 429, 500, 503])
 def test_failures_have_no_cost(make_app, config, upstream, status):
-    config["models"][1]["pricing"] = {"per_image": {"1024x1024": {"standard": 0.04}},
-                                      "defaults": {"size": "1024x1024", "quality": "standard"}}  # fmt: skip
+    named(config, "models", "dalle")["pricing"] = {
+        "per_image": {"1024x1024": {"standard": 0.04}},
+        "defaults": {"size": "1024x1024", "quality": "standard"},
+    }
     app = make_app(config)
     upstream.post(IMAGES_URL, status=status, json={"error": {"message": "no", "type": "x"}})
     app.test_client().post("/v1/images/generations", headers=auth(), json={"model": "dalle", "prompt": "p"})
@@ -101,11 +103,11 @@ def test_failures_have_no_cost(make_app, config, upstream, status):
 
 
 def test_cost_reaches_the_ledger(make_app, config, upstream):
-    config["models"][1]["pricing"] = {
+    named(config, "models", "dalle")["pricing"] = {
         "per_image": {"1024x1024": {"standard": 0.04, "hd": 0.08}},
         "defaults": {"size": "1024x1024", "quality": "standard"},
     }
-    config["models"][0]["pricing"] = {
+    named(config, "models", "image-prod")["pricing"] = {
         "per_million_tokens": {"input_text": 5, "input_image": 10, "output_image": 40}
     }
     app = make_app(config)
@@ -136,7 +138,7 @@ def test_pricing_config_is_validated(tmp_path, config):
 
     from .conftest import write_config
 
-    config["models"][0]["pricing"] = {
+    named(config, "models", "image-prod")["pricing"] = {
         "per_image": {"1024x1024": {"hd": -1}},
         "per_million_tokens": {"output": 1},
     }
@@ -185,7 +187,7 @@ def test_image_and_text_token_prices_do_not_mix(tmp_path, config):
 
     from .conftest import write_config
 
-    config["models"][0]["pricing"] = {"per_million_tokens": {"input_text": 5, "output": 10}}
+    named(config, "models", "image-prod")["pricing"] = {"per_million_tokens": {"input_text": 5, "output": 10}}
     with pytest.raises(ConfigError, match="either image token prices"):
         load_config(str(write_config(tmp_path / "c.yaml", config)))
 
@@ -193,7 +195,7 @@ def test_image_and_text_token_prices_do_not_mix(tmp_path, config):
 def test_a_chat_answers_cost_reaches_the_ledger(make_app, config, upstream):
     from .conftest import CHAT_URL
 
-    config["models"][7]["pricing"] = {"per_million_tokens": {"input": 2.5, "output": 10}}  # chat-prod
+    named(config, "models", "chat-prod")["pricing"] = {"per_million_tokens": {"input": 2.5, "output": 10}}
     app = make_app(config)
     usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
     upstream.post(CHAT_URL, json={"choices": [{"message": {"content": "x"}}], "usage": usage})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import CALLER_KEY, UPSTREAM_KEY, auth
+from .conftest import CALLER_KEY, UPSTREAM_KEY, auth, named
 from .forward_proxy import ForwardProxy
 from .serving import free_port
 
@@ -29,9 +29,9 @@ def via(make_app, config, fake, monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
     def build(gateway_proxy=None, key_proxy=None, **upstream):
-        config["provider_keys"][0]["api_base"] = fake.url
+        named(config, "provider_keys", "openai-main")["api_base"] = fake.url
         if key_proxy:
-            config["provider_keys"][0]["proxy"] = key_proxy
+            named(config, "provider_keys", "openai-main")["proxy"] = key_proxy
         config["gateway"]["upstream"].update(upstream)
         if gateway_proxy:
             config["gateway"]["upstream"]["proxy"] = gateway_proxy
@@ -136,7 +136,7 @@ def test_a_missing_ca_bundle_is_a_config_error(tmp_path, config):
 
     from .conftest import write_config
 
-    config["provider_keys"][0]["ca_bundle"] = str(tmp_path / "nope.pem")
+    named(config, "provider_keys", "openai-main")["ca_bundle"] = str(tmp_path / "nope.pem")
     with pytest.raises(ConfigError, match=r"provider_keys\[0\].ca_bundle: no such file"):
         load_config(str(write_config(tmp_path / "c.yaml", config)))
 
@@ -207,11 +207,11 @@ def tls_upstream(tmp_path_factory):
 def test_a_corporate_ca_over_real_tls(make_app, config, monkeypatch, tls_upstream, where):
     url, ca = tls_upstream
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
-    config["provider_keys"][0]["api_base"] = url
+    named(config, "provider_keys", "openai-main")["api_base"] = url
     if where == "gateway":
         config["gateway"]["upstream"]["ca_bundle"] = ca
     elif where == "provider_key":
-        config["provider_keys"][0]["ca_bundle"] = ca
+        named(config, "provider_keys", "openai-main")["ca_bundle"] = ca
     elif where == "environment":
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)
     r = make_app(config).test_client().post(ROUTE, headers=auth(), json=OK)

@@ -12,7 +12,7 @@ import pytest
 from aisix_flask.gateway import Gateway
 
 from .conftest import CALLER_KEY as CALLER
-from .conftest import IMAGES_URL, auth, sha, write_config
+from .conftest import IMAGES_URL, auth, named, sha, write_config
 
 ROUTE = "/v1/images/generations"
 NEW_KEY = "late-SECRET-2d9e11"
@@ -68,12 +68,13 @@ def test_a_broken_edit_keeps_the_last_good_config(live, upstream, caplog):
         upstream.post(IMAGES_URL, json={"created": 1, "data": []})
         assert post(client, CALLER).status_code == 200
     assert "the change is rejected; the last good config keeps serving" in caplog.text
-    config["models"][0]["provider_key"] = "nope"  # valid YAML, invalid config: rejected whole
+    # Valid YAML, invalid config: rejected whole.
+    named(config, "models", "image-prod")["provider_key"] = "nope"
     rewrite(path, config)
     upstream.post(IMAGES_URL, json={"created": 1, "data": []})
     assert post(client, CALLER).status_code == 200
     assert "models[0].provider_key: unknown provider key 'nope'" in caplog.text
-    config["models"][0]["provider_key"] = "openai-main"
+    named(config, "models", "image-prod")["provider_key"] = "openai-main"
     config["api_keys"].append({"display_name": "late", "key_hash": sha(NEW_KEY)})
     rewrite(path, config)  # fixed: now it applies
     upstream.post(IMAGES_URL, json={"created": 1, "data": []})

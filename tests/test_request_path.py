@@ -19,6 +19,7 @@ from .conftest import (
     UPSTREAM_KEY,
     assert_envelope,
     auth,
+    named,
 )
 
 
@@ -250,7 +251,7 @@ def test_9_input_guardrails_read_the_routes_text(app, client, upstream, case):
 
 @routes
 def test_10_rate_limits_apply(make_app, config, upstream, case):
-    config["api_keys"][0]["rate_limit"] = {"rpm": 1}
+    named(config, "api_keys", "dev")["rate_limit"] = {"rpm": 1}
     client = make_app(config).test_client()
     upstream.post(case.upstream_url, json=case.answer)
     assert client.post(case.route, headers=auth(), json=case.body("p")).status_code == 200

@@ -7,7 +7,7 @@ import pytest
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from .conftest import DISABLED_KEY, LIMITED_KEY, auth, expect_upstream, hold_slot
+from .conftest import DISABLED_KEY, LIMITED_KEY, auth, expect_upstream, hold_slot, named
 from .integration import DEV_KEY, ENV, gateway_config
 from .serving import Gunicorn
 
@@ -37,7 +37,7 @@ def test_the_gateways_own_refusals_say_do_not_retry(client, headers, body, statu
 
 
 def test_our_rate_limit_says_retry(make_app, config):
-    config["api_keys"][0]["rate_limit"] = {"concurrency": 1}
+    named(config, "api_keys", "dev")["rate_limit"] = {"concurrency": 1}
     app = make_app(config)
     hold_slot(app)
     r = app.test_client().post(ROUTE, headers=auth(), json=OK)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .conftest import CALLER_KEY, assert_envelope, auth, base_config
+from .conftest import CALLER_KEY, assert_envelope, auth, base_config, named
 from .streams import ROUTE, chat, events, fake_calls, ledger_row, payloads
 
 
@@ -217,7 +217,7 @@ def test_an_upstream_that_answers_json_to_a_stream_is_passed_through(streaming):
 
 def test_a_stream_releases_its_concurrency_slot_when_it_ends(make_app, tmp_path, fake):
     config = base_config(tmp_path, fake.url)
-    config["api_keys"][0]["rate_limit"] = {"concurrency": 1}
+    named(config, "api_keys", "dev")["rate_limit"] = {"concurrency": 1}
     client = make_app(config).test_client()
     r = chat(client, "[gap:0.1][say:a b c]")
     stream = iter(r.response)
