@@ -3,6 +3,7 @@ references, the checks, the limits, idempotency and streaming; against the real 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -12,6 +13,7 @@ import pytest
 import requests
 
 from .conftest import assert_envelope, auth, base_config
+from .fake_upstream import PNG_1PX
 
 ROUTE = "/v1/images/edits"
 PNG_A, PNG_B, MASK = os.urandom(3000), os.urandom(70_000), os.urandom(500)
@@ -264,8 +266,9 @@ def test_a_streamed_edit_relays_image_edit_events(edits, fake):
     assert (row["status"], row["images"], row["total_tokens"]) == (200, 1, 284)
 
 
-def test_spooled_parts_are_closed_when_the_call_ends(edits, monkeypatch):
-    """Big parts go to temporary files: none is left open after the answer."""
+def test_spooled_parts_are_closed_when_the_call_ends(edits, monkeypatch, nothing_secret_is_logged):
+    """Big parts go to temporary files: none is left open after the answer, and neither the ledger
+    row nor the access log line keeps any of their bytes."""
     from aisix_flask.proxy import multipart
 
     opened = []
@@ -280,9 +283,21 @@ def test_spooled_parts_are_closed_when_the_call_ends(edits, monkeypatch):
     body, headers = raw_form(
         field("model", "image-prod"), field("prompt", "p"), file("image", "a.png", io.BytesIO(PNG_B).read())
     )
-    assert client.post(ROUTE, data=body, headers=headers).status_code == 200
+    r = client.post(ROUTE, data=body, headers=headers)
+    assert r.status_code == 200 and r.get_json()["data"][0]["b64_json"] == PNG_1PX
     assert opened and all(f.closed for f in opened)
-    assert json.dumps(rows(app)[0])  # the row holds no image bytes
+    [row] = rows(app)
+    assert (row["route"], row["model"], row["upstream_model"], row["status"], row["images"]) == (
+        ROUTE, "image-prod", "gpt-image-1", 200, 1
+    )  # fmt: skip
+    logged = [json.loads(line) for line in nothing_secret_is_logged.lines if line.startswith('{"time"')]
+    [line] = [e for e in logged if e["request_id"] == r.headers["x-aisix-request-id"]]
+    assert (line["path"], line["status"], line["model"], line["images"]) == (ROUTE, 200, "image-prod", 1)
+    # Neither the image sent (70 kB, as base64 or hex) nor the one answered (the fake's b64_json).
+    for kept in (json.dumps(row), json.dumps(line)):
+        assert len(kept) < 4096  # a 70 kB image, in any encoding, would not fit
+        for image in (base64.b64encode(PNG_B).decode()[:32], PNG_B.hex()[:32], PNG_1PX):
+            assert image not in kept
 
 
 def test_a_form_of_too_many_parts_is_413_at_once(edits):

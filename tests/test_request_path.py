@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,8 @@ from .conftest import (
     auth,
     named,
 )
+
+CONTRACT = Path(__file__).resolve().parent.parent / "docs" / "contract.md"
 
 
 @dataclass(frozen=True)
@@ -292,7 +296,9 @@ def test_an_idempotency_key_replays_the_answer(client, upstream, case):
 
 
 def test_every_route_is_listed_here(app):
-    """A new proxied route must join this table (and so every test above)."""
+    """A new proxied route must join this table (and so every test above) and the contract's table
+    of routes: what the app serves, what is tested and what is documented are the same routes."""
     proxied = {rule.rule for rule in app.url_map.iter_rules() if "POST" in rule.methods}
     assert proxied == {case.route for case in CASES.values()}
-    assert json.dumps(sorted(proxied))
+    documented = re.findall(r"^\| `POST (/v1/\S+)` \|", CONTRACT.read_text(), re.MULTILINE)
+    assert sorted(documented) == sorted(proxied)
