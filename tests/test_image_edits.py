@@ -14,6 +14,7 @@ import requests
 
 from .conftest import assert_envelope, auth, base_config
 from .fake_upstream import PNG_1PX
+from .forms import field, file, raw_form
 
 ROUTE = "/v1/images/edits"
 PNG_A, PNG_B, MASK = os.urandom(3000), os.urandom(70_000), os.urandom(500)
@@ -36,23 +37,6 @@ def last_call(fake) -> dict:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def raw_form(*parts: bytes, boundary: str = "XyZ-boundary") -> tuple[bytes, dict[str, str]]:
-    """A multipart body exactly as written: each part is its header lines, a blank line, its data."""
-    body = b"".join(b"--" + boundary.encode() + b"\r\n" + part + b"\r\n" for part in parts)
-    body += b"--" + boundary.encode() + b"--\r\n"
-    return body, {**auth(), "Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
-def field(name: str, value: str) -> bytes:
-    return f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}'.encode()
-
-
-def file(name: str, filename: str, data: bytes, content_type: str = "image/png") -> bytes:
-    disposition = f'Content-Disposition: form-data; name="{name}"; filename="{filename}"'
-    head = f"{disposition}\r\nContent-Type: {content_type}"
-    return head.encode() + b"\r\n\r\n" + data
 
 
 def rows(app) -> list[dict]:

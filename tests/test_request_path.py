@@ -4,118 +4,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from responses import matchers
 
-from .conftest import (
-    CHAT_URL,
-    EMBEDDINGS_URL,
-    IMAGES_URL,
-    LIMITED_KEY,
-    RERANK_URL,
-    UPSTREAM_KEY,
-    assert_envelope,
-    auth,
-    named,
-)
+from .conftest import LIMITED_KEY, assert_envelope, auth, named
+from .proxied_routes import CASES
 
 CONTRACT = Path(__file__).resolve().parent.parent / "docs" / "contract.md"
-
-
-@dataclass(frozen=True)
-class Case:
-    """A route, a valid request for it, and what its upstream answers."""
-
-    route: str
-    upstream_url: str
-    model: str  # an alias the route can serve
-    upstream_model: str
-    body: Callable[[str], dict[str, Any]]  # the request, its guarded text given
-    required: str  # a required field besides model
-    answer: dict[str, Any]
-    tokens: tuple[int, int, int]  # what the row records from ``answer``
-    upstream_key: str = UPSTREAM_KEY
-
-
-CASES = {
-    "images": Case(
-        "/v1/images/generations",
-        IMAGES_URL,
-        "image-prod",
-        "gpt-image-1",
-        lambda text: {"model": "image-prod", "prompt": text},
-        "prompt",
-        {"created": 1, "data": [{"b64_json": "aGVsbG8="}], "usage": {"input_tokens": 3, "output_tokens": 4}},
-        (3, 4, 7),
-    ),
-    "image edits": Case(
-        "/v1/images/edits",
-        f"{IMAGES_URL.rsplit('/', 1)[0]}/edits",
-        "image-prod",
-        "gpt-image-1",
-        lambda text: {
-            "model": "image-prod",
-            "prompt": text,
-            "images": [{"image_url": "https://x.test/a.png"}],
-        },
-        "prompt",
-        {"created": 1, "data": [{"b64_json": "aGVsbG8="}], "usage": {"input_tokens": 3, "output_tokens": 4}},
-        (3, 4, 7),
-    ),
-    "chat": Case(
-        "/v1/chat/completions",
-        CHAT_URL,
-        "chat-prod",
-        "gpt-4o-mini",
-        lambda text: {"model": "chat-prod", "messages": [{"role": "user", "content": text}]},
-        "messages",
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "gpt-4o-mini",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
-            ],
-            "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
-        },
-        (9, 2, 11),
-    ),
-    "embeddings": Case(
-        "/v1/embeddings",
-        EMBEDDINGS_URL,
-        "embed",
-        "text-embedding-3-small",
-        lambda text: {"model": "embed", "input": text},
-        "input",
-        {
-            "object": "list",
-            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2]}],
-            "model": "text-embedding-3-small",
-            "usage": {"prompt_tokens": 5, "total_tokens": 5},
-        },
-        (5, 0, 5),
-    ),
-    "rerank": Case(
-        "/v1/rerank",
-        RERANK_URL,
-        "reranker",
-        "jina-reranker-v2-base-multilingual",
-        lambda text: {"model": "reranker", "query": text, "documents": ["a", "b"]},
-        "query",
-        {
-            "results": [{"index": 1, "relevance_score": 0.9}, {"index": 0, "relevance_score": 0.1}],
-            "usage": {"total_tokens": 12},
-        },  # fmt: skip
-        (12, 0, 12),
-        "jina-key",
-    ),
-}
 routes = pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 
 
