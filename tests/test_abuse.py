@@ -7,10 +7,14 @@ import json
 
 import pytest
 import responses
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.multipart import Epilogue, Field, File, MultipartDecoder, NeedData
 
-from .conftest import CALLER_KEY, CHAT_URL, EMBEDDINGS_URL, IMAGES_URL, RERANK_URL, auth
+from .conftest import CALLER_KEY, auth
+from .forms import field, file, raw_form
+from .proxied_routes import CASES
 
 EXAMPLES = settings(
     max_examples=60,
@@ -40,47 +44,48 @@ messages = st.lists(
 
 
 class Route:
-    """A route, what its upstream answers, and requests that look almost right for it."""
+    """A route of the shared table (tests/proxied_routes.py), what its upstream answers, and requests
+    that look almost right for it."""
 
-    def __init__(self, path: str, upstream_url: str, answer: dict, models: list[str], fields: dict):
-        self.path, self.upstream_url, self.answer = path, upstream_url, answer
+    def __init__(self, name: str, other_models: list[str], fields: dict):
+        case = CASES[name]
+        self.path, self.upstream_url, self.answer = case.route, case.upstream_url, case.answer
+        models = [case.model, *other_models]
         self.near_misses = st.fixed_dictionaries(
             {},
             optional={"model": st.sampled_from([*models, "openai/x", "keyless", ""]) | json_values, **fields},
         )
-        self.valid = {"model": models[0], **{k: v for k, v in VALID[path].items()}}
+        self.valid = case.body("p")
 
 
-VALID = {
-    "/v1/images/generations": {"prompt": "p"},
-    "/v1/chat/completions": {"messages": [{"role": "user", "content": "p"}]},
-    "/v1/embeddings": {"input": "p"},
-    "/v1/rerank": {"query": "p", "documents": ["a"]},
-}
 ANY = json_values
-ROUTES = [
-    Route(
-        "/v1/images/generations",
-        IMAGES_URL,
-        {"created": 1, "data": [{"url": "u"}]},
-        ["image-prod", "dalle"],
+IMAGE_FIELDS = {
+    "prompt": st.text(max_size=30) | ANY,
+    "n": ANY,
+    "size": ANY,
+    "quality": ANY,
+    "response_format": ANY,
+    "stream": ANY,
+    "style": ANY,
+    "user": ANY,
+    "background": ANY,
+}
+image_reference = st.sampled_from([{"image_url": "https://x.test/a.png"}, {"file_id": "file-1"}]) | (
+    st.fixed_dictionaries({}, optional={"image_url": texts | ANY, "file_id": texts | ANY})
+)
+# Per route of CASES: aliases besides its own, and its fields with what to put in them.
+NEAR_MISSES = {
+    "images": (["dalle"], IMAGE_FIELDS),
+    "image edits": (
+        ["dalle"],
         {
-            "prompt": st.text(max_size=30) | ANY,
-            "n": ANY,
-            "size": ANY,
-            "quality": ANY,
-            "response_format": ANY,
-            "stream": ANY,
-            "style": ANY,
-            "user": ANY,
-            "background": ANY,
+            **IMAGE_FIELDS,
+            "images": st.lists(image_reference, max_size=3) | ANY,
+            "mask": image_reference | ANY,
         },
-    ),  # fmt: skip
-    Route(
-        "/v1/chat/completions",
-        CHAT_URL,
-        {"choices": [{"message": {"content": "x"}}]},
-        ["chat-prod", "deepseek-chat"],
+    ),
+    "chat": (
+        ["deepseek-chat"],
         {
             "messages": messages | ANY,
             "stream": ANY,
@@ -91,27 +96,22 @@ ROUTES = [
             "tools": ANY,
             "max_tokens": ANY,
         },
-    ),  # fmt: skip
-    Route(
-        "/v1/embeddings",
-        EMBEDDINGS_URL,
-        {"data": []},
-        ["embed"],
+    ),
+    "embeddings": (
+        [],
         {
             "input": texts | st.lists(st.integers(0, 9), max_size=3) | ANY,
             "encoding_format": ANY,
             "dimensions": ANY,
         },
-    ),  # fmt: skip
-    Route(
-        "/v1/rerank",
-        RERANK_URL,
-        {"results": []},
-        ["reranker"],
+    ),
+    "rerank": (
+        [],
         {"query": texts | ANY, "documents": st.lists(texts, max_size=3) | ANY, "top_n": ANY},
-    ),  # fmt: skip
-]
-routes = pytest.mark.parametrize("route", ROUTES, ids=[r.path.rsplit("/", 1)[-1] for r in ROUTES])
+    ),
+}
+ROUTES = {name: Route(name, *NEAR_MISSES[name]) for name in CASES}  # a new route needs its near misses
+routes = pytest.mark.parametrize("route", list(ROUTES.values()), ids=lambda r: r.path.rsplit("/", 1)[-1])
 
 bodies = st.one_of(
     json_values.map(lambda v: json.dumps(v).encode()),
@@ -136,7 +136,7 @@ auth_headers = st.one_of(
 def fuzz_client(client):
     """The client, and an upstream that answers every call (so valid requests succeed)."""
     with responses.RequestsMock(assert_all_requests_are_fired=False) as upstream:
-        for route in ROUTES:
+        for route in ROUTES.values():
             upstream.post(route.upstream_url, json=route.answer)
         yield client, upstream
 
@@ -188,7 +188,7 @@ def test_thirty_megabytes(fuzz_client, route):
 def test_duplicate_keys_send_what_was_checked(fuzz_client):
     """The gateway forwards the value it validated, never a different one the upstream might pick."""
     client, upstream = fuzz_client
-    route = ROUTES[0]
+    route = ROUTES["images"]
     raw = b'{"model": "image-prod", "prompt": "forbidden phrase", "prompt": "a cat", "n": "x", "n": 1}'
     assert post(client, route, raw).status_code == 200
     assert json.loads(upstream.calls[0].request.body) == {"model": "gpt-image-1", "prompt": "a cat", "n": 1}
@@ -237,3 +237,229 @@ def test_a_number_no_double_holds_is_400(fuzz_client, route, number, depth, data
     r = post(client, route, raw)
     check(r, upstream, before)
     assert r.status_code == 400 and r.get_json()["error"]["param"] in (*body, *route.valid, "extra")
+
+
+# The edits route also takes multipart/form-data: the same checks, on forms.
+EDITS = ROUTES["image edits"]
+VALID_PARTS = (
+    ("field", "model", b"image-prod"),
+    ("field", "prompt", b"p"),
+    ("file", "image", "a.png", b"x", "image/png"),
+)
+# Names without the characters that end a quoted name or a header line (the form's shape is fuzzed apart).
+safe = st.text(st.characters(exclude_characters='"\\\r\n', exclude_categories=("Cs",)), max_size=10)
+part_names = st.sampled_from(
+    ["model", "prompt", "image", "image[]", "mask", "n", "size", "quality", "response_format", "stream",
+     "partial_images", "output_compression", "user"]
+) | safe  # fmt: skip
+# Bytes that no UTF-8 text holds, whatever valid text surrounds them: a lone surrogate (as JSON's
+# \\ud800 would be written), a continuation byte, a byte UTF-8 never uses, a cut sequence, an overlong one.
+not_utf8 = st.builds(
+    lambda a, bad, b: a.encode() + bad + b.encode(),
+    st.text(max_size=8),
+    st.sampled_from([b"\xed\xa0\x80", b"\x80", b"\xff", b"\xe2\x82", b"\xc0\xaf"]),
+    st.text(max_size=8),
+)
+part_values = (
+    st.sampled_from([b"image-prod", b"dalle", b"openai/x", b"keyless", b"", b"0", b"1", b"11", b"-1", b"2.0",
+                     b"true", b"yes", b"b64_json", b"1024x1024", b"a Forbidden Phrase"])
+    | st.text(max_size=30).map(str.encode)
+    | st.binary(max_size=40)
+    | not_utf8
+)  # fmt: skip
+text_parts = st.tuples(st.just("field"), part_names, part_values)
+file_parts = st.tuples(
+    st.just("file"),
+    part_names,
+    safe,
+    st.binary(max_size=100),
+    st.sampled_from(["image/png", "image/webp", "application/octet-stream", ""]) | header_values,
+)
+# Some of the valid parts, and more parts of any kind, in any order.
+near_miss_forms = st.builds(
+    lambda kept, extra: [*kept, *extra],
+    st.lists(st.sampled_from(VALID_PARTS), unique=True),
+    st.lists(text_parts | file_parts, max_size=6),
+).flatmap(st.permutations)
+
+
+def written(parts) -> bytes:
+    """The multipart body of ``parts``: ("field", name, value), ("file", name, filename, data, type)."""
+    return raw_form(*(field(*p[1:]) if p[0] == "field" else file(*p[1:]) for p in parts))[0]
+
+
+FORM = raw_form()[1]["Content-Type"]
+valid_forms = near_miss_forms.map(written)
+form_bodies = st.one_of(
+    st.binary(max_size=300),  # anything at all, said to be a form
+    st.builds(lambda body, cut: body[:cut], valid_forms, st.integers(0, 300)),  # a form cut short
+    st.builds(  # bytes spliced into a form: a broken boundary, header or part
+        lambda body, at, junk: body[:at] + junk + body[at:],
+        valid_forms,
+        st.integers(0, 300),
+        st.binary(min_size=1, max_size=20) | st.sampled_from([b"\r\n", b"--", b"\r\n\r\n", b'"', b";"]),
+    ),
+    st.lists(st.binary(max_size=60), max_size=4).map(lambda heads: raw_form(*heads)[0]),  # any part headers
+)
+# The form's Content-Type: its boundary quoted, another one, none, an empty one; another multipart.
+form_types = st.sampled_from(
+    [FORM, FORM.replace("boundary=", 'boundary="') + '"', FORM + "-other", FORM.upper(),
+     "multipart/form-data", "multipart/form-data; boundary=", 'multipart/form-data; boundary=""',
+     "multipart/mixed; boundary=x"]
+) | header_values.map(lambda v: f"multipart/form-data; boundary={v}")  # fmt: skip
+
+
+def post_form(client, body: bytes, headers=None, content_type: str = FORM):
+    return client.post(EDITS.path, data=body, headers={**(headers or auth()), "Content-Type": content_type})
+
+
+def _a_part_without_a_name(body: bytes, content_type: str) -> bool:
+    """Whether Werkzeug, which the gateway parses forms with, reads a part of ``body`` without a name."""
+    mimetype, options = parse_options_header(content_type)
+    if mimetype.lower() != "multipart/form-data" or not options.get("boundary"):
+        return False
+    decoder = MultipartDecoder(options["boundary"].encode("latin-1"))
+    try:
+        decoder.receive_data(body)
+        decoder.receive_data(None)
+        while not isinstance(event := decoder.next_event(), NeedData | Epilogue):
+            if isinstance(event, Field | File) and event.name is None:
+                return True
+    except ValueError:  # not valid multipart: the gateway answers 400 before reading any name
+        return False
+    return False
+
+
+@EXAMPLES
+@given(body=form_bodies, content_type=form_types)
+def test_any_form_body(fuzz_client, body, content_type):
+    # A known bug, pinned by test_a_part_without_a_name below: drop this assume once it is fixed.
+    assume(not _a_part_without_a_name(body, content_type))
+    client, upstream = fuzz_client
+    before = len(upstream.calls)
+    check(post_form(client, body, content_type=content_type), upstream, before)
+
+
+NAMELESS = pytest.mark.xfail(
+    strict=True,
+    reason="bug in aisix_flask/proxy/multipart.py: a part whose Content-Disposition has no name "
+    "(`Content-Disposition: form-data`, or a header line cut by a stray CR) is kept with name None, and "
+    "Form.digest calls part.name.encode(): AttributeError, 500 internal_error, for any such form that "
+    "passes the checks (not streamed); it should be a 400",
+)
+
+
+@NAMELESS
+@pytest.mark.parametrize(
+    "head",
+    [b"Content-Disposition: form-data", b'Content-Disposition: form-data; filename="a.png"',
+     b"Content-Disposition\r: form-data; name=\"x\""],
+    ids=["no name", "a file with no name", "a stray CR"],
+)  # fmt: skip
+def test_a_part_without_a_name(fuzz_client, head):
+    """A form otherwise valid, with one more part that names no field."""
+    client, upstream = fuzz_client
+    body = written(VALID_PARTS)
+    body = body.replace(b"--XyZ-boundary--", b"--XyZ-boundary\r\n" + head + b"\r\n\r\nv\r\n--XyZ-boundary--")
+    r = post_form(client, body)
+    check(r, upstream, 0)
+    assert r.status_code == 400
+
+
+@EXAMPLES
+@given(headers=auth_headers, parts=near_miss_forms)
+def test_any_credentials_and_near_miss_forms(fuzz_client, headers, parts):
+    client, upstream = fuzz_client
+    before = len(upstream.calls)
+    check(post_form(client, written(parts), headers), upstream, before)
+
+
+def test_a_thirty_megabyte_form(fuzz_client):
+    client, upstream = fuzz_client
+    body = written([*VALID_PARTS, ("file", "image[]", "b.png", b"x" * (30 * 1024 * 1024), "image/png")])
+    r = post_form(client, body)
+    assert r.status_code == 413 and r.get_json()["error"]["code"] == "request_too_large"
+    assert not upstream.calls
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@EXAMPLES
+@given(parts=near_miss_forms, name=part_names, value=not_utf8)
+def test_a_form_field_that_is_not_utf8_is_400_naming_it(fuzz_client, parts, name, value):
+    """The multipart twin of a lone surrogate in JSON: wherever it sits, 400 naming a field that
+    holds such bytes, nothing sent."""
+    client, upstream = fuzz_client
+    parts = [*parts, ("field", name, value)]
+    before = len(upstream.calls)
+    r = post_form(client, written(parts))
+    check(r, upstream, before)
+    bad = {p[1] for p in parts if p[0] == "field" and not _utf8(p[2])}
+    error = r.get_json()["error"]
+    assert r.status_code == 400 and error["code"] == "invalid_value" and error["param"] in bad, error
+
+
+# Python's int() refuses a string of more than 4,300 digits (sys.get_int_max_str_digits()).
+PAST_INT_DIGITS = pytest.mark.xfail(
+    strict=True,
+    reason="bug in aisix_flask/proxy/multipart.py: _typed() turns an integer form field (n, "
+    "partial_images, output_compression) into int(text) unguarded; past 4,300 digits int() raises "
+    "ValueError, which nothing catches: 500 internal_error instead of 400 invalid_value naming the field",
+)
+
+
+@pytest.mark.parametrize("name", ["n", "partial_images", "output_compression"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1e400",
+        "9" * 30,
+        "-" + "9" * 30,
+        "9" * 4300,
+        pytest.param("9" * 4301, marks=PAST_INT_DIGITS),
+        pytest.param("-" + "9" * 5000, marks=PAST_INT_DIGITS),
+    ],
+    ids=["1e400", "30 digits", "-30 digits", "4300 digits", "4301 digits", "-5000 digits"],
+)
+def test_a_form_number_no_field_takes_is_400(fuzz_client, name, value):
+    """The multipart twin of a number no double holds: a form field's text is read as an integer
+    only when it is one, and one out of range or past what int() reads is a 400 naming it."""
+    client, upstream = fuzz_client
+    r = post_form(client, written([*VALID_PARTS, ("field", name, value.encode())]))
+    check(r, upstream, 0)
+    error = r.get_json()["error"]
+    assert r.status_code == 400 and (error["code"], error["param"]) == ("invalid_value", name)
+
+
+# Fields the route checks, each with the values it is sent twice with (model and prompt: once more
+# besides the valid form's own).
+TWICE = {
+    "model": [b"dalle"],
+    "prompt": [b"a Forbidden Phrase"],
+    "n": [b"1", b"2"],
+    "size": [b"1024x1024", b"512x512"],
+    "response_format": [b"b64_json", b"url"],
+    "stream": [b"true", b"false"],
+    "user": [b"u", b"v"],
+}
+
+
+@pytest.mark.parametrize("name", [*TWICE, "mask"])
+def test_a_form_field_sent_twice_is_refused(fuzz_client, name):
+    """The multipart twin of duplicate keys: of two values the gateway would check one and the
+    upstream might read the other, so a field it checks, sent twice, is a 400 naming it."""
+    client, upstream = fuzz_client
+    if name == "mask":
+        twice = [("file", "mask", f"{i}.png", b"x", "image/png") for i in range(2)]
+    else:
+        twice = [("field", name, value) for value in TWICE[name]]
+    r = post_form(client, written([*VALID_PARTS, *twice]))
+    check(r, upstream, 0)
+    error = r.get_json()["error"]
+    assert r.status_code == 400 and (error["code"], error["param"]) == ("invalid_value", name)
