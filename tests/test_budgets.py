@@ -181,7 +181,9 @@ def test_the_usage_page_and_the_cli_show_budgets(budgeted, upstream):
 
 def test_a_small_spend_is_never_shown_as_zero(budgeted, upstream):
     """Nine cheap tokens spend 0.000042 USD: the page and the CLI say so, not 0.0000."""
-    budgeted.config["models"][7]["pricing"] = {"per_million_tokens": {"input": 2.0, "output": 8.0}}
+    named(budgeted.config, "models", "chat-prod")["pricing"] = {
+        "per_million_tokens": {"input": 2.0, "output": 8.0}
+    }
     app, client = budgeted(key={"usd": 1, "period": "day"})
     usage = {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}  # 10 + 32 micro-dollars
     upstream.post(CHAT_URL, json={"choices": [{"message": {"content": "x"}}], "usage": usage})

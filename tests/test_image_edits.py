@@ -146,6 +146,24 @@ def test_bad_forms_are_400_naming_the_part(edits, fake, parts, param, code):
     assert rows(app)[0]["status"] == 400
 
 
+@pytest.mark.parametrize("name", ["image", "image[]", "mask"])
+def test_a_file_sent_without_a_filename_gets_one_message_whatever_its_bytes(edits, fake, name):
+    """A file part needs a filename; without one, binary bytes and text get the same answer, which
+    says how to send a file (the binary ones were "not UTF-8 text", the text ones "must be a file")."""
+    app, client = edits
+    messages = []
+    for data in (b"\x89PNG\r\n\x1a\n\xff\xfe", b"plain text"):
+        parts = [field("model", "image-prod"), field("prompt", "p"), field(name, data)]
+        if name == "mask":
+            parts.append(file("image", "a.png", PNG_A))
+        body, headers = raw_form(*parts)
+        r = client.post(ROUTE, data=body, headers=headers)
+        messages.append(assert_envelope(r, 400, "invalid_request_error", "invalid_value", name)["message"])
+    hint = f"Must be a file: send it as a part with a filename (curl: -F '{name}=@photo.png')."
+    assert messages[0] == messages[1] == f"Invalid value for '{name}': {hint}"
+    assert requests.get(f"{fake.url.removesuffix('/v1')}/_calls", timeout=5).json() == []  # nothing sent
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -8,7 +8,7 @@ from flask import Blueprint, Response
 from marshmallow import ValidationError, validates_schema
 from marshmallow.validate import Length
 
-from ..proxy.multipart import FilePart
+from ..proxy.multipart import FilePart, not_a_file
 from ..proxy.operation import Operation
 from ..proxy.pipeline import handle
 from ..proxy.schema import MISSING, JsonArray, JsonObject
@@ -31,7 +31,7 @@ class ImageEditFormSchema(ImageSchema):
             value = data.get(name)
             for item in value if isinstance(value, list) else [] if value is None else [value]:
                 if not isinstance(item, FilePart):
-                    raise ValidationError("Must be a file (a part with a filename).", name)
+                    raise ValidationError(not_a_file(name), name)
                 if item.filename or item.size:  # what a browser sends for "no file chosen" is not
                     images.append(item)
         if not images:
@@ -40,7 +40,7 @@ class ImageEditFormSchema(ImageSchema):
         if len(images) > MAX_IMAGES:
             raise ValidationError(f"At most {MAX_IMAGES} images, {len(images)} were sent.", "image")
         if "mask" in data and not isinstance(data["mask"], FilePart):
-            raise ValidationError("Must be a file (a part with a filename).", "mask")
+            raise ValidationError(not_a_file("mask"), "mask")
 
 
 def _reference(value: Any) -> bool:

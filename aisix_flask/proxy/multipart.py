@@ -31,6 +31,21 @@ _INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() takes "²
 # Form fields the routes read as numbers or booleans: multipart carries every value as text.
 INTEGERS = frozenset({"n", "partial_images", "output_compression"})
 BOOLEANS = frozenset({"stream"})
+# Form fields the routes take as files: a part of one of these names sent without a filename is
+# not read as text (its bytes may well be the image).
+FILE_FIELDS = frozenset({"image", "image[]", "mask"})
+
+
+class NotAFile:
+    """What a file field holds when its part came without a filename."""
+
+    def __repr__(self) -> str:
+        return "NotAFile()"
+
+
+def not_a_file(name: str) -> str:
+    """The one message for a file field sent as a plain field, whatever its bytes."""
+    return f"Must be a file: send it as a part with a filename (curl: -F '{name}=@photo.png')."
 
 
 class InvalidMultipart(InvalidRequest):
@@ -99,6 +114,8 @@ class Form:
             for part in self.parts:
                 if part.filename is not None:
                     value: Any = FilePart(part.name, part.filename, part.content_type, part.size)
+                elif part.name in FILE_FIELDS:
+                    value = NotAFile()
                 else:
                     value = _typed(part.name, _text(part))
                 values.setdefault(part.name, []).append(value)
@@ -153,6 +170,9 @@ def read_form(limit: int) -> Form:
             if too_many
             else f"The request body is larger than the gateway's limit of {limit} bytes."
         ) from None
+    except InvalidMultipart:
+        form.close()
+        raise
     except ValueError:
         form.close()
         raise InvalidMultipart() from None
@@ -163,6 +183,11 @@ def _decode(decoder: MultipartDecoder, parts: list[Part]) -> bool:
     """Take every event the decoder has; True once the closing boundary was read."""
     while not isinstance(event := decoder.next_event(), NeedData):
         if isinstance(event, File | Field):
+            if event.name is None:
+                raise InvalidMultipart(
+                    'Every part needs a name: Content-Disposition: form-data; name="..." (a file part '
+                    'also a filename="...").'
+                )
             parts.append(Part(event.name, getattr(event, "filename", None), event.headers))
         elif isinstance(event, Data):
             parts[-1].write(event.data)
@@ -180,7 +205,10 @@ def _text(part: Part) -> str:
 
 def _typed(name: str, text: str) -> Any:
     if name in INTEGERS and _INTEGER.fullmatch(text.strip()):
-        return int(text)
+        try:
+            return int(text)
+        except ValueError:  # more digits than int() reads: no field takes such a number anyway
+            return text
     if name in BOOLEANS and text in ("true", "false"):
         return text == "true"
     return text

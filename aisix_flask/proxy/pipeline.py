@@ -79,7 +79,11 @@ def read_body(operation: Operation, config: Config) -> tuple[dict[str, Any], For
     limit = config.settings.request_body_limit_bytes
     if operation.form_schema is not None and request.mimetype == "multipart/form-data":
         form = read_form(limit)
-        return form.fields(), form
+        try:
+            return form.fields(), form
+        except BaseException:  # a field that cannot be read: the call never gets the form to close
+            form.close()
+            raise
     return read_json_object(limit), None
 
 
