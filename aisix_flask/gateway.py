@@ -108,8 +108,10 @@ class Gateway:
         self.path = path
         self.ledger = ledger
         self.limiter = limiter
-        self.idempotency = Idempotency(idempotency_store_for(limiter.storage)) if limiter else None
-        self.budgets = Budgets(spend_store_for(limiter.storage)) if limiter else None
+        self.idempotency = (
+            Idempotency(idempotency_store_for(limiter.storage), limiter.health) if limiter else None
+        )
+        self.budgets = Budgets(spend_store_for(limiter.storage), limiter.health) if limiter else None
         self._config = config
         self._signature = signature  # of the file as it was *before* ``config`` was read from it
         self._lock = threading.Lock()

@@ -41,7 +41,18 @@ COST = Counter("aisix_cost_usd", "Cost of the requests that had a price, in USD.
 GUARDRAIL_BLOCKS = Counter("aisix_guardrail_blocks", "Requests a guardrail blocked.", ["guardrail"])
 LEDGER_WRITER_UP = Gauge(
     "aisix_ledger_writer_up",
-    "1 while every worker's usage ledger writer runs; 0 when one has stopped (rows wait, unwritten).",
+    "0 when a worker's usage ledger writer has stopped (rows wait, unwritten), else 1; a worker "
+    "whose writer has not been needed yet counts as 1.",
+    multiprocess_mode="livemin",
+)
+# 1 from the moment a process has the gauge: 0 is for a writer that stopped, not one not yet needed
+# (prometheus_client starts every gauge at 0, which paged after every restart).
+LEDGER_WRITER_UP.set(1)
+STORE_UP = Gauge(
+    "aisix_store_up",
+    "1 while a store the gateway depends on answers (ledger: the usage database; ratelimit: the "
+    "rate limits, budgets and idempotency records), as every worker last saw it; 0 when one did not.",
+    ["store"],
     multiprocess_mode="livemin",
 )
 LEDGER_WRITER_RESTARTS = Counter(

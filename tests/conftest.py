@@ -335,3 +335,18 @@ def hold_slot(app, ttl_s: float = 60.0):
     from aisix_flask.policy.limits import Scope
 
     return app.extensions["aisix"].limiter.admit([Scope("key", "dev", RateLimit(concurrency=1))], ttl_s)
+
+
+@pytest.fixture
+def event_lines():
+    """The gateway's event lines (aisix_flask.events: a store away, and back), as parsed JSON."""
+    lines: list[dict[str, Any]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(json.loads(record.getMessage()))
+
+    handler = Keep()
+    logging.getLogger("aisix_flask.events").addHandler(handler)
+    yield lines
+    logging.getLogger("aisix_flask.events").removeHandler(handler)

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "aisix_flask"
 
 # Lowest first. A top-level module or subpackage of aisix_flask → its layer.
 LAYERS = (
-    {"__version__", "errors", "redact", "jsonvalues", "adapters", "metrics", "workers"},
+    {"__version__", "errors", "redact", "jsonvalues", "adapters", "metrics", "eventlog", "workers"},
     {"stores", "usage"},
     {"config"},
     {"policy"},

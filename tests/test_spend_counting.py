@@ -69,7 +69,8 @@ def test_a_forked_child_starts_with_nothing_deferred_and_no_lock_held(tmp_path, 
     from aisix_flask.policy.limits import Limiter
     from aisix_flask.stores.spend import Charge, spend_store_for
 
-    budgets = Budgets(spend_store_for(Limiter(f"sqlite:///{tmp_path}/rl.db").storage))
+    limiter = Limiter(f"sqlite:///{tmp_path}/rl.db")
+    budgets = Budgets(spend_store_for(limiter.storage), limiter.health)
     budgets.defer_s = 60  # counts stay deferred
     budgets._defer([Charge("key:parent:total", None, 5, None)])
     counting, _ = budgets._locks

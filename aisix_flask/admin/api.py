@@ -26,14 +26,21 @@ def livez() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Config loaded, ledger reachable and its writer running, else 503."""
+    """503 unless the config is loaded, the ledger answers and its writer runs. A rate-limit store
+    that does not answer is named but keeps it 200: the limiter lets requests through meanwhile,
+    and a probe failing on a store every instance shares would take them all out at once."""
     gateway = current()
     gateway.config()
-    if not gateway.ledger.ping():
+    stores = {"ledger": gateway.ledger, "ratelimit": gateway.limiter}
+    up = {name: store.ping() for name, store in stores.items()}
+    if not up["ledger"]:
         raise ServiceUnavailable("The usage ledger database is not reachable.")
     if gateway.ledger.restart_stopped_writer():
         raise ServiceUnavailable("The usage ledger writer of this worker had stopped; it was started again.")
-    return jsonify(status="ok")
+    return jsonify(
+        status="ok" if all(up.values()) else "degraded",
+        stores={name: {"backend": store.health.backend, "up": up[name]} for name, store in stores.items()},
+    )
 
 
 @bp.get("/metrics")

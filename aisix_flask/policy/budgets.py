@@ -25,6 +25,7 @@ from ..config import Config
 from ..config.resources import Budget
 from ..errors import GatewayError, ServiceUnavailable
 from ..stores import STORE_ERRORS
+from ..stores.health import StoreHealth
 from ..stores.spend import NANOS_PER_USD, Charge, SpendStore, nanos
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,9 @@ class Budgets:
 
     defer_s = 0.05
 
-    def __init__(self, store: SpendStore) -> None:
+    def __init__(self, store: SpendStore, health: StoreHealth) -> None:
         self.store = store
+        self.health = health
         self._start_afresh()
         _OPEN.add(self)
 
@@ -138,7 +140,7 @@ class Budgets:
         except STORE_ERRORS as e:
             # A budget is a promise about money: without its counters the gateway cannot keep it,
             # so the request waits for the store rather than spend past the budget.
-            log.error("budget store failed, request refused: %s", e)
+            self.health.failed("budgets: requests under a budget refused (503)", e)
             raise ServiceUnavailable(
                 "The gateway cannot check this request's budget right now; retry shortly.",
                 error_code="budget_unavailable",
@@ -201,8 +203,7 @@ class Budgets:
         try:
             self.store.add(charges)
         except STORE_ERRORS as e:
-            usd = sum(charge.amount for charge in charges) / NANOS_PER_USD
-            log.error("budget store failed to count %.9f USD (the ledger has it): %s", usd, e)
+            self.health.failed("budgets: spend not counted (the ledger has it)", e)
 
     def status(self, scopes: Sequence[BudgetScope]) -> list[dict]:
         """Each budget's limit, spend, remaining and period end, for the admin API and page."""

@@ -24,6 +24,7 @@ from ..errors import (
     UpstreamError,
 )
 from ..stores import STORE_ERRORS
+from ..stores.health import StoreHealth
 from ..stores.idempotency import IdempotencyStore, Record
 from ..usage.row import UsageRow
 
@@ -38,8 +39,9 @@ _VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 class Idempotency:
     """Runs a request once per (caller key, Idempotency-Key) in the rate-limit store."""
 
-    def __init__(self, store: IdempotencyStore) -> None:
+    def __init__(self, store: IdempotencyStore, health: StoreHealth) -> None:
         self.store = store
+        self.health = health
 
     def run(
         self,
@@ -68,7 +70,7 @@ class Idempotency:
             held = self._claim(key, digest, running_s, settings)
         except STORE_ERRORS as e:
             # Without the store the promise cannot be kept; refusing is safer than billing twice.
-            log.error("idempotency store failed: %s", e)
+            self.health.failed("idempotency: requests with an Idempotency-Key refused (503)", e)
             raise ServiceUnavailable(
                 "The gateway cannot check this Idempotency-Key right now; retry shortly.",
                 error_code="idempotency_unavailable",
@@ -92,14 +94,13 @@ class Idempotency:
         self._quietly(self.store.finish, key, _record(digest, response, settings))
         return response
 
-    @staticmethod
-    def _quietly(action: Callable[..., None], *args: Any) -> None:
+    def _quietly(self, action: Callable[..., None], *args: Any) -> None:
         """Update the store; a failure is logged, never put between the caller and its answer
         (the key then stays claimed until its request's timeout has passed)."""
         try:
             action(*args)
         except STORE_ERRORS as e:
-            log.error("idempotency store failed to record an answer: %s", e)
+            self.health.failed("idempotency: answers not kept (keys stay claimed for a while)", e)
 
     def _claim(self, key: str, digest: str, running_s: float, settings: IdempotencySettings) -> Record | None:
         """None when this request owns the key; else the finished record (waiting, bounded)."""

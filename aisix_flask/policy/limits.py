@@ -24,10 +24,10 @@ from limits.storage import RedisStorage, storage_from_string
 from .. import metrics
 from ..config.resources import RateLimit
 from ..errors import RateLimited
-from ..redact import without_credentials
 from ..stores import STORE_ERRORS
 from ..stores import sqlite as _sqlite  # noqa: F401  (registers sqlite:/// URLs with limits)
 from ..stores.admissions import AdmissionStore
+from ..stores.health import StoreHealth
 from ..stores.redis import RedisAdmissions
 from .limit_headers import headers_for, rate_limit_headers
 from .windows import REQUEST_RULES, TOKEN_RULES, seconds_until_free, window_state
@@ -94,6 +94,8 @@ class Limiter:
             self.store: AdmissionStore = RedisAdmissions(self.storage)
         else:
             self.store = self.storage
+        # The same store holds the budgets' counters and the idempotency records: one health.
+        self.health = StoreHealth("ratelimit", url)
 
     def admit(self, scopes: Sequence[Scope], slot_ttl_s: float) -> Admission:
         """Take a concurrency slot and one request from every window, or raise 429.
@@ -111,8 +113,9 @@ class Limiter:
                 [(key, limit, slot_ttl_s) for key, limit in plan.slots], plan.checks, plan.hits, seen
             )
         except _STORAGE_ERRORS as e:
-            log.error("rate-limit store %s failed, request let through: %s", without_credentials(self.url), e)
+            self.health.failed("rate limits: requests let through", e)
             return Admission(store_failed=True)
+        self.health.answered()
         if refusal is not None:
             if refusal[0] == "slot":
                 raise _exceeded(plan.slotted[refusal[1]], "concurrency", 1)
@@ -138,8 +141,7 @@ class Limiter:
         try:
             self.store.finish_all(slots, counted)
         except _STORAGE_ERRORS as e:
-            log.error("rate-limit store %s failed to count %d tokens and to release slots "
-                      "(they will expire): %s", without_credentials(self.url), tokens, e)  # fmt: skip
+            self.health.failed("rate limits: tokens not counted, slots left to expire", e)
 
     def renew(self, admission: Admission, ttl_s: float) -> None:
         """A request still running keeps its concurrency slots for ``ttl_s`` more (a stream's
@@ -149,8 +151,7 @@ class Limiter:
         try:
             renewed = self.store.renew_all(admission.slots, ttl_s)
         except (*_STORAGE_ERRORS, OSError) as e:
-            log.error("rate-limit store %s failed to renew %d slots (they may expire before the "
-                      "stream ends): %s", without_credentials(self.url), len(admission.slots), e)  # fmt: skip
+            self.health.failed("rate limits: a stream's slots not renewed (they may expire first)", e)
             return
         if renewed < len(admission.slots):
             log.warning("%d of a running stream's %d concurrency slots had expired: until it ends it "
@@ -169,11 +170,15 @@ class Limiter:
         return rate_limit_headers(plan.windows, seen, admitted=False)
 
     def ping(self) -> bool:
-        """Tell whether the store answers."""
+        """Tell whether the store answers (/readyz)."""
         try:
-            return bool(self.storage.check())
-        except _STORAGE_ERRORS:
+            if not self.storage.check():  # (limits' Redis storage says False rather than raise)
+                raise ConnectionError("it did not answer a ping")
+        except (*_STORAGE_ERRORS, ConnectionError) as e:
+            self.health.failed("/readyz", e)
             return False
+        self.health.answered()
+        return True
 
 
 class _Plan(NamedTuple):

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlche
 
 from .. import metrics
 from ..redact import without_credentials
+from ..stores.health import StoreHealth
 from .report import LedgerQueries
 from .row import UsageRow
 from .table import create_or_upgrade, engine_for, storable, usage
@@ -43,6 +44,7 @@ class Ledger(LedgerQueries):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = engine_for(url)
+        self.health = StoreHealth("ledger", url)
         # A database that is down at start-up does not stop the gateway: rows wait in memory,
         # the writer keeps trying, and /readyz says 503 until the table is there.
         self._schema_ready = self._prepare()
@@ -163,10 +165,12 @@ class Ledger(LedgerQueries):
                 if self._schema_ready:
                     with self.engine.begin() as conn:
                         conn.execute(usage.insert(), rows)
+                    self.health.answered()
                     return
             except Exception as e:
                 if not self._refused_for_its_values(e):
                     log.warning("usage ledger write of %d rows failed, retrying: %s", len(rows), _describe(e))
+                    self.health.failed("usage rows wait in memory until it answers", e)
                 elif len(batch) > 1:
                     for row in batch:  # find the row(s) at fault; the others are written
                         self._write([row])
@@ -231,10 +235,13 @@ class Ledger(LedgerQueries):
         if not self._schema_ready:
             self._schema_ready = self._prepare()
             if not self._schema_ready:
+                self.health.failed("/readyz", ConnectionError("the usage table cannot be reached"))
                 return False
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-            return True
-        except SQLAlchemyError:
+        except SQLAlchemyError as e:
+            self.health.failed("/readyz", e)
             return False
+        self.health.answered()
+        return True

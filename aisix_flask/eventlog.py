@@ -1,0 +1,36 @@
+"""Event lines for operators: one JSON object per line on stderr, in the access log's form.
+
+The access log says what each request did; these lines say what happened to the gateway itself
+(a store that stopped answering, and when it answered again). They are written whatever
+``gateway.access_log`` says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+event_log = logging.getLogger("aisix_flask.events")
+
+
+def now_iso() -> str:
+    """The time as the access log writes it: UTC, milliseconds, ``Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def emit(event: str, level: int = logging.WARNING, **fields: Any) -> None:
+    """Write one event line: its time, its name, and ``fields`` (names and numbers, no secrets)."""
+    event_log.log(level, json.dumps({"time": now_iso(), "event": event, **fields}))
+
+
+def init_event_log() -> None:
+    """JSON lines on stderr (gunicorn's error stream), not in the app's own log format."""
+    if not event_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        event_log.addHandler(handler)
+    event_log.setLevel(logging.INFO)
+    event_log.propagate = False
