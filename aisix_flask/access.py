@@ -11,7 +11,8 @@ from typing import Any
 
 from flask import Flask, Response
 
-from .gateway import GatewayRequest, current, this_request
+from .gateway import current
+from .incoming import GatewayRequest, this_request
 from .usage.row import UsageRow
 
 access_log = logging.getLogger("aisix_flask.access")

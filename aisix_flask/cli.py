@@ -7,13 +7,15 @@ import io
 import json
 import os
 import secrets
+from collections.abc import Sequence
+from typing import Any
 
 import click
 from flask import Flask
 from flask.cli import AppGroup
 
 from .config import ConfigError, hash_key, load_config
-from .gateway import current
+from .gateway import Gateway, current
 from .policy.budgets import configured
 from .usage.display import format_usd
 from .usage.report import SUMMARY_GROUPS, parse_since
@@ -72,10 +74,7 @@ def usage_report(since: str, by: str, fmt: str) -> None:
         start = parse_since(since)
     except ValueError:
         raise click.BadParameter("use 7d, 24h, 30m or an ISO-8601 time", param_hint="--since") from None
-    gateway = current()
-    if gateway.ledger is None:
-        raise click.ClickException("the config is broken; run `flask aisix check-config`")
-    rows = gateway.ledger.summary(since=start, by=by)
+    rows = _opened_gateway().ledger.summary(since=start, by=by)
     click.echo(render(rows, by, fmt), nl=False)
 
 
@@ -83,9 +82,7 @@ def usage_report(since: str, by: str, fmt: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def budgets_report(fmt: str) -> None:
     """Every budget's limit, spend, remaining and period end (UTC)."""
-    gateway = current()
-    if gateway.budgets is None:
-        raise click.ClickException("the config is broken; run `flask aisix check-config`")
+    gateway = _opened_gateway()
     rows = gateway.budgets.status(configured(gateway.config()))
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
@@ -96,6 +93,14 @@ def budgets_report(fmt: str) -> None:
     click.echo("".join(_line(line, widths) for line in (header, *cells)), nl=False)
 
 
+def _opened_gateway() -> Gateway:
+    """The gateway, or the command fails saying the config is broken."""
+    gateway = current()
+    if gateway.request_config() is None:
+        raise click.ClickException("the config is broken; run `flask --app wsgi aisix check-config`")
+    return gateway
+
+
 def _budget_cell(value: object) -> str:
     """A budget table cell: a spend in USD (a small one not shown as zero), a date, or never."""
     if value is None:
@@ -103,7 +108,7 @@ def _budget_cell(value: object) -> str:
     return format_usd(value) if isinstance(value, float) else str(value)
 
 
-def render(rows: list[dict], by: str, fmt: str) -> str:
+def render(rows: list[dict[str, Any]], by: str, fmt: str) -> str:
     """The report as an aligned table, CSV or JSON."""
     header = (by, *COLUMNS)
     if fmt == "json":
@@ -120,7 +125,7 @@ def render(rows: list[dict], by: str, fmt: str) -> str:
     return "".join(_line(line, widths) for line in (header, *cells, totals))
 
 
-def _line(cells: object, widths: list[int]) -> str:
+def _line(cells: Sequence[object], widths: list[int]) -> str:
     """The first column left-aligned, numbers right-aligned."""
     parts = [
         str(x).ljust(w) if i == 0 else str(x).rjust(w)
@@ -129,7 +134,7 @@ def _line(cells: object, widths: list[int]) -> str:
     return "  ".join(parts).rstrip() + "\n"
 
 
-def _total(rows: list[dict], column: str) -> float | int | None:
+def _total(rows: list[dict[str, Any]], column: str) -> float | int | None:
     """The column's sum (None when every row's is None); not rounded: _cell writes it."""
     values = [row[column] for row in rows if row[column] is not None]
     return sum(values) if values else None
@@ -139,7 +144,7 @@ def _cell(value: object, column: str) -> str:
     """A report table cell: a cost in USD (a small one not shown as zero), a count or a name."""
     if value is None:
         return "-" if column == "cost_usd" else "(none)"
-    return format_usd(value) if column == "cost_usd" else str(value)
+    return format_usd(value) if column == "cost_usd" and isinstance(value, int | float) else str(value)
 
 
 def init_app(app: Flask) -> None:

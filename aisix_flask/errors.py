@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -68,11 +69,11 @@ class GatewayError(HTTPException):
         """The extra headers and the retry hint."""
         return {**self.extra_headers, "x-should-retry": "true" if self.should_retry else "false"}
 
-    def get_response(self, environ=None, scope=None) -> Response:
+    def get_response(self, environ: Any = None, scope: Any = None) -> Response:
         """Render the error as the OpenAI envelope."""
         return envelope(
             self.code,
-            self.description,
+            self.description or self.message,
             self.error_type,
             self.error_code,
             self.param,
@@ -231,7 +232,8 @@ def handle_http_exception(e: HTTPException) -> Response:
     headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
     headers["x-should-retry"] = "false"
     error_type = "invalid_request_error" if (e.code or 500) < 500 else "server_error"
-    return envelope(e.code or 500, message, error_type, _HTTP_CODES.get(e.code), None, headers)
+    code = e.code or 500
+    return envelope(code, message, error_type, _HTTP_CODES.get(code), None, headers)
 
 
 def handle_unexpected(e: Exception) -> Response:

@@ -5,73 +5,26 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
-import uuid
 import weakref
-from collections.abc import Callable
-from functools import cached_property
-from typing import Any, Protocol, cast
+from typing import TypeVar
 
 import click
-from flask import Flask, Request, current_app, has_request_context, request
+from flask import Flask, current_app, has_request_context
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import Config, ConfigError, load_config
 from .errors import ServiceUnavailable
+from .incoming import GatewayRequest, this_request
 from .policy.budgets import Budgets
 from .policy.idempotency import Idempotency
 from .policy.limits import Limiter
 from .stores.idempotency import idempotency_store_for
 from .stores.spend import spend_store_for
 from .usage.ledger import Ledger
-from .usage.row import UsageRow
 
 log = logging.getLogger(__name__)
-
-_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-
-
-class Finishing(Protocol):
-    """A proxied call, as the end of its request sees it (``proxy.call.Call``)."""
-
-    def when_finished(self, callback: Callable[[int, UsageRow], None]) -> None:
-        """Call ``callback(status_sent, row)`` when the call has finished (now, if it has)."""
-
-
-class GatewayRequest(Request):
-    """A request to the gateway, and what its handling shares: its id, when it started, the
-    config it runs under (``Gateway.config``) and the proxied call it runs, if any (the access
-    log writes a call's line when the call ends: ``follow_call``)."""
-
-    config: Config | None = None
-    call: Finishing | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.started = time.perf_counter()
-
-    @cached_property
-    def request_id(self) -> str:
-        """A safe incoming ``x-request-id``, else a new one."""
-        incoming = self.headers.get("x-request-id", "")
-        return incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-
-
-def this_request() -> GatewayRequest:
-    """The request being handled (the app's ``request_class`` is ``GatewayRequest``)."""
-    return cast(GatewayRequest, request._get_current_object())  # type: ignore[attr-defined]
-
-
-def request_id() -> str:
-    """This request's id (what ``x-aisix-request-id`` says, and the upstream is told)."""
-    return this_request().request_id
-
-
-def follow_call(call: Finishing) -> None:
-    """This request runs ``call``: its access log line is written when the call ends."""
-    this_request().call = call
 
 
 def _signature(path: str) -> tuple[int, int, int] | None:
@@ -81,6 +34,16 @@ def _signature(path: str) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+_Service = TypeVar("_Service")
+
+
+def _opened(service: _Service | None) -> _Service:
+    """A service of a gateway that has a config; 503 for one that started without."""
+    if service is None:
+        raise ServiceUnavailable("The gateway has no valid configuration loaded.")
+    return service
 
 
 class Gateway:
@@ -106,12 +69,11 @@ class Gateway:
         limiter: Limiter | None,
     ):
         self.path = path
-        self.ledger = ledger
-        self.limiter = limiter
-        self.idempotency = (
+        self._ledger, self._limiter = ledger, limiter
+        self._idempotency = (
             Idempotency(idempotency_store_for(limiter.storage), limiter.health) if limiter else None
         )
-        self.budgets = Budgets(spend_store_for(limiter.storage), limiter.health) if limiter else None
+        self._budgets = Budgets(spend_store_for(limiter.storage), limiter.health) if limiter else None
         self._config = config
         self._signature = signature  # of the file as it was *before* ``config`` was read from it
         self._lock = threading.Lock()
@@ -120,13 +82,30 @@ class Gateway:
             _GATEWAYS.add(self)
             self._watch()
 
+    @property
+    def ledger(self) -> Ledger:
+        """The usage ledger (503 when the app started without a config)."""
+        return _opened(self._ledger)
+
+    @property
+    def limiter(self) -> Limiter:
+        """The rate limits and concurrency slots."""
+        return _opened(self._limiter)
+
+    @property
+    def budgets(self) -> Budgets:
+        """The USD budgets."""
+        return _opened(self._budgets)
+
+    @property
+    def idempotency(self) -> Idempotency:
+        """The Idempotency-Key records."""
+        return _opened(self._idempotency)
+
     def config(self) -> Config:
         """The config this request runs under (see ``request_config``), or 503 when the app
         started without one."""
-        config = self.request_config()
-        if config is None:
-            raise ServiceUnavailable("The gateway has no valid configuration loaded.")
-        return config
+        return _opened(self.request_config())
 
     def request_config(self) -> Config | None:
         """The config this request runs under: the one serving when it first asked, whatever a
@@ -161,6 +140,7 @@ class Gateway:
                 log.error("%s\nthe change is rejected; the last good config keeps serving", e)
                 return False
             old = self._config
+            assert old is not None  # only a gateway that has a config watches its file
             emptied = [
                 what for what in ("api_keys", "models") if _count(old, what) and not _count(config, what)
             ]
@@ -185,10 +165,10 @@ class Gateway:
     def close(self) -> None:
         """Stop watching the file and close the ledger (tests; a worker just exits)."""
         self._closed.set()
-        if self.budgets is not None:
-            self.budgets.flush()
-        if self.ledger is not None:
-            self.ledger.close()
+        if self._budgets is not None:
+            self._budgets.flush()
+        if self._ledger is not None:
+            self._ledger.close()
 
 
 def _count(config: Config, what: str) -> int:
@@ -227,8 +207,8 @@ os.register_at_fork(after_in_child=_after_fork)
 
 def current() -> Gateway:
     """This app's Gateway."""
-    gateway = current_app.extensions["aisix"]
-    if type(gateway) is Unopened:
+    gateway: Gateway | Unopened = current_app.extensions["aisix"]
+    if isinstance(gateway, Unopened):
         gateway = current_app.extensions["aisix"] = gateway.open()
     return gateway
 

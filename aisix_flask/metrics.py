@@ -8,6 +8,7 @@ routes, statuses and guardrails, never caller input or key names: the label set 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -65,8 +66,9 @@ BUDGET_REFUSALS = Counter("aisix_budget_refusals", "Requests refused because a b
 RATE_LIMITED = Counter("aisix_rate_limit_rejections", "Requests refused by a rate limit.", ["scope", "limit"])
 
 
-def observe(row, model: str) -> None:
-    """Count one answered request from its ledger row; ``model`` is the configured row's name."""
+def observe(row: Any, model: str) -> None:
+    """Count one answered request from its ledger row (a ``usage.row.UsageRow``: the metrics sit
+    below the usage layer); ``model`` is the configured row's name."""
     REQUESTS.labels(row.route, model, str(row.status)).inc()
     if row.latency_ms is not None:
         LATENCY.labels(row.route, model).observe(row.latency_ms / 1000)
@@ -86,6 +88,6 @@ def exposition() -> tuple[bytes, str]:
     """The text format, summed over every worker when gunicorn runs several."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -20,7 +20,7 @@ LAYERS = (
     {"stores", "usage"},
     {"config"},
     {"policy"},
-    {"gateway"},
+    {"gateway", "incoming"},
     {"access", "proxy"},
     {"api", "admin", "cli", "__init__"},  # the package itself is the app factory: it wires all
 )

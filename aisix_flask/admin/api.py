@@ -11,6 +11,8 @@ from ..errors import InvalidRequest, ServiceUnavailable
 from ..gateway import current
 from ..policy.auth import authenticate
 from ..policy.budgets import configured
+from ..policy.limits import Limiter
+from ..usage.ledger import Ledger
 from ..usage.report import SUMMARY_GROUPS, parse_since
 
 bp = Blueprint("admin", __name__)
@@ -31,7 +33,7 @@ def readyz() -> Response:
     and a probe failing on a store every instance shares would take them all out at once."""
     gateway = current()
     gateway.config()
-    stores = {"ledger": gateway.ledger, "ratelimit": gateway.limiter}
+    stores: dict[str, Ledger | Limiter] = {"ledger": gateway.ledger, "ratelimit": gateway.limiter}
     up = {name: store.ping() for name, store in stores.items()}
     if not up["ledger"]:
         raise ServiceUnavailable("The usage ledger database is not reachable.")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from flask import Blueprint, render_template, request
 
@@ -64,7 +66,7 @@ def usage_page() -> str:
     )
 
 
-def _budgets(gateway: Gateway) -> list[dict] | None:
+def _budgets(gateway: Gateway) -> list[dict[str, Any]] | None:
     """Every budget and what it has left; None (and the page says so) when the store is down."""
     try:
         return gateway.budgets.status(configured(gateway.config()))
@@ -72,7 +74,7 @@ def _budgets(gateway: Gateway) -> list[dict] | None:
         return None
 
 
-def _bars(since: datetime, days: int, per_day: dict) -> list[Bar]:
+def _bars(since: datetime, days: int, per_day: dict[str, dict[str, Any]]) -> list[Bar]:
     dates = [(since + timedelta(days=i)).date().isoformat() for i in range(days)]
     rows = [per_day.get(d, {}) for d in dates]
     top = max([r.get("requests", 0) for r in rows] + [1])
@@ -93,7 +95,7 @@ def _bars(since: datetime, days: int, per_day: dict) -> list[Bar]:
     ]
 
 
-def _totals(rows) -> dict:
+def _totals(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     rows = list(rows)
     costs = [r["cost_usd"] for r in rows if r["cost_usd"] is not None]
     return {

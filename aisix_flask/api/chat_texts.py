@@ -24,7 +24,12 @@ def write_messages(body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
 def _texts_in(message: dict[str, Any]) -> list[str]:
     """A message's texts, in the order ``_with_texts`` passes them."""
     texts: list[str] = []
-    _with_texts(message, lambda text: texts.append(text) or text)
+
+    def keep(text: str) -> str:
+        texts.append(text)
+        return text
+
+    _with_texts(message, keep)
     return texts
 
 

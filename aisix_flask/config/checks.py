@@ -81,7 +81,8 @@ def cross_check(data: dict[str, Any]) -> list[str]:
 
     gateway = data.get("gateway")
     upstream_settings = gateway.get("upstream") if isinstance(gateway, dict) else None
-    for path, row in [("gateway.upstream", upstream_settings), *_items(data, "provider_keys")]:
+    places: list[tuple[str, Any]] = [("gateway.upstream", upstream_settings), *_items(data, "provider_keys")]
+    for path, row in places:
         bundle = row.get("ca_bundle") if isinstance(row, dict) else None
         if isinstance(bundle, str) and bundle and not os.path.isfile(bundle):
             problems.append(f"{path}.ca_bundle: no such file: {bundle}")

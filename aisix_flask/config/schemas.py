@@ -24,7 +24,7 @@ def _name(**kwargs: Any) -> fields.String:
     return fields.String(validate=Length(min=1), **kwargs)
 
 
-class _Timestamp(fields.Field):
+class _Timestamp(fields.Field[datetime]):
     """An ISO-8601 timestamp, or the datetime/date YAML already made of one; naive means UTC."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
@@ -159,7 +159,7 @@ class PricingDefaultsSchema(_Schema):
     quality = _name()
 
 
-class _PriceTable(fields.Field):
+class _PriceTable(fields.Field[dict[str, dict[str, float]]]):
     """size → quality → USD per image; errors name the size and quality."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dict[str, dict[str, float]]:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime
+
+from werkzeug.datastructures import Headers
 
 from ..config.resources import ApiKey
 from ..errors import ApiKeyDisabled, ApiKeyExpired, InvalidApiKey
 
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
+def presented_key(headers: Headers) -> str | None:
     """The key from ``Authorization: Bearer …`` (any case) or ``x-api-key``; failing both, the
     password of HTTP Basic (what a browser sends for the usage page; the user name is ignored)."""
     scheme, _, token = (headers.get("Authorization") or "").partition(" ")
@@ -30,7 +32,7 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def authenticate(keys: Iterable[ApiKey], headers: Mapping[str, str]) -> ApiKey:
+def authenticate(keys: Iterable[ApiKey], headers: Headers) -> ApiKey:
     """Find the key the request presents, or raise the 401 that says why not."""
     secret = presented_key(headers)
     if secret is None:

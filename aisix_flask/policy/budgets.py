@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from .. import metrics
 from ..config import Config
@@ -114,7 +115,7 @@ class Budgets:
         after the fork: a lock made before then would block the whole worker."""
         # (counting, writing): a flush is written whole before another (or exit) goes on
         self._locks: tuple[threading.Lock, threading.Lock] | None = None
-        self._deferred: dict[str, list] = {}  # counter → [nano-dollars, period end]
+        self._deferred: dict[str, list[Any]] = {}  # counter → [nano-dollars, period end]
         self._timer: threading.Timer | None = None
 
     def _locks_made(self) -> tuple[threading.Lock, threading.Lock]:
@@ -205,7 +206,7 @@ class Budgets:
         except STORE_ERRORS as e:
             self.health.failed("budgets: spend not counted (the ledger has it)", e)
 
-    def status(self, scopes: Sequence[BudgetScope]) -> list[dict]:
+    def status(self, scopes: Sequence[BudgetScope]) -> list[dict[str, Any]]:
         """Each budget's limit, spend, remaining and period end, for the admin API and page."""
         self.flush()
         now = datetime.now(UTC)

@@ -8,10 +8,11 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from flask import Response
+from werkzeug.datastructures import Headers
 
 from ..config.resources import IdempotencySettings
 from ..errors import (
@@ -45,7 +46,7 @@ class Idempotency:
 
     def run(
         self,
-        headers: Mapping[str, str],
+        headers: Headers,
         api_key: str,
         body: dict[str, Any],
         row: UsageRow,

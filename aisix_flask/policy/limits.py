@@ -25,10 +25,10 @@ from .. import metrics
 from ..config.resources import RateLimit
 from ..errors import RateLimited
 from ..stores import STORE_ERRORS
-from ..stores import sqlite as _sqlite  # noqa: F401  (registers sqlite:/// URLs with limits)
 from ..stores.admissions import AdmissionStore
 from ..stores.health import StoreHealth
 from ..stores.redis import RedisAdmissions
+from ..stores.sqlite import SQLiteStorage  # (importing it registers sqlite:/// URLs with limits)
 from .limit_headers import headers_for, rate_limit_headers
 from .windows import REQUEST_RULES, TOKEN_RULES, seconds_until_free, window_state
 from .windows import kind as window_kind
@@ -87,13 +87,15 @@ class Limiter:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.storage = storage_from_string(url, wrap_exceptions=True)
+        storage = storage_from_string(url, wrap_exceptions=True)
+        # The config takes only these two (sqlite:///…, redis://…).
+        assert isinstance(storage, SQLiteStorage | RedisStorage), url
+        self.storage: SQLiteStorage | RedisStorage = storage
         # Both stores take a whole admission at once (SQLite in one transaction, Redis in one
         # script), and a request's end (tokens counted, slots given back) at once too.
-        if isinstance(self.storage, RedisStorage):
-            self.store: AdmissionStore = RedisAdmissions(self.storage)
-        else:
-            self.store = self.storage
+        self.store: AdmissionStore = (
+            RedisAdmissions(storage) if isinstance(storage, RedisStorage) else storage
+        )
         # The same store holds the budgets' counters and the idempotency records: one health.
         self.health = StoreHealth("ratelimit", url)
 
@@ -201,7 +203,7 @@ def _plan(scopes: tuple[Scope, ...]) -> _Plan:
     windows = [*requests, *tokens]
     return _Plan(
         slotted=slotted,
-        slots=[(s.slot_key, s.limit.concurrency) for s in slotted],
+        slots=[(s.slot_key, limit) for s in slotted if (limit := s.limit.concurrency)],
         windows=windows,
         checks=[(item.key_for(*s.ids), item.get_expiry(), item.amount) for s, _, item in windows],
         hits=[(item.key_for(*s.ids), item.get_expiry()) for s, _, item in requests],

@@ -22,7 +22,8 @@ from ..config import Config
 from ..config.aliases import Route
 from ..config.resources import ApiKey, Model
 from ..errors import GatewayError
-from ..gateway import Gateway, request_id
+from ..gateway import Gateway
+from ..incoming import request_id
 from ..usage.row import UsageRow
 from .admission import Held, limit_scopes
 from .multipart import Form

@@ -83,7 +83,8 @@ class UpstreamEvents:
         # (gunicorn serving TLS itself): there a hang-up is noticed at the next write instead.
         self._caller = None if isinstance(caller, ssl.SSLSocket) else caller
         self._stop_by = stop_by
-        buffer = response.raw._fp.fp  # http.client's BufferedReader over the upstream's socket
+        raw: Any = response.raw  # urllib3's, over http.client's: their private parts are read here
+        buffer = raw._fp.fp  # http.client's BufferedReader over the upstream's socket
         # Its SocketIO's socket: there even when http.client gave the connection up to the response
         # (an upstream that answers "Connection: close" or HTTP/1.0).
         self._sock: socket.socket = buffer.raw._sock
@@ -127,7 +128,7 @@ class UpstreamEvents:
         terminator, after chat's [DONE]) is worth a moment's wait, not more."""
         if finished and not self._body.done:
             self._drain(DRAIN_S)
-        raw = self._response.raw
+        raw: Any = self._response.raw
         if self._body.whole and not raw._fp.will_close:
             raw._fp.close()  # http.client's side of it: the socket stays with the connection
             raw.release_conn()
@@ -192,14 +193,17 @@ class UpstreamEvents:
     def _caller_left(self, watch: select.poll) -> bool:
         """Whether the caller's connection is closed; bytes it sent (a pipelined request) are left
         for the server, and the caller is no longer watched."""
+        caller = self._caller
+        if caller is None:
+            return False
         try:
-            gone = self._caller.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            gone = caller.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
             return False
         except OSError:
             return True
         if not gone:
-            watch.unregister(self._caller)
+            watch.unregister(caller)
             self._caller = None
         return gone
 
@@ -221,7 +225,7 @@ class _Body:
     """The response body's framing (chunked, a length, or until the connection closes) and
     content coding, undone incrementally: feed it raw bytes, get body bytes."""
 
-    def __init__(self, headers: requests.structures.CaseInsensitiveDict) -> None:
+    def __init__(self, headers: requests.structures.CaseInsensitiveDict[str]) -> None:
         self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
         length = headers.get("Content-Length")
         self.left = int(length) if not self.chunked and length and length.isdigit() else None
@@ -250,7 +254,8 @@ class _Body:
             zlib_header = len(data) > 1 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
             self._inflate = zlib.decompressobj(47 if self._coding == "gzip" or zlib_header else -15)
         try:
-            return self._inflate.decompress(data)
+            inflated: bytes = self._inflate.decompress(data)
+            return inflated
         except zlib.error as e:
             raise Interrupted(f"the upstream's {self._coding} stream is broken: {e}") from None
 

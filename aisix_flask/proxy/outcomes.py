@@ -27,8 +27,9 @@ class Answer:
         error = self.document.get("error") if isinstance(self.document, dict) else None
         if isinstance(error, dict):
             for field in ("code", "type"):
-                if isinstance(error.get(field), str) and error[field]:
-                    return error[field][:64]
+                value = error.get(field)
+                if isinstance(value, str) and value:
+                    return value[:64]
         return f"upstream_{self.status}"
 
 
@@ -80,8 +81,9 @@ def interpret(answer: Answer, key: ProviderKey) -> Answer:
 def upstream_message(answer: Answer, key: ProviderKey) -> str:
     """The upstream's error message, at most 1 KiB, with the upstream key scrubbed out."""
     error = answer.document.get("error") if isinstance(answer.document, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        text = error["message"]
+    message = error.get("message") if isinstance(error, dict) else None
+    if isinstance(message, str):
+        text = message
     else:
         text = answer.content[:MESSAGE_LIMIT].decode("utf-8", "replace").strip() or "(empty body)"
     if key.api_key:

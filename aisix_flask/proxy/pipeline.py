@@ -22,7 +22,8 @@ from ..errors import (
     ProviderUnavailable,
     UnsupportedProvider,
 )
-from ..gateway import current, follow_call
+from ..gateway import current
+from ..incoming import follow_call
 from ..policy.auth import authenticate
 from ..policy.guardrails import check_input, check_output
 from .admission import admit

@@ -42,7 +42,7 @@ class StrictNumber(fields.Float):
         return value
 
 
-class JsonObject(fields.Field):
+class JsonObject(fields.Field[Any]):
     """A JSON object, kept as sent."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
@@ -51,7 +51,7 @@ class JsonObject(fields.Field):
         return value
 
 
-class JsonArray(fields.Field):
+class JsonArray(fields.Field[Any]):
     """A JSON array, kept as sent."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
@@ -60,7 +60,7 @@ class JsonArray(fields.Field):
         return value
 
 
-class OneOfTypes(fields.Field):
+class OneOfTypes(fields.Field[Any]):
     """A value of one of a few JSON shapes, each given as (test, description); kept as sent."""
 
     def __init__(self, *shapes: tuple[Callable[[Any], bool], str], **kwargs: Any) -> None:

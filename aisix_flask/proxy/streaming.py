@@ -219,6 +219,7 @@ class Relay:
         """Output guardrails over each newest text (a choice's content, a tool call's arguments) and
         what came just before it; the event that completes a match is not relayed
         (ContentPolicyViolation ends the stream instead)."""
+        assert self.spec.text is not None  # guardrails are read only from a stream that has text
         for continues, text in self.spec.text(document):
             window = self.tails.get(continues, "") + text
             self.tails[continues] = window[-GUARD_OVERLAP:]

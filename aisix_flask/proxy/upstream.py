@@ -80,7 +80,7 @@ class Timeout:
 # What urllib reads for proxies (in either case). Working proxies out from them means a scan of
 # the whole environment (a tenth of a millisecond), so the answer is kept per URL for as long as
 # these variables keep their values.
-_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+_PROXY_VARIABLES: tuple[str, ...] = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 _PROXY_VARIABLES += tuple(name.upper() for name in _PROXY_VARIABLES)
 
 

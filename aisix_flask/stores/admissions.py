@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
+
+from .windows import Window
+
+# A request's admission: slots (key, limit, ttl_s), window checks (key, expiry, limit) and the
+# request windows it spends (key, expiry).
+Slots = list[tuple[str, int, float]]
+Checks = list[tuple[str, int, int]]
+Hits = list[tuple[str, int]]
+# What an admission answers: the slot ids taken, or the refusal: ("slot", i) or ("window", i, window).
+Admitted = tuple[list[str], tuple[Any, ...] | None]
 
 
 class AdmissionStore(Protocol):
@@ -11,11 +21,11 @@ class AdmissionStore(Protocol):
 
     def admit_all(
         self,
-        slots: list[tuple[str, int, float]],
-        checks: list[tuple[str, int, int]],
-        hits: list[tuple[str, int]],
-        seen: list | None = None,
-    ) -> tuple[list[str], tuple | None]: ...
+        slots: Slots,
+        checks: Checks,
+        hits: Hits,
+        seen: list[Window] | None = None,
+    ) -> Admitted: ...
 
     def finish_all(self, slots: list[tuple[str, str]], counted: list[tuple[str, int, int]]) -> None: ...
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import redis
 from limits.storage import RedisStorage
@@ -96,7 +96,7 @@ class SQLiteIdempotency:
             db.execute("DELETE FROM idempotency WHERE key = ? AND state = 'running'", (key,))
 
 
-def _record(row: tuple) -> Record:
+def _record(row: tuple[Any, ...]) -> Record:
     return Record(row[0], row[1], row[3], row[4], json.loads(row[5]) if row[5] else {}, row[6])
 
 
@@ -144,7 +144,7 @@ class RedisIdempotency:
         return self.record(key) or self.claim(key, body_hash, running_s, ttl_s)
 
     def record(self, key: str) -> Record | None:
-        fields = self._redis.hgetall(IDEMPOTENCY_PREFIX + key)
+        fields = cast(dict[bytes, bytes], self._redis.hgetall(IDEMPOTENCY_PREFIX + key))
         if not fields:
             return None
         text = {k.decode(): v for k, v in fields.items()}
@@ -162,7 +162,7 @@ class RedisIdempotency:
         self._finish(
             keys=[IDEMPOTENCY_PREFIX + key],
             args=[answer.state, answer.status or 0, answer.content_type or "application/json",
-                  json.dumps(answer.headers), "1" if has_body else "0", answer.body if has_body else b""],
+                  json.dumps(answer.headers), "1" if has_body else "0", answer.body or b""],
         )  # fmt: skip
 
     def release(self, key: str) -> None:
@@ -172,5 +172,5 @@ class RedisIdempotency:
 def idempotency_store_for(limit_storage: Any) -> IdempotencyStore:
     """The idempotency store beside the rate-limit counters: the same SQLite file or Redis."""
     if isinstance(limit_storage, RedisStorage):
-        return RedisIdempotency(limit_storage.get_connection())
+        return RedisIdempotency(cast(redis.Redis, limit_storage.get_connection()))
     return SQLiteIdempotency(limit_storage)

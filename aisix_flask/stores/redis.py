@@ -7,9 +7,13 @@ and a request's end are one script each.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
+import redis
 from limits.storage import RedisStorage
+
+from .admissions import Admitted, Checks, Hits, Slots
+from .windows import Window
 
 SLOT_PREFIX = "aisix:slots:"
 
@@ -115,7 +119,7 @@ class RedisAdmissions:
 
     def __init__(self, storage: RedisStorage) -> None:
         self._storage = storage
-        connection = storage.get_connection()
+        connection = cast(redis.Redis, storage.get_connection())
         self._admit = connection.register_script(_REDIS_ADMIT)
         self._finish = connection.register_script(_REDIS_FINISH_ADMISSION)
         self._renew = connection.register_script(_REDIS_RENEW)
@@ -126,11 +130,11 @@ class RedisAdmissions:
 
     def admit_all(
         self,
-        slots: list[tuple[str, int, float]],
-        checks: list[tuple[str, int, int]],
-        hits: list[tuple[str, int]],
-        seen: list | None = None,
-    ) -> tuple[list[str], tuple | None]:
+        slots: Slots,
+        checks: Checks,
+        hits: Hits,
+        seen: list[Window] | None = None,
+    ) -> Admitted:
         """See ``SQLiteStorage.admit_all``: the same arguments and answers."""
         ids = [uuid.uuid4().hex for _ in slots]
         hit_keys = {key for key, _ in hits}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import redis
 from limits.storage import RedisStorage
@@ -77,7 +77,7 @@ _SQLITE_ADD = (
 )
 
 
-def _live(keys: list[str]) -> tuple[str, tuple]:
+def _live(keys: list[str]) -> tuple[str, tuple[Any, ...]]:
     """The query (and its arguments) for the values of the counters ``keys`` that have not expired."""
     marks = ", ".join("?" * len(keys))
     return f"SELECT key, nanos FROM spend_nanos WHERE key IN ({marks}) AND expires_at > ?", (
@@ -230,5 +230,5 @@ class RedisSpend:
 def spend_store_for(limit_storage: Any) -> SpendStore:
     """The spend counters beside the rate-limit counters: the same SQLite file or Redis."""
     if isinstance(limit_storage, RedisStorage):
-        return RedisSpend(limit_storage.get_connection())
+        return RedisSpend(cast(redis.Redis, limit_storage.get_connection()))
     return SQLiteSpend(limit_storage)

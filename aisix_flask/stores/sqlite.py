@@ -13,8 +13,9 @@ from typing import Any
 
 from limits.storage import SlidingWindowCounterSupport, Storage
 
+from .admissions import Admitted, Checks, Hits, Slots
 from .sqlite_file import Queued, SQLiteFile, sqlite_path
-from .windows import weighted_count
+from .windows import Window, weighted_count
 
 _SQLITE_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS counters"
@@ -42,8 +43,8 @@ class _Batched(Queued):
     """An admission, or a request's end (slots given back, tokens counted), waiting for its turn
     in a batch; then its outcome."""
 
-    admission: tuple[list, list, list] | None = None  # admit_all's arguments
-    seen: list | None = None  # where an admission puts the windows it saw
+    admission: tuple[Slots, Checks, Hits] | None = None  # admit_all's arguments
+    seen: list[Window] | None = None  # where an admission puts the windows it saw
     releases: list[tuple[str, str]] = field(default_factory=list)
     adds: list[tuple[str, int, int]] = field(default_factory=list)  # (window key, expiry, amount)
 
@@ -66,13 +67,13 @@ def _window_counts(db: sqlite3.Connection, keys: set[str]) -> dict[tuple[str, in
 
 
 def _admit(
-    slots: list[tuple[str, int, float]],
-    checks: list[tuple[str, int, int]],
+    slots: Slots,
+    checks: Checks,
     taken: dict[str, int],
     counts: dict[tuple[str, int], int],
     now: float,
-    seen: list | None = None,
-) -> tuple[list[str], tuple | None]:
+    seen: list[Window] | None = None,
+) -> Admitted:
     """One admission's decision against the current counts: slot ids, or the refusal. ``seen``
     gets every window as it was before this request."""
     for i, (key, limit, _) in enumerate(slots):
@@ -114,7 +115,7 @@ class SQLiteStorage(SQLiteFile, Storage, SlidingWindowCounterSupport):
                 "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = value + ?",
                 (key, amount, now + expiry, amount),
             )
-            return db.execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()[0]
+            return int(db.execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()[0])
 
     def get(self, key: str) -> int:
         rows = self._read("SELECT value FROM counters WHERE key = ? AND expires_at > ?", (key, time.time()))
@@ -190,11 +191,11 @@ class SQLiteStorage(SQLiteFile, Storage, SlidingWindowCounterSupport):
 
     def admit_all(
         self,
-        slots: list[tuple[str, int, float]],
-        checks: list[tuple[str, int, int]],
-        hits: list[tuple[str, int]],
-        seen: list | None = None,
-    ) -> tuple[list[str], tuple | None]:
+        slots: Slots,
+        checks: Checks,
+        hits: Hits,
+        seen: list[Window] | None = None,
+    ) -> Admitted:
         """Take every slot, check every window has room for one more, spend the ``hits``: all
         or nothing, in one write transaction (shared with whatever else is queued, see
         ``_batched``).
@@ -204,7 +205,8 @@ class SQLiteStorage(SQLiteFile, Storage, SlidingWindowCounterSupport):
         An admitted request's ``seen`` gets each checked window as it was before it (for the
         rate-limit headers).
         """
-        return self._batched(_Batched(admission=(slots, checks, hits), seen=seen))
+        admitted: Admitted = self._batched(_Batched(admission=(slots, checks, hits), seen=seen))
+        return admitted
 
     def _run_batch(self, db: sqlite3.Connection, batch: list[_Batched], now: float) -> None:
         """Releases and counted tokens first (an admission in the same batch sees them), then each
@@ -227,34 +229,36 @@ class SQLiteStorage(SQLiteFile, Storage, SlidingWindowCounterSupport):
     def _admit_batch(
         self,
         db: sqlite3.Connection,
-        admissions: list[_Batched],
+        operations: list[_Batched],
         added: dict[tuple[str, int], int],
         now: float,
     ) -> None:
+        admissions = [(o, o.admission) for o in operations if o.admission is not None]
         if now >= self._next_sweep:
-            self._sweep(db, now, [check for o in admissions for check in o.admission[1]])
+            self._sweep(db, now, [check for _, (_, checks, _) in admissions for check in checks])
         wanted: dict[str, int] = {}
-        for operation in admissions:
-            for key, _, _ in operation.admission[0]:
+        for _, (slots, _, _) in admissions:
+            for key, _, _ in slots:
                 wanted[key] = wanted.get(key, 0) + 1
         taken = _slots_taken(db, set(wanted))
         if any(
-            taken.get(key, 0) + wanted[key] > limit for o in admissions for key, limit, _ in o.admission[0]
+            taken.get(key, 0) + wanted[key] > limit
+            for _, (slots, _, _) in admissions
+            for key, limit, _ in slots
         ):
             # At a limit: slots past their time (their holder died) are given back first.
             marks = ", ".join("?" * len(wanted))
             db.execute(f"DELETE FROM slots WHERE key IN ({marks}) AND expires_at <= ?", (*wanted, now))
             taken = _slots_taken(db, set(wanted))
-        counts = _window_counts(db, {key for o in admissions for key, _, _ in o.admission[1]})
+        counts = _window_counts(db, {key for _, (_, checks, _) in admissions for key, _, _ in checks})
         for window, n in added.items():
             counts[window] = counts.get(window, 0) + n
         new_slots: list[tuple[str, str, float]] = []
-        for operation in admissions:
-            slots, checks, hits = operation.admission
-            operation.result = _admit(slots, checks, taken, counts, now, operation.seen)
-            if operation.result[1] is not None:
+        for operation, (slots, checks, hits) in admissions:
+            operation.result = ids, refusal = _admit(slots, checks, taken, counts, now, operation.seen)
+            if refusal is not None:
                 continue
-            for (key, _, ttl_s), slot in zip(slots, operation.result[0], strict=True):
+            for (key, _, ttl_s), slot in zip(slots, ids, strict=True):
                 taken[key] = taken.get(key, 0) + 1
                 new_slots.append((key, slot, now + ttl_s))
             for key, expiry in hits:

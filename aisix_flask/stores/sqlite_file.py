@@ -132,7 +132,7 @@ class SQLiteFile:
         with self._connection() as connection, _transaction(connection) as db:
             yield db
 
-    def read(self, sql: str, args: tuple) -> list[tuple]:
+    def read(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """A query's rows, outside any write transaction: for the stores beside these tables."""
         return self._read(sql, args)
 
@@ -199,9 +199,10 @@ class SQLiteFile:
                 operation.done = True
                 operation.finished.release()
 
-    def _read(self, sql: str, args: tuple) -> list[tuple]:
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._connection() as (db, _):
-            return db.execute(sql, args).fetchall()
+            rows: list[tuple[Any, ...]] = db.execute(sql, args).fetchall()
+            return rows
 
     def _run_batch(self, db: sqlite3.Connection, batch: list[Any], now: float) -> None:
         """Run every queued operation of ``batch`` in the open transaction ``db``."""

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 
+# A sliding-window counter as ``limits``' ``get_sliding_window`` gives it: (previous count,
+# previous TTL, current count, current TTL).
+Window = tuple[int, float, int, float]
 
-def weighted_count(window: tuple[int, float, int, float], expiry: int) -> int:
+
+def weighted_count(window: Window, expiry: int) -> int:
     """A sliding-window counter's count now: the previous window in proportion to how much of it
     still overlaps, plus the current one (``window`` as ``get_sliding_window`` returns it)."""
     previous, previous_ttl, current, _ = window

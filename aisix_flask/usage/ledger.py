@@ -61,7 +61,7 @@ class Ledger(LedgerQueries):
 
     def record(self, row: UsageRow) -> None:
         """Queue ``row``; the caller does not wait for the database."""
-        if self._pid != os.getpid() or not self._thread.is_alive():
+        if not self._writer_alive():
             self._start_writer()
         with self._all_written:
             self._unwritten += 1
@@ -70,15 +70,19 @@ class Ledger(LedgerQueries):
     def restart_stopped_writer(self) -> bool:
         """Start this process's writer again if it had stopped; True when it had (then /readyz
         and the log say so, once). A writer not yet needed has not stopped."""
-        if self._pid != os.getpid() or self._thread.is_alive():
+        if self._pid != os.getpid() or self._writer_alive():
             return False
         self._start_writer()
         return True
 
+    def _writer_alive(self) -> bool:
+        """Whether this process's writer thread runs."""
+        return self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()
+
     def _start_writer(self) -> None:
         with self._lock:
             if self._pid == os.getpid():
-                if self._thread.is_alive():
+                if self._writer_alive():
                     return
                 # Cannot happen by design (_run survives any row); if it does, the queued rows
                 # are still there, and a new writer takes them.

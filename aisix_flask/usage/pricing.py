@@ -43,9 +43,10 @@ class Pricing:
             costs.append(None if price is None else price * usage.images)
         if usage.search_units:
             costs.append(None if self.per_search_unit is None else usage.search_units * self.per_search_unit)
-        if not costs or None in costs:
+        known = [cost for cost in costs if cost is not None]
+        if not costs or len(known) < len(costs):
             return None
-        return round(sum(costs), 10)  # to the 1e-10 USD: a token can cost less than a micro-dollar
+        return round(sum(known), 10)  # to the 1e-10 USD: a token can cost less than a micro-dollar
 
     def known_before(
         self,

@@ -124,7 +124,8 @@ def create_or_upgrade(engine: Engine) -> None:
                 ddl = column.type.compile(engine.dialect)
                 default = ""
                 if column.server_default is not None:
-                    arg = column.server_default.arg  # a string, or an expression such as false()
+                    server_default: Any = column.server_default
+                    arg = server_default.arg  # a string, or an expression such as false()
                     default = (
                         f" DEFAULT {arg.compile(dialect=engine.dialect) if hasattr(arg, 'compile') else arg}"
                     )

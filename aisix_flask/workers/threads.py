@@ -55,7 +55,7 @@ class ThreadWorker(gthread.ThreadWorker):
         super().enqueue_req(conn)
         self._stop_when_full()
 
-    def finish_request(self, conn: Any, fs: Future) -> None:
+    def finish_request(self, conn: Any, fs: Future[Any]) -> None:
         self.busy -= 1
         super().finish_request(conn, fs)
 
