@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create the gateway: load the config (``AISIX_CONFIG``), open the ledger, add the routes."""
-    from . import access, cli, errors, eventlog, gateway
+    from . import access, cli, errors, gateway
     from .admin import api as admin_api
     from .admin import dashboard
     from .api import chat, embeddings, image_edits, images, models, rerank
@@ -26,7 +26,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     gateway.init_app(app, config_path)
     access.init_app(app)
-    eventlog.init_event_log()
     for route in (models, chat, embeddings, rerank, images, image_edits):
         app.register_blueprint(route.bp)
     app.register_blueprint(admin_api.bp)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response
 
+from .eventlog import event_log, json_lines, now_iso
 from .gateway import current
 from .incoming import GatewayRequest, this_request
 from .usage.row import UsageRow
@@ -35,7 +34,7 @@ _ACCESS_FIELDS = (
 def entry(handled: GatewayRequest, status: int) -> dict[str, Any]:
     """A request's access log line, as far as the request itself tells (a call adds its row)."""
     return {
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": now_iso(),
         "request_id": handled.request_id,
         "method": handled.method,
         "path": handled.path,
@@ -69,18 +68,10 @@ def _log_call(line: dict[str, Any], status_sent: int, row: UsageRow) -> None:
     access_log.info(json.dumps(line))
 
 
-def _init_access_log() -> None:
-    """JSON lines on stderr (gunicorn's error stream), not mixed into the app's own log format."""
-    if not access_log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access_log.addHandler(handler)
-    access_log.setLevel(logging.INFO)
-    access_log.propagate = False
-
-
 def init_app(app: Flask) -> None:
-    """Give every answer its request id, and log one JSON line per request."""
-    _init_access_log()
+    """Give every answer its request id, log one JSON line per request, and write the gateway's
+    event lines in the same form."""
+    json_lines(access_log)
+    json_lines(event_log)
     app.after_request(_add_request_id)
     app.after_request(_log_access)

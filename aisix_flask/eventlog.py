@@ -26,11 +26,12 @@ def emit(event: str, level: int = logging.WARNING, **fields: Any) -> None:
     event_log.log(level, json.dumps({"time": now_iso(), "event": event, **fields}))
 
 
-def init_event_log() -> None:
-    """JSON lines on stderr (gunicorn's error stream), not in the app's own log format."""
-    if not event_log.handlers:
+def json_lines(logger: logging.Logger) -> None:
+    """Send ``logger``'s records to stderr (gunicorn's error stream) as they are, one JSON object a
+    line, not in the app's own log format: the access log and the event lines."""
+    if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        event_log.addHandler(handler)
-    event_log.setLevel(logging.INFO)
-    event_log.propagate = False
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
