@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask, Response
 
-from .eventlog import event_log, json_lines, now_iso
+from .eventlog import event_log, iso, json_lines
 from .gateway import current
 from .incoming import GatewayRequest, this_request
 from .usage.row import UsageRow
@@ -34,7 +34,7 @@ _ACCESS_FIELDS = (
 def entry(handled: GatewayRequest, status: int) -> dict[str, Any]:
     """A request's access log line, as far as the request itself tells (a call adds its row)."""
     return {
-        "time": now_iso(),
+        "time": iso(handled.arrived),  # when the request arrived
         "request_id": handled.request_id,
         "method": handled.method,
         "path": handled.path,

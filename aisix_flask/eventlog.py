@@ -16,14 +16,15 @@ from typing import Any
 event_log = logging.getLogger("aisix_flask.events")
 
 
-def now_iso() -> str:
-    """The time as the access log writes it: UTC, milliseconds, ``Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def iso(seconds: float | None = None) -> str:
+    """A time (``time.time()``, default now) as the access log writes it: UTC, milliseconds, ``Z``."""
+    moment = datetime.now(UTC) if seconds is None else datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def emit(event: str, level: int = logging.WARNING, **fields: Any) -> None:
     """Write one event line: its time, its name, and ``fields`` (names and numbers, no secrets)."""
-    event_log.log(level, json.dumps({"time": now_iso(), "event": event, **fields}))
+    event_log.log(level, json.dumps({"time": iso(), "event": event, **fields}))
 
 
 def json_lines(logger: logging.Logger) -> None:

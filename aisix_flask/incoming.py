@@ -36,6 +36,7 @@ class GatewayRequest(Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.started = time.perf_counter()
+        self.arrived = time.time()  # what the access log's ``time`` says
 
     @cached_property
     def request_id(self) -> str:

@@ -62,7 +62,8 @@ def nothing_secret_is_logged():
     from .fake_upstream import PNG_1PX
 
     recorder = _Recorder()
-    loggers = [logging.getLogger(), logging.getLogger("aisix_flask"), logging.getLogger("aisix_flask.access")]
+    loggers = [logging.getLogger(), logging.getLogger("aisix_flask")]
+    loggers += [logging.getLogger("aisix_flask.access"), logging.getLogger("aisix_flask.events")]
     for logger in loggers:
         logger.addHandler(recorder)
     yield recorder

@@ -248,6 +248,34 @@ def test_a_request_the_rate_limit_refuses_holds_no_budget(budgeted, upstream):
     assert spent(app) == 0
 
 
+def test_a_budget_step_that_fails_still_gives_the_slot_back(budgeted, upstream, monkeypatch):
+    """Whatever the budget step raises (a bug, a worker told to stop), the concurrency slot the
+    limits gave the request is its call's to give back: the next request is not locked out."""
+    named(budgeted.config, "api_keys", "dev")["rate_limit"] = {"concurrency": 1}
+    app, client = budgeted(key={"usd": 5, "period": "day"})
+    budgets = app.extensions["aisix"].budgets
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the budget step")
+
+    monkeypatch.setattr(budgets, "reserve", broken)
+    assert image(client).status_code == 500
+    monkeypatch.undo()
+    images_answer(upstream, 1)
+    assert image(client).status_code == 200  # not 429: the first request's slot was given back
+
+
+def test_a_spent_budget_answers_with_the_rate_limit_headers_of_its_admission(budgeted, upstream):
+    named(budgeted.config, "api_keys", "dev")["rate_limit"] = {"rpm": 10}
+    app, client = budgeted(key={"usd": 0.01, "period": "day"})
+    r = image(client)  # one image costs 0.04: more than the budget
+    assert r.status_code == 429 and r.get_json()["error"]["code"] == "insufficient_quota"
+    assert (r.headers["x-ratelimit-limit-requests"], r.headers["x-ratelimit-remaining-requests"]) == (
+        "10",
+        "9",
+    )
+
+
 def test_an_unknown_outcome_costs_its_price_without_a_budget_too(budgeted, upstream):
     """The ledger's cost does not depend on whether a budget is set: a timeout after the request
     was sent costs the price known up front either way."""

@@ -16,6 +16,7 @@ from .integration import ENV, gateway_config
 from .serving import Gunicorn
 
 DOWN = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+SQLITE_UP = {"backend": "sqlite", "up": True}
 
 
 def metric(name: str, **labels: str) -> float | None:
@@ -118,3 +119,47 @@ def test_the_gauges_read_1_from_the_start(tmp_path, fake, workers):
     assert re.search(r"^aisix_ledger_writer_up 1\.0$", text, re.M), text
     for store in ("ledger", "ratelimit"):
         assert re.search(rf'^aisix_store_up\{{store="{store}"\}} 1\.0$', text, re.M), text
+
+
+def test_readyz_does_not_wait_on_a_store_that_never_answers(make_app, config):
+    """A Redis that accepts connections and never answers: the probe says so within its own
+    timeout, instead of hanging past the load balancer's."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        config["gateway"]["ratelimit"]["storage_url"] = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        client = make_app(config).test_client()
+        started = time.monotonic()
+        r = client.get("/readyz")
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+    assert r.status_code == 200 and r.get_json()["stores"]["ratelimit"] == {"backend": "redis", "up": False}
+    assert took < 3, took
+
+
+def test_the_store_is_up_again_once_a_budget_reads_it(budgeted, upstream, monkeypatch, event_lines):
+    """Budgets and idempotency use the rate-limit store too: their successes say it is back."""
+    import sqlite3
+
+    from .budgeting import image, images_answer
+
+    app, client = budgeted(key={"usd": 5, "period": "day"})
+    store = app.extensions["aisix"].budgets.store
+    real = store.reserve
+
+    def down(charges):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(store, "reserve", down)
+    assert image(client).status_code == 503
+    assert metric("aisix_store_up", store="ratelimit") == 0
+    monkeypatch.setattr(store, "reserve", real)
+    images_answer(upstream, 1)
+    assert image(client).status_code == 200
+    assert metric("aisix_store_up", store="ratelimit") == 1
+    assert [line["event"] for line in event_lines] == ["store_unavailable", "store_available"]

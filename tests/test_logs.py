@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+import responses
 
 from .conftest import IMAGES_URL, auth
 
@@ -68,3 +69,20 @@ def test_the_access_log_can_be_turned_off(make_app, config, access_lines):
     config["gateway"]["access_log"] = False
     make_app(config).test_client().get("/livez")
     assert access_lines == []
+
+
+def test_a_calls_line_is_stamped_when_the_request_arrived(client, upstream, access_lines):
+    """A call's line is written when it ends; its time is when the request came in."""
+    import time
+    from datetime import datetime
+
+    def slow(request):
+        time.sleep(0.5)
+        return 200, {}, json.dumps({"created": 1, "data": [{"url": "u"}]})
+
+    upstream.add_callback(responses.POST, IMAGES_URL, callback=slow)
+    before = time.time()
+    client.post("/v1/images/generations", headers=auth(), json={"model": "image-prod", "prompt": "p"})
+    [line] = [json.loads(text) for text in access_lines]
+    stamped = datetime.fromisoformat(line["time"].replace("Z", "+00:00")).timestamp()
+    assert before - 0.01 <= stamped < before + 0.25 and line["latency_ms"] >= 500

@@ -147,6 +147,7 @@ class Budgets:
                 error_code="budget_unavailable",
                 should_retry=True,
             ) from None
+        self.health.answered()
         if refused is not None:
             raise _exhausted(scopes[refused], periods[refused][1], now)
         return Reservation(charges, amount)
@@ -205,6 +206,8 @@ class Budgets:
             self.store.add(charges)
         except STORE_ERRORS as e:
             self.health.failed("budgets: spend not counted (the ledger has it)", e)
+        else:
+            self.health.answered()
 
     def status(self, scopes: Sequence[BudgetScope]) -> list[dict[str, Any]]:
         """Each budget's limit, spend, remaining and period end, for the admin API and page."""

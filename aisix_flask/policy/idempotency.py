@@ -77,6 +77,7 @@ class Idempotency:
                 error_code="idempotency_unavailable",
                 should_retry=True,
             ) from None
+        self.health.answered()
         if held is not None:
             row.note_replay(held.status or 0, _error_code(held))
             return _replay(held)
@@ -102,6 +103,8 @@ class Idempotency:
             action(*args)
         except STORE_ERRORS as e:
             self.health.failed("idempotency: answers not kept (keys stay claimed for a while)", e)
+        else:
+            self.health.answered()
 
     def _claim(self, key: str, digest: str, running_s: float, settings: IdempotencySettings) -> Record | None:
         """None when this request owns the key; else the finished record (waiting, bounded)."""

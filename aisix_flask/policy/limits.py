@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import redis
 from limits import RateLimitItem
 from limits.errors import StorageError
 from limits.storage import RedisStorage, storage_from_string
@@ -36,6 +37,7 @@ from .windows import kind as window_kind
 log = logging.getLogger(__name__)
 
 NAMESPACE = "aisix"
+PING_TIMEOUT_S = 1.0
 UNITS = {
     "rpm": "requests per minute",
     "rpd": "requests per day",
@@ -144,6 +146,8 @@ class Limiter:
             self.store.finish_all(slots, counted)
         except _STORAGE_ERRORS as e:
             self.health.failed("rate limits: tokens not counted, slots left to expire", e)
+        else:
+            self.health.answered()
 
     def renew(self, admission: Admission, ttl_s: float) -> None:
         """A request still running keeps its concurrency slots for ``ttl_s`` more (a stream's
@@ -172,9 +176,15 @@ class Limiter:
         return rate_limit_headers(plan.windows, seen, admitted=False)
 
     def ping(self) -> bool:
-        """Tell whether the store answers (/readyz)."""
+        """Tell whether the store answers (/readyz), within ``PING_TIMEOUT_S``: a probe must not
+        wait on a Redis that accepts connections and never answers."""
         try:
-            if not self.storage.check():  # (limits' Redis storage says False rather than raise)
+            if isinstance(self.storage, RedisStorage):
+                with redis.Redis.from_url(
+                    self.url, socket_timeout=PING_TIMEOUT_S, socket_connect_timeout=PING_TIMEOUT_S
+                ) as probe:
+                    probe.ping()
+            elif not self.storage.check():
                 raise ConnectionError("it did not answer a ping")
         except (*_STORAGE_ERRORS, ConnectionError) as e:
             self.health.failed("/readyz", e)

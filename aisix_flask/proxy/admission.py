@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..config.resources import ApiKey, Model
-from ..errors import GatewayError, PriceUnknown
+from ..errors import PriceUnknown
 from ..jsonvalues import whole_number
 from ..policy.budgets import Budgets, BudgetScope, Reservation
 from ..policy.limits import Admission, Scope
@@ -42,17 +42,15 @@ def limit_scopes(key: ApiKey, model: Model | None) -> list[Scope]:
     return scopes
 
 
-def admit(call: Call, sent: Payload, slot_ttl_s: float) -> Held:
-    """Take the rate limits and slots, then reserve the budgets; raise the refusal instead (a
-    refusal by a budget gives the limits' turn back at once, and answers with their headers)."""
-    limiter, model = call.gateway.limiter, sent.route.model
-    limits = limiter.admit(limit_scopes(call.key, model), slot_ttl_s)
-    try:
-        return Held(limits, *reserve(call.gateway.budgets, call.operation, call.key, model, sent.body))
-    except GatewayError as refusal:
-        limiter.finish(limits)
-        refusal.extra_headers = {**limits.headers, **refusal.extra_headers}
-        raise
+def admit(call: Call, payload: Payload, slot_ttl_s: float) -> None:
+    """Take the rate limits and slots, then reserve the budgets, or raise the refusal. What is
+    taken is the call's from the moment it is taken (``call.held``): whatever happens next, even a
+    refusal by a budget, its end gives it back (and its answer carries the limits' headers)."""
+    model = payload.route.model
+    limits = call.gateway.limiter.admit(limit_scopes(call.key, model), slot_ttl_s)
+    call.held = Held(limits)
+    reservation, price = reserve(call.gateway.budgets, call.operation, call.key, model, payload.body)
+    call.held = Held(limits, reservation, price)
 
 
 def reserve(

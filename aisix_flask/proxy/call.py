@@ -23,7 +23,7 @@ from ..config.aliases import Route
 from ..config.resources import ApiKey, Model
 from ..errors import GatewayError
 from ..gateway import Gateway
-from ..incoming import request_id
+from ..incoming import follow_call, request_id
 from ..usage.row import UsageRow
 from .admission import Held, limit_scopes
 from .multipart import Form
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """What came of the upstream call, as far as the call's price goes."""
+class Billable:
+    """What the upstream call may be billed for, as far as the gateway knows."""
 
     priced: bool = False  # the upstream answered 2xx (a stream: generated): what it reported costs
     unknown: bool = False  # sent, and no answer says what the upstream made of it
@@ -58,12 +58,13 @@ class Call:
         self.upload: Form | None = None  # step 2: a form's spooled parts, closed at the end
         self.model: Model | None = None  # step 4: whose limits, price and budget apply
         self.held = Held()  # step 10: slots and windows to give back or charge, a reservation
-        self.outcome = Outcome()  # step 11
+        self.billable = Billable()  # step 11
         self._started = time.perf_counter()
         self._stream_ends_it = False
         self._finished = False
         self._status_sent = 0
         self._when_finished: list[Callable[[int, UsageRow], None]] = []
+        follow_call(self)  # the access log writes this request's line when the call ends
 
     def __enter__(self) -> Call:
         return self
@@ -84,21 +85,20 @@ class Call:
         self.model = route.model
         self.row.upstream_model, self.row.provider = route.upstream_model, route.model.provider
 
-    def settle(self, attempt: Attempt) -> Attempt:
-        """Record what the upstream call came to; raise the error the gateway answers instead."""
+    def note_attempt(self, attempt: Attempt) -> None:
+        """Record what the upstream call came to: its latency, its answer's status, and what it
+        may be billed for."""
         self.row.upstream_latency_ms = attempt.latency_ms
         if attempt.error is not None:
-            self.outcome = Outcome(unknown=attempt.outcome_unknown)
-            raise attempt.error
-        if attempt.answer is not None:
+            self.billable = Billable(unknown=attempt.outcome_unknown)
+        elif attempt.answer is not None:
             self.row.status = attempt.answer.status
             if attempt.answer.status >= 400:
                 self.row.error_code = attempt.answer.error_code()
             else:
-                self.outcome = Outcome(priced=True)
-        return attempt
+                self.billable = Billable(priced=True)
 
-    def ended_by_stream(self) -> None:
+    def hand_end_to_stream(self) -> None:
         """The answer is a stream: the call finishes when it ends (``finish``), not at exit."""
         self._stream_ends_it = True
 
@@ -126,29 +126,29 @@ class Call:
         """A stream still running keeps its concurrency slots for ``ttl_s`` more."""
         self.gateway.limiter.renew(self.held.limits, ttl_s)
 
-    def finish(self, status_sent: int, outcome: Outcome | None = None) -> None:
+    def finish(self, status_sent: int, billable: Billable | None = None) -> None:
         """Record the call, once: count its tokens and give back its slots, price it, queue its
         row, count it in the metrics, then tell who waits for its end. ``status_sent`` is the HTTP
-        status the caller got (a stream's is 200 whatever its row says); ``outcome``, when the
-        stream that ended it says what came of the upstream call."""
+        status the caller got (a stream's is 200 whatever its row says); ``billable``, what the
+        stream that ended it says the upstream may be billed for."""
         if self._finished:
             return
         self._finished, self._status_sent = True, status_sent
-        outcome = outcome or self.outcome
+        billable = billable or self.billable
         if self.upload is not None:
             self.upload.close()
         row, held, model = self.row, self.held, self.model
         row.latency_ms = (time.perf_counter() - self._started) * 1000
         self.gateway.limiter.finish(held.limits, row.total_tokens)
-        if outcome.priced and model is not None and model.pricing is not None:
+        if billable.priced and model is not None and model.pricing is not None:
             row.cost_usd = model.pricing.cost(row)
-        if outcome.unknown and held.price_before and (row.cost_usd or 0) < held.price_before:
+        if billable.unknown and held.price_before and (row.cost_usd or 0) < held.price_before:
             # Sent, and no answer says what came of all of it (a timeout, a stream cut after some
             # of its images, a hang-up, a 2xx that cannot be read): the upstream may have made and
             # billed what was asked for, at the price known up front. (A price known only from the
             # answer is not guessed.)
             row.cost_usd = held.price_before
-        if held.reservation.charges and outcome.priced and row.cost_usd is None:
+        if held.reservation.charges and billable.priced and row.cost_usd is None:
             log.warning(
                 "request %s to model %r under a budget could not be priced (the upstream reported "
                 "no usage, or usage its pricing has no price for): it counts nothing",

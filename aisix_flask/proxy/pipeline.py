@@ -23,7 +23,6 @@ from ..errors import (
     UnsupportedProvider,
 )
 from ..gateway import current
-from ..incoming import follow_call
 from ..policy.auth import authenticate
 from ..policy.guardrails import check_input, check_output
 from .admission import admit
@@ -44,7 +43,6 @@ def handle(operation: Operation) -> Response:
     config = gateway.config()  # this request's config, start to finish
     key = authenticate(config.api_keys, request.headers)  # 1
     with Call(gateway, config, operation, key) as call:  # 13: settles what the call holds (see Call)
-        follow_call(call)  # the access log writes this request's line when the call ends
         body, call.upload = read_body(operation, config)  # 2
         call.row.note_request(body)
         validate(operation, body, call.upload)  # 3
@@ -54,18 +52,18 @@ def handle(operation: Operation) -> Response:
         require_provider(operation, route)  # 6
         require_adapter(operation, route)  # 7
         require_credential(route)  # 8
-        sent = Payload(route, guard_input(call, body), call.upload)  # 9
+        payload = Payload(route, guard_input(call, body), call.upload)  # 9
         timeout = upstream_timeout(config, route)
         if operation.streaming is not None and body.get("stream") is True:
             refuse_idempotency_key()
-            response = stream(call, sent, timeout)  # 10-12, the answer relayed as it arrives
+            response = stream(call, payload, timeout)  # 10-12, the answer relayed as it arrives
         else:  # 10-12, at most once per Idempotency-Key: a repeat gets the stored answer
             response = gateway.idempotency.run(
                 request.headers,
                 key.display_name,
-                sent.body,
+                payload.body,
                 call.row,
-                lambda: forward(call, sent, timeout),
+                lambda: forward(call, payload, timeout),
                 config.settings.idempotency,
                 timeout.slot_ttl_s,
                 digest=call.upload.digest if call.upload else None,
@@ -158,41 +156,40 @@ def upstream_timeout(config: Config, route: Route) -> Timeout:
     return Timeout(settings.connect_timeout_s, route.model.timeout_s or settings.timeout_s)
 
 
-def forward(call: Call, sent: Payload, timeout: Timeout) -> Response:
+def forward(call: Call, payload: Payload, timeout: Timeout) -> Response:
     """Steps 10 to 12: the rate limits and budgets, the upstream call, the answer as it came."""
-    call.held = admit(call, sent, timeout.slot_ttl_s)  # 10
-    attempt = call.settle(
-        send(call.operation, sent, timeout, call.config.settings.upstream, call.row.request_id)
-    )
+    admit(call, payload, timeout.slot_ttl_s)  # 10
+    attempt = send_once(call, payload, timeout)  # 11
     return answered(call, attempt.answer)  # 12
 
 
-def stream(call: Call, sent: Payload, timeout: Timeout) -> Response:
+def stream(call: Call, payload: Payload, timeout: Timeout) -> Response:
     """Steps 10 to 12 of a stream: the limits, the upstream call, its events relayed."""
     spec = call.operation.streaming
     assert spec is not None  # handle streams only what the operation can
-    outgoing, hide_usage = spec.prepare(sent.body)
+    outgoing, hide_usage = spec.prepare(payload.body)
     lease = stream_slot_lease(call.config.settings.stream_keepalive_s, timeout)
-    call.held = admit(call, sent, lease)  # 10
-    settings = call.config.settings.upstream
-    attempt = call.settle(
-        send(call.operation, sent.with_body(outgoing), timeout, settings, call.row.request_id, True)
-    )
+    admit(call, payload, lease)  # 10
+    attempt = send_once(call, payload.with_body(outgoing), timeout, streamed=True)  # 11
     if attempt.events is None:  # an upstream that answered JSON after all
         return answered(call, attempt.answer)
     return stream_response(call, attempt, spec, hide_usage, timeout, lease)  # 12
 
 
-def send_once(call: Call, sent: Payload, timeout: Timeout, streamed: bool = False) -> Attempt:
-    """Step 11: send once, and settle the call with what came of it (raising the error the
-    gateway answers instead)."""
+def send_once(call: Call, payload: Payload, timeout: Timeout, streamed: bool = False) -> Attempt:
+    """Step 11: send once and note what came of it; a failure is the error the gateway answers.
+    (Routing will try targets in turn here: a failure that may move on is not raised yet.)"""
     settings = call.config.settings.upstream
-    return call.settle(send(call.operation, sent, timeout, settings, call.row.request_id, streamed))
+    attempt = send(call.operation, payload, timeout, settings, call.row.request_id, streamed)
+    call.note_attempt(attempt)
+    if attempt.error is not None:
+        raise attempt.error
+    return attempt
 
 
 def answered(call: Call, answer: Answer | None) -> Response:
     """Record what a whole answer says, check its text, and pass it on as it is."""
-    assert answer is not None  # an attempt that failed raised in Call.settle
+    assert answer is not None  # send_once raised the error of an attempt that failed
     if answer.status < 400:
         call.operation.note_answer(call.row, answer.document)
         guard_output(call, answer.document)

@@ -23,7 +23,7 @@ from ..config.resources import Guardrail
 from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest
 from ..policy.guardrails import check_output
 from ..policy.idempotency import HEADER as IDEMPOTENCY_HEADER
-from .call import Call, Outcome
+from .call import Billable, Call
 from .events import KEEPALIVE, CallerGone, Interrupted, ShuttingDown, Silent, StreamCutShort, UpstreamEvents
 from .operation import Streaming
 from .send import Attempt
@@ -109,7 +109,7 @@ def stream_response(
     relay = Relay(
         call, events, spec, hide_usage, guardrails, timeout.read_s, lease_s, attempt.sent_at, caller
     )
-    call.ended_by_stream()
+    call.hand_end_to_stream()
     response = Response(relay, content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the events
@@ -150,8 +150,9 @@ class Relay:
         self.failure: StreamCutShort | GatewayError | None = None
         self._closed = False
         self._sent_at = sent_at
-        # The slots were leased (step 10) just before the upstream call was sent: renewed on the
-        # same clock from then, however long the upstream took to answer.
+        # The slots were leased in step 10, moments before the upstream call was sent: renewed on
+        # the clock of that send (a lease of 120 s or more, renewed every quarter, has the room),
+        # however long the upstream then took to answer.
         self._lease_s = lease_s
         self._renew_at = sent_at + lease_s / 4
 
@@ -248,12 +249,12 @@ class Relay:
             row.status, row.error_code = failure.code, failure.error_code
         elif isinstance(failure, StreamCutShort):
             row.status, row.error_code = _ROW_STATUS.get(type(failure), 502), failure.code
-        outcome = Outcome(
+        billable = Billable(
             priced=bool(row.total_tokens or row.images),  # what is known was generated
             # Ended before its end, not by an error of the upstream's own: what came of it is unknown.
             unknown=not self.complete and not isinstance(failure, UpstreamErrorEvent),
         )
-        self.call.finish(200, outcome)
+        self.call.finish(200, billable)
 
 
 def error_event(failure: StreamCutShort | GatewayError) -> bytes:

@@ -7,6 +7,7 @@ answers again; the gauge ``aisix_store_up{store}`` and ``/readyz`` say where it 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -43,6 +44,7 @@ class StoreHealth:
         metrics.STORE_UP.labels(self.store).set(0)
         emit(
             "store_unavailable",
+            logging.ERROR,
             store=self.store,
             backend=self.backend,
             url=self._url,

@@ -40,6 +40,7 @@ class Ledger(LedgerQueries):
     # from I/O (the rate limiter's SQLite calls measured 4x slower beside a per-row writer).
     linger_s = 0.2
     drain_timeout_s = 30.0
+    _WAITING = "usage rows wait in memory until it answers"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -171,10 +172,11 @@ class Ledger(LedgerQueries):
                         conn.execute(usage.insert(), rows)
                     self.health.answered()
                     return
+                self.health.failed(self._WAITING, ConnectionError("the usage table cannot be reached"))
             except Exception as e:
                 if not self._refused_for_its_values(e):
                     log.warning("usage ledger write of %d rows failed, retrying: %s", len(rows), _describe(e))
-                    self.health.failed("usage rows wait in memory until it answers", e)
+                    self.health.failed(self._WAITING, e)
                 elif len(batch) > 1:
                     for row in batch:  # find the row(s) at fault; the others are written
                         self._write([row])
