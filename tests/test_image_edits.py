@@ -348,3 +348,29 @@ def test_an_empty_file_input_is_no_image(edits):
         "no image was sent"
         in assert_envelope(r, 400, "invalid_request_error", "invalid_value", "image")["message"]
     )
+
+
+def test_a_form_whose_reading_fails_leaves_no_spooled_part_open(edits, monkeypatch):
+    """However reading the body ends (a caller gone mid-body, a worker stopping, a bug), the parts
+    already spooled are closed."""
+    from aisix_flask.proxy import multipart
+
+    opened = []
+    real_init, real_decode = multipart.Part.__init__, multipart._decode
+
+    def tracking(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        opened.append(self.body)
+
+    def fails_after_the_first_parts(decoder, parts):
+        if parts:
+            raise RuntimeError("reading the body failed")
+        return real_decode(decoder, parts)
+
+    monkeypatch.setattr(multipart.Part, "__init__", tracking)
+    monkeypatch.setattr(multipart, "_decode", fails_after_the_first_parts)
+    monkeypatch.setattr(multipart, "READ_BYTES", 1024)
+    app, client = edits
+    body, headers = raw_form(field("model", "image-prod"), file("image", "a.png", PNG_B))
+    assert client.post(ROUTE, data=body, headers=headers).status_code == 500
+    assert opened and all(f.closed for f in opened)

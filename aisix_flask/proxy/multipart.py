@@ -170,12 +170,12 @@ def read_form(limit: int) -> Form:
             if too_many
             else f"The request body is larger than the gateway's limit of {limit} bytes."
         ) from None
-    except InvalidMultipart:
-        form.close()
-        raise
     except ValueError:
         form.close()
         raise InvalidMultipart() from None
+    except BaseException:  # a part without a name, a caller that hung up mid-body, a stopping worker
+        form.close()
+        raise
     return form
 
 
