@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import weakref
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import click
 from flask import Flask, current_app, has_request_context
@@ -36,14 +36,25 @@ def _signature(path: str) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-_Service = TypeVar("_Service")
+_S = TypeVar("_S")
 
 
-def _opened(service: _Service | None) -> _Service:
+def _opened(service: _S | None) -> _S:
     """A service of a gateway that has a config; 503 for one that started without."""
     if service is None:
         raise ServiceUnavailable("The gateway has no valid configuration loaded.")
     return service
+
+
+class _Service(Generic[_S]):
+    """A service of the gateway (kept as ``_<name>``), or 503 when it started without a config."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.kept = f"_{name}"
+
+    def __get__(self, gateway: object, owner: type | None = None) -> _S:
+        service: _S | None = getattr(gateway, self.kept)
+        return _opened(service)
 
 
 class Gateway:
@@ -59,6 +70,11 @@ class Gateway:
     # A file modified this recently may still be being written (an editor that saves in place
     # truncates first): it is read on a later look, once it has stayed the same this long.
     settle_s = 0.2
+
+    ledger: _Service[Ledger] = _Service()  # the usage ledger
+    limiter: _Service[Limiter] = _Service()  # rate limits and concurrency slots
+    budgets: _Service[Budgets] = _Service()  # USD budgets
+    idempotency: _Service[Idempotency] = _Service()  # Idempotency-Key records
 
     def __init__(
         self,
@@ -81,26 +97,6 @@ class Gateway:
         if config is not None:
             _GATEWAYS.add(self)
             self._watch()
-
-    @property
-    def ledger(self) -> Ledger:
-        """The usage ledger (503 when the app started without a config)."""
-        return _opened(self._ledger)
-
-    @property
-    def limiter(self) -> Limiter:
-        """The rate limits and concurrency slots."""
-        return _opened(self._limiter)
-
-    @property
-    def budgets(self) -> Budgets:
-        """The USD budgets."""
-        return _opened(self._budgets)
-
-    @property
-    def idempotency(self) -> Idempotency:
-        """The Idempotency-Key records."""
-        return _opened(self._idempotency)
 
     def config(self) -> Config:
         """The config this request runs under (see ``request_config``), or 503 when the app
