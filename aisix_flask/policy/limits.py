@@ -100,6 +100,7 @@ class Limiter:
         )
         # The same store holds the budgets' counters and the idempotency records: one health.
         self.health = StoreHealth("ratelimit", url)
+        self._probe: redis.Redis | None = None  # what /readyz pings Redis through, made at first use
 
     def admit(self, scopes: Sequence[Scope], slot_ttl_s: float) -> Admission:
         """Take a concurrency slot and one request from every window, or raise 429.
@@ -180,10 +181,11 @@ class Limiter:
         wait on a Redis that accepts connections and never answers."""
         try:
             if isinstance(self.storage, RedisStorage):
-                with redis.Redis.from_url(
-                    self.url, socket_timeout=PING_TIMEOUT_S, socket_connect_timeout=PING_TIMEOUT_S
-                ) as probe:
-                    probe.ping()
+                if self._probe is None:  # the same Redis, through a client that gives up in time
+                    self._probe = redis.Redis.from_url(
+                        self.url, socket_timeout=PING_TIMEOUT_S, socket_connect_timeout=PING_TIMEOUT_S
+                    )
+                self._probe.ping()
             elif not self.storage.check():
                 raise ConnectionError("it did not answer a ping")
         except (*_STORAGE_ERRORS, ConnectionError) as e:
