@@ -1,4 +1,4 @@
-"""``flask aisix …``: check-config, hash-key, the usage report and the budgets."""
+"""``flask aisix …``: check-config, hash-key, the usage report, the ledger's journal and the budgets."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from flask.cli import AppGroup
 from .config import ConfigError, hash_key, load_config
 from .gateway import Gateway, current
 from .policy.budgets import configured
+from .redact import without_credentials
 from .usage.display import format_usd
+from .usage.journal import JournalError
 from .usage.report import SUMMARY_GROUPS, parse_since
 
 aisix = AppGroup("aisix", help="aisix-flask gateway tools.")
@@ -91,6 +93,48 @@ def budgets_report(fmt: str) -> None:
     cells = [[str(r["usd"]) if h == "usd" else _budget_cell(r[h]) for h in header] for r in rows]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *cells, strict=True)]
     click.echo("".join(_line(line, widths) for line in (header, *cells)), nl=False)
+
+
+ledger = AppGroup("ledger", help="The usage ledger's database and its local journal.")
+aisix.add_command(ledger)
+
+
+@ledger.command("status")
+def ledger_status() -> None:
+    """Whether the ledger's database answers, and how many rows wait in the journal."""
+    usage = _opened_gateway().ledger
+    answers = usage.ping()
+    journal = usage.journal
+    try:
+        waiting, others = journal.count(), journal.others()
+    except JournalError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"database: {without_credentials(usage.url)} ({'answers' if answers else 'does not answer'})")
+    click.echo(f"journal:  {journal.path}")
+    click.echo(f"waiting:  {waiting} rows")
+    for database, rows in others.items():
+        click.echo(f"          and {rows} rows for another gateway's database, {database}")
+
+
+@ledger.command("replay")
+def ledger_replay() -> None:
+    """Write the rows waiting in the journal to the database now (a running gateway does this by
+    itself as soon as the database answers)."""
+    usage = _opened_gateway().ledger
+    written = 0
+    try:
+        while True:
+            done = usage.replay_journal(budget_s=5.0)
+            written += done.rows
+            if done.emptied or not done.reached or not done.rows:
+                break
+    except JournalError as e:
+        raise click.ClickException(str(e)) from None
+    left = usage.journal_rows()
+    click.echo(f"replayed {written} rows; {left} wait in {usage.journal.path}")
+    if not done.emptied:
+        reason = "the database does not answer" if not done.reached else "another process is replaying it"
+        raise click.ClickException(f"the journal is not empty: {reason}")
 
 
 def _opened_gateway() -> Gateway:

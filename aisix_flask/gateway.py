@@ -149,9 +149,9 @@ class Gateway:
                     " and ".join(emptied),
                 )
                 return False
-            for setting in ("usage_database_url", "ratelimit_storage_url"):
+            for setting, name in (("usage", "gateway.usage"), ("ratelimit_storage_url", "gateway.ratelimit")):
                 if getattr(old.settings, setting) != getattr(config.settings, setting):
-                    log.warning("config %s: %s changed; it takes effect after a restart", self.path, setting)
+                    log.warning("config %s: %s changed; it takes effect after a restart", self.path, name)
             for warning in config.warnings:
                 log.warning("config %s: %s", self.path, warning)
             self._config = config
@@ -217,7 +217,9 @@ def open_gateway(config_path: str) -> Gateway:
     for warning in config.warnings:
         log.warning("config %s: %s", config_path, warning)
     settings = config.settings
-    ledger, limiter = Ledger(settings.usage_database_url), Limiter(settings.ratelimit_storage_url)
+    usage = settings.usage
+    ledger = Ledger(usage.database_url, usage.journal, usage.queue_rows)
+    limiter = Limiter(settings.ratelimit_storage_url)
     return Gateway(config_path, signature, config, ledger, limiter)
 
 
@@ -249,6 +251,7 @@ def init_app(app: Flask, config_path: str) -> None:
         app.extensions["aisix"] = Unopened(config_path)
     else:
         gateway = app.extensions["aisix"] = open_gateway(config_path)
+        gateway.ledger.start()  # replays what an earlier run left in the journal
         settings = gateway.config().settings
         if settings.trusted_proxy_hops:
             # Believe X-Forwarded-For/-Proto only as far as the operator says proxies stand in

@@ -59,6 +59,12 @@ STORE_UP = Gauge(
 LEDGER_WRITER_RESTARTS = Counter(
     "aisix_ledger_writer_restarts", "Times a stopped ledger writer was restarted."
 )
+LEDGER_JOURNAL_ROWS = Gauge(
+    "aisix_ledger_journal_rows",
+    "Usage rows waiting in the local journal for the ledger's database (the host's journal file, as "
+    "a worker last counted it).",
+    multiprocess_mode="livemostrecent",
+)
 LEDGER_ROWS_DROPPED = Counter(
     "aisix_ledger_rows_dropped", "Usage rows the database refused for what they hold (each is logged)."
 )

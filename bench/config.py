@@ -32,7 +32,7 @@ def gateway_config(
     return f"""
 gateway:
   access_log: {str(access_log).lower()}{body}
-  usage: {{database_url: "sqlite:///{tmp}/usage.db"}}
+  usage: {{database_url: "sqlite:///{tmp}/usage.db", journal: "{tmp}/usage-journal.db"}}
   ratelimit: {{storage_url: "{store}"}}
 provider_keys:
   - {{display_name: openai-main, provider: openai, api_key: sk-bench, api_base: "{upstream}"}}

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from aisix_flask import create_app, metrics  # noqa: E402
 from aisix_flask.proxy import pipeline  # noqa: E402
-from aisix_flask.usage import ledger  # noqa: E402
+from aisix_flask.usage.database import LedgerDatabase  # noqa: E402
 from bench.config import gateway_config  # noqa: E402
 from bench.harness import KEY  # noqa: E402
 from tests.serving import free_port  # noqa: E402
@@ -54,7 +54,7 @@ STEPS: dict[str, tuple[Any, str]] = {
     "spend: count the cost (every period)": ("budgets", "count"),
     "ledger: queue the row": ("ledger", "record"),
     "metrics": (metrics, "observe"),
-    "ledger: insert (writer thread)": (ledger.Ledger, "_write"),
+    "ledger: insert (writer thread)": (LedgerDatabase, "insert"),
 }
 
 

@@ -98,7 +98,7 @@ def base_config(tmp_path: Path, upstream: str = UPSTREAM) -> dict[str, Any]:
     return {
         "gateway": {
             "upstream": {"connect_timeout_s": 5, "timeout_s": 300},
-            "usage": {"database_url": f"sqlite:///{tmp_path}/usage.db"},
+            "usage": {"database_url": f"sqlite:///{tmp_path}/usage.db", "journal": f"{tmp_path}/journal.db"},
             "ratelimit": {"storage_url": f"sqlite:///{tmp_path}/ratelimit.db"},
             "admin_keys": [{"display_name": "admin", "key_hash": sha(ADMIN_KEY)}],
         },

@@ -40,7 +40,7 @@ def gateway_config(
     path.write_text(
         f"""
 gateway:
-  usage: {{database_url: "{usage_url}"}}
+  usage: {{database_url: "{usage_url}", journal: "{tmp_path}/usage-journal.db"}}
   ratelimit: {{storage_url: "{storage_url}"}}
   admin_keys: [{{key_env: IT_ADMIN_KEY}}]
 provider_keys:

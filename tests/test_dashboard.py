@@ -83,7 +83,7 @@ def test_page_in_headless_chromium(tmp_path, fake):
     from .serving import Gunicorn
 
     config = gateway_config(tmp_path, fake)
-    seeding = Ledger(f"sqlite:///{tmp_path}/usage.db")
+    seeding = Ledger(f"sqlite:///{tmp_path}/usage.db", f"{tmp_path}/journal.db")
     seed(seeding)
     seeding.close()
     server = Gunicorn(config, workers=1, threads=4, env=ENV)

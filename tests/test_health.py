@@ -31,7 +31,7 @@ def test_readyz_names_each_store_and_whether_it_answers(client):
     assert r.get_json() == {
         "status": "ok",
         "stores": {
-            "ledger": {"backend": "sqlite", "up": True},
+            "ledger": {"backend": "sqlite", "up": True, "journal_rows": 0},
             "ratelimit": {"backend": "sqlite", "up": True},
         },
     }
@@ -47,7 +47,7 @@ def test_readyz_stays_200_but_says_so_while_the_ratelimit_store_is_away(make_app
     assert r.get_json() == {
         "status": "degraded",
         "stores": {
-            "ledger": {"backend": "sqlite", "up": True},
+            "ledger": {"backend": "sqlite", "up": True, "journal_rows": 0},
             "ratelimit": {"backend": "redis", "up": False},
         },
     }

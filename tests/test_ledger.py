@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,7 +19,7 @@ def ledger(request, tmp_path):
         url = f"sqlite:///{tmp_path}/usage.db"
     else:
         url = request.getfixturevalue("pg_schema")
-    ledger = Ledger(url)
+    ledger = Ledger(url, str(tmp_path / "journal.db"))
     with ledger.engine.begin() as conn:
         conn.execute(text("DELETE FROM usage"))
     yield ledger
@@ -67,7 +68,7 @@ def test_an_older_table_gets_the_new_columns(tmp_path, request, backend):
     """The table as the first release created it is upgraded in place; its rows stay."""
     from sqlalchemy import Column, MetaData, Table, inspect
 
-    from aisix_flask.usage.ledger import usage
+    from aisix_flask.usage.table import usage
 
     url = f"sqlite:///{tmp_path}/old.db" if backend == "sqlite" else request.getfixturevalue("pg_schema")
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
@@ -84,16 +85,18 @@ def test_an_older_table_gets_the_new_columns(tmp_path, request, backend):
             "INSERT INTO usage (request_id, created_at, api_key, route, status, input_tokens, output_tokens,"
             " total_tokens, images) VALUES ('old', '2026-01-01 00:00:00', 'k', '/r', 200, 0, 0, 0, 1)"
         ))  # fmt: skip
-    Ledger(url).close()
+    Ledger(url, str(tmp_path / "journal.db")).close()
     columns = {c["name"] for c in inspect(engine).get_columns("usage")}
+    indexes = {i["name"] for i in inspect(engine).get_indexes("usage")}
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT request_id, pii_masked, cost_usd FROM usage")).fetchall()
     engine.dispose()
     assert set(added_since) <= columns
+    assert "ix_usage_request_id" in indexes  # what a journal replay looks rows up by
     assert [tuple(r) for r in rows] == [("old", 0, None)]
 
 
-def test_a_failed_write_is_retried_and_logged(ledger, monkeypatch, caplog):
+def test_a_failed_write_goes_to_the_journal_and_is_replayed_once(ledger, monkeypatch, event_lines):
     real_begin, failures = ledger.engine.begin, []
 
     def flaky_begin():
@@ -103,12 +106,18 @@ def test_a_failed_write_is_retried_and_logged(ledger, monkeypatch, caplog):
         return real_begin()
 
     monkeypatch.setattr(ledger.engine, "begin", flaky_begin)
-    with caplog.at_level(logging.WARNING):
-        ledger.record(row(1))
-        assert ledger.flush(10)
+    monkeypatch.setattr(ledger.database, "retry_s", 0.05)
+    ledger.record(row(1))
+    assert ledger.flush(10)  # in the journal
+    deadline = time.monotonic() + 10
+    while ledger.journal.count() and time.monotonic() < deadline:
+        time.sleep(0.05)
     monkeypatch.undo()
     assert [r["request_id"] for r in ledger.query()] == ["req-1"]
-    assert caplog.text.count("retrying") == 2
+    assert ledger.journal.count() == 0
+    [down, up] = [line for line in event_lines if line["store"] == "ledger"]
+    assert down["event"] == "store_unavailable" and "go to the journal" in down["doing"]
+    assert up["event"] == "store_available"
 
 
 def test_many_writers_lose_nothing(ledger):
@@ -186,10 +195,11 @@ def test_the_gateway_starts_and_serves_while_its_stores_are_down(
         == 200
     )
     ledger = app.extensions["aisix"].ledger
-    assert not ledger.flush(0.3)  # the row waits for the database
+    assert ledger.flush(5)  # the row is in the journal
+    assert ledger.journal.count() == 1
     ledger.close(timeout=0.1)
-    assert "is not reachable (rows wait until it is)" in caplog.text
-    assert "usage ledger closed: 1 rows were not written" in caplog.text
+    assert "is not reachable (usage rows go to the journal" in caplog.text
+    assert "1 rows wait in the journal" in caplog.text
     # Told once each (the request let through came within the interval of /readyz's failed ping).
     assert sorted((line["event"], line["store"], line["backend"]) for line in event_lines) == [
         ("store_unavailable", "ledger", "postgresql"),
@@ -198,11 +208,11 @@ def test_the_gateway_starts_and_serves_while_its_stores_are_down(
 
 
 def test_rows_arriving_together_are_written_in_one_insert(tmp_path, monkeypatch):
-    ledger = Ledger(f"sqlite:///{tmp_path}/usage.db")
+    ledger = Ledger(f"sqlite:///{tmp_path}/usage.db", str(tmp_path / "journal.db"))
     ledger.linger_s = 0.5
     batches = []
-    write = ledger._write
-    monkeypatch.setattr(ledger, "_write", lambda rows: (batches.append(len(rows)), write(rows)))
+    insert = ledger.database.insert
+    monkeypatch.setattr(ledger.database, "insert", lambda rows, **kw: (batches.append(len(rows)), insert(rows, **kw))[1])
     for i in range(50):
         ledger.record(row(i))
     assert ledger.flush(10)
@@ -276,10 +286,10 @@ def test_a_stopped_writer_shows_in_readyz_and_the_metric_and_is_started_again(ap
     ledger.record(row(1))
     assert ledger.flush(10)
 
-    def crash(rows):
+    def crash(rows, **kwargs):
         raise SystemExit  # what no `except Exception` catches
 
-    monkeypatch.setattr(ledger, "_write", crash)
+    monkeypatch.setattr(ledger.database, "insert", crash)
     ledger.record(row(2))
     ledger._thread.join(5)
     assert not ledger._thread.is_alive()

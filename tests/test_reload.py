@@ -95,7 +95,7 @@ def test_store_urls_need_a_restart(live, upstream, caplog, tmp_path):
     rewrite(path, config)
     upstream.post(IMAGES_URL, json={"created": 1, "data": []})
     assert post(client, CALLER).status_code == 200
-    assert "usage_database_url changed; it takes effect after a restart" in caplog.text
+    assert "gateway.usage changed; it takes effect after a restart" in caplog.text
     assert not (tmp_path / "other.db").exists()
 
 
@@ -176,10 +176,10 @@ def test_an_edit_while_a_worker_boots_is_not_missed(config, tmp_path, monkeypatc
     path = write_config(tmp_path / "boot.yaml", config)
     open_ledger = gateway.Ledger
 
-    def ledger_then_edit(url):
+    def ledger_then_edit(*args):
         config["api_keys"].append({"display_name": "late", "key_hash": sha(NEW_KEY)})
         rewrite(path, config)
-        return open_ledger(url)
+        return open_ledger(*args)
 
     monkeypatch.setattr(gateway, "Ledger", ledger_then_edit)
     app = create_app({"AISIX_CONFIG": str(path)})

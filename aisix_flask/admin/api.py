@@ -28,7 +28,8 @@ def livez() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """503 unless the config is loaded, the ledger answers and its writer runs. A rate-limit store
+    """503 unless the config is loaded, the ledger answers and its writer runs; the rows waiting in
+    the ledger's journal are counted (None when the file cannot be read). A rate-limit store
     that does not answer is named but keeps it 200: the limiter lets requests through meanwhile,
     and a probe failing on a store every instance shares would take them all out at once."""
     gateway = current()
@@ -36,13 +37,18 @@ def readyz() -> Response:
     stores: dict[str, Ledger | Limiter] = {"ledger": gateway.ledger, "ratelimit": gateway.limiter}
     up = {name: store.ping() for name, store in stores.items()}
     if not up["ledger"]:
-        raise ServiceUnavailable("The usage ledger database is not reachable.")
+        waiting = gateway.ledger.journal_rows()
+        raise ServiceUnavailable(
+            "The usage ledger database is not reachable"
+            + (f"; {waiting} usage rows wait in the local journal." if waiting else ".")
+        )
     if gateway.ledger.restart_stopped_writer():
         raise ServiceUnavailable("The usage ledger writer of this worker had stopped; it was started again.")
-    return jsonify(
-        status="ok" if all(up.values()) else "degraded",
-        stores={name: {"backend": store.health.backend, "up": up[name]} for name, store in stores.items()},
-    )
+    report: dict[str, dict[str, object]] = {
+        name: {"backend": store.health.backend, "up": up[name]} for name, store in stores.items()
+    }
+    report["ledger"]["journal_rows"] = gateway.ledger.journal_rows()
+    return jsonify(status="ok" if all(up.values()) else "degraded", stores=report)
 
 
 @bp.get("/metrics")

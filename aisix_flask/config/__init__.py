@@ -29,12 +29,12 @@ from .resources import (
     ProviderKey,
     RateLimit,
     UpstreamSettings,
+    UsageSettings,
 )
 from .schemas import ConfigSchema
 
 DEFAULT_BODY_LIMIT = 25 * 1024 * 1024
 TOKEN_KINDS = (*IMAGE_TOKEN_KINDS, *TEXT_TOKEN_KINDS)
-DEFAULT_USAGE_URL = "sqlite:///var/usage.db"
 DEFAULT_RATELIMIT_URL = "sqlite:///var/ratelimit.db"
 
 
@@ -54,7 +54,7 @@ class GatewaySettings:
 
     request_body_limit_bytes: int = DEFAULT_BODY_LIMIT
     upstream: UpstreamSettings = UpstreamSettings()
-    usage_database_url: str = DEFAULT_USAGE_URL
+    usage: UsageSettings = UsageSettings()
     ratelimit_storage_url: str = DEFAULT_RATELIMIT_URL
     admin_keys: tuple[ApiKey, ...] = ()
     access_log: bool = True
@@ -161,7 +161,7 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str], modified_at:
             proxy=upstream.get("proxy") or None,
             ca_bundle=upstream.get("ca_bundle") or None,
         ),
-        usage_database_url=gw.get("usage", {}).get("database_url", DEFAULT_USAGE_URL),
+        usage=UsageSettings(**gw.get("usage", {})),
         ratelimit_storage_url=gw.get("ratelimit", {}).get("storage_url", DEFAULT_RATELIMIT_URL),
         access_log=gw.get("access_log", True),
         trusted_proxy_hops=gw.get("trusted_proxy_hops", 0),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
 
+from ..usage.ledger import DEFAULT_JOURNAL, DEFAULT_QUEUE_ROWS
 from ..usage.pricing import Pricing
 
 
@@ -18,6 +19,16 @@ class UpstreamSettings:
     timeout_s: float = 300.0
     proxy: str | None = field(default=None, repr=False)  # may carry credentials
     ca_bundle: str | None = None
+
+
+@dataclass(frozen=True)
+class UsageSettings:
+    """Where the ledger's rows go: its database, and the local journal that keeps them while
+    the database does not take them (README, "Usage and cost")."""
+
+    database_url: str = "sqlite:///var/usage.db"
+    journal: str = DEFAULT_JOURNAL
+    queue_rows: int = DEFAULT_QUEUE_ROWS  # rows a worker holds in memory before they go to the journal
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,8 @@ class UpstreamSchema(_Schema):
 
 class UsageSchema(_Schema):
     database_url = _name()
+    journal = _name()
+    queue_rows = fields.Integer(strict=True, validate=Range(min=1))
 
 
 class RateLimitStorageSchema(_Schema):

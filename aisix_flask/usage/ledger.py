@@ -1,5 +1,5 @@
-"""The usage ledger: one row per proxied request, written off the request thread (reading it:
-``report``)."""
+"""The usage ledger: one row per proxied request, written off the request thread to the database,
+or to the local journal while the database does not take it (reading it: ``report``)."""
 
 from __future__ import annotations
 
@@ -9,56 +9,68 @@ import os
 import queue
 import threading
 import time
-
-from sqlalchemy import select, text
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
+from typing import Any
 
 from .. import metrics
-from ..redact import without_credentials
-from ..stores.health import StoreHealth
+from .database import LedgerDatabase
+from .journal import Journal, JournalError, Replay
 from .report import LedgerQueries
 from .row import UsageRow
-from .table import create_or_upgrade, engine_for, storable, usage
+from .table import ledger_name, storable
 
 log = logging.getLogger(__name__)
 
-
-def _describe(e: BaseException) -> str:
-    """An error's own first line, without the SQL and the values SQLAlchemy adds to it."""
-    cause = getattr(e, "orig", None) or e
-    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    return without_credentials(first)[:300]
+DEFAULT_JOURNAL = "var/usage-journal.db"
+# Rows a worker holds in memory while its writer is busy: about a minute of the bench's c=64
+# rate (~1,000 calls a second on two cores). Past it a row goes straight to the journal.
+DEFAULT_QUEUE_ROWS = 60_000
 
 
 class Ledger(LedgerQueries):
-    """Queues rows from request threads; one writer thread per process inserts them in batches."""
+    """Queues rows from request threads; one writer thread per process inserts them in batches.
+
+    A batch the database does not take goes to the journal, and so does every batch after it until
+    the database answers again (``LedgerDatabase.away``); then the writer replays the journal
+    between batches, oldest first. At exit, rows still queued after ``drain_timeout_s`` go to the
+    journal too.
+    """
 
     batch_size = 500
     # After a batch's first row, wait this long for more. The writer then wakes a few times a
     # second instead of once per request: one insert for many rows costs far less CPU, and a
     # writer busy in Python for every row holds the GIL just when request threads come back
     # from I/O (the rate limiter's SQLite calls measured 4x slower beside a per-row writer).
+    # It is also what a killed worker can lose (README, "Usage and cost").
     linger_s = 0.2
-    drain_timeout_s = 30.0
-    _WAITING = "usage rows wait in memory until it answers"
+    drain_timeout_s = 10.0
+    idle_s = 2.0  # how often an idle writer looks at the journal
+    replay_budget_s = 1.0  # replaying for this long at most, then new rows get their turn
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, journal: str = DEFAULT_JOURNAL, queue_rows: int = DEFAULT_QUEUE_ROWS
+    ) -> None:
         self.url = url
-        self.engine = engine_for(url)
-        self.health = StoreHealth("ledger", url)
-        # A database that is down at start-up does not stop the gateway: rows wait in memory,
-        # the writer keeps trying, and /readyz says 503 until the table is there.
-        self._schema_ready = self._prepare()
+        self.journal = Journal(journal, ledger_name(url))
+        while_away = f"usage rows go to the journal {self.journal.path} until it answers"
+        self.database = LedgerDatabase(url, while_away)
+        self.engine, self.health = self.database.engine, self.database.health
         self._lock = threading.Lock()
-        self._queue: queue.Queue[UsageRow | None] = queue.Queue()
-        # Rows queued and not yet written (or given up on), counted here rather than with the
-        # queue's own task accounting, which gevent's patched queue does not have.
+        self._queue_rows = queue_rows
+        self._queue: queue.Queue[UsageRow | None] = queue.Queue(queue_rows)
+        # Rows queued and not yet handed on (to the database or the journal), counted here rather
+        # than with the queue's own task accounting, which gevent's patched queue does not have.
         self._unwritten = 0
         self._all_written = threading.Condition()
+        self._in_flight: list[dict[str, Any]] | None = None  # the batch being written
         self._pid: int | None = None  # the process whose writer thread runs
         self._engine_pid = os.getpid()  # the process whose connections the pool holds
         self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()  # set by close(): give up on rows that cannot be written
+        self._stopping = threading.Event()  # set by close()
+        self._journal_dirty = False  # this process journaled rows not yet replayed
+        self._look_at = 0.0  # when the writer next looks at the journal
+        self._journaled = 0  # rows this process put in the journal
+
+    # -- request threads -----------------------------------------------------------------------
 
     def record(self, row: UsageRow) -> None:
         """Queue ``row``; the caller does not wait for the database."""
@@ -66,7 +78,45 @@ class Ledger(LedgerQueries):
             self._start_writer()
         with self._all_written:
             self._unwritten += 1
-        self._queue.put(row)
+        try:
+            self._queue.put_nowait(row)
+        except queue.Full:
+            self._written(1)
+            self._overflow(row)
+
+    def _overflow(self, row: UsageRow) -> None:
+        """A full queue: the writer has been stuck on the database for a long while. The row goes
+        to the journal from here rather than growing the queue without end."""
+        try:
+            self.journal.append([storable(row)])
+        except JournalError as e:
+            log.error("usage ledger: row of request %s lost (the queue is full): %s", row.request_id, e)
+            metrics.LEDGER_ROWS_DROPPED.inc()
+            return
+        self._journaled += 1
+        self._journal_dirty = True
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """At a worker's start: rows an earlier run left in the journal are written to the
+        database as soon as it answers. A journal file this version cannot read is set aside
+        (logged), and the gateway serves."""
+        try:
+            waiting = self.journal.count()
+        except JournalError as e:
+            log.error("%s", e)
+            return
+        metrics.LEDGER_JOURNAL_ROWS.set(waiting)
+        if waiting:
+            log.warning(
+                "usage ledger: %d rows from an earlier run wait in the journal %s; they are "
+                "written to the database as soon as it answers",
+                waiting,
+                self.journal.path,
+            )
+            self._journal_dirty = True
+            self._start_writer()
 
     def restart_stopped_writer(self) -> bool:
         """Start this process's writer again if it had stopped; True when it had (then /readyz
@@ -92,12 +142,12 @@ class Ledger(LedgerQueries):
             else:
                 # After a fork the parent's thread is gone: start this process's own, and
                 # leave the parent's connections to the parent.
-                self._queue = queue.Queue()
+                self._queue = queue.Queue(self._queue_rows)
                 self._unwritten, self._all_written = 0, threading.Condition()
                 if self._engine_pid != os.getpid():
                     self.engine.dispose(close=False)
                     self._engine_pid = os.getpid()
-                atexit.register(self.flush, self.drain_timeout_s)
+                atexit.register(self.close)
             self._thread = threading.Thread(target=self._run, name="aisix-ledger", daemon=True)
             self._thread.start()
             metrics.LEDGER_WRITER_UP.set(1)
@@ -105,149 +155,215 @@ class Ledger(LedgerQueries):
 
     def _run(self) -> None:
         try:
-            while self._write_next_batch():
-                pass
+            while not self._stopping.is_set():
+                batch = self._next_batch()
+                if batch:
+                    try:
+                        self._hand_on(batch)
+                    finally:
+                        self._written(len(batch))
+                self._replay_when_due()
         finally:
             if not self._stopping.is_set():
                 metrics.LEDGER_WRITER_UP.set(0)
 
-    def _write_next_batch(self) -> bool:
-        """Take up to a batch of queued rows and write them; False when close() asked to stop."""
+    def _next_batch(self) -> list[UsageRow]:
+        """Up to a batch of queued rows, waiting at most ``idle_s`` for the first."""
         q = self._queue
-        batch = [q.get()]
         try:
-            if batch[0] is not None and q.qsize() < self.batch_size - 1:
-                # Sleep rather than wait on the queue: a waiting writer would be woken (a thread
-                # switch and a turn at the GIL) by every row the request threads put.
-                self._stopping.wait(self.linger_s)
-            while len(batch) < self.batch_size and batch[-1] is not None:
-                try:
-                    batch.append(q.get_nowait())
-                except queue.Empty:
-                    break
-            rows = [r for r in batch if r is not None]
-            if rows:
-                self._write(rows)
+            first = q.get(timeout=self.idle_s)
+        except queue.Empty:
+            return []
+        if first is None:
+            return []
+        if q.qsize() < self.batch_size - 1:
+            # Sleep rather than wait on the queue: a waiting writer would be woken (a thread
+            # switch and a turn at the GIL) by every row the request threads put.
+            self._stopping.wait(self.linger_s)
+        batch = [first]
+        while len(batch) < self.batch_size:
+            try:
+                row = q.get_nowait()
+            except queue.Empty:
+                break
+            if row is not None:
+                batch.append(row)
+        return batch
+
+    def _written(self, rows: int) -> None:
+        with self._all_written:
+            self._unwritten -= rows
+            if not self._unwritten:
+                self._all_written.notify_all()
+
+    def _hand_on(self, batch: list[UsageRow]) -> None:
+        """Write ``batch`` to the database, or to the journal while the database is away."""
+        try:
+            rows = [storable(r) for r in batch]
+            with self._lock:
+                self._in_flight = rows
+            left = rows if self.database.away() else self.database.insert(rows, dedupe=False)
+            with self._lock:
+                mine = self._in_flight is rows  # else close() journaled them meanwhile
+                self._in_flight = None
+            if left and mine:
+                self._keep(left)
         except Exception:
             # Never the end of the writer: one bad batch must not stop every later row.
             log.exception("usage ledger: %d rows could not be written", len(batch))
             metrics.LEDGER_ROWS_DROPPED.inc(len(batch))
-        finally:
-            with self._all_written:
-                self._unwritten -= sum(1 for r in batch if r is not None)
-                if not self._unwritten:
-                    self._all_written.notify_all()
-        return batch[-1] is not None
 
-    def _prepare(self) -> bool:
-        """Create or upgrade the table; False (logged) while the database cannot be reached."""
-        try:
-            try:
-                create_or_upgrade(self.engine)
-            except SQLAlchemyError:
-                # Several workers starting at once may race to create the table or a column;
-                # the loser finds it done on the second look.
-                time.sleep(0.2)
-                create_or_upgrade(self.engine)
-        except SQLAlchemyError as e:
-            log.error(
-                "usage ledger %s is not reachable (rows wait until it is): %s",
-                without_credentials(self.url),
-                _describe(e),
-            )
-            return False
-        return True
-
-    def _write(self, batch: list[UsageRow]) -> None:
-        """Insert ``batch``, retrying while the database is away (a lost row is lost money); a
-        row the database refuses for what it holds is logged, counted and left out, alone."""
-        rows = [storable(r) for r in batch]
-        delay = 0.05
+    def _keep(self, rows: list[dict[str, Any]]) -> None:
+        """Put rows the database did not take in the journal; while neither takes them, try both
+        again, until close() gives up on them."""
+        pause = self.database.retry_s
         while True:
             try:
-                if not self._schema_ready:
-                    self._schema_ready = self._prepare()
-                if self._schema_ready:
-                    with self.engine.begin() as conn:
-                        conn.execute(usage.insert(), rows)
-                    self.health.answered()
-                    return
-                self.health.failed(self._WAITING, ConnectionError("the usage table cannot be reached"))
-            except Exception as e:
-                if not self._refused_for_its_values(e):
-                    log.warning("usage ledger write of %d rows failed, retrying: %s", len(rows), _describe(e))
-                    self.health.failed(self._WAITING, e)
-                elif len(batch) > 1:
-                    for row in batch:  # find the row(s) at fault; the others are written
-                        self._write([row])
-                    return
-                else:
-                    log.error(
-                        "usage ledger: row of request %s cannot be stored and is left out (%s: %s)",
-                        rows[0]["request_id"],
-                        type(e).__name__,
-                        _describe(e),
-                    )
-                    metrics.LEDGER_ROWS_DROPPED.inc()
-                    return
-            if self._stopping.wait(delay):
-                log.error("usage ledger closed: %d rows were not written", len(rows))
+                self.journal.append(rows)
+            except JournalError as e:
+                log.error("%s; trying again", e)
+            else:
+                self._journaled += len(rows)
+                self._journal_dirty = True
                 return
-            delay = min(delay * 2, 5.0)
+            if self._stopping.wait(pause):
+                log.error(
+                    "usage ledger: %d rows lost: neither the database nor the journal took them", len(rows)
+                )
+                metrics.LEDGER_ROWS_DROPPED.inc(len(rows))
+                return
+            rows = self.database.insert(rows, dedupe=False)
+            if not rows:
+                return
+            pause = min(pause * 2, self.database.retry_max_s)
 
-    def _refused_for_its_values(self, e: Exception) -> bool:
-        """Whether the database refused the values themselves, as opposed to being unreachable or
-        busy: then writing the same rows again cannot help. Drivers raise many kinds of error for
-        values they cannot bind; what tells is whether the table still answers a query."""
-        if isinstance(e, OperationalError) or getattr(e, "connection_invalidated", False):
-            return False
-        if isinstance(e, DataError | IntegrityError):
-            return True
+    def _replay_when_due(self) -> None:
+        """Between batches: replay the journal while the database answers. Rows this process
+        journaled are replayed as soon as it does; the journal is looked at every ``idle_s`` for
+        rows another worker or an earlier run left (and for the gauge)."""
+        now = time.monotonic()
+        look = now >= self._look_at
+        if not look and not (self._journal_dirty and not self.database.away()):
+            return
         try:
-            with self.engine.connect() as conn:
-                conn.execute(select(usage.c.id).limit(0))
-        except SQLAlchemyError:
-            self._schema_ready = False  # the table may be gone: created again before the retry
-            return False
-        return True
+            if not self.database.away():
+                self.replay_journal(self.replay_budget_s)
+            if look:
+                self._look_at = now + self.idle_s
+                metrics.LEDGER_JOURNAL_ROWS.set(self.journal.count())
+        except JournalError as e:
+            log.error("%s", e)
+
+    def replay_journal(self, budget_s: float) -> Replay:
+        """Write what waits in the journal to the database, for ``budget_s`` at most (JournalError
+        when the file cannot be read)."""
+        done = self.journal.replay(lambda rows: not self.database.insert(rows, dedupe=True), budget_s)
+        if done.emptied:
+            self._journal_dirty = False
+            metrics.LEDGER_JOURNAL_ROWS.set(0)
+        if done.rows:
+            log.warning(
+                "usage ledger: %d rows replayed from the journal %s%s",
+                done.rows,
+                self.journal.path,
+                "; it is empty" if done.emptied else "",
+            )
+        return done
+
+    # -- ending --------------------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every queued row is written; False if ``timeout`` passed first."""
+        """Wait until every queued row is in the database or the journal; False if ``timeout``
+        passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._all_written:
             while self._unwritten:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    log.error("usage ledger: %d rows not written at exit", self._unwritten)
                     return False
                 self._all_written.wait(remaining)
         return True
 
     def close(self, timeout: float | None = None) -> None:
-        """Write what is queued (waiting at most ``timeout``, default ``drain_timeout_s``), stop
-        the writer thread and close the connections."""
+        """Write what is queued (waiting at most ``timeout``, default ``drain_timeout_s``), put what
+        is left in the journal, stop the writer thread and close the connections. The log says
+        what waits in the journal for the next start."""
         if self._thread is not None and self._pid == os.getpid():
-            self.flush(self.drain_timeout_s if timeout is None else timeout)
+            drained = self.flush(self.drain_timeout_s if timeout is None else timeout)
             self._stopping.set()
-            self._queue.put(None)
+            if not drained:
+                self._journal_leftovers()
+            try:
+                self._queue.put_nowait(None)  # wakes the writer
+            except queue.Full:
+                pass
             self._thread.join(5)
-            atexit.unregister(self.flush)
+            atexit.unregister(self.close)
             self._thread, self._pid = None, None
             self._stopping.clear()
+            self._say_what_waits()
         self.engine.dispose()
+        self.journal.close()
+
+    def _journal_leftovers(self) -> None:
+        """The drain time is up: the rows still queued, and the batch the writer holds (it may yet
+        reach the database: a replay does not write it twice), go to the journal."""
+        with self._lock:
+            rows, self._in_flight = self._in_flight or [], None
+        queued = 0
+        while True:
+            try:
+                row = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if row is not None:
+                queued += 1
+                rows.append(storable(row))
+        self._written(queued)
+        if not rows:
+            return
+        try:
+            self.journal.append(rows)
+        except JournalError as e:
+            log.error("usage ledger: %d rows not written at exit: %s", len(rows), e)
+            metrics.LEDGER_ROWS_DROPPED.inc(len(rows))
+            return
+        self._journaled += len(rows)
+        log.error(
+            "usage ledger: the database did not take %d rows within %g s of the stop; they are in "
+            "the journal %s",
+            len(rows),
+            self.drain_timeout_s,
+            self.journal.path,
+        )
+
+    def _say_what_waits(self) -> None:
+        if not self._journaled:
+            return
+        try:
+            waiting = self.journal.count()
+        except JournalError as e:
+            log.error("%s", e)
+            return
+        if waiting:
+            log.warning(
+                "usage ledger: %d rows wait in the journal %s (%d put there by this worker); they "
+                "are written to the database when it answers, at the latest by the next start",
+                waiting,
+                self.journal.path,
+                self._journaled,
+            )
+
+    # -- health --------------------------------------------------------------------------------
+
+    def journal_rows(self) -> int | None:
+        """Rows waiting in the journal for this ledger's database; None when it cannot be read."""
+        try:
+            return self.journal.count()
+        except JournalError as e:
+            log.error("%s", e)
+            return None
 
     def ping(self) -> bool:
         """Tell whether the database answers (and has the table)."""
-        if not self._schema_ready:
-            self._schema_ready = self._prepare()
-            if not self._schema_ready:
-                self.health.failed("/readyz", ConnectionError("the usage table cannot be reached"))
-                return False
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except SQLAlchemyError as e:
-            self.health.failed("/readyz", e)
-            return False
-        self.health.answered()
-        return True
+        return self.database.ping()

@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine, make_url
 
+from ..redact import without_credentials
 from .row import UsageRow
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ usage = Table(
     "usage",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("request_id", String(128), nullable=False),
+    Column("request_id", String(128), nullable=False, index=True),  # a journal replay looks rows up
     Column("created_at", DateTime, nullable=False, index=True),
     Column("api_key", String(256), nullable=False, index=True),
     Column("route", String(64), nullable=False),
@@ -98,7 +99,12 @@ def engine_for(url: str) -> Engine:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True, pool_size=2, max_overflow=8)
+        # A database that does not answer at all holds the writer (and the rows it gathers
+        # meanwhile) only this long before they go to the journal.
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 5}
+        return create_engine(
+            parsed, pool_pre_ping=True, pool_size=2, max_overflow=8, connect_args=connect_args
+        )
     if parsed.database and parsed.database != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
     engine = create_engine(parsed, connect_args={"timeout": 30})
@@ -114,8 +120,18 @@ def engine_for(url: str) -> Engine:
     return engine
 
 
+def ledger_name(url: str) -> str:
+    """The database ``url`` names, as the journal tags its rows: without credentials, a SQLite
+    file by its absolute path (the same file whatever the folder a gateway started in)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        parsed = parsed.set(database=os.path.abspath(parsed.database))
+    return without_credentials(parsed.render_as_string(hide_password=False))
+
+
 def create_or_upgrade(engine: Engine) -> None:
-    """Create the table, or add the columns a newer version records (never drop or change one)."""
+    """Create the table, or add the columns and indexes a newer version has (never drop or
+    change one)."""
     metadata.create_all(engine)
     present = {c["name"] for c in inspect(engine).get_columns(usage.name)}
     with engine.begin() as conn:
@@ -132,3 +148,8 @@ def create_or_upgrade(engine: Engine) -> None:
                 null = " NOT NULL" if default and not column.nullable else ""
                 conn.execute(text(f"ALTER TABLE {usage.name} ADD COLUMN {column.name} {ddl}{null}{default}"))
                 log.warning("usage ledger: added column %s", column.name)
+    present_indexes = {i["name"] for i in inspect(engine).get_indexes(usage.name)}
+    for index in usage.indexes:
+        if index.name not in present_indexes:
+            index.create(engine)
+            log.warning("usage ledger: added index %s", index.name)

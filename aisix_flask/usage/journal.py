@@ -1,0 +1,269 @@
+"""The usage journal: a local SQLite file holding the usage rows the ledger's database did not take
+(away, refusing writes, or too slow at exit) until a writer replays them into it (README, "Usage
+and cost").
+
+Rows go in as JSON, one per line of the ``journal`` table, oldest first by ``seq``, each tagged
+with the database it belongs to: several gateways on one host may share the file and each replays
+only its own. A process replays while it holds the lock file beside the journal, so the workers of
+a host never replay the same rows at once; a process killed mid-replay releases the lock with its
+death, and the rows it had written but not yet deleted are recognised by the database's writer
+(``Ledger``) and not written twice. The file exists only once a row needed it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import MISSING, fields
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from .row import UsageRow
+from .table import usage
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # PRAGMA user_version of a journal this version reads and writes
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS journal ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " ledger TEXT NOT NULL,"  # the database the row belongs to, without credentials
+    " journaled_at TEXT NOT NULL,"
+    " row TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS journal_ledger_seq ON journal (ledger, seq)",
+)
+_COLUMNS = frozenset(c.name for c in usage.columns if c.name != "id")
+# What a row journaled by an older version, which recorded fewer columns, holds in the newer ones.
+_DEFAULTS = {f.name: f.default for f in fields(UsageRow) if f.default is not MISSING}
+
+
+class JournalError(Exception):
+    """The journal file cannot be used (its folder is not writable, the disk is full...)."""
+
+
+class Replay(NamedTuple):
+    """What one ``Journal.replay`` did."""
+
+    rows: int  # written to the database
+    emptied: bool  # nothing of this ledger is left in the journal
+    reached: bool  # False when the database did not take a chunk (it is away)
+
+
+def _encode(row: dict[str, Any]) -> str:
+    return json.dumps(row, default=datetime.isoformat, separators=(",", ":"))
+
+
+def _decode(text: str) -> dict[str, Any]:
+    """A journaled row as the table takes it; KeyError or ValueError when it cannot be one."""
+    values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError("not an object")
+    row = {**_DEFAULTS, **{name: value for name, value in values.items() if name in _COLUMNS}}
+    row["created_at"] = datetime.fromisoformat(row["created_at"])
+    for required in ("request_id", "api_key", "route"):
+        if not isinstance(row[required], str):
+            raise ValueError(f"no {required}")
+    row.setdefault("client_ip", None)
+    return row
+
+
+class Journal:
+    """The journal file at ``path`` as the ledger ``ledger`` (a URL without credentials) uses it."""
+
+    chunk_rows = 500  # rows handed to the database at once when replaying
+    wait_for_lock_s = 10.0  # how long opening waits for another process that checks the file
+
+    def __init__(self, path: str, ledger: str) -> None:
+        self.path = os.path.abspath(path)
+        self.ledger = ledger
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
+
+    # -- the file ------------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """This process's connection, opened (and the file created) on first use. A file this
+        version cannot read is set aside, said so in the log, and a new one started: a journal must
+        never stop the gateway from starting."""
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with self._flock(wait_s=self.wait_for_lock_s):
+                try:
+                    conn = self._open()
+                except sqlite3.DatabaseError as e:
+                    self._set_aside(str(e))
+                    conn = self._open()
+        except (OSError, sqlite3.Error) as e:
+            raise JournalError(f"usage journal {self.path} cannot be used: {e}") from e
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # the first read: a file that is no database fails here
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable when a process dies; WAL makes it so
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                with _transaction(conn):
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {FORMAT}")
+            elif version != FORMAT:
+                raise sqlite3.DatabaseError(f"journal format {version}, this version reads {FORMAT}")
+            conn.execute("SELECT seq, ledger, journaled_at, row FROM journal LIMIT 0")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _set_aside(self, why: str) -> None:
+        """Move an unreadable file (and SQLite's files beside it) out of the way, keeping it."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = f"{self.path}.unreadable-{stamp}"
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.replace(self.path + suffix, aside + suffix)
+        log.error(
+            "usage journal %s cannot be read (%s): moved to %s and a new journal started; "
+            "the rows in it are not replayed",
+            self.path,
+            why,
+            aside,
+        )
+
+    @contextmanager
+    def _flock(self, wait_s: float) -> Iterator[bool]:
+        """Hold the lock file beside the journal (True), or not within ``wait_s`` (False). A new
+        descriptor each time: threads of one process exclude each other too."""
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = True
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        held = False
+                        break
+                    time.sleep(0.05)
+            yield held
+        finally:
+            os.close(fd)  # releases the lock
+
+    def close(self) -> None:
+        """Close this process's connection (opened again on the next use)."""
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    # -- rows ----------------------------------------------------------------------------------
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Add ``rows`` (as ``table.storable`` made them) in one transaction; JournalError when
+        the file cannot take them."""
+        journaled_at = datetime.now(UTC).isoformat()
+        lines = [(self.ledger, journaled_at, _encode(row)) for row in rows]
+        try:
+            with self._lock:
+                conn = self._connection()
+                with _transaction(conn):
+                    conn.executemany(
+                        "INSERT INTO journal (ledger, journaled_at, row) VALUES (?, ?, ?)", lines
+                    )
+        except sqlite3.Error as e:
+            raise JournalError(f"usage journal {self.path} did not take {len(rows)} rows: {e}") from e
+
+    def count(self) -> int:
+        """Rows of this ledger waiting in the journal (0 when there is no file)."""
+        rows = self._read("SELECT count(*) FROM journal WHERE ledger = ?", (self.ledger,))
+        return int(rows[0][0]) if rows else 0
+
+    def others(self) -> dict[str, int]:
+        """Rows waiting for other databases (gateways with another ledger that share the file)."""
+        rows = self._read(
+            "SELECT ledger, count(*) FROM journal WHERE ledger != ? GROUP BY ledger", (self.ledger,)
+        )
+        return {ledger: n for ledger, n in rows}
+
+    def has_rows(self) -> bool:
+        """Whether anything of this ledger waits; one indexed look, nothing when there is no file."""
+        return bool(self._read("SELECT 1 FROM journal WHERE ledger = ? LIMIT 1", (self.ledger,)))
+
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        if self._conn is None and not os.path.exists(self.path):
+            return []  # nothing was ever journaled here
+        try:
+            with self._lock:
+                return self._connection().execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise JournalError(f"usage journal {self.path} cannot be read: {e}") from e
+
+    def replay(self, write: Callable[[list[dict[str, Any]]], bool], budget_s: float) -> Replay:
+        """Hand this ledger's rows to ``write`` oldest first, a chunk at a time, deleting a chunk
+        once ``write`` says it is in the database; stop when the journal is empty, ``write`` says
+        False (the database is away) or ``budget_s`` is spent. Only one process replays a journal
+        at a time: another one's replay is left to it."""
+        if not self.has_rows():
+            return Replay(0, True, True)
+        written = 0
+        deadline = time.monotonic() + budget_s
+        with self._flock(wait_s=0) as held:
+            if not held:
+                return Replay(0, False, True)
+            while True:
+                chunk = self._read(
+                    "SELECT seq, row FROM journal WHERE ledger = ? ORDER BY seq LIMIT ?",
+                    (self.ledger, self.chunk_rows),
+                )
+                if not chunk:
+                    return Replay(written, True, True)
+                rows = []
+                for seq, text in chunk:
+                    try:
+                        rows.append(_decode(text))
+                    except (ValueError, KeyError, TypeError) as e:
+                        log.error(
+                            "usage journal %s: row %d cannot be read and is left out (%s)", self.path, seq, e
+                        )
+                if rows and not write(rows):
+                    return Replay(written, False, False)
+                self._delete([seq for seq, _ in chunk])
+                written += len(rows)
+                if time.monotonic() >= deadline:
+                    return Replay(written, False, True)
+
+    def _delete(self, seqs: list[int]) -> None:
+        try:
+            with self._lock:
+                conn = self._connection()
+                with _transaction(conn):
+                    conn.execute("DELETE FROM journal WHERE seq BETWEEN ? AND ? AND ledger = ?",
+                                 (min(seqs), max(seqs), self.ledger))  # fmt: skip
+        except sqlite3.Error as e:
+            raise JournalError(f"usage journal {self.path}: replayed rows cannot be deleted: {e}") from e
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
