@@ -212,7 +212,9 @@ def test_rows_arriving_together_are_written_in_one_insert(tmp_path, monkeypatch)
     ledger.linger_s = 0.5
     batches = []
     insert = ledger.database.insert
-    monkeypatch.setattr(ledger.database, "insert", lambda rows, **kw: (batches.append(len(rows)), insert(rows, **kw))[1])
+    monkeypatch.setattr(
+        ledger.database, "insert", lambda rows, **kw: (batches.append(len(rows)), insert(rows, **kw))[1]
+    )
     for i in range(50):
         ledger.record(row(i))
     assert ledger.flush(10)

@@ -65,7 +65,10 @@ def test_installed_wheel_serves_the_usage_page(tmp_path):
         json.dumps(  # JSON is YAML
             {
                 "gateway": {
-                    "usage": {"database_url": f"sqlite:///{tmp_path}/usage.db", "journal": f"{tmp_path}/journal.db"},
+                    "usage": {
+                        "database_url": f"sqlite:///{tmp_path}/usage.db",
+                        "journal": f"{tmp_path}/journal.db",
+                    },
                     "ratelimit": {"storage_url": f"sqlite:///{tmp_path}/ratelimit.db"},
                     "admin_keys": [{"display_name": "admin", "key_hash": key_hash}],
                 },

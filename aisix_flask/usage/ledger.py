@@ -148,23 +148,27 @@ class Ledger(LedgerQueries):
                     self.engine.dispose(close=False)
                     self._engine_pid = os.getpid()
                 atexit.register(self.close)
-            self._thread = threading.Thread(target=self._run, name="aisix-ledger", daemon=True)
+            self._stopping = threading.Event()  # a writer given up on at close() keeps its own
+            self._thread = threading.Thread(
+                target=self._run, args=(self._stopping,), name="aisix-ledger", daemon=True
+            )
             self._thread.start()
             metrics.LEDGER_WRITER_UP.set(1)
             self._pid = os.getpid()
 
-    def _run(self) -> None:
+    def _run(self, stopping: threading.Event) -> None:
         try:
-            while not self._stopping.is_set():
+            while not stopping.is_set():
                 batch = self._next_batch()
                 if batch:
                     try:
                         self._hand_on(batch)
                     finally:
                         self._written(len(batch))
-                self._replay_when_due()
+                if not stopping.is_set():  # after close(), the journal is the next start's
+                    self._replay_when_due()
         finally:
-            if not self._stopping.is_set():
+            if not stopping.is_set():
                 metrics.LEDGER_WRITER_UP.set(0)
 
     def _next_batch(self) -> list[UsageRow]:
@@ -289,10 +293,11 @@ class Ledger(LedgerQueries):
         is left in the journal, stop the writer thread and close the connections. The log says
         what waits in the journal for the next start."""
         if self._thread is not None and self._pid == os.getpid():
-            drained = self.flush(self.drain_timeout_s if timeout is None else timeout)
+            drain_s = self.drain_timeout_s if timeout is None else timeout
+            drained = self.flush(drain_s)
             self._stopping.set()
             if not drained:
-                self._journal_leftovers()
+                self._journal_leftovers(drain_s)
             try:
                 self._queue.put_nowait(None)  # wakes the writer
             except queue.Full:
@@ -300,16 +305,15 @@ class Ledger(LedgerQueries):
             self._thread.join(5)
             atexit.unregister(self.close)
             self._thread, self._pid = None, None
-            self._stopping.clear()
             self._say_what_waits()
         self.engine.dispose()
         self.journal.close()
 
-    def _journal_leftovers(self) -> None:
+    def _journal_leftovers(self, drain_s: float) -> None:
         """The drain time is up: the rows still queued, and the batch the writer holds (it may yet
         reach the database: a replay does not write it twice), go to the journal."""
         with self._lock:
-            rows, self._in_flight = self._in_flight or [], None
+            rows, self._in_flight = list(self._in_flight or ()), None
         queued = 0
         while True:
             try:
@@ -333,7 +337,7 @@ class Ledger(LedgerQueries):
             "usage ledger: the database did not take %d rows within %g s of the stop; they are in "
             "the journal %s",
             len(rows),
-            self.drain_timeout_s,
+            drain_s,
             self.journal.path,
         )
 
