@@ -52,6 +52,7 @@ class Gunicorn:
         env: dict[str, str] | None = None,
         app: str = "wsgi:app",
         args: tuple[str, ...] = (),
+        ready: str = "/readyz",
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -75,15 +76,16 @@ class Gunicorn:
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
-        self._wait_ready()
+        self._wait_ready(ready)
 
-    def _wait_ready(self, timeout: float = 30) -> None:
+    def _wait_ready(self, path: str, timeout: float = 30) -> None:
+        """Until ``path`` answers 200 (``/livez`` for a gateway whose ledger database is away)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited:\n{self.log.read_text()}")
             try:
-                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}{path}", timeout=1).status_code == 200:
                     return
             except requests.RequestException:
                 pass  # not listening yet, or no worker has finished booting

@@ -139,7 +139,8 @@ class LedgerDatabase:
         except SQLAlchemyError as e:
             self.health.failed("/readyz", e)
             return False
-        self.health.answered()
+        if not self.away():  # it answers a read; whether it takes writes again, the writer tells
+            self.health.answered()
         return True
 
 
