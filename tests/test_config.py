@@ -56,7 +56,11 @@ def test_every_problem_is_listed_by_path(tmp_path):
     path = write_config(
         tmp_path / "bad.yaml",
         {
-            "gateway": {"request_body_limit_bytes": "big", "upstream": {"timeout_s": -1}},
+            "gateway": {
+                "request_body_limit_bytes": "big",
+                "upstream": {"timeout_s": -1},
+                "usage": {"journal": "", "queue_rows": 0},
+            },
             "provider_keys": [
                 {"display_name": "a", "provider": "openai", "adapter": "carrier-pigeon"},
                 {"display_name": "a", "provider": "mistral"},
@@ -99,6 +103,8 @@ def test_every_problem_is_listed_by_path(tmp_path):
     for expected in (
         "gateway.request_body_limit_bytes: Not a valid integer.",
         "gateway.upstream.timeout_s: Must be greater than 0.",
+        "gateway.usage.journal: Shorter than minimum length 1.",
+        "gateway.usage.queue_rows: Must be greater than or equal to 1.",
         "provider_keys[0].adapter: Must be one of: openai, openai-compatible.",
         "provider_keys[1].display_name: duplicate display_name 'a'",
         "provider_keys[1].api_base: required for provider 'mistral'",

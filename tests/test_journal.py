@@ -192,7 +192,7 @@ def test_a_row_that_cannot_be_read_is_logged_and_the_others_replayed(ledger, jou
     [
         lambda path: Path(path).write_bytes(b"this is not a database" * 100),
         lambda path: sqlite3.connect(path).execute("PRAGMA user_version = 99").connection.commit(),
-        lambda path: sqlite3.connect(path).execute("CREATE TABLE journal (x)").connection.commit(),
+        lambda path: sqlite3.connect(path).executescript("CREATE TABLE journal (x); PRAGMA user_version = 1"),
     ],
     ids=["corrupt", "unknown format", "another table"],
 )
@@ -209,6 +209,24 @@ def test_an_unreadable_journal_is_set_aside_and_a_new_one_started(tmp_path, jour
     ledger.journal.append([storable(row(1))])  # the new journal works
     assert ledger.journal.count() == 1
     ledger.close()
+
+
+def test_a_journal_pointed_at_another_database_is_never_moved_or_written(tmp_path, caplog):
+    """gateway.usage.journal set to the ledger's own file, say: the gateway serves, the rows go
+    to the database, and the file is left as it was."""
+    usage_db = tmp_path / "usage.db"
+    ledger = Ledger(f"sqlite:///{usage_db}", str(usage_db))
+    with caplog.at_level(logging.ERROR):
+        ledger.start()
+    assert "it is not a journal: it holds the tables ['usage']" in caplog.text
+    ledger.record(row(1))
+    assert ledger.flush(10) and request_ids(ledger) == ["req-1"]
+    ledger.close()
+    assert not list(tmp_path.glob("*.unreadable-*"))
+    with sqlite3.connect(usage_db) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == [
+            "usage"
+        ]
 
 
 def test_a_full_queue_sends_rows_to_the_journal_not_to_memory(tmp_path, journal_path):

@@ -49,6 +49,10 @@ class JournalError(Exception):
     """The journal file cannot be used (its folder is not writable, the disk is full...)."""
 
 
+class _Unreadable(Exception):
+    """The file is not a journal this version reads: damaged, or of another format."""
+
+
 class Replay(NamedTuple):
     """What one ``Journal.replay`` did."""
 
@@ -98,10 +102,12 @@ class Journal:
             return self._conn
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            # Held so that two processes never both set one file aside (the second would move the
+            # new journal the first started); one that waited longer than this opens anyway.
             with self._flock(wait_s=self.wait_for_lock_s):
                 try:
                     conn = self._open()
-                except sqlite3.DatabaseError as e:
+                except _Unreadable as e:
                     self._set_aside(str(e))
                     conn = self._open()
         except (OSError, sqlite3.Error) as e:
@@ -110,19 +116,36 @@ class Journal:
         return conn
 
     def _open(self) -> sqlite3.Connection:
+        """A connection to the journal, created if need be; _Unreadable for a file that is not one
+        this version reads (a busy or locked file is not that: it raises sqlite3.Error)."""
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # the first read: a file that is no database fails here
             conn.execute("PRAGMA synchronous=NORMAL")  # durable when a process dies; WAL makes it so
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
+                tables = [
+                    row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                ]
+                if tables:  # someone else's database: never moved, never written
+                    raise JournalError(
+                        f"usage journal {self.path} cannot be used: it is not a journal: it holds "
+                        f"the tables {tables}; give the journal a file of its own"
+                    )
                 with _transaction(conn):
                     for statement in _SCHEMA:
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {FORMAT}")
             elif version != FORMAT:
-                raise sqlite3.DatabaseError(f"journal format {version}, this version reads {FORMAT}")
-            conn.execute("SELECT seq, ledger, journaled_at, row FROM journal LIMIT 0")
+                raise _Unreadable(f"journal format {version}, this version reads {FORMAT}")
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(journal)")}
+            if columns != {"seq", "ledger", "journaled_at", "row"}:
+                raise _Unreadable(f"its journal table has the columns {sorted(columns)}")
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            if getattr(e, "sqlite_errorname", None) in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise _Unreadable(str(e)) from e
+            raise
         except BaseException:
             conn.close()
             raise

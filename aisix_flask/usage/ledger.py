@@ -69,6 +69,7 @@ class Ledger(LedgerQueries):
         self._journal_dirty = False  # this process journaled rows not yet replayed
         self._look_at = 0.0  # when the writer next looks at the journal
         self._journaled = 0  # rows this process put in the journal
+        self._journal_error_told_at = -60.0
 
     # -- request threads -----------------------------------------------------------------------
 
@@ -249,14 +250,17 @@ class Ledger(LedgerQueries):
         look = now >= self._look_at
         if not look and not (self._journal_dirty and not self.database.away()):
             return
+        if look:
+            self._look_at = now + self.idle_s
         try:
             if not self.database.away():
                 self.replay_journal(self.replay_budget_s)
             if look:
-                self._look_at = now + self.idle_s
                 metrics.LEDGER_JOURNAL_ROWS.set(self.journal.count())
         except JournalError as e:
-            log.error("%s", e)
+            if now >= self._journal_error_told_at + 60:  # every look would say it again
+                self._journal_error_told_at = now
+                log.error("%s", e)
 
     def replay_journal(self, budget_s: float) -> Replay:
         """Write what waits in the journal to the database, for ``budget_s`` at most (JournalError
