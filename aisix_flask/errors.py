@@ -182,6 +182,15 @@ class ProviderUnavailable(GatewayError):
     error_code = "provider_unavailable"
 
 
+class NoTargetAvailable(GatewayError):
+    """Every target of a routing model is cooling down after a failure."""
+
+    code = 503
+    error_type = "provider_error"
+    error_code = "no_target_available"
+    should_retry = True  # nothing was sent
+
+
 class ServiceUnavailable(GatewayError):
     code = 503
     error_type = "server_error"

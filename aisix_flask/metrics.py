@@ -68,6 +68,12 @@ LEDGER_JOURNAL_ROWS = Gauge(
 LEDGER_ROWS_DROPPED = Counter(
     "aisix_ledger_rows_dropped", "Usage rows the database refused for what they hold (each is logged)."
 )
+UPSTREAM_ATTEMPTS = Counter(
+    "aisix_upstream_attempts",
+    "Upstream calls, by target (a direct model row) and outcome (ok, not_sent, "
+    "lost_after_sending, http_<status>).",
+    ["target", "outcome"],
+)
 BUDGET_REFUSALS = Counter("aisix_budget_refusals", "Requests refused because a budget was spent.", ["scope"])
 RATE_LIMITED = Counter("aisix_rate_limit_rejections", "Requests refused by a rate limit.", ["scope", "limit"])
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aisix_flask import create_app, metrics  # noqa: E402
-from aisix_flask.proxy import pipeline  # noqa: E402
+from aisix_flask.proxy import failover, pipeline  # noqa: E402
 from aisix_flask.usage.database import LedgerDatabase  # noqa: E402
 from bench.config import gateway_config  # noqa: E402
 from bench.harness import KEY  # noqa: E402
@@ -49,7 +49,7 @@ STEPS: dict[str, tuple[Any, str]] = {
     "guardrails": (pipeline, "check_input"),
     "rate limits: admit": ("limiter", "admit"),
     "rate limits: finish (tokens, slots back)": ("limiter", "finish"),
-    "upstream call (incl. the fake's time)": (pipeline, "send"),
+    "upstream call (incl. the fake's time)": (failover, "send"),
     "answer": (pipeline, "passthrough"),
     "spend: count the cost (every period)": ("budgets", "count"),
     "ledger: queue the row": ("ledger", "record"),

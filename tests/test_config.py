@@ -22,7 +22,7 @@ def test_example_config_loads(monkeypatch):
     monkeypatch.setenv("JINA_API_KEY", "jina")
     registry = load_config(str(REPO / "config.yaml"))
     assert registry.warnings == ()
-    route = registry.router.resolve("image-prod")
+    route = registry.router.resolve("image-prod").candidates[0].route
     assert (route.upstream_model, route.provider_key.api_key, route.provider_key.adapter) == (
         "gpt-image-1",
         "sk-x",
@@ -33,10 +33,10 @@ def test_example_config_loads(monkeypatch):
     assert all(dev.may_use(alias) for alias in ("image-prod", "chat-prod", "embed", "rerank"))
     assert (
         not dev.may_use("gpt-4o")
-        and registry.router.resolve("rerank").provider_key.adapter == "openai-compatible"
+        and registry.router.resolve("rerank").candidates[0].route.provider_key.adapter == "openai-compatible"
     )
     # The README retrieves openai/gpt-4.1 through the example's wildcard row.
-    wildcard = registry.router.resolve("openai/gpt-4.1")
+    wildcard = registry.router.resolve("openai/gpt-4.1").candidates[0].route
     assert (wildcard.model.display_name, wildcard.upstream_model) == ("openai/*", "gpt-4.1")
     assert dev.may_use("openai/gpt-4.1")
 
@@ -195,11 +195,11 @@ def test_wildcards_most_specific_first(tmp_path, config):
         {"display_name": "*", "provider": "openai", "provider_key": "openai-main"},
     ]
     router = load_config(str(write_config(tmp_path / "c.yaml", config))).router
-    assert router.resolve("image-prod").upstream_model == "gpt-image-1"  # exact wins
-    assert router.resolve("openai/gpt-image-1").upstream_model == "x-image-1"
-    assert router.resolve("openai/dall-e-3").upstream_model == "dall-e-3"
-    assert router.resolve("anything").upstream_model == "anything"
-    assert router.resolve("openai/gpt-image-1").model.display_name == "openai/gpt-*"
+    assert router.resolve("image-prod").candidates[0].route.upstream_model == "gpt-image-1"  # exact wins
+    assert router.resolve("openai/gpt-image-1").candidates[0].route.upstream_model == "x-image-1"
+    assert router.resolve("openai/dall-e-3").candidates[0].route.upstream_model == "dall-e-3"
+    assert router.resolve("anything").candidates[0].route.upstream_model == "anything"
+    assert router.resolve("openai/gpt-image-1").candidates[0].route.model.display_name == "openai/gpt-*"
 
 
 @pytest.mark.parametrize(

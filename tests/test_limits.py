@@ -154,14 +154,14 @@ def test_slot_released_on_every_upstream_failure(limited, upstream, answer):
 
 
 def test_slot_released_when_the_gateway_itself_fails(limited, monkeypatch):
-    from aisix_flask.proxy import pipeline
+    from aisix_flask.proxy import failover
 
     app = limited(key={"concurrency": 1})
 
     def broken(*args, **kwargs):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(pipeline, "send", broken)  # after the slot was taken
+    monkeypatch.setattr(failover, "send", broken)  # after the slot was taken
     assert post(app.test_client()).status_code == 500
     assert slots_taken(app) == 0
 

@@ -19,15 +19,19 @@ from ..usage.pricing import IMAGE_TOKEN_KINDS, TEXT_TOKEN_KINDS, Pricing
 from .aliases import Router
 from .checks import cross_check, expand, flatten, unknown_fields
 from .resources import (
+    DEFAULT_HASH_ON,
     PII_DETECTORS,
     ApiKey,
     Budget,
     Guardrail,
+    HashSource,
     IdempotencySettings,
     Model,
     Pattern,
     ProviderKey,
     RateLimit,
+    Routing,
+    RoutingTarget,
     UpstreamSettings,
     UsageSettings,
 )
@@ -160,6 +164,8 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str], modified_at:
             timeout_s=upstream.get("timeout_s", UpstreamSettings.timeout_s),
             proxy=upstream.get("proxy") or None,
             ca_bundle=upstream.get("ca_bundle") or None,
+            retries=upstream.get("retries", UpstreamSettings.retries),
+            cooldown_s=upstream.get("cooldown_s", UpstreamSettings.cooldown_s),
         ),
         usage=UsageSettings(**gw.get("usage", {})),
         ratelimit_storage_url=gw.get("ratelimit", {}).get("storage_url", DEFAULT_RATELIMIT_URL),
@@ -184,21 +190,24 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str], modified_at:
         )
         for row in data.get("provider_keys", [])
     }
+    rows = data.get("models", [])
+    providers = {row["display_name"]: row.get("provider", "") for row in rows}
     models = [
         Model(
             display_name=row["display_name"],
-            provider=row["provider"],
-            provider_key=row["provider_key"],
+            provider=row.get("provider") or providers[row["routing"]["targets"][0]["model"]],
+            provider_key=row.get("provider_key", ""),
             model_name=row.get("model_name"),
             timeout_s=row.get("timeout_s"),
             rate_limit=_rate_limit(row),
             pricing=_pricing(row.get("pricing")),
             budget=_budget(row),
+            routing=_routing(row.get("routing")),
         )
-        for row in data.get("models", [])
+        for row in rows
     ]
     for i, model in enumerate(models):
-        if model.provider != provider_keys[model.provider_key].provider:
+        if model.routing is None and model.provider != provider_keys[model.provider_key].provider:
             warnings.append(
                 f"models[{i}].provider: {model.provider!r} differs from its provider key's "
                 f"provider {provider_keys[model.provider_key].provider!r}"
@@ -249,6 +258,24 @@ def _pricing(block: Mapping[str, Any] | None) -> Pricing | None:
         per_search_unit=block.get("per_search_unit"),
         default_size=defaults.get("size"),
         default_quality=defaults.get("quality"),
+    )
+
+
+def _routing(block: Mapping[str, Any] | None) -> Routing | None:
+    if block is None:
+        return None
+    hash_on = block.get("hash_on")
+    return Routing(
+        targets=tuple(
+            RoutingTarget(t["model"], t.get("weight", 1), t.get("priority", 0)) for t in block["targets"]
+        ),
+        strategy=block.get("strategy", "failover"),
+        retries=block.get("retries"),
+        max_fallbacks=block.get("max_fallbacks"),
+        retry_on_429=block.get("retry_on_429", True),
+        fallback_on_statuses=frozenset(block.get("fallback_on_statuses", ())),
+        when_all_unavailable=block.get("when_all_unavailable", "fail"),
+        hash_on=tuple(HashSource(h["type"], h.get("name")) for h in hash_on) if hash_on else DEFAULT_HASH_ON,
     )
 
 

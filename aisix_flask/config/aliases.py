@@ -1,4 +1,5 @@
-"""Model alias → Route: exact aliases first, then the most specific wildcard."""
+"""Model alias → Plan: exact aliases first, then the most specific wildcard; a routing model's
+plan holds its targets' routes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .resources import Model, ProviderKey
+from .resources import Model, ProviderKey, Routing
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,30 @@ class Route:
     upstream_model: str
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A target a request may be sent to: a direct model's route, with its routing weight and tier."""
+
+    route: Route
+    weight: int = 1
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the alias a caller named resolved to: the row it names (whose limits and budget count
+    once per request) and the targets behind it; a direct model is its own one target."""
+
+    alias: str
+    model: Model
+    candidates: tuple[Candidate, ...]
+
+    @property
+    def routing(self) -> Routing | None:
+        """The routing block, or None for a direct model."""
+        return self.model.routing
+
+
 class Router:
     """Resolves caller-facing aliases against the configured model rows."""
 
@@ -45,6 +70,14 @@ class Router:
         # Most specific first; sorted() is stable, so ties keep file order.
         self._wildcards = sorted(wildcards, key=lambda w: -w.specificity)
         self._provider_keys = dict(provider_keys)
+        self._targets = {
+            m.display_name: tuple(
+                Candidate(self._direct(t.model, self._exact[t.model]), t.weight, t.priority)
+                for t in m.routing.targets
+            )
+            for m in models
+            if m.routing is not None
+        }
 
     def __len__(self) -> int:
         return len(self._exact) + len(self._wildcards)
@@ -57,10 +90,18 @@ class Router:
         """The wildcard rows, most specific first."""
         return [w.model for w in self._wildcards]
 
-    def resolve(self, alias: str) -> Route | None:
-        """Find the route for ``alias``, or None when no row matches."""
+    def _direct(self, alias: str, model: Model, upstream: str | None = None) -> Route:
+        return Route(
+            alias, model, self._provider_keys[model.provider_key], upstream or model.model_name or alias
+        )
+
+    def resolve(self, alias: str) -> Plan | None:
+        """Find the plan for ``alias``, or None when no row matches."""
         model = self._exact.get(alias)
         if model is not None:
+            targets = self._targets.get(alias)
+            if targets is not None:
+                return Plan(alias, model, targets)
             upstream = model.model_name or alias
         else:
             for wildcard in self._wildcards:
@@ -71,4 +112,4 @@ class Router:
             else:
                 return None
             upstream = captured if model.model_name is None else model.model_name.replace("*", captured)
-        return Route(alias, model, self._provider_keys[model.provider_key], upstream)
+        return Plan(alias, model, (Candidate(self._direct(alias, model, upstream)),))

@@ -87,7 +87,9 @@ def cross_check(data: dict[str, Any]) -> list[str]:
         if isinstance(bundle, str) and bundle and not os.path.isfile(bundle):
             problems.append(f"{path}.ca_bundle: no such file: {bundle}")
 
+    models = {row.get("display_name"): row for _, row in _items(data, "models")}
     for path, row in _items(data, "models"):
+        problems += _routing_problems(path, row, models)
         key, name, upstream = row.get("provider_key"), row.get("display_name"), row.get("model_name")
         if isinstance(key, str) and key not in provider_keys:
             problems.append(f"{path}.provider_key: unknown provider key {key!r}")
@@ -108,6 +110,38 @@ def cross_check(data: dict[str, Any]) -> list[str]:
                         re.compile(str(pattern.get(field)))
                     except re.error as e:
                         problems.append(f"{path}.{collection}[{i}].{field}: invalid regex: {e}")
+    return problems
+
+
+def _routing_problems(path: str, row: dict[str, Any], models: dict[Any, Any]) -> list[str]:
+    """A routing model's targets: direct models named by their exact alias, each once."""
+    routing = row.get("routing")
+    if not isinstance(routing, dict):
+        return []
+    problems = []
+    name = row.get("display_name")
+    if isinstance(name, str) and "*" in name:
+        problems.append(f"{path}.display_name: a routing model's alias cannot hold '*'")
+    targets = routing.get("targets")
+    seen: set[str] = set()
+    for i, target in enumerate(targets if isinstance(targets, list) else []):
+        alias = target.get("model") if isinstance(target, dict) else None
+        if not isinstance(alias, str):
+            continue
+        where = f"{path}.routing.targets[{i}].model"
+        model = models.get(alias)
+        if alias in seen:
+            problems.append(f"{where}: {alias!r} is already a target of this model")
+        elif model is None:
+            wildcard = (
+                " (a target is named by its exact alias, not a wildcard's match)" if "*" not in alias else ""
+            )
+            problems.append(f"{where}: unknown model {alias!r}{wildcard}")
+        elif "*" in alias:
+            problems.append(f"{where}: a wildcard model cannot be a target")
+        elif "routing" in model:
+            problems.append(f"{where}: {alias!r} is a routing model; a target must be a direct model")
+        seen.add(alias)
     return problems
 
 

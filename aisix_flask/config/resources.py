@@ -19,6 +19,8 @@ class UpstreamSettings:
     timeout_s: float = 300.0
     proxy: str | None = field(default=None, repr=False)  # may carry credentials
     ca_bundle: str | None = None
+    retries: int = 1  # same-target tries again after a failure before anything was sent
+    cooldown_s: float = 30.0  # how long a target that failed is skipped
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,48 @@ class ProviderKey:
     ca_bundle: str | None = None
 
 
+STRATEGIES = ("failover", "round_robin", "least_busy", "least_latency", "consistent_hash")
+
+
+@dataclass(frozen=True)
+class RoutingTarget:
+    """One target of a routing model: a direct model, by alias."""
+
+    model: str
+    weight: int = 1
+    priority: int = 0  # tiers: a lower one is tried only when every higher one cannot answer
+
+
+@dataclass(frozen=True)
+class HashSource:
+    """What consistent_hash keys on: a request header (by name) or the caller key."""
+
+    type: str
+    name: str | None = None
+
+
+DEFAULT_HASH_ON = (HashSource("header", "x-aisix-routing-key"), HashSource("api_key"))
+
+
+@dataclass(frozen=True)
+class Routing:
+    """A routing model's ``routing`` block (README, "Routing and failover")."""
+
+    targets: tuple[RoutingTarget, ...]
+    strategy: str = "failover"
+    retries: int | None = None  # None: gateway.upstream.retries
+    max_fallbacks: int | None = None  # None: every target
+    retry_on_429: bool = True
+    fallback_on_statuses: frozenset[int] = frozenset()
+    when_all_unavailable: str = "fail"
+    hash_on: tuple[HashSource, ...] = DEFAULT_HASH_ON
+
+
 @dataclass(frozen=True)
 class Model:
-    """A caller-facing alias (``display_name``, may hold one ``*``) and its upstream."""
+    """A caller-facing alias (``display_name``, may hold one ``*``) and its upstream; or, with
+    ``routing``, the direct models it sends to (then ``provider`` is its first target's and
+    ``provider_key`` is empty)."""
 
     display_name: str
     provider: str
@@ -83,6 +124,7 @@ class Model:
     rate_limit: RateLimit = RateLimit()
     pricing: Pricing | None = None
     budget: Budget | None = None
+    routing: Routing | None = None
 
 
 @dataclass(frozen=True)

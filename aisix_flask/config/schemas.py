@@ -10,7 +10,7 @@ from marshmallow.validate import Length, OneOf, Range, Regexp
 
 from ..adapters import ADAPTERS
 from ..usage.pricing import IMAGE_TOKEN_KINDS, TEXT_TOKEN_KINDS
-from .resources import BUDGET_PERIODS, PII_DETECTORS
+from .resources import BUDGET_PERIODS, PII_DETECTORS, STRATEGIES
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -54,6 +54,8 @@ class UpstreamSchema(_Schema):
     timeout_s = _seconds
     proxy = _proxy_url
     ca_bundle = _ca_bundle
+    retries = fields.Integer(strict=True, validate=Range(min=0, max=5))
+    cooldown_s = _seconds
 
 
 class UsageSchema(_Schema):
@@ -187,15 +189,71 @@ class PricingSchema(_Schema):
     defaults = fields.Nested(PricingDefaultsSchema)
 
 
+class TargetSchema(_Schema):
+    model = _name(required=True)
+    weight = fields.Integer(strict=True, validate=Range(min=1))
+    priority = fields.Integer(strict=True)
+
+
+class HashSourceSchema(_Schema):
+    type = fields.String(required=True, validate=OneOf(["header", "api_key"]))
+    name = _name()
+
+    @validates_schema
+    def _name_for_headers(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("type") == "header" and "name" not in data:
+            raise ValidationError("A header source needs the header's name.", "name")
+        if data.get("type") == "api_key" and "name" in data:
+            raise ValidationError("Only a header source takes a name.", "name")
+
+
+class RoutingSchema(_Schema):
+    strategy = fields.String(validate=OneOf(STRATEGIES))
+    targets = fields.List(fields.Nested(TargetSchema), required=True, validate=Length(min=1))
+    retries = fields.Integer(strict=True, validate=Range(min=0, max=5))
+    max_fallbacks = fields.Integer(strict=True, validate=Range(min=0))
+    retry_on_429 = fields.Boolean()
+    fallback_on_statuses = fields.List(fields.Integer(strict=True, validate=Range(min=400, max=599)))
+    when_all_unavailable = fields.String(validate=OneOf(["fail", "try_anyway"]))
+    hash_on = fields.List(fields.Nested(HashSourceSchema), validate=Length(min=1))
+
+    @validates_schema
+    def _strategy_fields(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "hash_on" in data and data.get("strategy") != "consistent_hash":
+            raise ValidationError("Only the consistent_hash strategy takes hash_on.", "hash_on")
+
+
+_DIRECT_ONLY = ("provider", "provider_key", "model_name", "timeout_s", "pricing")
+
+
 class ModelSchema(_Schema):
+    """A direct model (provider, provider_key, model_name) or a routing one (routing: targets that
+    are direct models)."""
+
     display_name = _name(required=True)
-    provider = _name(required=True)
+    provider = _name()
     model_name = _name()
-    provider_key = _name(required=True)
+    provider_key = _name()
     timeout_s = _seconds
     rate_limit = fields.Nested(RateLimitSchema)
     pricing = fields.Nested(PricingSchema)
     budget = fields.Nested(BudgetSchema)
+    routing = fields.Nested(RoutingSchema)
+
+    @validates_schema
+    def _direct_or_routing(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "routing" in data:
+            for name in _DIRECT_ONLY:
+                if name in data:
+                    raise ValidationError(
+                        "A routing model takes none of provider, provider_key, model_name, "
+                        "timeout_s, pricing: its targets have their own.",
+                        name,
+                    )
+            return
+        for name in ("provider", "provider_key"):
+            if name not in data:
+                raise ValidationError("Missing data for required field.", name)
 
 
 class PatternSchema(_Schema):

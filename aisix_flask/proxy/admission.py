@@ -21,7 +21,6 @@ from .operation import Operation
 
 if TYPE_CHECKING:
     from .call import Call
-    from .send import Payload
 
 
 @dataclass(frozen=True)
@@ -42,25 +41,33 @@ def limit_scopes(key: ApiKey, model: Model | None) -> list[Scope]:
     return scopes
 
 
-def admit(call: Call, payload: Payload, slot_ttl_s: float) -> None:
-    """Take the rate limits and slots, then reserve the budgets, or raise the refusal. What is
-    taken is the call's from the moment it is taken (``call.held``): whatever happens next, even a
-    refusal by a budget, its end gives it back (and its answer carries the limits' headers)."""
-    model = payload.route.model
+def admit(call: Call, body: dict[str, Any], priced_by: Model, slot_ttl_s: float) -> None:
+    """Take the rate limits and slots of the caller key and the model it named, then reserve
+    their budgets at ``priced_by``'s price (the model itself, or a routing model's first target),
+    or raise the refusal. What is taken is the call's from the moment it is taken
+    (``call.held``): whatever happens next, even a refusal by a budget, its end gives it back (and
+    its answer carries the limits' headers)."""
+    model = call.model
+    assert model is not None  # step 4 ran
     limits = call.gateway.limiter.admit(limit_scopes(call.key, model), slot_ttl_s)
     call.held = Held(limits)
-    reservation, price = reserve(call.gateway.budgets, call.operation, call.key, model, payload.body)
+    reservation, price = reserve(call.gateway.budgets, call.operation, call.key, model, priced_by, body)
     call.held = Held(limits, reservation, price)
 
 
 def reserve(
-    budgets: Budgets, operation: Operation, key: ApiKey, model: Model, body: dict[str, Any]
+    budgets: Budgets,
+    operation: Operation,
+    key: ApiKey,
+    model: Model,
+    priced_by: Model,
+    body: dict[str, Any],
 ) -> tuple[Reservation, float | None]:
-    """The budgets' reservation of what the request is known to cost, and that price (None: only
-    the answer tells, or there is no pricing)."""
+    """The budgets' reservation of what the request is known to cost at ``priced_by``'s prices,
+    and that price (None: only the answer tells, or there is no pricing)."""
     price = None
-    if model.pricing is not None:
-        price = model.pricing.known_before(
+    if priced_by.pricing is not None:
+        price = priced_by.pricing.known_before(
             whole_number(body.get("n")),
             body.get("size"),
             body.get("quality"),
@@ -73,7 +80,7 @@ def reserve(
     if not scopes:
         return Reservation(), price
     if price is None:
-        raise unpriceable(operation, model, body, scopes[0])
+        raise unpriceable(operation, priced_by, body, scopes[0])
     return budgets.reserve(scopes, price), price
 
 

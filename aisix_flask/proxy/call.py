@@ -19,7 +19,7 @@ from flask import request
 
 from .. import metrics
 from ..config import Config
-from ..config.aliases import Route
+from ..config.aliases import Plan
 from ..config.resources import ApiKey, Model
 from ..errors import GatewayError
 from ..gateway import Gateway
@@ -56,11 +56,13 @@ class Call:
         self.row = UsageRow(request_id(), key.display_name, operation.route, request.remote_addr)
         # What the end settles, each given once by the step that makes it:
         self.upload: Form | None = None  # step 2: a form's spooled parts, closed at the end
-        self.model: Model | None = None  # step 4: whose limits, price and budget apply
+        self.model: Model | None = None  # step 4: the row named, whose limits and budget apply
+        self.priced_by: Model | None = None  # step 11: the target whose price applies
         self.held = Held()  # step 10: slots and windows to give back or charge, a reservation
         self.billable = Billable()  # step 11
         self._started = time.perf_counter()
         self._stream_ends_it = False
+        self._routed = False
         self._finished = False
         self._status_sent = 0
         self._when_finished: list[Callable[[int, UsageRow], None]] = []
@@ -74,21 +76,30 @@ class Call:
     ) -> None:
         if isinstance(error, GatewayError):
             self.row.status, self.row.error_code = error.code, error.error_code
-            error.extra_headers = {**self.rate_limit_headers(), **error.extra_headers}
+            error.extra_headers = {**self.answer_headers(), **error.extra_headers}
         elif error is not None:
             self.row.status, self.row.error_code = 500, "internal_error"
         if error is not None or not self._stream_ends_it:
             self.finish(self.row.status)
 
-    def resolved(self, route: Route) -> None:
-        """Step 4 found the route: the row names its upstream, the end prices at its model."""
-        self.model = route.model
-        self.row.upstream_model, self.row.provider = route.upstream_model, route.model.provider
+    def resolved(self, plan: Plan) -> None:
+        """Step 4 found the plan: its row's limits and budget apply; until a target is tried, the
+        row names the first."""
+        self.model = self.priced_by = plan.model
+        self._routed = plan.routing is not None
+        first = plan.candidates[0].route
+        self.row.upstream_model, self.row.provider = first.upstream_model, first.model.provider
 
     def note_attempt(self, attempt: Attempt) -> None:
-        """Record what the upstream call came to: its latency, its answer's status, and what it
-        may be billed for."""
+        """Record what an upstream call came to: its target, its latency, its answer's status,
+        and what it may be billed for (the last attempt's is the request's)."""
+        route = attempt.route
+        self.priced_by = route.model
+        self.row.target, self.row.attempts = route.alias, self.row.attempts + 1
+        self.row.upstream_model, self.row.provider = route.upstream_model, route.model.provider
         self.row.upstream_latency_ms = attempt.latency_ms
+        self.row.status, self.row.error_code = 0, None
+        self.billable = Billable()
         if attempt.error is not None:
             self.billable = Billable(unknown=attempt.outcome_unknown)
         elif attempt.answer is not None:
@@ -108,6 +119,18 @@ class Call:
             callback(self._status_sent, self.row)
         else:
             self._when_finished.append(callback)
+
+    def answer_headers(self) -> dict[str, str]:
+        """The headers the gateway adds to this call's answer: x-ratelimit-*, and for a routing
+        model x-aisix-target (the target that answered, or was tried last) and x-aisix-attempts."""
+        headers = self.rate_limit_headers()
+        if self._routed and self.row.target is not None:
+            headers = {
+                **headers,
+                "x-aisix-target": self.row.target,
+                "x-aisix-attempts": str(self.row.attempts),
+            }
+        return headers
 
     def rate_limit_headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers of this call's answer: as its admission saw the windows, or,
@@ -137,11 +160,11 @@ class Call:
         billable = billable or self.billable
         if self.upload is not None:
             self.upload.close()
-        row, held, model = self.row, self.held, self.model
+        row, held, model, priced_by = self.row, self.held, self.model, self.priced_by
         row.latency_ms = (time.perf_counter() - self._started) * 1000
         self.gateway.limiter.finish(held.limits, row.total_tokens)
-        if billable.priced and model is not None and model.pricing is not None:
-            row.cost_usd = model.pricing.cost(row)
+        if billable.priced and priced_by is not None and priced_by.pricing is not None:
+            row.cost_usd = priced_by.pricing.cost(row)
         if billable.unknown and held.price_before and (row.cost_usd or 0) < held.price_before:
             # Sent, and no answer says what came of all of it (a timeout, a stream cut after some
             # of its images, a hang-up, a 2xx that cannot be read): the upstream may have made and

@@ -21,6 +21,7 @@ class Answer:
     content_type: str
     retry_after: str | None
     document: Any = None
+    should_retry: str | None = None  # the upstream's own x-should-retry, if it sent one
 
     def error_code(self) -> str:
         """The upstream's own ``error.code`` (or ``type``) for the ledger, else ``upstream_<status>``."""

@@ -7,15 +7,17 @@ held, the upstream's answer); the ``Call`` keeps only what the request's end set
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Response, request
 
 from ..adapters import ADAPTERS, supporting
 from ..config import Config
-from ..config.aliases import Route
-from ..config.resources import ApiKey
+from ..config.aliases import Candidate, Plan, Route
+from ..config.resources import ApiKey, Model
 from ..errors import (
+    GatewayError,
     ModelNotFound,
     NotImplementedOperation,
     PermissionDenied,
@@ -28,11 +30,11 @@ from ..policy.guardrails import check_input, check_output
 from .admission import admit
 from .body import read_json_object
 from .call import Call
+from .failover import send_tries
 from .multipart import Form, read_form
 from .operation import Operation
 from .outcomes import Answer
 from .schema import validate as check_fields
-from .send import Attempt, Payload, send
 from .streaming import refuse_idempotency_key, stream_response, stream_slot_lease
 from .upstream import Timeout
 
@@ -46,30 +48,46 @@ def handle(operation: Operation) -> Response:
         body, call.upload = read_body(operation, config)  # 2
         call.row.note_request(body)
         validate(operation, body, call.upload)  # 3
-        route = resolve(config, body["model"])  # 4
-        call.resolved(route)
-        require_access(key, route)  # 5
-        require_provider(operation, route)  # 6
-        require_adapter(operation, route)  # 7
-        require_credential(route)  # 8
-        payload = Payload(route, guard_input(call, body), call.upload)  # 9
-        timeout = upstream_timeout(config, route)
+        plan = resolve(config, body["model"])  # 4
+        call.resolved(plan)
+        require_access(key, plan)  # 5
+        targets = Targets(plan, eligible(operation, plan), timeouts(config, plan))  # 6-8, each target's
+        body = guard_input(call, body)  # 9
         if operation.streaming is not None and body.get("stream") is True:
             refuse_idempotency_key()
-            response = stream(call, payload, timeout)  # 10-12, the answer relayed as it arrives
+            response = stream(call, targets, body)  # 10-12, the answer relayed as it arrives
         else:  # 10-12, at most once per Idempotency-Key: a repeat gets the stored answer
             response = gateway.idempotency.run(
                 request.headers,
                 key.display_name,
-                payload.body,
+                body,
                 call.row,
-                lambda: forward(call, payload, timeout),
+                lambda: forward(call, targets, body),
                 config.settings.idempotency,
-                timeout.slot_ttl_s,
+                targets.slot_ttl_s,
                 digest=call.upload.digest if call.upload else None,
             )
-        response.headers.update(call.rate_limit_headers())  # x-ratelimit-*
+        response.headers.update(call.answer_headers())  # x-ratelimit-*, x-aisix-target
         return response
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where step 11 may send: the plan, its targets that pass steps 6 to 8, and each one's timeout."""
+
+    plan: Plan
+    eligible: list[Candidate]
+    timeout_for: dict[str, Timeout]
+
+    @property
+    def slot_ttl_s(self) -> float:
+        """How long the request may hold a concurrency slot: its slowest target's budget."""
+        return max(self.timeout_for[c.route.alias].slot_ttl_s for c in self.eligible)
+
+    @property
+    def priced_by(self) -> Model:
+        """The model whose price a budget reserves: the first target's (a routing model has none)."""
+        return self.eligible[0].route.model
 
 
 def read_body(operation: Operation, config: Config) -> tuple[dict[str, Any], Form | None]:
@@ -92,18 +110,38 @@ def validate(operation: Operation, body: dict[str, Any], upload: Form | None) ->
     check_fields(form_schema or operation.schema, body)
 
 
-def resolve(config: Config, alias: str) -> Route:
-    """The configured route for ``alias``, or 404."""
-    route = config.router.resolve(alias)
-    if route is None:
+def resolve(config: Config, alias: str) -> Plan:
+    """The configured plan for ``alias``, or 404."""
+    plan = config.router.resolve(alias)
+    if plan is None:
         raise ModelNotFound(f"The model '{alias}' does not exist on this gateway.", param="model")
-    return route
+    return plan
 
 
-def require_access(key: ApiKey, route: Route) -> None:
-    """The caller key's ``allowed_models`` must admit the alias it named, else 403."""
-    if not key.may_use(route.alias):
-        raise PermissionDenied(f"This API key may not use the model '{route.alias}'.")
+def require_access(key: ApiKey, plan: Plan) -> None:
+    """The caller key's ``allowed_models`` must admit the alias it named (never its targets'), else 403."""
+    if not key.may_use(plan.alias):
+        raise PermissionDenied(f"This API key may not use the model '{plan.alias}'.")
+
+
+def eligible(operation: Operation, plan: Plan) -> list[Candidate]:
+    """Steps 6 to 8 for each target: those that pass, in the plan's order; when none does, the
+    first target's refusal."""
+    passing: list[Candidate] = []
+    first_refusal: GatewayError | None = None
+    for candidate in plan.candidates:
+        try:
+            require_provider(operation, candidate.route)  # 6
+            require_adapter(operation, candidate.route)  # 7
+            require_credential(candidate.route)  # 8
+        except GatewayError as refusal:
+            first_refusal = first_refusal or refusal
+        else:
+            passing.append(candidate)
+    if not passing:
+        assert first_refusal is not None
+        raise first_refusal
+    return passing
 
 
 def require_provider(operation: Operation, route: Route) -> None:
@@ -150,41 +188,36 @@ def guard_input(call: Call, body: dict[str, Any]) -> dict[str, Any]:
     return texts.write(body, verdict.texts) if verdict.masked else body
 
 
-def upstream_timeout(config: Config, route: Route) -> Timeout:
-    """The connect timeout, and the model's read budget (else the gateway's)."""
+def timeouts(config: Config, plan: Plan) -> dict[str, Timeout]:
+    """Each target's connect timeout and read budget (its model's, else the gateway's)."""
     settings = config.settings.upstream
-    return Timeout(settings.connect_timeout_s, route.model.timeout_s or settings.timeout_s)
+    return {
+        c.route.alias: Timeout(settings.connect_timeout_s, c.route.model.timeout_s or settings.timeout_s)
+        for c in plan.candidates
+    }
 
 
-def forward(call: Call, payload: Payload, timeout: Timeout) -> Response:
+def forward(call: Call, targets: Targets, body: dict[str, Any]) -> Response:
     """Steps 10 to 12: the rate limits and budgets, the upstream call, the answer as it came."""
-    admit(call, payload, timeout.slot_ttl_s)  # 10
-    attempt = send_once(call, payload, timeout)  # 11
+    admit(call, body, targets.priced_by, targets.slot_ttl_s)  # 10
+    attempt = send_tries(call, targets.plan, targets.eligible, body, targets.timeout_for)  # 11
     return answered(call, attempt.answer)  # 12
 
 
-def stream(call: Call, payload: Payload, timeout: Timeout) -> Response:
-    """Steps 10 to 12 of a stream: the limits, the upstream call, its events relayed."""
+def stream(call: Call, targets: Targets, body: dict[str, Any]) -> Response:
+    """Steps 10 to 12 of a stream: the limits, the upstream call (moving on to another target only
+    before its events began), its events relayed."""
     spec = call.operation.streaming
     assert spec is not None  # handle streams only what the operation can
-    outgoing, hide_usage = spec.prepare(payload.body)
-    lease = stream_slot_lease(call.config.settings.stream_keepalive_s, timeout)
-    admit(call, payload, lease)  # 10
-    attempt = send_once(call, payload.with_body(outgoing), timeout, streamed=True)  # 11
+    outgoing, hide_usage = spec.prepare(body)
+    slowest = max(targets.timeout_for.values(), key=lambda t: t.read_s)
+    lease = stream_slot_lease(call.config.settings.stream_keepalive_s, slowest)
+    admit(call, body, targets.priced_by, lease)  # 10
+    attempt = send_tries(call, targets.plan, targets.eligible, outgoing, targets.timeout_for, streamed=True)
     if attempt.events is None:  # an upstream that answered JSON after all
         return answered(call, attempt.answer)
+    timeout = targets.timeout_for[attempt.route.alias]
     return stream_response(call, attempt, spec, hide_usage, timeout, lease)  # 12
-
-
-def send_once(call: Call, payload: Payload, timeout: Timeout, streamed: bool = False) -> Attempt:
-    """Step 11: send once and note what came of it; a failure is the error the gateway answers.
-    (Routing will try targets in turn here: a failure that may move on is not raised yet.)"""
-    settings = call.config.settings.upstream
-    attempt = send(call.operation, payload, timeout, settings, call.row.request_id, streamed)
-    call.note_attempt(attempt)
-    if attempt.error is not None:
-        raise attempt.error
-    return attempt
 
 
 def answered(call: Call, answer: Answer | None) -> Response:

@@ -68,6 +68,14 @@ class Attempt:
     # Sent, and nothing says what the upstream made of it (a timeout after sending, a 2xx that
     # cannot be read): it may have generated, and billed, what was asked for.
     outcome_unknown: bool = False
+    status: int | None = None  # the upstream's HTTP status, when it answered
+    retry_after: str | None = None  # its Retry-After
+    upstream_says_no_retry: bool = False  # it answered x-should-retry: false
+
+    @property
+    def sent_nothing(self) -> bool:
+        """The request never reached the upstream (refused, DNS, TLS, connect timeout)."""
+        return self.error is not None and self.error.should_retry and self.status is None
 
 
 def send(
@@ -104,8 +112,12 @@ def send(
     except UpstreamError as e:
         return attempt(error=e, outcome_unknown=not e.should_retry)  # it may have been acted on
     if not isinstance(answer, Answer):
-        return attempt(events=answer)
-    done = attempt()
+        return attempt(events=answer, status=answer.status_code)
+    done = attempt(
+        status=answer.status,
+        retry_after=answer.retry_after,
+        upstream_says_no_retry=(answer.should_retry or "").strip().lower() == "false",
+    )
     try:
         return dataclasses.replace(done, answer=interpret(answer, key))
     except UpstreamBadResponse as e:

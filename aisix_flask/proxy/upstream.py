@@ -172,6 +172,7 @@ def _answer(r: requests.Response, content: bytes) -> Answer:
         content=content,
         content_type=r.headers.get("Content-Type") or "application/json",
         retry_after=r.headers.get("Retry-After"),
+        should_retry=r.headers.get("x-should-retry"),
     )
 
 

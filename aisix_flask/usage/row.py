@@ -58,6 +58,8 @@ class UsageRow:
     search_units: int | None = None  # rerank: what the upstream billed, when it says
     cost_usd: float | None = None  # None when no price applies
     idempotent_replay: bool = False  # answered from a stored answer: nothing generated, no tokens
+    target: str | None = None  # the direct model that answered (or was tried last)
+    attempts: int = 0  # upstream calls made for the request
 
     def note_request(self, body: dict[str, Any]) -> None:
         """Record what the caller asked for (as requested, whatever the upstream does)."""

@@ -61,6 +61,8 @@ usage = Table(
     Column("idempotent_replay", Boolean, nullable=False, server_default=false()),
     Column("input_cached_tokens", Integer),
     Column("search_units", Integer),
+    Column("target", String(256), index=True),
+    Column("attempts", Integer),
 )
 
 _INT_RANGE = (-(2**31), 2**31 - 1)  # PostgreSQL's INTEGER
