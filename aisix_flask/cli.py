@@ -17,10 +17,10 @@ from flask.cli import AppGroup
 from .config import ConfigError, hash_key, load_config
 from .gateway import Gateway, current
 from .policy.budgets import configured
-from .redact import without_credentials
 from .usage.display import format_usd
 from .usage.journal import JournalError
 from .usage.report import SUMMARY_GROUPS, parse_since
+from .usage.table import display_url
 
 aisix = AppGroup("aisix", help="aisix-flask gateway tools.")
 
@@ -109,7 +109,7 @@ def ledger_status() -> None:
         waiting, others = journal.count(), journal.others()
     except JournalError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"database: {without_credentials(usage.url)} ({'answers' if answers else 'does not answer'})")
+    click.echo(f"database: {display_url(usage.url)} ({'answers' if answers else 'does not answer'})")
     click.echo(f"journal:  {journal.path}")
     click.echo(f"waiting:  {waiting} rows")
     for database, rows in others.items():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-_USERINFO = re.compile(r"//[^/@\s]+@")
+# A user name (no "/"), then perhaps ":" and a password (which may hold "/"), then "@".
+_USERINFO = re.compile(r"//[^/@\s]*(?::[^@\s]*)?@")
 
 
 def without_credentials(text: str) -> str:

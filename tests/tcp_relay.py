@@ -1,12 +1,14 @@
 """A loopback TCP relay a test can cut: the gateway reaches PostgreSQL through it, and ``cut()``
 makes the database go away as a network outage would (every open connection reset, new ones
-refused) until ``restore()``."""
+refused) until ``restore()``; ``freeze()`` makes it hang instead (nothing passes, nothing is
+reset) until ``thaw()``."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 
 
 class TcpRelay:
@@ -19,6 +21,13 @@ class TcpRelay:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        self.frozen = False
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def thaw(self) -> None:
+        self.frozen = False
 
     def start(self) -> TcpRelay:
         listener = socket.socket()
@@ -63,12 +72,17 @@ class TcpRelay:
                     return
                 self._sockets += [client, server]
             for a, b in ((client, server), (server, client)):
-                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        _pipe(source, sink, lambda: self.frozen)
 
 
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
+def _pipe(source: socket.socket, sink: socket.socket, frozen) -> None:
     try:
         while data := source.recv(65536):
+            while frozen():
+                time.sleep(0.02)
             sink.sendall(data)
     except OSError:
         pass

@@ -175,10 +175,12 @@ def test_a_row_from_an_older_version_is_replayed_with_what_it_has(ledger):
 def test_a_row_that_cannot_be_read_is_logged_and_the_others_replayed(ledger, journal_path, caplog):
     ledger.journal.append([storable(row(1))])
     with sqlite3.connect(journal_path) as conn:
-        conn.execute("INSERT INTO journal (ledger, journaled_at, row) VALUES (?, 'x', '{not json')",
-                     (ledger.journal.ledger,))  # fmt: skip
-        conn.execute("INSERT INTO journal (ledger, journaled_at, row) VALUES (?, 'x', ?)",
-                     (ledger.journal.ledger, json.dumps({"request_id": "no-time"})))  # fmt: skip
+        for text in ("{not json", json.dumps({"request_id": "no-time"})):
+            conn.execute(
+                "INSERT INTO journal (ledger, journaled_at, replay_after, row) VALUES (?, 'x', 0, ?)",
+                (ledger.journal.ledger, text),
+            )
+        conn.execute("UPDATE waiting SET rows = rows + 2")
     ledger.journal.close()
     ledger.journal.append([storable(row(2))])
     with caplog.at_level(logging.ERROR):
@@ -261,7 +263,7 @@ def test_what_the_drain_time_leaves_goes_to_the_journal_and_is_written_once(tmp_
     does not write those rows twice."""
     url = f"sqlite:///{tmp_path}/usage.db"
     ledger = Ledger(url, journal_path)
-    ledger.linger_s = 0
+    ledger.linger_s, ledger.in_doubt_s = 0, 0.5
     release, stuck = threading.Event(), threading.Event()
     insert = ledger.database.insert
 
@@ -345,3 +347,52 @@ def test_ledger_replay_fails_while_the_database_is_away(make_app, config):
     replay = runner.invoke(args=["aisix", "ledger", "replay"])
     assert replay.exit_code == 1
     assert "replayed 0 rows; 1 wait" in replay.output and "the database does not answer" in replay.output
+
+
+def test_a_database_that_hangs_holds_at_most_a_second_of_rows_in_memory(pg_schema, tmp_path, journal_path):
+    """The connection stops answering without being reset: once the batch in flight is older
+    than ``stuck_s``, new rows go to the journal at once (a killed worker cannot lose them); the
+    hung write lands when the database answers again, and each row is there once."""
+    from .tcp_relay import TcpRelay
+
+    relay = TcpRelay(("127.0.0.1", 5432)).start()
+    url = pg_schema.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
+    ledger = Ledger(url, journal_path)
+    ledger.linger_s = 0
+    with ledger.engine.begin() as conn:
+        conn.execute(text("DELETE FROM usage"))
+    try:
+        relay.freeze()
+        ledger.record(row(0))
+        wait_until(lambda: ledger._in_flight_since is not None)
+        time.sleep(ledger.stuck_s + 0.2)
+        for i in range(1, 6):
+            ledger.record(row(i))
+        assert ledger.journal.count() == 5 and ledger._queue.qsize() == 0
+        relay.thaw()
+        assert ledger.flush(30)
+        wait_until(lambda: ledger.journal.count() == 0, timeout=30)
+        assert request_ids(ledger) == [f"req-{i}" for i in range(6)]
+    finally:
+        relay.thaw()
+        ledger.close()
+        relay.cut()
+
+
+def test_a_read_only_database_sends_rows_to_the_journal_not_away(pg_schema, journal_path):
+    """After a failover to a standby the database answers reads and refuses writes: the rows wait
+    in the journal; none is dropped as if its values were at fault."""
+    from aisix_flask import metrics as gateway_metrics
+
+    Ledger(pg_schema, journal_path).close()  # the table is there
+    read_only = pg_schema.replace("options=", "options=-cdefault_transaction_read_only%3Don%20")
+    ledger = Ledger(read_only, journal_path)
+    assert ledger.database._schema_ready  # it answers reads
+    dropped = gateway_metrics.LEDGER_ROWS_DROPPED._value.get()
+    for i in range(3):
+        ledger.record(row(i))
+    assert ledger.flush(10)
+    assert ledger.journal.count() == 3
+    assert gateway_metrics.LEDGER_ROWS_DROPPED._value.get() == dropped
+    assert ledger.ping() is False  # /readyz: the writes fail, whatever a read says
+    ledger.close()

@@ -87,12 +87,10 @@ def test_an_older_table_gets_the_new_columns(tmp_path, request, backend):
         ))  # fmt: skip
     Ledger(url, str(tmp_path / "journal.db")).close()
     columns = {c["name"] for c in inspect(engine).get_columns("usage")}
-    indexes = {i["name"] for i in inspect(engine).get_indexes("usage")}
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT request_id, pii_masked, cost_usd FROM usage")).fetchall()
     engine.dispose()
     assert set(added_since) <= columns
-    assert "ix_usage_request_id" in indexes  # what a journal replay looks rows up by
     assert [tuple(r) for r in rows] == [("old", 0, None)]
 
 

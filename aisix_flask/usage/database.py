@@ -14,7 +14,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlche
 from .. import metrics
 from ..redact import without_credentials
 from ..stores.health import StoreHealth
-from .table import create_or_upgrade, engine_for, usage
+from .table import create_or_upgrade, display_url, engine_for, usage
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class LedgerDatabase:
         self._while_away = while_away  # what the log says happens to rows meanwhile
         self._pause_s = self.retry_s
         self._away_until = 0.0
+        self._writes_fail = False  # the last write failed (readyz says so until one succeeds)
         # A database that is down at start-up does not stop the gateway: the writer keeps
         # trying, and /readyz says 503 until the table is there.
         self._schema_ready = self._prepare()
@@ -60,7 +61,7 @@ class LedgerDatabase:
         except SQLAlchemyError as e:
             log.error(
                 "usage ledger %s is not reachable (%s): %s",
-                without_credentials(self.url),
+                display_url(self.url),
                 self._while_away,
                 _describe(e),
             )
@@ -101,11 +102,12 @@ class LedgerDatabase:
                 left += [row] if self.away() else self.insert([row], dedupe=dedupe)
             return left
         self.health.answered()
-        self._pause_s, self._away_until = self.retry_s, 0.0
+        self._pause_s, self._away_until, self._writes_fail = self.retry_s, 0.0, False
         return []
 
     def _went_away(self, error: BaseException) -> None:
         """The database did not answer: batches go to the journal until the next look."""
+        self._writes_fail = True
         self.health.failed(self._while_away, error)
         self._away_until = time.monotonic() + self._pause_s
         self._pause_s = min(self._pause_s * 2, self.retry_max_s)
@@ -118,6 +120,9 @@ class LedgerDatabase:
             return False
         if isinstance(e, DataError | IntegrityError):
             return True
+        sqlstate = str(getattr(getattr(e, "orig", None), "sqlstate", None) or "")
+        if sqlstate[:2] in _AWAY_CLASSES or sqlstate in _AWAY_STATES:
+            return False  # read-only after a failover, no privilege, disk full: not the values
         try:
             with self.engine.connect() as conn:
                 conn.execute(select(usage.c.id).limit(0))
@@ -139,17 +144,27 @@ class LedgerDatabase:
         except SQLAlchemyError as e:
             self.health.failed("/readyz", e)
             return False
-        if not self.away():  # it answers a read; whether it takes writes again, the writer tells
-            self.health.answered()
+        if self._writes_fail:  # it answers a read, not the writer: rows go to the journal
+            return False
+        self.health.answered()
         return True
 
 
+# PostgreSQL SQLSTATE classes and codes that say the database, not a row's values, refused a
+# write: connection (08), transaction state (25: read-only), resources (53), operator
+# intervention (57), system (58); no privilege (42501).
+_AWAY_CLASSES = frozenset({"08", "25", "53", "57", "58"})
+_AWAY_STATES = frozenset({"42501"})
+
+
 def _not_yet_in(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` less those the table holds already (and repeats among them), by request id and time."""
+    """``rows`` less those the table holds already (and repeats among them), by request id and
+    time (looked up by time, which the table indexes)."""
     keys = {(row["request_id"], row["created_at"]) for row in rows}
     found = conn.execute(
         select(usage.c.request_id, usage.c.created_at).where(
-            usage.c.request_id.in_({request_id for request_id, _ in keys})
+            usage.c.created_at.in_({created_at for _, created_at in keys}),
+            usage.c.request_id.in_({request_id for request_id, _ in keys}),
         )
     )
     seen = {(request_id, created_at) for request_id, created_at in found}

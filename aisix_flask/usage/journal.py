@@ -33,13 +33,21 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # PRAGMA user_version of a journal this version reads and writes
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS journal ("
+    "CREATE TABLE journal ("
     " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
     " ledger TEXT NOT NULL,"  # the database the row belongs to, without credentials
     " journaled_at TEXT NOT NULL,"
+    " replay_after REAL NOT NULL,"  # unix time: a row in doubt waits until its write has settled
     " row TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS journal_ledger_seq ON journal (ledger, seq)",
+    "CREATE INDEX journal_ledger_seq ON journal (ledger, seq)",
+    # How many rows each ledger has waiting, kept in the transactions that add and delete them:
+    # counting the rows themselves would read the whole file.
+    "CREATE TABLE waiting (ledger TEXT PRIMARY KEY, rows INTEGER NOT NULL)",
 )
+_COLUMNS_OF = {
+    "journal": {"seq", "ledger", "journaled_at", "replay_after", "row"},
+    "waiting": {"ledger", "rows"},
+}
 _COLUMNS = frozenset(c.name for c in usage.columns if c.name != "id")
 # What a row journaled by an older version, which recorded fewer columns, holds in the newer ones.
 _DEFAULTS = {f.name: f.default for f in fields(UsageRow) if f.default is not MISSING}
@@ -103,8 +111,9 @@ class Journal:
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             # Held so that two processes never both set one file aside (the second would move the
-            # new journal the first started); one that waited longer than this opens anyway.
-            with self._flock(wait_s=self.wait_for_lock_s):
+            # new journal the first started). Not the replay's lock: opening never waits for a
+            # replay's database writes.
+            with self._flock(".open-lock", wait_s=self.wait_for_lock_s):
                 try:
                     conn = self._open()
                 except _Unreadable as e:
@@ -118,11 +127,12 @@ class Journal:
     def _open(self) -> sqlite3.Connection:
         """A connection to the journal, created if need be; _Unreadable for a file that is not one
         this version reads (a busy or locked file is not that: it raises sqlite3.Error)."""
+        created = not os.path.exists(self.path)
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")  # the first read: a file that is no database fails here
-            conn.execute("PRAGMA synchronous=NORMAL")  # durable when a process dies; WAL makes it so
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if created:
+                os.chmod(self.path, 0o600)  # usage rows: key names, addresses
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # no database: fails here
             if version == 0:
                 tables = [
                     row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -132,15 +142,21 @@ class Journal:
                         f"usage journal {self.path} cannot be used: it is not a journal: it holds "
                         f"the tables {tables}; give the journal a file of its own"
                     )
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # an emptied journal gives space back
+                conn.execute("PRAGMA journal_mode=WAL")
                 with _transaction(conn):
-                    for statement in _SCHEMA:
-                        conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {FORMAT}")
+                    if not conn.execute("PRAGMA user_version").fetchone()[0]:  # not made meanwhile
+                        for statement in _SCHEMA:
+                            conn.execute(statement)
+                        conn.execute(f"PRAGMA user_version = {FORMAT}")
             elif version != FORMAT:
                 raise _Unreadable(f"journal format {version}, this version reads {FORMAT}")
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(journal)")}
-            if columns != {"seq", "ledger", "journaled_at", "row"}:
-                raise _Unreadable(f"its journal table has the columns {sorted(columns)}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable when a process dies; WAL makes it so
+            for table, expected in _COLUMNS_OF.items():
+                columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if columns != expected:
+                    raise _Unreadable(f"its {table} table has the columns {sorted(columns)}")
         except sqlite3.DatabaseError as e:
             conn.close()
             if getattr(e, "sqlite_errorname", None) in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
@@ -153,7 +169,7 @@ class Journal:
 
     def _set_aside(self, why: str) -> None:
         """Move an unreadable file (and SQLite's files beside it) out of the way, keeping it."""
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         aside = f"{self.path}.unreadable-{stamp}"
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(self.path + suffix):
@@ -167,10 +183,10 @@ class Journal:
         )
 
     @contextmanager
-    def _flock(self, wait_s: float) -> Iterator[bool]:
-        """Hold the lock file beside the journal (True), or not within ``wait_s`` (False). A new
+    def _flock(self, suffix: str, wait_s: float) -> Iterator[bool]:
+        """Hold the lock file ``<journal><suffix>`` (True), or not within ``wait_s`` (False). A new
         descriptor each time: threads of one process exclude each other too."""
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path + suffix, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             deadline = time.monotonic() + wait_s
             while True:
@@ -196,31 +212,33 @@ class Journal:
 
     # -- rows ----------------------------------------------------------------------------------
 
-    def append(self, rows: list[dict[str, Any]]) -> None:
+    def append(self, rows: list[dict[str, Any]], in_doubt_s: float = 0.0) -> None:
         """Add ``rows`` (as ``table.storable`` made them) in one transaction; JournalError when
-        the file cannot take them."""
+        the file cannot take them. Rows in doubt (a write to the database that may still land)
+        are not replayed before ``in_doubt_s`` has passed."""
         journaled_at = datetime.now(UTC).isoformat()
-        lines = [(self.ledger, journaled_at, _encode(row)) for row in rows]
+        after = time.time() + in_doubt_s
+        lines = [(self.ledger, journaled_at, after, _encode(row)) for row in rows]
         try:
             with self._lock:
                 conn = self._connection()
                 with _transaction(conn):
                     conn.executemany(
-                        "INSERT INTO journal (ledger, journaled_at, row) VALUES (?, ?, ?)", lines
+                        "INSERT INTO journal (ledger, journaled_at, replay_after, row) VALUES (?, ?, ?, ?)",
+                        lines,
                     )
+                    _add_waiting(conn, self.ledger, len(lines))
         except sqlite3.Error as e:
             raise JournalError(f"usage journal {self.path} did not take {len(rows)} rows: {e}") from e
 
     def count(self) -> int:
         """Rows of this ledger waiting in the journal (0 when there is no file)."""
-        rows = self._read("SELECT count(*) FROM journal WHERE ledger = ?", (self.ledger,))
+        rows = self._read("SELECT rows FROM waiting WHERE ledger = ?", (self.ledger,))
         return int(rows[0][0]) if rows else 0
 
     def others(self) -> dict[str, int]:
         """Rows waiting for other databases (gateways with another ledger that share the file)."""
-        rows = self._read(
-            "SELECT ledger, count(*) FROM journal WHERE ledger != ? GROUP BY ledger", (self.ledger,)
-        )
+        rows = self._read("SELECT ledger, rows FROM waiting WHERE ledger != ? AND rows > 0", (self.ledger,))
         return {ledger: n for ledger, n in rows}
 
     def has_rows(self) -> bool:
@@ -245,18 +263,25 @@ class Journal:
             return Replay(0, True, True)
         written = 0
         deadline = time.monotonic() + budget_s
-        with self._flock(wait_s=0) as held:
+        with self._flock(".lock", wait_s=0) as held:
             if not held:
                 return Replay(0, False, True)
             while True:
                 chunk = self._read(
-                    "SELECT seq, row FROM journal WHERE ledger = ? ORDER BY seq LIMIT ?",
+                    "SELECT seq, row, replay_after FROM journal WHERE ledger = ? ORDER BY seq LIMIT ?",
                     (self.ledger, self.chunk_rows),
                 )
                 if not chunk:
+                    self._vacuum()
                     return Replay(written, True, True)
+                now = time.time()
+                in_doubt = [i for i, (_, _, after) in enumerate(chunk) if after > now]
+                if in_doubt:  # rows whose write may still land: up to the first, then a later look
+                    chunk = chunk[: in_doubt[0]]
+                    if not chunk:
+                        return Replay(written, False, True)
                 rows = []
-                for seq, text in chunk:
+                for seq, text, _ in chunk:
                     try:
                         rows.append(_decode(text))
                     except (ValueError, KeyError, TypeError) as e:
@@ -265,20 +290,36 @@ class Journal:
                         )
                 if rows and not write(rows):
                     return Replay(written, False, False)
-                self._delete([seq for seq, _ in chunk])
+                self._delete([seq for seq, _, _ in chunk])
                 written += len(rows)
                 if time.monotonic() >= deadline:
                     return Replay(written, False, True)
+
+    def _vacuum(self) -> None:
+        """Give an emptied journal's pages back to the disk (a long outage can leave gigabytes)."""
+        try:
+            with self._lock:
+                self._connection().execute("PRAGMA incremental_vacuum")
+        except sqlite3.Error as e:
+            log.warning("usage journal %s: giving space back failed: %s", self.path, e)
 
     def _delete(self, seqs: list[int]) -> None:
         try:
             with self._lock:
                 conn = self._connection()
                 with _transaction(conn):
-                    conn.execute("DELETE FROM journal WHERE seq BETWEEN ? AND ? AND ledger = ?",
-                                 (min(seqs), max(seqs), self.ledger))  # fmt: skip
+                    deleted = conn.execute("DELETE FROM journal WHERE seq BETWEEN ? AND ? AND ledger = ?",
+                                           (min(seqs), max(seqs), self.ledger)).rowcount  # fmt: skip
+                    _add_waiting(conn, self.ledger, -deleted)
         except sqlite3.Error as e:
             raise JournalError(f"usage journal {self.path}: replayed rows cannot be deleted: {e}") from e
+
+
+def _add_waiting(conn: sqlite3.Connection, ledger: str, rows: int) -> None:
+    conn.execute(
+        "INSERT INTO waiting (ledger, rows) VALUES (?, ?) ON CONFLICT (ledger) DO UPDATE SET rows = rows + ?",
+        (ledger, rows, rows),
+    )
 
 
 @contextmanager

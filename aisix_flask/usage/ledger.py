@@ -45,6 +45,10 @@ class Ledger(LedgerQueries):
     drain_timeout_s = 10.0
     idle_s = 2.0  # how often an idle writer looks at the journal
     replay_budget_s = 1.0  # replaying for this long at most, then new rows get their turn
+    # A batch in flight this long: the database does not answer, and new rows go to the journal
+    # at once instead of waiting in memory (README: what a killed worker can lose).
+    stuck_s = 1.0
+    in_doubt_s = 60.0  # a batch journaled while its write may still land waits this long
 
     def __init__(
         self, url: str, journal: str = DEFAULT_JOURNAL, queue_rows: int = DEFAULT_QUEUE_ROWS
@@ -62,6 +66,7 @@ class Ledger(LedgerQueries):
         self._unwritten = 0
         self._all_written = threading.Condition()
         self._in_flight: list[dict[str, Any]] | None = None  # the batch being written
+        self._in_flight_since: float | None = None
         self._pid: int | None = None  # the process whose writer thread runs
         self._engine_pid = os.getpid()  # the process whose connections the pool holds
         self._thread: threading.Thread | None = None
@@ -77,6 +82,10 @@ class Ledger(LedgerQueries):
         """Queue ``row``; the caller does not wait for the database."""
         if not self._writer_alive():
             self._start_writer()
+        since = self._in_flight_since
+        if since is not None and time.monotonic() - since > self.stuck_s:
+            self._overflow(row)  # the writer waits on a database that does not answer
+            return
         with self._all_written:
             self._unwritten += 1
         try:
@@ -86,16 +95,23 @@ class Ledger(LedgerQueries):
             self._overflow(row)
 
     def _overflow(self, row: UsageRow) -> None:
-        """A full queue: the writer has been stuck on the database for a long while. The row goes
-        to the journal from here rather than growing the queue without end."""
+        """The writer is stuck on the database (a write in flight for over ``stuck_s``, or a full
+        queue): the row goes to the journal from here, where a killed worker cannot lose it."""
         try:
             self.journal.append([storable(row)])
         except JournalError as e:
-            log.error("usage ledger: row of request %s lost (the queue is full): %s", row.request_id, e)
             metrics.LEDGER_ROWS_DROPPED.inc()
+            self._tell_journal_error(f"usage ledger: row of request {row.request_id} lost: {e}")
             return
         self._journaled += 1
         self._journal_dirty = True
+
+    def _tell_journal_error(self, message: str) -> None:
+        """Log a journal failure once a minute: every row or look would say it again."""
+        now = time.monotonic()
+        if now >= self._journal_error_told_at + 60:
+            self._journal_error_told_at = now
+            log.error("%s", message)
 
     # -- the writer thread ---------------------------------------------------------------------
 
@@ -104,11 +120,19 @@ class Ledger(LedgerQueries):
         database as soon as it answers. A journal file this version cannot read is set aside
         (logged), and the gateway serves."""
         try:
-            waiting = self.journal.count()
-        except JournalError as e:
+            waiting, others = self.journal.count(), self.journal.others()
+        except Exception as e:  # never a worker that cannot boot
             log.error("%s", e)
             return
         metrics.LEDGER_JOURNAL_ROWS.set(waiting)
+        for database, rows in others.items():
+            log.warning(
+                "usage ledger: the journal %s holds %d rows for another database, %s; a gateway "
+                "whose ledger is that database replays them (flask aisix ledger status)",
+                self.journal.path,
+                rows,
+                database,
+            )
         if waiting:
             log.warning(
                 "usage ledger: %d rows from an earlier run wait in the journal %s; they are "
@@ -206,11 +230,13 @@ class Ledger(LedgerQueries):
         try:
             rows = [storable(r) for r in batch]
             with self._lock:
-                self._in_flight = rows
-            left = rows if self.database.away() else self.database.insert(rows, dedupe=False)
-            with self._lock:
-                mine = self._in_flight is rows  # else close() journaled them meanwhile
-                self._in_flight = None
+                self._in_flight, self._in_flight_since = rows, time.monotonic()
+            try:
+                left = rows if self.database.away() else self.database.insert(rows, dedupe=False)
+            finally:
+                with self._lock:
+                    mine = self._in_flight is rows  # else close() journaled them meanwhile
+                    self._in_flight = self._in_flight_since = None
             if left and mine:
                 self._keep(left)
         except Exception:
@@ -237,7 +263,7 @@ class Ledger(LedgerQueries):
                 )
                 metrics.LEDGER_ROWS_DROPPED.inc(len(rows))
                 return
-            rows = self.database.insert(rows, dedupe=False)
+            rows = self.database.insert(rows, dedupe=True)  # a failed commit may have landed
             if not rows:
                 return
             pause = min(pause * 2, self.database.retry_max_s)
@@ -258,9 +284,7 @@ class Ledger(LedgerQueries):
             if look:
                 metrics.LEDGER_JOURNAL_ROWS.set(self.journal.count())
         except JournalError as e:
-            if now >= self._journal_error_told_at + 60:  # every look would say it again
-                self._journal_error_told_at = now
-                log.error("%s", e)
+            self._tell_journal_error(str(e))
 
     def replay_journal(self, budget_s: float) -> Replay:
         """Write what waits in the journal to the database, for ``budget_s`` at most (JournalError
@@ -317,7 +341,8 @@ class Ledger(LedgerQueries):
         """The drain time is up: the rows still queued, and the batch the writer holds (it may yet
         reach the database: a replay does not write it twice), go to the journal."""
         with self._lock:
-            rows, self._in_flight = list(self._in_flight or ()), None
+            in_doubt, self._in_flight = list(self._in_flight or ()), None
+        rows: list[dict[str, Any]] = []
         queued = 0
         while True:
             try:
@@ -328,14 +353,17 @@ class Ledger(LedgerQueries):
                 queued += 1
                 rows.append(storable(row))
         self._written(queued)
-        if not rows:
+        if not rows and not in_doubt:
             return
         try:
             self.journal.append(rows)
+            # The write in flight may still land: replayed only once it has surely settled.
+            self.journal.append(in_doubt, in_doubt_s=self.in_doubt_s)
         except JournalError as e:
-            log.error("usage ledger: %d rows not written at exit: %s", len(rows), e)
-            metrics.LEDGER_ROWS_DROPPED.inc(len(rows))
+            log.error("usage ledger: %d rows not written at exit: %s", len(rows) + len(in_doubt), e)
+            metrics.LEDGER_ROWS_DROPPED.inc(len(rows) + len(in_doubt))
             return
+        rows += in_doubt
         self._journaled += len(rows)
         log.error(
             "usage ledger: the database did not take %d rows within %g s of the stop; they are in "
@@ -369,7 +397,7 @@ class Ledger(LedgerQueries):
         try:
             return self.journal.count()
         except JournalError as e:
-            log.error("%s", e)
+            self._tell_journal_error(str(e))
             return None
 
     def ping(self) -> bool:

@@ -34,7 +34,7 @@ usage = Table(
     "usage",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("request_id", String(128), nullable=False, index=True),  # a journal replay looks rows up
+    Column("request_id", String(128), nullable=False),
     Column("created_at", DateTime, nullable=False, index=True),
     Column("api_key", String(256), nullable=False, index=True),
     Column("route", String(64), nullable=False),
@@ -61,7 +61,7 @@ usage = Table(
     Column("idempotent_replay", Boolean, nullable=False, server_default=false()),
     Column("input_cached_tokens", Integer),
     Column("search_units", Integer),
-    Column("target", String(256), index=True),
+    Column("target", String(256)),
     Column("attempts", Integer),
 )
 
@@ -103,7 +103,16 @@ def engine_for(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         # A database that does not answer at all holds the writer (and the rows it gathers
         # meanwhile) only this long before they go to the journal.
-        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 5}
+        # A connection that stops answering (no reset) is given up on after 10 s.
+        connect_args: dict[str, Any] = {
+            "connect_timeout": 5,
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 2,
+            "tcp_user_timeout": 10_000,
+        }
+        connect_args = {k: v for k, v in connect_args.items() if k not in parsed.query}
         return create_engine(
             parsed, pool_pre_ping=True, pool_size=2, max_overflow=8, connect_args=connect_args
         )
@@ -123,17 +132,30 @@ def engine_for(url: str) -> Engine:
 
 
 def ledger_name(url: str) -> str:
-    """The database ``url`` names, as the journal tags its rows: without credentials, a SQLite
-    file by its absolute path (the same file whatever the folder a gateway started in)."""
+    """The database ``url`` names, as the journal tags its rows: its backend, host, port, database
+    and search path (``options``), nothing else (no credentials; a new timeout or password does not
+    make it another database); a SQLite file by its absolute path."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        parsed = parsed.set(database=os.path.abspath(parsed.database))
-    return without_credentials(parsed.render_as_string(hide_password=False))
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database or ""
+        return f"sqlite:///{os.path.abspath(database) if database not in ('', ':memory:') else database}"
+    options = parsed.query.get("options")
+    where = (
+        f"{backend}://{parsed.host or ''}{f':{parsed.port}' if parsed.port else ''}/{parsed.database or ''}"
+    )
+    return f"{where}?options={options}" if isinstance(options, str) else where
+
+
+def display_url(url: str) -> str:
+    """``url`` as a log line or the CLI may show it: no password, no secret in its query."""
+    parsed = make_url(url).difference_update_query(["password", "sslpassword", "passfile", "sslkey"])
+    return without_credentials(parsed.render_as_string(hide_password=True))
 
 
 def create_or_upgrade(engine: Engine) -> None:
-    """Create the table, or add the columns and indexes a newer version has (never drop or
-    change one)."""
+    """Create the table, or add the columns a newer version records (never drop or change one;
+    no index is added to a table that exists: on a large one that would hold every write)."""
     metadata.create_all(engine)
     present = {c["name"] for c in inspect(engine).get_columns(usage.name)}
     with engine.begin() as conn:
@@ -150,8 +172,3 @@ def create_or_upgrade(engine: Engine) -> None:
                 null = " NOT NULL" if default and not column.nullable else ""
                 conn.execute(text(f"ALTER TABLE {usage.name} ADD COLUMN {column.name} {ddl}{null}{default}"))
                 log.warning("usage ledger: added column %s", column.name)
-    present_indexes = {i["name"] for i in inspect(engine).get_indexes(usage.name)}
-    for index in usage.indexes:
-        if index.name not in present_indexes:
-            index.create(engine)
-            log.warning("usage ledger: added index %s", index.name)
