@@ -133,10 +133,7 @@ def _routing_problems(path: str, row: dict[str, Any], models: dict[Any, Any]) ->
         if alias in seen:
             problems.append(f"{where}: {alias!r} is already a target of this model")
         elif model is None:
-            wildcard = (
-                " (a target is named by its exact alias, not a wildcard's match)" if "*" not in alias else ""
-            )
-            problems.append(f"{where}: unknown model {alias!r}{wildcard}")
+            problems.append(f"{where}: unknown model {alias!r} (a target is named by its exact alias)")
         elif "*" in alias:
             problems.append(f"{where}: a wildcard model cannot be a target")
         elif "routing" in model:
