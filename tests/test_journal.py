@@ -236,10 +236,9 @@ def test_a_journal_pointed_at_another_database_is_never_moved_or_written(tmp_pat
         ]
 
 
-def test_a_full_queue_sends_rows_to_the_journal_not_to_memory(tmp_path, journal_path):
-    """The writer is stuck in a write that does not return: past ``queue_rows`` rows, each new
-    row goes to the journal; once the write returns, every row is in the database once."""
-    ledger = Ledger(f"sqlite:///{tmp_path}/usage.db", journal_path, queue_rows=5)
+def hang_writes(ledger: Ledger) -> threading.Event:
+    """Make the ledger's writes wait until the event returned is set; record row 0 and return
+    once its write hangs."""
     release, stuck = threading.Event(), threading.Event()
     insert = ledger.database.insert
 
@@ -250,7 +249,15 @@ def test_a_full_queue_sends_rows_to_the_journal_not_to_memory(tmp_path, journal_
 
     ledger.database.insert = hanging
     ledger.record(row(0))
-    stuck.wait(5)
+    assert stuck.wait(5)
+    return release
+
+
+def test_a_full_queue_sends_rows_to_the_journal_not_to_memory(tmp_path, journal_path):
+    """The writer is stuck in a write that does not return: past ``queue_rows`` rows, each new
+    row goes to the journal; once the write returns, every row is in the database once."""
+    ledger = Ledger(f"sqlite:///{tmp_path}/usage.db", journal_path, queue_rows=5)
+    release = hang_writes(ledger)
     for i in range(1, 21):
         ledger.record(row(i))
     assert ledger._queue.qsize() == 5
@@ -269,17 +276,7 @@ def test_what_the_drain_time_leaves_goes_to_the_journal_and_is_written_once(tmp_
     url = f"sqlite:///{tmp_path}/usage.db"
     ledger = Ledger(url, journal_path)
     ledger.linger_s, ledger.in_doubt_s = 0, 0.5
-    release, stuck = threading.Event(), threading.Event()
-    insert = ledger.database.insert
-
-    def hanging(rows, **kwargs):
-        stuck.set()
-        release.wait(10)
-        return insert(rows, **kwargs)
-
-    ledger.database.insert = hanging
-    ledger.record(row(0))
-    stuck.wait(5)
+    release = hang_writes(ledger)
     for i in range(1, 4):
         ledger.record(row(i))
     with caplog.at_level(logging.WARNING):
