@@ -64,15 +64,6 @@ class RoutingState:
                     latency_ms if before is None else before + LATENCY_WEIGHT * (latency_ms - before)
                 )
 
-    def snapshot(self, target: str) -> dict[str, float | int | None]:
-        """What this process knows of ``target`` (for the admin API)."""
-        with self._lock:
-            return {
-                "cooling_s": round(self.cooling_s(target), 3),
-                "in_flight": self._in_flight.get(target, 0),
-                "latency_ms": self._latency_ms.get(target),
-            }
-
     def order(self, plan: Plan, hash_key: str | None) -> list[Candidate]:
         """``plan``'s targets in the order they are tried (cooling ones included: who sends skips
         them)."""

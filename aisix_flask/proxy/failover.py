@@ -72,8 +72,9 @@ def _attempt(
     call: Call, candidate: Candidate, body: dict[str, Any], timeout: Timeout, streamed: bool, routed: bool
 ) -> Attempt:
     alias = candidate.route.alias
-    state = call.gateway.routing
-    state.started(alias)
+    state = call.gateway.routing if routed else None  # what orders a routing model's targets
+    if state is not None:
+        state.started(alias)
     attempt = send(
         call.operation,
         Payload(candidate.route, body, call.upload),
@@ -82,8 +83,9 @@ def _attempt(
         call.row.request_id,
         streamed,
     )
-    answered = attempt.status is not None and attempt.status < 500
-    state.ended(alias, attempt.latency_ms if answered else None)
+    if state is not None:
+        answered = attempt.status is not None and attempt.status < 500
+        state.ended(alias, attempt.latency_ms if answered else None)
     call.note_attempt(attempt)
     failed = attempt.error is not None or (attempt.answer is not None and attempt.answer.status >= 400)
     outcome = _outcome(attempt) if failed else "ok"

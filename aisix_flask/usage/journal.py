@@ -241,10 +241,6 @@ class Journal:
         rows = self._read("SELECT ledger, rows FROM waiting WHERE ledger != ? AND rows > 0", (self.ledger,))
         return {ledger: n for ledger, n in rows}
 
-    def has_rows(self) -> bool:
-        """Whether anything of this ledger waits; one indexed look, nothing when there is no file."""
-        return bool(self._read("SELECT 1 FROM journal WHERE ledger = ? LIMIT 1", (self.ledger,)))
-
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         if self._conn is None and not os.path.exists(self.path):
             return []  # nothing was ever journaled here
@@ -259,7 +255,7 @@ class Journal:
         once ``write`` says it is in the database; stop when the journal is empty, ``write`` says
         False (the database is away) or ``budget_s`` is spent. Only one process replays a journal
         at a time: another one's replay is left to it."""
-        if not self.has_rows():
+        if not self.count():
             return Replay(0, True, True)
         written = 0
         deadline = time.monotonic() + budget_s

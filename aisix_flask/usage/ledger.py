@@ -98,12 +98,18 @@ class Ledger(LedgerQueries):
         """The writer is stuck on the database (a write in flight for over ``stuck_s``, or a full
         queue): the row goes to the journal from here, where a killed worker cannot lose it."""
         try:
-            self.journal.append([storable(row)])
+            self._journal([storable(row)])
         except JournalError as e:
             metrics.LEDGER_ROWS_DROPPED.inc()
             self._tell_journal_error(f"usage ledger: row of request {row.request_id} lost: {e}")
+
+    def _journal(self, rows: list[dict[str, Any]], in_doubt_s: float = 0.0) -> None:
+        """Put ``rows`` in the journal (JournalError when it does not take them); this process
+        replays them as soon as the database answers."""
+        if not rows:
             return
-        self._journaled += 1
+        self.journal.append(rows, in_doubt_s)
+        self._journaled += len(rows)
         self._journal_dirty = True
 
     def _tell_journal_error(self, message: str) -> None:
@@ -250,13 +256,10 @@ class Ledger(LedgerQueries):
         pause = self.database.retry_s
         while True:
             try:
-                self.journal.append(rows)
+                self._journal(rows)
+                return
             except JournalError as e:
                 log.error("%s; trying again", e)
-            else:
-                self._journaled += len(rows)
-                self._journal_dirty = True
-                return
             if self._stopping.wait(pause):
                 log.error(
                     "usage ledger: %d rows lost: neither the database nor the journal took them", len(rows)
@@ -356,15 +359,14 @@ class Ledger(LedgerQueries):
         if not rows and not in_doubt:
             return
         try:
-            self.journal.append(rows)
+            self._journal(rows)
             # The write in flight may still land: replayed only once it has surely settled.
-            self.journal.append(in_doubt, in_doubt_s=self.in_doubt_s)
+            self._journal(in_doubt, in_doubt_s=self.in_doubt_s)
         except JournalError as e:
             log.error("usage ledger: %d rows not written at exit: %s", len(rows) + len(in_doubt), e)
             metrics.LEDGER_ROWS_DROPPED.inc(len(rows) + len(in_doubt))
             return
         rows += in_doubt
-        self._journaled += len(rows)
         log.error(
             "usage ledger: the database did not take %d rows within %g s of the stop; they are in "
             "the journal %s",
