@@ -52,11 +52,11 @@ def after(attempt: Attempt, routing: Routing | None, cooldown_s: float) -> Next:
 
 def _by_status(attempt: Attempt, status: int, routing: Routing | None, cooldown_s: float) -> Next:
     moves = not attempt.upstream_says_no_retry
+    cool = _retry_after_s(attempt.retry_after) or cooldown_s  # the upstream's Retry-After wins
     if status == 429:
-        cool = _retry_after_s(attempt.retry_after) or cooldown_s
         return Next(next_target=moves and (routing is None or routing.retry_on_429), cool_s=cool)
     if status in SERVER_ERRORS or isinstance(attempt.error, UpstreamAuthFailed):
-        return Next(next_target=moves, cool_s=cooldown_s)
+        return Next(next_target=moves, cool_s=cool)
     if routing is not None and status in routing.fallback_on_statuses:
         return Next(next_target=moves)
     return FINAL  # the caller's own request (400, 404, 413, 422...): passed through
