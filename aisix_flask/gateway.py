@@ -22,6 +22,7 @@ from .policy.idempotency import Idempotency
 from .policy.limits import Limiter
 from .policy.routing import RoutingState
 from .stores.idempotency import idempotency_store_for
+from .stores.routing import routing_store_for
 from .stores.spend import spend_store_for
 from .usage.ledger import Ledger
 
@@ -91,7 +92,10 @@ class Gateway:
             Idempotency(idempotency_store_for(limiter.storage), limiter.health) if limiter else None
         )
         self._budgets = Budgets(spend_store_for(limiter.storage), limiter.health) if limiter else None
-        self.routing = RoutingState()  # cooldowns, calls in flight and latencies of targets
+        # cooldowns, calls in flight and latencies of routing targets, beside the rate limits
+        self.routing = (
+            RoutingState(routing_store_for(limiter.storage), limiter.health) if limiter else RoutingState()
+        )
         self._config = config
         self._signature = signature  # of the file as it was *before* ``config`` was read from it
         self._lock = threading.Lock()

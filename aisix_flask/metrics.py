@@ -68,6 +68,11 @@ LEDGER_JOURNAL_ROWS = Gauge(
 LEDGER_ROWS_DROPPED = Counter(
     "aisix_ledger_rows_dropped", "Usage rows the database refused for what they hold (each is logged)."
 )
+TARGET_COOLDOWNS = Counter(
+    "aisix_target_cooldowns",
+    "Times a routing target was set to cool down (skipped for a while) after a failure.",
+    ["target"],
+)
 UPSTREAM_ATTEMPTS = Counter(
     "aisix_upstream_attempts",
     "Upstream calls, by target (a direct model row) and outcome (ok, not_sent, "

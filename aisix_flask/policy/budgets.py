@@ -153,16 +153,21 @@ class Budgets:
         return Reservation(charges, amount)
 
     def count(
-        self, reservation: Reservation, key: str, model: str, cost: float | None, when: datetime
+        self,
+        reservation: Reservation,
+        spenders: Sequence[tuple[str, str]],
+        cost: float | None,
+        when: datetime,
     ) -> None:
-        """Add what a request cost to its key's and its model's counters of every period (whether
-        a budget is set or not: one set later, or given another period, finds the spend already
-        there), less what it reserved. ``when`` is when it started, as its ledger row says."""
+        """Add what a request cost to the counters of every period of its ``spenders`` (kind,
+        name: its key, the model it named, the routing target that answered), whether a budget is
+        set or not: one set later, or given another period, finds the spend already there; less
+        what it reserved. ``when`` is when it started, as its ledger row says."""
         delta: dict[str, int] = {}
         ends: dict[str, float | None] = {}
         if cost:
             day = (when.astimezone(UTC) if when.tzinfo else when).date()
-            for kind, name in (("key", key), ("model", model)):
+            for kind, name in spenders:
                 for pid, end in _periods_of(day):
                     delta[counter(kind, name, pid)] = nanos(cost)
                     ends[counter(kind, name, pid)] = end

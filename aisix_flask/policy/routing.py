@@ -1,5 +1,5 @@
-"""The order in which a routing model's targets are tried, and what that order reads: which
-targets cool down after a failure, how many calls each has in flight, how fast each answered.
+"""The order in which a routing model's targets are tried, and the figures that order reads:
+which targets cool down after a failure, how many calls each has in flight, how fast each answered.
 
 Targets are tried tier by tier (``priority``, highest first) and, within a tier, in the order the
 strategy gives (README, "Routing and failover"):
@@ -12,7 +12,10 @@ strategy gives (README, "Routing and failover"):
 - ``consistent_hash``: rendezvous hashing of the request's key (a header, else the caller key):
   the same key keeps landing on the same target while it is eligible.
 
-This state is each worker process's own: a target cooled by one worker is cooled in that worker.
+The figures live in the store beside the rate limits (``stores.routing``), so a target cooled by
+one worker is skipped by every worker and host. When that store does not answer, each worker goes
+on with its own view (it keeps one all along), and the store's health says so once per interval.
+Round robin's turn is each worker's own: every worker keeps the weights' proportions.
 """
 
 from __future__ import annotations
@@ -20,51 +23,100 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-import time
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from .. import metrics
 from ..config.aliases import Candidate, Plan
+from ..stores import STORE_ERRORS
+from ..stores.health import StoreHealth
+from ..stores.routing import Ending, MemoryRouting, RoutingStore, TargetFigures
 
-LATENCY_WEIGHT = 0.3  # of a new figure in the moving average
+
+@dataclass
+class Lease:
+    """A call in flight to a target, until its end is recorded (``RoutingState.ended``)."""
+
+    target: str
+    slot: str
+    shared: bool  # the shared store holds the slot (else only this worker's view)
+    latency_ms: float | None = None  # when it answered: to its answer (a stream: its first event)
 
 
 class RoutingState:
-    """One process's view of the targets."""
+    """The targets' figures, shared through ``store`` (None: this worker's own only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: RoutingStore | None = None, health: StoreHealth | None = None) -> None:
+        self._store = store
+        self._health = health
+        self._own = MemoryRouting()
         self._lock = threading.Lock()
-        self._cool_until: dict[str, float] = {}
-        self._in_flight: defaultdict[str, int] = defaultdict(int)
-        self._latency_ms: dict[str, float] = {}
         self._rr: defaultdict[str, dict[str, float]] = defaultdict(dict)  # alias → target → current
 
-    def cool(self, target: str, seconds: float) -> None:
-        """Skip ``target`` for ``seconds`` (a longer cooldown already running stays)."""
-        until = time.monotonic() + seconds
-        with self._lock:
-            if until > self._cool_until.get(target, 0.0):
-                self._cool_until[target] = until
+    def figures(self, targets: Sequence[str]) -> dict[str, TargetFigures]:
+        """Each target's figures: as every worker sees them, or, the store away, as this one does."""
+        if self._store is not None:
+            try:
+                found = self._store.figures(targets)
+            except STORE_ERRORS as e:
+                self._failed("routing: each worker routes on its own view of the targets", e)
+            else:
+                self._answered()
+                return {target: found.get(target, TargetFigures()) for target in targets}
+        return self._own.figures(targets)
 
-    def cooling_s(self, target: str) -> float:
-        """How long ``target`` is still skipped (0: it is not)."""
-        return max(0.0, self._cool_until.get(target, 0.0) - time.monotonic())
+    def started(self, target: str, ttl_s: float) -> Lease:
+        """A call to ``target`` begins; it counts as in flight for at most ``ttl_s``."""
+        slot = uuid.uuid4().hex
+        self._own.started(target, slot, ttl_s)
+        shared = self._store is not None
+        if self._store is not None:
+            try:
+                self._store.started(target, slot, ttl_s)
+            except STORE_ERRORS as e:
+                shared = False
+                self._failed("routing: a call in flight not counted for the other workers", e)
+            else:
+                self._answered()
+        return Lease(target, slot, shared)
 
-    def started(self, target: str) -> None:
-        with self._lock:
-            self._in_flight[target] += 1
+    def renew(self, lease: Lease, ttl_s: float) -> None:
+        """The call still runs (a stream): it stays in flight ``ttl_s`` more."""
+        self._own.renew(lease.target, lease.slot, ttl_s)
+        if self._store is not None and lease.shared:
+            try:
+                self._store.renew(lease.target, lease.slot, ttl_s)
+            except STORE_ERRORS as e:
+                self._failed("routing: a stream in flight not renewed (it may stop counting)", e)
 
-    def ended(self, target: str, latency_ms: float | None) -> None:
-        """An attempt on ``target`` ended; ``latency_ms`` when it answered (its first event)."""
-        with self._lock:
-            self._in_flight[target] = max(0, self._in_flight[target] - 1)
-            if latency_ms is not None:
-                before = self._latency_ms.get(target)
-                self._latency_ms[target] = (
-                    latency_ms if before is None else before + LATENCY_WEIGHT * (latency_ms - before)
-                )
+    def ended(self, lease: Lease, failed: bool = False, cool_s: float = 0.0) -> None:
+        """The call ended: its latency (when it answered), failure and cooldown recorded."""
+        ending = Ending(lease.latency_ms, failed, cool_s)
+        if cool_s:
+            metrics.TARGET_COOLDOWNS.labels(lease.target).inc()
+        self._own.ended(lease.target, lease.slot, ending)
+        if self._store is not None:
+            try:
+                self._store.ended(lease.target, lease.slot if lease.shared else None, ending)
+            except STORE_ERRORS as e:
+                what = "a cooldown seen by this worker only" if cool_s else "a call's end not recorded"
+                self._failed(f"routing: {what}", e)
+            else:
+                self._answered()
 
-    def order(self, plan: Plan, hash_key: str | None) -> list[Candidate]:
+    def _failed(self, doing: str, error: BaseException) -> None:
+        if self._health is not None:
+            self._health.failed(doing, error)
+
+    def _answered(self) -> None:
+        if self._health is not None:
+            self._health.answered()
+
+    def order(
+        self, plan: Plan, figures: dict[str, TargetFigures], hash_key: str | None = None
+    ) -> list[Candidate]:
         """``plan``'s targets in the order they are tried (cooling ones included: who sends skips
         them)."""
         routing = plan.routing
@@ -73,24 +125,30 @@ class RoutingState:
         ordered: list[Candidate] = []
         for tier in tiers:
             members = [c for c in plan.candidates if c.priority == tier]
-            ordered += (
-                self._within_tier(plan.alias, strategy, members, hash_key) if len(members) > 1 else members
-            )
+            if len(members) > 1:
+                members = self._within_tier(plan.alias, strategy, members, figures, hash_key)
+            ordered += members
         return ordered
 
     def _within_tier(
-        self, alias: str, strategy: str, members: list[Candidate], hash_key: str | None
+        self,
+        alias: str,
+        strategy: str,
+        members: list[Candidate],
+        figures: dict[str, TargetFigures],
+        hash_key: str | None,
     ) -> list[Candidate]:
+        def of(c: Candidate) -> TargetFigures:
+            return figures.get(c.route.alias) or TargetFigures()
+
         if strategy == "round_robin":
             first = self._smooth_weighted(alias, members)
             return [first, *(c for c in members if c is not first)]
         if strategy == "least_busy":
-            with self._lock:
-                return sorted(members, key=lambda c: self._in_flight.get(c.route.alias, 0) / c.weight)
+            return sorted(members, key=lambda c: of(c).in_flight / c.weight)
         if strategy == "least_latency":
-            with self._lock:
-                known = self._latency_ms
-                return sorted(members, key=lambda c: (c.route.alias in known, known.get(c.route.alias, 0.0)))
+            # (not yet measured first; then fastest first)
+            return sorted(members, key=lambda c: (of(c).latency_ms is not None, of(c).latency_ms or 0.0))
         if strategy == "consistent_hash" and hash_key is not None:
             return sorted(members, key=lambda c: _rendezvous(hash_key, c), reverse=True)
         return members  # failover

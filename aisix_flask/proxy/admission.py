@@ -5,6 +5,10 @@ concurrency slots (429 when one is full); then its budgets reserve what it is kn
 when one has not enough left). A request under a budget whose price the config cannot tell is
 refused (400): it would count nothing. Whatever is taken is given back, or counted, when the call
 ends (``Call.finish``).
+
+A routing model's target is a model row of its own, which callers may also name directly: before
+a target is tried, its own limits and budget are taken the same way (``admit_target``); a target
+they refuse is skipped (README, "Routing and failover").
 """
 
 from __future__ import annotations
@@ -51,20 +55,37 @@ def admit(call: Call, body: dict[str, Any], priced_by: Model, slot_ttl_s: float)
     assert model is not None  # step 4 ran
     limits = call.gateway.limiter.admit(limit_scopes(call.key, model), slot_ttl_s)
     call.held = Held(limits)
-    reservation, price = reserve(call.gateway.budgets, call.operation, call.key, model, priced_by, body)
+    scopes = [BudgetScope("key", call.key.display_name, call.key.budget)] if call.key.budget else []
+    if model.budget:
+        scopes.append(BudgetScope("model", model.display_name, model.budget))
+    reservation, price = reserve(call.gateway.budgets, call.operation, scopes, priced_by, body)
     call.held = Held(limits, reservation, price)
+
+
+def admit_target(call: Call, target: Model, body: dict[str, Any], slot_ttl_s: float) -> Held:
+    """Take a routing model's target's own rate limits, slots and budget, or raise the refusal
+    (whatever was taken given back first). What it holds is given back, or counted, by whoever
+    took it."""
+    limiter = call.gateway.limiter
+    limits = limiter.admit([Scope("model", target.display_name, target.rate_limit)], slot_ttl_s)
+    scopes = [BudgetScope("model", target.display_name, target.budget)] if target.budget else []
+    try:
+        reservation, price = reserve(call.gateway.budgets, call.operation, scopes, target, body)
+    except BaseException:
+        limiter.finish(limits)
+        raise
+    return Held(limits, reservation, price)
 
 
 def reserve(
     budgets: Budgets,
     operation: Operation,
-    key: ApiKey,
-    model: Model,
+    scopes: list[BudgetScope],
     priced_by: Model,
     body: dict[str, Any],
 ) -> tuple[Reservation, float | None]:
-    """The budgets' reservation of what the request is known to cost at ``priced_by``'s prices,
-    and that price (None: only the answer tells, or there is no pricing)."""
+    """The reservation, on the budgets of ``scopes``, of what the request is known to cost at
+    ``priced_by``'s prices, and that price (None: only the answer tells, or there is no pricing)."""
     price = None
     if priced_by.pricing is not None:
         price = priced_by.pricing.known_before(
@@ -74,9 +95,6 @@ def reserve(
             operation.token_kinds,
             operation.search_units,
         )
-    scopes = [BudgetScope("key", key.display_name, key.budget)] if key.budget else []
-    if model.budget:
-        scopes.append(BudgetScope("model", model.display_name, model.budget))
     if not scopes:
         return Reservation(), price
     if price is None:

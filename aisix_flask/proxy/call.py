@@ -24,6 +24,8 @@ from ..config.resources import ApiKey, Model
 from ..errors import GatewayError
 from ..gateway import Gateway
 from ..incoming import follow_call, request_id
+from ..policy.budgets import Reservation
+from ..policy.routing import Lease
 from ..usage.row import UsageRow
 from .admission import Held, limit_scopes
 from .multipart import Form
@@ -59,6 +61,10 @@ class Call:
         self.model: Model | None = None  # step 4: the row named, whose limits and budget apply
         self.priced_by: Model | None = None  # step 11: the target whose price applies
         self.held = Held()  # step 10: slots and windows to give back or charge, a reservation
+        # step 11, a routing model: what the target that answered (or was tried last) holds of its
+        # own limits and budget, and its call in flight
+        self.target_held = Held()
+        self.lease: Lease | None = None
         self.billable = Billable()  # step 11
         self._started = time.perf_counter()
         self._stream_ends_it = False
@@ -109,6 +115,31 @@ class Call:
             else:
                 self.billable = Billable(priced=True)
 
+    def keep_target(self, held: Held, lease: Lease) -> None:
+        """The routing target now tried holds ``held`` and ``lease`` until the call ends (or
+        until it is left for another target: ``leave_target``)."""
+        self.target_held, self.lease = held, lease
+
+    def leave_target(self, cool_s: float) -> None:
+        """The target tried last failed and another is tried: what it held is given back (no
+        token was counted, nothing was billed), and its failure recorded."""
+        held, self.target_held = self.target_held, Held()
+        self.gateway.limiter.finish(held.limits)
+        self.gateway.budgets.count(held.reservation, (), None, self.row.created_at)
+        self.end_lease(True, cool_s)
+
+    def note_first_event(self, latency_ms: float) -> None:
+        """A stream's first event came ``latency_ms`` after it was sent: its target's latency."""
+        if self.lease is not None and self.lease.latency_ms is None:
+            self.lease.latency_ms = latency_ms
+
+    def end_lease(self, failed: bool, cool_s: float = 0.0) -> None:
+        """The call to the target is over (or failed): recorded, and it no longer counts as in
+        flight. The call's end does it if nobody did before."""
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            self.gateway.routing.ended(lease, failed, cool_s)
+
     def hand_end_to_stream(self) -> None:
         """The answer is a stream: the call finishes when it ends (``finish``), not at exit."""
         self._stream_ends_it = True
@@ -146,32 +177,52 @@ class Call:
         return self.gateway.limiter.headers(scopes)
 
     def renew_slots(self, ttl_s: float) -> None:
-        """A stream still running keeps its concurrency slots for ``ttl_s`` more."""
+        """A stream still running keeps its concurrency slots for ``ttl_s`` more (and counts as in
+        flight at its routing target)."""
         self.gateway.limiter.renew(self.held.limits, ttl_s)
+        self.gateway.limiter.renew(self.target_held.limits, ttl_s)
+        if self.lease is not None:
+            self.gateway.routing.renew(self.lease, ttl_s)
 
-    def finish(self, status_sent: int, billable: Billable | None = None) -> None:
+    def finish(
+        self, status_sent: int, billable: Billable | None = None, upstream_failed: bool = False
+    ) -> None:
         """Record the call, once: count its tokens and give back its slots, price it, queue its
         row, count it in the metrics, then tell who waits for its end. ``status_sent`` is the HTTP
         status the caller got (a stream's is 200 whatever its row says); ``billable``, what the
-        stream that ended it says the upstream may be billed for."""
+        stream that ended it says the upstream may be billed for; ``upstream_failed``, that the
+        stream's upstream cut it or went silent (its routing target cools down)."""
         if self._finished:
             return
         self._finished, self._status_sent = True, status_sent
         billable = billable or self.billable
         if self.upload is not None:
             self.upload.close()
-        row, held, model, priced_by = self.row, self.held, self.model, self.priced_by
+        row, held, target_held, model, priced_by = (
+            self.row,
+            self.held,
+            self.target_held,
+            self.model,
+            self.priced_by,
+        )
         row.latency_ms = (time.perf_counter() - self._started) * 1000
         self.gateway.limiter.finish(held.limits, row.total_tokens)
+        self.gateway.limiter.finish(target_held.limits, row.total_tokens)
+        self.end_lease(upstream_failed, self.config.settings.upstream.cooldown_s if upstream_failed else 0.0)
+        price_before = target_held.price_before or held.price_before
         if billable.priced and priced_by is not None and priced_by.pricing is not None:
             row.cost_usd = priced_by.pricing.cost(row)
-        if billable.unknown and held.price_before and (row.cost_usd or 0) < held.price_before:
+        if billable.unknown and price_before and (row.cost_usd or 0) < price_before:
             # Sent, and no answer says what came of all of it (a timeout, a stream cut after some
             # of its images, a hang-up, a 2xx that cannot be read): the upstream may have made and
             # billed what was asked for, at the price known up front. (A price known only from the
             # answer is not guessed.)
-            row.cost_usd = held.price_before
-        if held.reservation.charges and billable.priced and row.cost_usd is None:
+            row.cost_usd = price_before
+        reserved = Reservation(
+            held.reservation.charges + target_held.reservation.charges,
+            held.reservation.amount + target_held.reservation.amount,
+        )
+        if reserved.charges and billable.priced and row.cost_usd is None:
             log.warning(
                 "request %s to model %r under a budget could not be priced (the upstream reported "
                 "no usage, or usage its pricing has no price for): it counts nothing",
@@ -179,9 +230,10 @@ class Call:
                 row.model,
             )
         if model is not None:
-            self.gateway.budgets.count(
-                held.reservation, self.key.display_name, model.display_name, row.cost_usd, row.created_at
-            )
+            spenders = [("key", self.key.display_name), ("model", model.display_name)]
+            if priced_by is not None and priced_by is not model:  # the routing target that answered
+                spenders.append(("model", priced_by.display_name))
+            self.gateway.budgets.count(reserved, spenders, row.cost_usd, row.created_at)
         self.gateway.ledger.record(row)
         metrics.observe(row, model.display_name if model else "")
         for callback in self._when_finished:

@@ -1,6 +1,12 @@
 """Step 11 for every route: the targets tried in turn, each attempt judged by the one table of
 ``tries`` (README, "Routing and failover"). A direct model is a plan of one target: it gets the
-same-target tries again when nothing was sent, and nothing else."""
+same-target tries again when nothing was sent, and nothing else.
+
+A routing model's targets are read from the shared figures once (which cool down, how busy and
+fast each is), ordered by its strategy, and tried in that order: a cooling target, or one whose
+own limits or budget refuse the request, is skipped. Each try holds an in-flight slot at its
+target; the call keeps the last one's until it ends (a stream: until its last event).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,12 @@ from flask import request
 
 from .. import metrics
 from ..config.aliases import Candidate, Plan
-from ..errors import NoTargetAvailable
+from ..errors import GatewayError, NoTargetAvailable
 from ..eventlog import emit
+from .admission import admit_target
 from .call import Call
 from .send import Attempt, Payload, send
-from .tries import after
+from .tries import Next, after
 from .upstream import Timeout
 
 
@@ -27,54 +34,88 @@ def send_tries(
     candidates: list[Candidate],
     body: dict[str, Any],
     timeout_for: dict[str, Timeout],
+    slot_ttl_s: float,
     streamed: bool = False,
 ) -> Attempt:
     """Send ``body`` to the eligible ``candidates`` in the plan's order until one answers or a
-    failure must end the request; the attempt that ends it (an error: raised)."""
-    settings = call.config.settings.upstream
-    routing, state = plan.routing, call.gateway.routing
-    retries = routing.retries if routing is not None and routing.retries is not None else settings.retries
-    ordered = candidates
-    if routing is not None:
-        ordered = [c for c in state.order(plan, _hash_key(call, plan)) if c in candidates]
-        ready = [c for c in ordered if not state.cooling_s(c.route.alias)]
-        if not ready and routing.when_all_unavailable == "fail":
-            wait = min(state.cooling_s(c.route.alias) for c in ordered)
+    failure must end the request; the attempt that ends it (an error: raised). A target's slots
+    and in-flight count are held for at most ``slot_ttl_s`` (a stream renews them)."""
+    routing = plan.routing
+    if routing is None:
+        return _ended(_on_target(call, plan, candidates[0], body, timeout_for, streamed)[0])
+    state = call.gateway.routing
+    figures = state.figures([c.route.alias for c in candidates])
+    ordered = [c for c in state.order(plan, figures, _hash_key(call, plan)) if c in candidates]
+    ready = [c for c in ordered if not figures[c.route.alias].cooling_s]
+    if not ready:
+        if routing.when_all_unavailable == "fail":
+            wait = max(1, round(min(figures[c.route.alias].cooling_s for c in ordered)))
             raise NoTargetAvailable(
                 f"Every target of the model '{plan.alias}' is cooling down after a failure; "
-                f"try again in {max(1, round(wait))} s.",
-                headers={"Retry-After": str(max(1, round(wait)))},
+                f"try again in {wait} s.",
+                headers={"Retry-After": str(wait)},
             )
-        ordered = ready or ordered
-        if routing.max_fallbacks is not None:
-            ordered = ordered[: routing.max_fallbacks + 1]
+        ready = ordered  # try_anyway
     attempt: Attempt | None = None
-    for candidate in ordered:
-        alias = candidate.route.alias
-        for tried in range(retries + 1):
-            if tried:
-                time.sleep(random.uniform(0.05, 0.25))  # jittered: not every worker at once
-            attempt = _attempt(call, candidate, body, timeout_for[alias], streamed, routing is not None)
-            verdict = after(attempt, routing, settings.cooldown_s)
-            if routing is not None and verdict.cool_s:
-                state.cool(alias, verdict.cool_s)
-            if not verdict.same_target:
-                break
-        if routing is None or not verdict.next_target:
+    refusals: list[GatewayError] = []
+    tried = 0
+    for candidate in ready:
+        if routing.max_fallbacks is not None and tried > routing.max_fallbacks:
             break
-    assert attempt is not None  # there is at least one eligible candidate
+        try:  # the target's own limits and budget: refused, it is skipped
+            held = admit_target(call, candidate.route.model, body, slot_ttl_s)
+        except GatewayError as refusal:
+            refusals.append(refusal)
+            continue
+        tried += 1
+        call.keep_target(held, state.started(candidate.route.alias, slot_ttl_s))
+        attempt, verdict = _on_target(call, plan, candidate, body, timeout_for, streamed)
+        if verdict.next_target:  # failed, and another target may answer: this one is left
+            call.leave_target(verdict.cool_s or 0.0)
+            continue
+        if verdict.cool_s is not None:  # failed for good: the target cools now, the call ends
+            call.end_lease(True, verdict.cool_s)
+        elif call.lease is not None and not streamed:  # (a stream's: to its first event)
+            call.lease.latency_ms = attempt.latency_ms
+        break
+    if attempt is None:  # every target was refused by its own limits or budget
+        raise refusals[0]
+    return _ended(attempt)
+
+
+def _on_target(
+    call: Call,
+    plan: Plan,
+    candidate: Candidate,
+    body: dict[str, Any],
+    timeout_for: dict[str, Timeout],
+    streamed: bool,
+) -> tuple[Attempt, Next]:
+    """Send to one target, again while nothing was sent (``retries``, after a jittered pause);
+    the last attempt and what may follow it."""
+    settings, routing = call.config.settings.upstream, plan.routing
+    retries = routing.retries if routing is not None and routing.retries is not None else settings.retries
+    for tried in range(retries + 1):
+        if tried:
+            time.sleep(random.uniform(0.05, 0.25))  # jittered: not every worker at once
+        attempt = _attempt(call, candidate, body, timeout_for[candidate.route.alias], streamed, plan)
+        verdict = after(attempt, routing, settings.cooldown_s)
+        if not verdict.same_target:
+            break
+    return attempt, verdict
+
+
+def _ended(attempt: Attempt) -> Attempt:
+    """The attempt that ends the request; raised when it is an error."""
     if attempt.error is not None:
         raise attempt.error
     return attempt
 
 
 def _attempt(
-    call: Call, candidate: Candidate, body: dict[str, Any], timeout: Timeout, streamed: bool, routed: bool
+    call: Call, candidate: Candidate, body: dict[str, Any], timeout: Timeout, streamed: bool, plan: Plan
 ) -> Attempt:
     alias = candidate.route.alias
-    state = call.gateway.routing if routed else None  # what orders a routing model's targets
-    if state is not None:
-        state.started(alias)
     attempt = send(
         call.operation,
         Payload(candidate.route, body, call.upload),
@@ -83,14 +124,11 @@ def _attempt(
         call.row.request_id,
         streamed,
     )
-    if state is not None:
-        answered = attempt.status is not None and attempt.status < 500
-        state.ended(alias, attempt.latency_ms if answered else None)
     call.note_attempt(attempt)
     failed = attempt.error is not None or (attempt.answer is not None and attempt.answer.status >= 400)
     outcome = _outcome(attempt) if failed else "ok"
     metrics.UPSTREAM_ATTEMPTS.labels(alias, outcome).inc()
-    if failed and routed:
+    if failed and plan.routing is not None:
         emit(
             "upstream_attempt",
             logging.WARNING,
@@ -100,9 +138,16 @@ def _attempt(
             attempt=call.row.attempts,
             outcome=outcome,
             status=attempt.status,
+            error_code=_error_code(attempt),
             latency_ms=round(attempt.latency_ms, 2),
         )
     return attempt
+
+
+def _error_code(attempt: Attempt) -> str | None:
+    if attempt.error is not None:
+        return attempt.error.error_code
+    return attempt.answer.error_code() if attempt.answer is not None else None
 
 
 def _outcome(attempt: Attempt) -> str:

@@ -200,7 +200,8 @@ def timeouts(config: Config, plan: Plan) -> dict[str, Timeout]:
 def forward(call: Call, targets: Targets, body: dict[str, Any]) -> Response:
     """Steps 10 to 12: the rate limits and budgets, the upstream call, the answer as it came."""
     admit(call, body, targets.priced_by, targets.slot_ttl_s)  # 10
-    attempt = send_tries(call, targets.plan, targets.eligible, body, targets.timeout_for)  # 11
+    plan, eligible, ttl = targets.plan, targets.eligible, targets.slot_ttl_s
+    attempt = send_tries(call, plan, eligible, body, targets.timeout_for, ttl)  # 11
     return answered(call, attempt.answer)  # 12
 
 
@@ -213,7 +214,7 @@ def stream(call: Call, targets: Targets, body: dict[str, Any]) -> Response:
     slowest = max(targets.timeout_for.values(), key=lambda t: t.read_s)
     lease = stream_slot_lease(call.config.settings.stream_keepalive_s, slowest)
     admit(call, body, targets.priced_by, lease)  # 10
-    attempt = send_tries(call, targets.plan, targets.eligible, outgoing, targets.timeout_for, streamed=True)
+    attempt = send_tries(call, targets.plan, targets.eligible, outgoing, targets.timeout_for, lease, True)
     if attempt.events is None:  # an upstream that answered JSON after all
         return answered(call, attempt.answer)
     timeout = targets.timeout_for[attempt.route.alias]

@@ -155,10 +155,14 @@ class Relay:
         # however long the upstream then took to answer.
         self._lease_s = lease_s
         self._renew_at = sent_at + lease_s / 4
+        self._first_event = True
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             for event in self.events:
+                if self._first_event and event is not KEEPALIVE:
+                    self._first_event = False
+                    self.call.note_first_event((time.perf_counter() - self._sent_at) * 1000)
                 out = event if event is KEEPALIVE else self._take(event)
                 if out:
                     self._bound_the_write()
@@ -254,7 +258,10 @@ class Relay:
             # Ended before its end, not by an error of the upstream's own: what came of it is unknown.
             unknown=not self.complete and not isinstance(failure, UpstreamErrorEvent),
         )
-        self.call.finish(200, billable)
+        # The upstream's own failure (not the caller's hang-up, a guardrail or a restart): its
+        # routing target cools down.
+        upstream_failed = isinstance(failure, Interrupted | Silent | UpstreamErrorEvent)
+        self.call.finish(200, billable, upstream_failed)
 
 
 def error_event(failure: StreamCutShort | GatewayError) -> bytes:
