@@ -21,7 +21,7 @@ from aisix_flask import create_app
 from .fake_upstream import FakeOpenAI
 
 # Fixtures that live beside the helpers of the tests that share them.
-pytest_plugins = ["tests.budgeting", "tests.fuzzing", "tests.streams", "tests.text_routes"]
+pytest_plugins = ["tests.budgeting", "tests.fuzzing", "tests.routed", "tests.streams", "tests.text_routes"]
 
 UPSTREAM = "https://upstream.test/v1"
 IMAGES_URL = f"{UPSTREAM}/images/generations"

@@ -16,46 +16,7 @@ from aisix_flask.proxy.send import Attempt
 from aisix_flask.proxy.tries import after
 
 from .conftest import CHAT_URL, IMAGES_URL, URL_ANSWER, assert_envelope, auth, named, write_config
-
-SECOND = "https://second.test/v1"
-CHAT = {"id": "c", "object": "chat.completion", "choices": [], "usage": {"total_tokens": 3}}
-
-
-@pytest.fixture
-def routed(config):
-    config["provider_keys"].append(
-        {"display_name": "openai-b", "provider": "openai", "api_key": "sk-b", "api_base": SECOND}
-    )
-    config["models"] += [
-        {"display_name": "chat-b", "provider": "openai", "model_name": "gpt-4o", "provider_key": "openai-b"},
-        {
-            "display_name": "image-b",
-            "provider": "openai",
-            "model_name": "gpt-image-1",
-            "provider_key": "openai-b",
-        },
-        {
-            "display_name": "chat-routed",
-            "routing": {"targets": [{"model": "chat-prod"}, {"model": "chat-b"}]},
-        },
-        {
-            "display_name": "images-routed",
-            "routing": {
-                "targets": [{"model": "deepseek-image"}, {"model": "image-prod"}, {"model": "image-b"}]
-            },
-        },
-        {"display_name": "images-deepseek-only", "routing": {"targets": [{"model": "deepseek-image"}]}},
-    ]
-    return config
-
-
-def chat(client, model="chat-routed", **headers):
-    return client.post(
-        "/v1/chat/completions",
-        headers={**auth(), **headers},
-        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
-    )
-
+from .routed import CHAT, SECOND, chat, rows_of
 
 # -- config ---------------------------------------------------------------------------------------
 
@@ -154,12 +115,6 @@ def test_what_one_attempt_allows_next(case, same, move, cool):
 
 
 # -- the attempt loop -----------------------------------------------------------------------------
-
-
-def rows_of(app) -> list[dict]:
-    ledger = app.extensions["aisix"].ledger
-    assert ledger.flush(10)
-    return list(reversed(ledger.query(limit=1000)))
 
 
 def test_a_failing_target_is_passed_over_and_cooled(make_app, routed, upstream):

@@ -79,14 +79,20 @@ class MemoryRouting:
             return {target: self._of(target).seen(now) for target in targets}
 
     def started(self, target: str, slot: str, ttl_s: float) -> None:
-        with self._lock:
-            self._of(target).slots[slot] = time.monotonic() + ttl_s
-
-    def renew(self, target: str, slot: str, ttl_s: float) -> None:
+        now = time.monotonic()
         with self._lock:
             slots = self._of(target).slots
-            if slot in slots:
-                slots[slot] = time.monotonic() + ttl_s
+            if len(slots) >= 1024:  # calls that never ended (they always should): dropped once past
+                for gone in [s for s, expiry in slots.items() if expiry <= now]:
+                    del slots[gone]
+            slots[slot] = now + ttl_s
+
+    def renew(self, target: str, slot: str, ttl_s: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            slots = self._of(target).slots
+            if slots.get(slot, 0.0) > now:
+                slots[slot] = now + ttl_s
 
     def ended(self, target: str, slot: str | None, ending: Ending) -> None:
         now = time.monotonic()
@@ -185,10 +191,11 @@ class SQLiteRouting:
             db.execute("INSERT INTO slots VALUES (?, ?, ?)", (_flight_key(target), slot, now + ttl_s))
 
     def renew(self, target: str, slot: str, ttl_s: float) -> None:
+        now = time.time()
         with self._storage.transaction() as db:
             db.execute(
-                "UPDATE slots SET expires_at = ? WHERE key = ? AND id = ?",
-                (time.time() + ttl_s, _flight_key(target), slot),
+                "UPDATE slots SET expires_at = ? WHERE key = ? AND id = ? AND expires_at > ?",
+                (now + ttl_s, _flight_key(target), slot, now),
             )
 
     def ended(self, target: str, slot: str | None, ending: Ending) -> None:

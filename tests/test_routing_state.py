@@ -1,0 +1,182 @@
+"""The figures routing reads (cooldowns, calls in flight, latencies), shared by every worker through
+the rate-limit store (SQLite, Redis) and kept by each worker for when that store is away; and a
+target's own limits and budget, which skip it when they refuse."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from types import SimpleNamespace
+
+import pytest
+import redis
+from limits.storage import storage_from_string
+
+from aisix_flask.config.aliases import Candidate, Plan
+from aisix_flask.config.resources import Routing, RoutingTarget
+from aisix_flask.policy.budgets import counter
+from aisix_flask.policy.routing import RoutingState
+from aisix_flask.stores.health import StoreHealth
+from aisix_flask.stores.routing import Ending, MemoryRouting, TargetFigures, routing_store_for
+from aisix_flask.stores.spend import nanos
+
+from .budgeting import PER_TOKEN
+from .conftest import CHAT_URL, assert_envelope, named
+from .routed import CHAT, SECOND, chat, rows_of
+
+REDIS_URL = "redis://127.0.0.1:6379/11"
+
+
+@pytest.fixture(params=["sqlite", "redis", "memory"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        yield MemoryRouting()
+        return
+    if request.param == "redis":
+        connection = redis.Redis.from_url(REDIS_URL)
+        connection.ping()  # .ci/run starts Redis when it is down
+        yield routing_store_for(storage_from_string(REDIS_URL))
+        connection.flushdb()
+        return
+    yield routing_store_for(storage_from_string(f"sqlite:///{tmp_path}/limits.db"))
+
+
+def test_a_target_never_seen_has_no_figures(store):
+    assert store.figures(["nobody"]).get("nobody", TargetFigures()) == TargetFigures()
+
+
+def test_calls_in_flight_latency_and_failures(store):
+    target = f"t-{uuid.uuid4().hex[:6]}"
+    store.started(target, "one", 60)
+    store.started(target, "two", 60)
+    assert store.figures([target])[target].in_flight == 2
+    store.ended(target, "one", Ending(latency_ms=100.0))
+    store.ended(target, "two", Ending(latency_ms=200.0))
+    seen = store.figures([target])[target]
+    assert seen.in_flight == 0 and seen.latency_ms == pytest.approx(130.0)  # 100 + 0.3 × (200 − 100)
+    assert (seen.failures, seen.cooling_s, seen.failed_s_ago) == (0, 0.0, None)
+    store.started(target, "three", 60)
+    store.ended(target, "three", Ending(failed=True, cool_s=30))
+    store.ended(target, None, Ending(failed=True, cool_s=5))  # a shorter cooldown keeps the longer
+    seen = store.figures([target])[target]
+    assert seen.failures == 2 and 29 < seen.cooling_s <= 30 and 0 <= seen.failed_s_ago < 5
+    assert seen.latency_ms == pytest.approx(130.0)  # failures carry no latency
+    store.ended(target, None, Ending(latency_ms=130.0))
+    assert store.figures([target])[target].failures == 0  # it answered again
+
+
+def test_a_slot_past_its_time_stops_counting_and_a_renewed_one_does_not(store):
+    target = f"t-{uuid.uuid4().hex[:6]}"
+    store.started(target, "short", 0.05)
+    store.started(target, "renewed", 0.05)
+    store.renew(target, "renewed", 60)
+    time.sleep(0.1)
+    if hasattr(store, "_next_sweep"):
+        store._next_sweep = 0.0  # SQLite sweeps dead calls' slots once a second, at a start
+        store.started("other", "x", 60)
+    assert store.figures([target])[target].in_flight == 1
+    store.renew(target, "short", 60)  # expired: not taken again
+    assert store.figures([target])[target].in_flight == 1
+
+
+def plan_of(*targets: tuple[str, int, int], strategy: str) -> Plan:
+    """A plan of ``targets`` (name, weight, priority) under ``strategy``: only what ordering reads."""
+    routing = Routing(tuple(RoutingTarget(n, w, p) for n, w, p in targets), strategy)
+    candidates = tuple(
+        Candidate(SimpleNamespace(alias=name), weight, priority)  # type: ignore[arg-type]
+        for name, weight, priority in targets
+    )
+    return Plan("alias", SimpleNamespace(routing=routing), candidates)  # type: ignore[arg-type]
+
+
+def test_least_busy_orders_by_calls_in_flight_per_weight():
+    plan = plan_of(("a", 1, 0), ("b", 3, 0), ("c", 1, 0), strategy="least_busy")
+    figures = {"a": TargetFigures(in_flight=2), "b": TargetFigures(in_flight=3), "c": TargetFigures()}
+    assert [c.route.alias for c in RoutingState().order(plan, figures)] == ["c", "b", "a"]
+
+
+def test_least_latency_probes_the_unmeasured_first_then_the_fastest():
+    plan = plan_of(("a", 1, 0), ("b", 1, 0), ("c", 1, 0), strategy="least_latency")
+    figures = {"a": TargetFigures(latency_ms=90), "b": TargetFigures(latency_ms=30), "c": TargetFigures()}
+    assert [c.route.alias for c in RoutingState().order(plan, figures)] == ["c", "b", "a"]
+
+
+def test_two_workers_on_one_store_see_each_others_cooldown(tmp_path):
+    storage = f"sqlite:///{tmp_path}/limits.db"
+    one, other = (RoutingState(routing_store_for(storage_from_string(storage))) for _ in range(2))
+    lease = one.started("a", 60)
+    assert other.figures(["a"])["a"].in_flight == 1
+    one.ended(lease, failed=True, cool_s=30)
+    assert other.figures(["a"])["a"].cooling_s > 29
+
+
+class Away:
+    """A store that does not answer."""
+
+    def __getattr__(self, name):
+        def fails(*args, **kwargs):
+            raise sqlite3.OperationalError("disk I/O error")
+
+        return fails
+
+
+def test_a_store_away_leaves_each_worker_its_own_view(caplog):
+    health = StoreHealth("ratelimit", "sqlite:///x.db")
+    state = RoutingState(Away(), health)  # type: ignore[arg-type]
+    lease = state.started("a", 60)
+    assert state.figures(["a"])["a"].in_flight == 1
+    state.ended(lease, failed=True, cool_s=30)
+    assert state.figures(["a"])["a"].cooling_s > 29 and not health.up
+    assert '"event": "store_unavailable"' in caplog.text and '"doing": "routing: ' in caplog.text
+
+
+# -- a target's own limits and budget -------------------------------------------------------------
+
+
+def test_a_target_at_its_own_rate_limit_is_skipped(make_app, routed, upstream):
+    named(routed, "models", "chat-prod")["rate_limit"] = {"rpm": 1}
+    upstream.post(CHAT_URL, json=CHAT)
+    second = upstream.post(f"{SECOND}/chat/completions", json=CHAT)
+    client = make_app(routed).test_client()
+    assert chat(client).headers["x-aisix-target"] == "chat-prod"
+    assert chat(client).headers["x-aisix-target"] == "chat-b"  # chat-prod's minute is spent
+    assert second.call_count == 1
+
+
+def test_every_target_at_its_limit_is_429(make_app, routed, upstream):
+    for name in ("chat-prod", "chat-b"):
+        named(routed, "models", name)["rate_limit"] = {"rpm": 1}
+    upstream.post(CHAT_URL, json=CHAT)
+    upstream.post(f"{SECOND}/chat/completions", json=CHAT)
+    client = make_app(routed).test_client()
+    assert {chat(client).headers["x-aisix-target"] for _ in range(2)} == {"chat-prod", "chat-b"}
+    r = chat(client)
+    assert_envelope(r, 429, "rate_limit_error", "rate_limit_exceeded")
+    assert "chat-prod" in r.json["error"]["message"] and int(r.headers["Retry-After"]) >= 1
+    assert len(upstream.calls) == 2
+
+
+def test_a_target_over_its_budget_is_skipped_and_spend_counts_at_the_target(make_app, routed, upstream):
+    prod = named(routed, "models", "chat-prod")
+    prod["pricing"] = PER_TOKEN
+    prod["budget"] = {"usd": 0.000001, "period": "day"}
+    named(routed, "models", "chat-b")["pricing"] = PER_TOKEN
+    upstream.post(CHAT_URL, json={**CHAT, "usage": {"prompt_tokens": 1000, "completion_tokens": 1000}})
+    upstream.post(f"{SECOND}/chat/completions", json=CHAT)
+    app = make_app(routed)
+    client = app.test_client()
+    assert chat(client).headers["x-aisix-target"] == "chat-prod"  # not yet spent: it answers
+    assert chat(client).headers["x-aisix-target"] == "chat-b"  # spent at chat-prod: skipped
+    budgets = app.extensions["aisix"].budgets
+    budgets.flush()
+    models = ("chat-prod", "chat-routed", "chat-b")
+    spent = budgets.store.spent([counter("model", name, "total") for name in models])
+    cost = {row["target"]: nanos(row["cost_usd"] or 0) for row in rows_of(app)}
+    assert cost["chat-prod"] > 0
+    # The alias named counts both calls; each target what it answered.
+    assert [spent.get(counter("model", name, "total"), 0) for name in models] == [
+        cost["chat-prod"],
+        cost["chat-prod"] + cost["chat-b"],
+        cost["chat-b"],
+    ]
