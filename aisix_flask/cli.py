@@ -71,7 +71,7 @@ COLUMNS = ("requests", "errors", "images", "input_tokens", "output_tokens", "tot
     "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True
 )
 def usage_report(since: str, by: str, fmt: str) -> None:
-    """Requests, errors, images, tokens and cost per API key, model or day, from the ledger."""
+    """Requests, errors, images, tokens and cost per API key, model, target, route or day, from the ledger."""
     try:
         start = parse_since(since)
     except ValueError:

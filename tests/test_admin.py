@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from aisix_flask.usage.row import UsageRow
+
 from .conftest import ADMIN_KEY, CALLER_KEY, auth
 
 ROUTE = "/v1/images/generations"
@@ -50,6 +52,33 @@ def test_usage_filters(client, query, count):
     make_rows(client)
     r = client.get(f"/admin/v1/usage?{query}", headers={"x-api-key": ADMIN_KEY})
     assert len(r.get_json()["data"]) == count
+
+
+@pytest.mark.parametrize(
+    ("query", "ids"),
+    [
+        ("target=chat-a", ["direct", "routed-2"]),  # newest first
+        ("target=chat-b", ["routed-1"]),
+        ("target=chat", []),  # exact, not a prefix
+        ("target=chat-a&model=chat", ["routed-2"]),
+        ("target=chat-a&api_key=bob", ["direct"]),
+        ("target=", []),  # an empty target is not a missing one
+        ("model=chat", ["refused", "routed-2", "routed-1"]),  # no target filter: the NULL one too
+    ],
+)
+def test_usage_filters_by_target(client, query, ids):
+    """``target`` is the model row that answered; a request refused before any upstream has none."""
+    ledger = client.application.extensions["aisix"].ledger
+    for request_id, key, model, target in [
+        ("routed-1", "alice", "chat", "chat-b"),
+        ("routed-2", "alice", "chat", "chat-a"),
+        ("direct", "bob", "chat-a", "chat-a"),
+        ("refused", "alice", "chat", None),
+    ]:
+        ledger.record(UsageRow(request_id, key, "/v1/chat/completions", None, model=model, target=target))
+    ledger.flush(10)
+    r = client.get(f"/admin/v1/usage?{query}", headers=auth(ADMIN_KEY))
+    assert [row["request_id"] for row in r.get_json()["data"]] == ids
 
 
 @pytest.mark.parametrize(

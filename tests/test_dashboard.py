@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -57,6 +58,43 @@ def test_page_shows_days_keys_models_and_errors(app):
     for text in ("alice", "bob", "image-prod", "dalle", "upstream_server_error", "req-3"):
         assert text in html
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+
+
+def table(html: str, table_id: str) -> list[list[str]]:
+    """The cells of a table of the page, row by row, the header left out."""
+    body = html.split(f'<table id="{table_id}">', 1)[1].split("</table>", 1)[0]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S) for tr in body.split("<tr>")]
+    return [cells for cells in rows if cells]
+
+
+def test_a_target_table_only_once_a_row_has_a_target(app):
+    """Without a target in the period (no row reached an upstream, or rows from before the column)
+    the page has no per-target table; with one, the table has every target and a (none) line."""
+    ledger = app.extensions["aisix"].ledger
+    seed(ledger)  # no targets
+    ledger.record(UsageRow("old", "alice", "/v1/chat/completions", None, created_at=NOW - timedelta(days=20),
+                           model="chat", target="chat-a", status=200))  # fmt: skip
+    ledger.flush(10)
+    client = app.test_client()
+    html = client.get("/admin/?days=7", headers=basic(ADMIN_KEY)).get_data(as_text=True)
+    assert 'id="by-model"' in html and 'id="by-target"' not in html
+    routed = [
+        ("chat", "chat-a", 200, 0.01),
+        ("chat", "chat-b", 200, 0.02),
+        ("chat", "chat-b", 502, None),
+        ("chat-a", "chat-a", 200, 0.01),  # a direct model's row names itself
+    ]
+    for i, (model, target, status, cost) in enumerate(routed):
+        ledger.record(UsageRow(f"chat-{i}", "alice", "/v1/chat/completions", None, created_at=NOW,
+                               model=model, target=target, status=status, cost_usd=cost))  # fmt: skip
+    ledger.flush(10)
+    html = client.get("/admin/?days=7", headers=basic(ADMIN_KEY)).get_data(as_text=True)
+    assert html.index('id="by-model"') < html.index('id="by-target"') < html.index('id="by-route"')
+    assert table(html, "by-target") == [
+        ["(none)", "5", "2", "4", "0", "0.2800"],  # the seeded rows
+        ["chat-a", "2", "0", "0", "0", "0.0200"],
+        ["chat-b", "2", "1", "0", "0", "0.0200"],
+    ]
 
 
 def test_a_small_cost_is_never_shown_as_zero(app):

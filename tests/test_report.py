@@ -20,16 +20,17 @@ YESTERDAY = NOW - timedelta(days=1)
 
 @pytest.fixture
 def seeded(app):
-    """Five rows over two days, two keys, two models; some priced, one failed."""
+    """Five rows over two days, two keys, two models, three targets; some priced, one failed
+    without a target."""
     ledger = app.extensions["aisix"].ledger
-    for key, model, status, images, tokens, cost, when in [
-        ("alice", "dalle", 200, 2, 0, 0.08, YESTERDAY),
-        ("alice", "image-prod", 200, 1, 284, 0.0112, NOW),
-        ("bob", "dalle", 200, 1, 0, 0.04, NOW),
-        ("bob", "dalle", 502, 0, 0, None, NOW),
-        ("bob", "image-prod", 200, 1, 300, None, NOW - timedelta(days=30)),  # outside 7d
+    for key, model, target, status, images, tokens, cost, when in [
+        ("alice", "dalle", "dalle-east", 200, 2, 0, 0.08, YESTERDAY),
+        ("alice", "image-prod", "image-prod", 200, 1, 284, 0.0112, NOW),
+        ("bob", "dalle", "dalle-west", 200, 1, 0, 0.04, NOW),
+        ("bob", "dalle", None, 502, 0, 0, None, NOW),
+        ("bob", "image-prod", "image-prod", 200, 1, 300, None, NOW - timedelta(days=30)),  # outside 7d
     ]:
-        fields = {"model": model, "status": status, "images": images, "cost_usd": cost}
+        fields = {"model": model, "target": target, "status": status, "images": images, "cost_usd": cost}
         tokens_ = {"total_tokens": tokens, "output_tokens": tokens}
         ledger.record(
             UsageRow("r", key, "/v1/images/generations", None, created_at=when, **fields, **tokens_)
@@ -62,6 +63,19 @@ def test_csv_by_api_key(seeded):
     ]
 
 
+def test_table_by_target(seeded):
+    """A row that reached no upstream (no target) has its own line."""
+    out = run(seeded, "--since", "7d", "--by", "target")
+    assert out.splitlines() == [
+        "target      requests  errors  images  input_tokens  output_tokens  total_tokens  cost_usd",
+        "(none)             1       1       0             0              0             0         -",
+        "dalle-east         1       0       2             0              0             0    0.0800",
+        "dalle-west         1       0       1             0              0             0    0.0400",
+        "image-prod         1       0       1             0            284           284    0.0112",
+        "total              4       1       4             0            284           284    0.1312",
+    ]
+
+
 def test_json_by_day_and_since(seeded):
     rows = json.loads(run(seeded, "--by", "day", "--format", "json", "--since", "60d"))
     assert [(r["day"], r["requests"]) for r in rows] == [
@@ -84,11 +98,27 @@ def test_summary_api_matches_the_report(seeded):
     body = r.get_json()
     assert (body["object"], body["by"]) == ("list", "api_key")
     assert body["data"] == json.loads(run(seeded, "--by", "api_key", "--format", "json"))
-    assert (
-        client.get("/admin/v1/usage/summary?by=color", headers=auth(ADMIN_KEY)).get_json()["error"]["param"]
-        == "by"
+    error = client.get("/admin/v1/usage/summary?by=color", headers=auth(ADMIN_KEY)).get_json()["error"]
+    assert (error["param"], error["message"]) == (
+        "by",
+        "'by' must be one of api_key, model, target, route, day.",
     )
     assert client.get("/admin/v1/usage/summary").status_code == 401
+
+
+def test_summary_api_by_target(seeded):
+    client = seeded.test_client()
+    r = client.get("/admin/v1/usage/summary?by=target&since=60d", headers=auth(ADMIN_KEY))
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["by"] == "target"
+    assert [(row["target"], row["requests"], row["errors"], row["cost_usd"]) for row in body["data"]] == [
+        (None, 1, 1, None),
+        ("dalle-east", 1, 0, 0.08),
+        ("dalle-west", 1, 0, 0.04),
+        ("image-prod", 2, 0, 0.0112),
+    ]
+    assert body["data"] == json.loads(run(seeded, "--by", "target", "--since", "60d", "--format", "json"))
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ def prometheus() -> Response:
 
 @bp.get("/admin/v1/usage")
 def usage() -> Response:
-    """Ledger rows, newest first: ``?limit=N&since=ISO&api_key=NAME&model=ALIAS``."""
+    """Ledger rows, newest first: ``?limit=N&since=ISO&api_key=NAME&model=ALIAS&target=ALIAS``."""
     gateway = current()
     authenticate(gateway.config().settings.admin_keys, request.headers)
     args = request.args
@@ -69,13 +69,14 @@ def usage() -> Response:
         since=_since(args.get("since")),
         api_key=args.get("api_key"),
         model=args.get("model"),
+        target=args.get("target"),
     )
     return jsonify(object="list", data=rows)
 
 
 @bp.get("/admin/v1/usage/summary")
 def usage_summary() -> Response:
-    """Totals per group: ``?since=7d&by=api_key|model|day`` (the same as ``flask aisix usage``)."""
+    """Totals per group: ``?since=7d&by=api_key|model|target|route|day`` (as ``flask aisix usage``)."""
     gateway = current()
     authenticate(gateway.config().settings.admin_keys, request.headers)
     by = request.args.get("by", "model")

@@ -39,7 +39,8 @@ class Bar:
 
 @bp.get("/admin/")
 def usage_page() -> str:
-    """Requests, images and cost per day; per key and per alias; the latest errors."""
+    """Requests, images and cost per day; per key, per alias, per target (when a row of the period
+    has one) and per route; the budgets; the latest errors."""
     gateway = current()
     try:
         authenticate(gateway.config().settings.admin_keys, request.headers)
@@ -52,6 +53,7 @@ def usage_page() -> str:
     since = since.replace(hour=0, minute=0, second=0, microsecond=0)
     ledger = gateway.ledger
     per_day = {row["day"]: row for row in ledger.summary(since=since, by="day")}
+    by_target = ledger.summary(since=since, by="target")
     return render_template(
         "usage.html",
         days=days,
@@ -60,6 +62,7 @@ def usage_page() -> str:
         totals=_totals(per_day.values()),
         by_key=ledger.summary(since=since, by="api_key"),
         by_model=ledger.summary(since=since, by="model"),
+        by_target=by_target if any(row["target"] is not None for row in by_target) else None,
         by_route=ledger.summary(since=since, by="route"),
         errors=ledger.query(limit=20, since=since, failed=True),
         budgets=_budgets(gateway),

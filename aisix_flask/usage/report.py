@@ -11,7 +11,7 @@ from sqlalchemy import Engine, case, func, select
 
 from .table import usage
 
-SUMMARY_GROUPS = ("api_key", "model", "route", "day")
+SUMMARY_GROUPS = ("api_key", "model", "target", "route", "day")
 _RELATIVE = re.compile(r"(\d+)([mhd])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
@@ -32,9 +32,15 @@ class LedgerQueries:
     engine: Engine
 
     def summary(self, *, since: datetime | None, by: str) -> list[dict[str, Any]]:
-        """Requests, errors, images, tokens and cost per API key, model or UTC day."""
+        """Requests, errors, images, tokens and cost per API key, model, target, route or UTC day."""
         c = usage.c
-        group = {"api_key": c.api_key, "model": c.model, "route": c.route, "day": func.date(c.created_at)}[by]
+        group = {
+            "api_key": c.api_key,
+            "model": c.model,
+            "target": c.target,
+            "route": c.route,
+            "day": func.date(c.created_at),
+        }[by]
         stmt = (
             select(
                 group.label(by),
@@ -69,6 +75,7 @@ class LedgerQueries:
         since: datetime | None = None,
         api_key: str | None = None,
         model: str | None = None,
+        target: str | None = None,
         failed: bool = False,
     ) -> list[dict[str, Any]]:
         """Rows, newest first, filtered as the admin API asks (``failed``: status 400 and up)."""
@@ -79,6 +86,8 @@ class LedgerQueries:
             stmt = stmt.where(usage.c.api_key == api_key)
         if model is not None:
             stmt = stmt.where(usage.c.model == model)
+        if target is not None:
+            stmt = stmt.where(usage.c.target == target)
         if failed:
             stmt = stmt.where(usage.c.status >= 400)
         with self.engine.connect() as conn:
