@@ -39,8 +39,8 @@ class Bar:
 
 @bp.get("/admin/")
 def usage_page() -> str:
-    """Requests, images and cost per day; per key, per alias, per target (when a row of the period
-    has one) and per route; the budgets; the latest errors."""
+    """Requests, images and cost per day; per key, per alias, per target (when there is
+    routing: without it, every target is the alias named) and per route; the budgets; the latest errors."""
     gateway = current()
     try:
         authenticate(gateway.config().settings.admin_keys, request.headers)
@@ -53,7 +53,10 @@ def usage_page() -> str:
     since = since.replace(hour=0, minute=0, second=0, microsecond=0)
     ledger = gateway.ledger
     per_day = {row["day"]: row for row in ledger.summary(since=since, by="day")}
-    by_target = ledger.summary(since=since, by="target")
+    by_model, by_target = ledger.summary(since=since, by="model"), ledger.summary(since=since, by="target")
+    # Without routing, every target is the model named: the table would repeat the one before it.
+    targets = {row["target"] for row in by_target} - {None}
+    routed = bool(gateway.config().router.routing_plans()) or not targets <= {r["model"] for r in by_model}
     return render_template(
         "usage.html",
         days=days,
@@ -61,8 +64,8 @@ def usage_page() -> str:
         chart=(CHART_W, CHART_H, PAD),
         totals=_totals(per_day.values()),
         by_key=ledger.summary(since=since, by="api_key"),
-        by_model=ledger.summary(since=since, by="model"),
-        by_target=by_target if any(row["target"] is not None for row in by_target) else None,
+        by_model=by_model,
+        by_target=by_target if routed else None,
         by_route=ledger.summary(since=since, by="route"),
         errors=ledger.query(limit=20, since=since, failed=True),
         budgets=_budgets(gateway),

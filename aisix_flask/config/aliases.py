@@ -90,6 +90,10 @@ class Router:
         """The wildcard rows, most specific first."""
         return [w.model for w in self._wildcards]
 
+    def routing_plans(self) -> list[Plan]:
+        """The plan of every routing model, in alias order."""
+        return [Plan(alias, self._exact[alias], targets) for alias, targets in sorted(self._targets.items())]
+
     def _direct(self, alias: str, model: Model, upstream: str | None = None) -> Route:
         return Route(
             alias, model, self._provider_keys[model.provider_key], upstream or model.model_name or alias
