@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
@@ -22,7 +23,7 @@ from aisix_flask.stores.routing import Ending, MemoryRouting, TargetFigures, rou
 from aisix_flask.stores.spend import nanos
 
 from .budgeting import PER_TOKEN
-from .conftest import CHAT_URL, assert_envelope, named
+from .conftest import ADMIN_KEY, CHAT_URL, assert_envelope, auth, named
 from .routed import CHAT, SECOND, chat, rows_of
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
@@ -180,3 +181,37 @@ def test_a_target_over_its_budget_is_skipped_and_spend_counts_at_the_target(make
         cost["chat-prod"] + cost["chat-b"],
         cost["chat-b"],
     ]
+
+
+# -- GET /admin/v1/routing ------------------------------------------------------------------------
+
+
+def test_the_admin_api_shows_each_targets_figures(make_app, routed, upstream):
+    named(routed, "models", "chat-routed")["routing"]["targets"][1]["weight"] = 2
+    upstream.post(CHAT_URL, status=500, json={"error": {"message": "down"}})
+    upstream.post(f"{SECOND}/chat/completions", json=CHAT)
+    client = make_app(routed).test_client()
+    assert chat(client).status_code == 200
+    assert client.get("/admin/v1/routing", headers=auth()).status_code == 401  # a caller key
+    r = client.get("/admin/v1/routing", headers=auth(ADMIN_KEY))
+    assert r.status_code == 200
+    models = {row["model"]: row for row in r.json["data"]}
+    assert set(models) == {"chat-routed", "images-routed", "images-deepseek-only"}
+    assert models["chat-routed"]["strategy"] == "failover"
+    failed, answered = models["chat-routed"]["targets"]
+    assert failed["model"] == "chat-prod" and failed["failures"] == 1 and failed["in_flight"] == 0
+    cooling = datetime.fromisoformat(failed["cooling_until"]) - datetime.now(UTC)
+    assert 25 < cooling.total_seconds() <= 30 and failed["last_failure_at"].endswith("Z")
+    assert answered == {
+        "model": "chat-b",
+        "provider": "openai",
+        "upstream_model": "gpt-4o",
+        "weight": 2,
+        "priority": 0,
+        "cooling_until": None,
+        "in_flight": 0,
+        "latency_ms": answered["latency_ms"],
+        "failures": 0,
+        "last_failure_at": None,
+    }
+    assert answered["latency_ms"] > 0

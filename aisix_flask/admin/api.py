@@ -1,17 +1,21 @@
-"""Admin API (/admin/v1/usage, /usage/summary, /budgets), health probes (/livez, /readyz), /metrics."""
+"""Admin API (/admin/v1/usage, /usage/summary, /budgets, /routing), health probes (/livez,
+/readyz), /metrics."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify, request
 
 from .. import metrics
+from ..config.aliases import Candidate
 from ..errors import InvalidRequest, ServiceUnavailable
 from ..gateway import current
 from ..policy.auth import authenticate
 from ..policy.budgets import configured
 from ..policy.limits import Limiter
+from ..stores.routing import TargetFigures
 from ..usage.ledger import Ledger
 from ..usage.report import SUMMARY_GROUPS, parse_since
 
@@ -94,6 +98,52 @@ def budgets() -> Response:
     config = gateway.config()
     authenticate(config.settings.admin_keys, request.headers)
     return jsonify(object="list", data=gateway.budgets.status(configured(config)))
+
+
+@bp.get("/admin/v1/routing")
+def routing() -> Response:
+    """Every routing model, its strategy and, per target: weight, priority, until when it cools
+    down, calls in flight, its moving average of latency and its failures since it last answered,
+    as every worker sees them (the store away: as this worker does)."""
+    gateway = current()
+    config = gateway.config()
+    authenticate(config.settings.admin_keys, request.headers)
+    plans = config.router.routing_plans()
+    figures = gateway.routing.figures(sorted({c.route.alias for p in plans for c in p.candidates}))
+    now = time.time()
+    return jsonify(
+        object="list",
+        data=[
+            {
+                "model": plan.alias,
+                "strategy": plan.routing.strategy if plan.routing else "failover",
+                "targets": [_target(c, figures[c.route.alias], now) for c in plan.candidates],
+            }
+            for plan in plans
+        ],
+    )
+
+
+def _target(candidate: Candidate, figures: TargetFigures, now: float) -> dict[str, object]:
+    def at(seconds_from_now: float | None) -> str | None:
+        if seconds_from_now is None:
+            return None
+        moment = datetime.fromtimestamp(now + seconds_from_now, UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    route = candidate.route
+    return {
+        "model": route.alias,
+        "provider": route.model.provider,
+        "upstream_model": route.upstream_model,
+        "weight": candidate.weight,
+        "priority": candidate.priority,
+        "cooling_until": at(figures.cooling_s) if figures.cooling_s else None,
+        "in_flight": figures.in_flight,
+        "latency_ms": None if figures.latency_ms is None else round(figures.latency_ms, 2),
+        "failures": figures.failures,
+        "last_failure_at": None if figures.failed_s_ago is None else at(-figures.failed_s_ago),
+    }
 
 
 def _limit(value: str | None) -> int:
