@@ -7,6 +7,8 @@ A prompt may steer it: ``[status:503]`` answers that status (``[status:429]`` wi
 that is not JSON, ``[reset]`` drops the connection halfway through the body, ``[trickle:3]``
 sends the body a byte at a time over 3 s, ``[poison]`` answers 400 with an error code no database
 can store as is (a lone surrogate and a NUL), ``[huge-usage]`` reports more tokens than fit in 64 bits.
+``steer`` (an attribute) steers every request as if its prompt began with it: two fakes answer the
+same request differently (routing's tests).
 ``GET /_calls`` lists what it received (headers and body); ``DELETE /_calls`` forgets it.
 Run alone: ``python -m tests.fake_upstream --port 8090``.
 """
@@ -44,6 +46,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.calls: list[dict[str, Any]] = []
         self.lock = threading.Lock()
+        self.steer = ""
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a load tool hanging up mid-connection is not news
@@ -185,6 +188,8 @@ class _Handler(BaseHTTPRequestHandler):
         }
         with self.server.lock:
             self.server.calls.append(call)
+        if self.server.steer and self.path.endswith(("/images/generations", "/images/edits")):
+            body = {**body, "prompt": self.server.steer + str(body.get("prompt", ""))}
         if self.path.endswith("/images/generations"):
             if body.get("stream") is True:
                 fake_text.stream_images(self, body, call, "image_generation")
@@ -198,20 +203,24 @@ class _Handler(BaseHTTPRequestHandler):
                 partials = int(body.get("partial_images") or 0)
                 fake_text.stream_images(self, {**body, "partial_images": partials}, call, "image_edit")
                 return
+            if self._fault(str(body.get("prompt", ""))):
+                return
             status, document = answer_for({**body, "n": int(body.get("n") or 1)})
-            self._send(status, document)
+            self._send(status, document, {"Retry-After": "7"} if status == 429 else None)
         elif self.path.endswith(("/chat/completions", "/embeddings", "/rerank")):
             self._text(body, call)
         else:
             self._send(404, {"error": {"message": "not found"}})
 
     def _text(self, body: dict[str, Any], call: dict[str, Any]) -> None:
-        text = fake_text.steering(body, self.path)
+        text = self.server.steer + fake_text.steering(body, self.path)
         if (pause := fake_text.number(text, "sleep")) is not None:
             time.sleep(pause)
         if (status := fake_text.error_status(text)) is not None:
             self._send(
-                status, {"error": {"message": f"fake upstream error {status}", "type": "server_error"}}
+                status,
+                {"error": {"message": f"fake upstream error {status}", "type": "server_error"}},
+                {"Retry-After": "7"} if status == 429 else None,
             )
         elif self.path.endswith("/embeddings"):
             self._send(200, fake_text.embeddings(body))
