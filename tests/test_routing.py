@@ -15,7 +15,17 @@ from aisix_flask.proxy.outcomes import Answer
 from aisix_flask.proxy.send import Attempt
 from aisix_flask.proxy.tries import after
 
-from .conftest import CHAT_URL, IMAGES_URL, URL_ANSWER, assert_envelope, auth, named, write_config
+from .conftest import (
+    CHAT_URL,
+    EMBEDDINGS_URL,
+    IMAGES_URL,
+    RERANK_URL,
+    URL_ANSWER,
+    assert_envelope,
+    auth,
+    named,
+    write_config,
+)
 from .routed import CHAT, SECOND, chat, rows_of
 
 # -- config ---------------------------------------------------------------------------------------
@@ -232,3 +242,45 @@ def test_an_image_request_goes_only_to_openai_targets(make_app, routed, upstream
         "/v1/images/generations", headers=auth(), json={"model": "images-deepseek-only", "prompt": "p"}
     )
     assert_envelope(r, 400, "invalid_request_error", "unsupported_provider", "model")
+
+
+@pytest.mark.parametrize(
+    ("route", "url", "model", "body"),
+    [
+        ("/v1/embeddings", EMBEDDINGS_URL, "text-embedding-3-small", {"input": "hi"}),
+        ("/v1/rerank", RERANK_URL, "jina-reranker-v2-base-multilingual", {"query": "q", "documents": ["d"]}),
+    ],
+)
+def test_embeddings_and_rerank_fail_over_too(make_app, routed, upstream, route, url, model, body):
+    key = {"display_name": "jina-b", "provider": "jina", "api_key": "jina-b", "api_base": SECOND}
+    routed["provider_keys"].append(key)
+    first = "embed" if "embed" in route else "reranker"
+    provider, provider_key = ("openai", "openai-b") if first == "embed" else ("jina", "jina-b")
+    routed["models"] += [
+        {
+            "display_name": f"{first}-b",
+            "provider": provider,
+            "model_name": model,
+            "provider_key": provider_key,
+        },
+        {"display_name": "routed", "routing": {"targets": [{"model": first}, {"model": f"{first}-b"}]}},
+    ]
+    upstream.post(url, status=502, json={"error": {"message": "down"}})
+    answer = {"object": "list", "data": [], "results": [], "usage": {"total_tokens": 1}}
+    upstream.post(f"{SECOND}/{url.rsplit('/', 1)[1]}", json=answer)
+    r = make_app(routed).test_client().post(route, headers=auth(), json={"model": "routed", **body})
+    assert (r.status_code, r.headers["x-aisix-target"], r.headers["x-aisix-attempts"]) == (
+        200,
+        f"{first}-b",
+        "2",
+    )
+
+
+def test_an_idempotency_key_covers_the_whole_routed_request(make_app, routed, upstream):
+    upstream.post(CHAT_URL, status=500, json={"error": {"message": "down"}})
+    upstream.post(f"{SECOND}/chat/completions", json=CHAT)
+    client = make_app(routed).test_client()
+    first = chat(client, **{"Idempotency-Key": "order-1"})
+    again = chat(client, **{"Idempotency-Key": "order-1"})  # a replay: no attempt at all
+    assert (first.status_code, again.status_code) == (200, 200) and first.data == again.data
+    assert len(upstream.calls) == 2

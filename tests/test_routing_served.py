@@ -31,7 +31,19 @@ def routing_config(path: Path, a: FakeOpenAI, b: FakeOpenAI, storage_url: str | 
     dead = f"http://127.0.0.1:{free_port()}/v1"  # refuses connections
     storage_url = storage_url or f"sqlite:///{path}/ratelimit.db"
     direct = []
-    for case in ("refused", "e500", "e429", "e401", "e400", "slow", "cut", "spread", "shared", "edit"):
+    for case in (
+        "refused",
+        "e500",
+        "e429",
+        "e401",
+        "e400",
+        "slow",
+        "early",
+        "cut",
+        "spread",
+        "shared",
+        "edit",
+    ):
         for key in ("a", "b"):
             timeout = ", timeout_s: 1" if case == "slow" and key == "a" else ""
             model = "gpt-image-1" if case == "edit" else "gpt-4o"
@@ -43,7 +55,7 @@ def routing_config(path: Path, a: FakeOpenAI, b: FakeOpenAI, storage_url: str | 
         "{display_name: refused, routing: {targets: [{model: refused-dead}, {model: refused-b}]}}",
         *(
             f"{{display_name: {case}, routing: {{targets: [{{model: {case}-a}}, {{model: {case}-b}}]}}}}"
-            for case in ("e500", "e429", "e401", "e400", "slow", "cut", "shared", "edit")
+            for case in ("e500", "e429", "e401", "e400", "slow", "early", "cut", "shared", "edit")
         ),
         *(
             f"{{display_name: {alias}, routing: {{strategy: {strategy},"
@@ -179,6 +191,19 @@ def test_a_timed_out_generation_is_never_sent_to_a_second_target(served, fakes):
     assert (len(a.calls), len(b.calls)) == (1, 0)
     r = chat(served, "slow")  # slow-a cools: the next request goes to slow-b
     assert (r.status_code, r.headers["x-aisix-target"]) == (200, "slow-b")
+
+
+def test_a_stream_moves_on_while_nothing_reached_the_caller(served, fakes):
+    a, b = fakes
+    a.steer = "[status:503]"
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key=DEV_KEY, max_retries=0)
+    response = client.chat.completions.with_raw_response.create(
+        model="early", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    assert (response.headers["x-aisix-target"], response.headers["x-aisix-attempts"]) == ("early-b", "2")
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices)
+    assert text == "Hello from the fake upstream"
+    assert (len(a.calls), len(b.calls)) == (1, 1)
 
 
 def test_a_cut_stream_ends_with_an_error_event_and_cools_its_target(served, fakes):
