@@ -168,6 +168,7 @@ class RateLimited(GatewayError):
     error_type = "rate_limit_error"
     error_code = "rate_limit_exceeded"
     should_retry = True  # after Retry-After; nothing was sent upstream
+    refused_group = 0  # which of the groups admitted together it refused (policy.limits)
 
 
 class NotImplementedOperation(GatewayError):

@@ -77,6 +77,7 @@ class Outcome:
     seconds: float
     first_event_s: float | None = None
     opening: bool = False
+    at: float = 0.0  # when it ended, seconds from the start of the run
 
 
 class Client:
@@ -203,6 +204,7 @@ async def load(
                     outcome = Outcome(f"{type(e).__name__}: {e}"[:200], time.perf_counter() - began)
                     client.close()
                 outcome.opening, opening = opening, False
+                outcome.at = time.perf_counter() - started
                 outcomes.append(outcome)
         finally:
             client.close()
@@ -230,6 +232,7 @@ async def load(
         "p99_after_opening": percentile(after, 99),  # each connection's first request left out
         "first_p50": percentile(first, 50),
         "first_p99": percentile(first, 99),
+        "failed_at_s": sorted(o.at for o in outcomes if o.failure)[:1000],  # from the run's start
     }
 
 

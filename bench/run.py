@@ -12,7 +12,8 @@ the SQLite ledger, the access log) and drives them with wrk (Debian package ``wr
 Scenarios (``--only`` takes their names): ``latency`` (c=1, 8, 64), ``chat`` (the chat route beside
 the image route: c=1, 8, 64 not streamed, the first event and the end of a stream at c=1, the memory
 of 100 streams in flight), ``breakdown`` (c=64 with parts
-of the config taken away), ``redis`` (the limits on Redis, when one answers on 6379), ``slow``
+of the config taken away), ``redis`` (the limits on Redis, when one answers on 6379), ``routing``
+(a routing model beside a direct one at c=1, and one of its two upstreams killed at c=64), ``slow``
 (1,000 concurrent 5 s generations and the memory they take), ``large`` (8 and 32 MB answers), and
 three on the gateway as ``make serve`` runs it (gunicorn.conf.py, no -w/--threads), driven by
 bench/aioload.py instead of wrk: ``edits`` (4 × 4 MB image edits at c=1 and c=4, and the memory
@@ -52,6 +53,7 @@ from bench.harness import (  # noqa: E402
     probe_gunicorn,
     redis_answers,
 )
+from bench.routing import routing_rows  # noqa: E402
 from bench.scenarios import (  # noqa: E402
     IMAGES,
     SMALL,
@@ -64,10 +66,10 @@ from bench.scenarios import (  # noqa: E402
 )
 from tests.serving import free_port  # noqa: E402
 
-SCENARIOS = ("latency", "chat", "breakdown", "redis", "slow", "large", "edits", "streams", "fast")
+SCENARIOS = ("latency", "chat", "breakdown", "redis", "routing", "slow", "large", "edits", "streams", "fast")
 # Measured with wrk in real runs (chat: its answers that are not streamed); the others use
 # bench/aioload.py.
-WRK_SCENARIOS = frozenset(("latency", "chat", "breakdown", "redis", "slow", "large"))
+WRK_SCENARIOS = frozenset(("latency", "chat", "breakdown", "redis", "routing", "slow", "large"))
 
 
 def main() -> None:
@@ -100,7 +102,7 @@ def main() -> None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
     extra = shlex.split(args.gunicorn_args)
     variants = {}  # what each gateway's command line makes of gunicorn.conf.py and --gunicorn-args
-    if only & {"latency", "chat", "breakdown", "redis"}:
+    if only & {"latency", "chat", "breakdown", "redis", "routing"}:
         label = f"latency runs (-w {plan.workers} --threads {plan.threads})"
         variants[label] = gunicorn_args(0, plan.workers, plan.threads, extra)
     if only & {"slow", "large"}:
@@ -203,6 +205,8 @@ def main() -> None:
                 share = f"gateway {g['rps'] / b['rps']:.0%} of bare (bare in the direct column)"
                 rows.append(("c=64 req/s, limits: all three, on Redis", "", b["rps"], g["rps"], share))
                 stop(gw_redis)
+            if "routing" in only:
+                rows += routing_rows(plan, tmp, start, stop, measure)
             if only & {"latency", "chat", "breakdown", "redis"}:
                 stop(gw)  # the bare proxy stays: the large answers are measured through it too
             if only & {"slow", "large"}:

@@ -81,7 +81,7 @@ def test_backend_rpm_and_retry_after(limiter):
 def test_backend_tokens_are_charged_after_the_answer(limiter):
     scopes = scope(tpm=500, tpd=10_000)
     for _ in range(2):
-        limiter.finish(limiter.admit(scopes, 60), 300)
+        limiter.finish(limiter.admit(scopes, 60), tokens=300)
     assert refused(limiter, scopes) >= 1
 
 
@@ -90,7 +90,7 @@ def test_backend_finish_counts_the_tokens_and_gives_back_the_slots(limiter):
     admission = limiter.admit(scopes, 60)
     with pytest.raises(RateLimited, match="concurrent requests"):
         limiter.admit(scopes, 60)
-    limiter.finish(admission, 600)
+    limiter.finish(admission, tokens=600)
     assert admission.slots == []
     with pytest.raises(RateLimited, match="tokens per minute"):  # the slot is free, the tokens spent
         limiter.admit(scopes, 60)
@@ -101,7 +101,7 @@ def test_backend_windows_are_the_ones_limits_reads(limiter):
     from limits import RateLimitItemPerMinute
 
     scopes = scope(rpm=10, tpm=1000)
-    limiter.finish(limiter.admit(scopes, 60), 300)
+    limiter.finish(limiter.admit(scopes, 60), tokens=300)
     limiter.admit(scopes, 60)
     name = scopes[0].name
     rpm = RateLimitItemPerMinute(10, namespace="aisix").key_for("key", name)
@@ -276,7 +276,7 @@ def test_rate_limit_headers_name_the_tightest_windows(limiter):
         "1000",
     )
     assert first.headers["x-ratelimit-reset-requests"].endswith("s")
-    limiter.finish(first, 300)
+    limiter.finish(first, tokens=300)
     second = limiter.admit(scopes, 60)
     assert (
         second.headers["x-ratelimit-remaining-requests"],

@@ -22,7 +22,7 @@ from .forms import field, file, raw_form
 from .integration import ADMIN_KEY, DEV_KEY, ENV, UPSTREAM_KEY
 from .serving import Gunicorn, free_port
 
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = "redis://127.0.0.1:6379/9"
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(300_000)  # large enough to be spooled to a file
 
 

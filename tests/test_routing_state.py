@@ -12,73 +12,103 @@ from types import SimpleNamespace
 
 import pytest
 import redis
-from limits.storage import storage_from_string
 
 from aisix_flask.config.aliases import Candidate, Plan
 from aisix_flask.config.resources import Routing, RoutingTarget
 from aisix_flask.policy.budgets import counter
+from aisix_flask.policy.limits import Admission, Group, Limiter
 from aisix_flask.policy.routing import RoutingState
 from aisix_flask.stores.health import StoreHealth
-from aisix_flask.stores.routing import Ending, MemoryRouting, TargetFigures, routing_store_for
+from aisix_flask.stores.routing import Ending, MemoryRouting, TargetFigures, flight_key, routing_store_for
 from aisix_flask.stores.spend import nanos
+from aisix_flask.stores.sqlite import SQLiteStorage
 
 from .budgeting import PER_TOKEN
 from .conftest import ADMIN_KEY, CHAT_URL, assert_envelope, auth, named
 from .routed import CHAT, SECOND, chat, rows_of
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
+REDIS_URL = "redis://127.0.0.1:6379/8"
 
 
-@pytest.fixture(params=["sqlite", "redis", "memory"])
-def store(request, tmp_path):
-    if request.param == "memory":
-        yield MemoryRouting()
-        return
+@pytest.fixture(params=["sqlite", "redis"])
+def shared(request, tmp_path):
+    """A limiter and the routing figures beside it, on one store."""
+    url = f"sqlite:///{tmp_path}/limits.db" if request.param == "sqlite" else REDIS_URL
     if request.param == "redis":
-        connection = redis.Redis.from_url(REDIS_URL)
-        connection.ping()  # .ci/run starts Redis when it is down
-        yield routing_store_for(storage_from_string(REDIS_URL))
-        connection.flushdb()
-        return
-    yield routing_store_for(storage_from_string(f"sqlite:///{tmp_path}/limits.db"))
+        redis.Redis.from_url(REDIS_URL).ping()  # .ci/run starts Redis when it is down
+    limiter = Limiter(url)
+    yield limiter, routing_store_for(limiter.storage)
+    if request.param == "redis":
+        redis.Redis.from_url(REDIS_URL).flushdb()
 
 
-def test_a_target_never_seen_has_no_figures(store):
+def in_flight(limiter: Limiter, target: str, ttl_s: float = 60) -> Admission:
+    """A call to ``target`` in flight, as the limiter takes it with the target's own limits."""
+    [admission] = limiter.admit_together([Group([], (flight_key(target),))], ttl_s)
+    return admission
+
+
+def test_a_target_never_seen_has_no_figures(shared):
+    _, store = shared
     assert store.figures(["nobody"]).get("nobody", TargetFigures()) == TargetFigures()
 
 
-def test_calls_in_flight_latency_and_failures(store):
+def test_calls_in_flight_latency_and_failures(shared):
+    limiter, store = shared
     target = f"t-{uuid.uuid4().hex[:6]}"
-    store.started(target, "one", 60)
-    store.started(target, "two", 60)
+    one, two = in_flight(limiter, target), in_flight(limiter, target)
     assert store.figures([target])[target].in_flight == 2
-    store.ended(target, "one", Ending(latency_ms=100.0))
-    store.ended(target, "two", Ending(latency_ms=200.0))
+    limiter.finish(one, two)
+    store.record(target, Ending(latency_ms=100.0))
+    store.record(target, Ending(latency_ms=200.0))
     seen = store.figures([target])[target]
     assert seen.in_flight == 0 and seen.latency_ms == pytest.approx(130.0)  # 100 + 0.3 × (200 − 100)
     assert (seen.failures, seen.cooling_s, seen.failed_s_ago) == (0, 0.0, None)
-    store.started(target, "three", 60)
-    store.ended(target, "three", Ending(failed=True, cool_s=30))
-    store.ended(target, None, Ending(failed=True, cool_s=5))  # a shorter cooldown keeps the longer
+    store.record(target, Ending(failed=True, cool_s=30))
+    store.record(target, Ending(failed=True, cool_s=5))  # a shorter cooldown keeps the longer
     seen = store.figures([target])[target]
     assert seen.failures == 2 and 29 < seen.cooling_s <= 30 and 0 <= seen.failed_s_ago < 5
     assert seen.latency_ms == pytest.approx(130.0)  # failures carry no latency
-    store.ended(target, None, Ending(latency_ms=130.0))
+    store.record(target, Ending(latency_ms=130.0, samples=3))
     assert store.figures([target])[target].failures == 0  # it answered again
 
 
-def test_a_slot_past_its_time_stops_counting_and_a_renewed_one_does_not(store):
+def test_answers_written_together_weigh_as_many_written_one_by_one(shared):
+    _, store = shared
+    one_by_one, together = (f"t-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    for target in (one_by_one, together):
+        store.record(target, Ending(latency_ms=100.0))
+    for _ in range(3):
+        store.record(one_by_one, Ending(latency_ms=200.0))
+    store.record(together, Ending(latency_ms=200.0, samples=3))
+    figures = store.figures([one_by_one, together])
+    assert figures[one_by_one].latency_ms == pytest.approx(figures[together].latency_ms)
+
+
+def test_a_slot_past_its_time_stops_counting_and_a_renewed_one_does_not(shared):
+    limiter, store = shared
     target = f"t-{uuid.uuid4().hex[:6]}"
-    store.started(target, "short", 0.05)
-    store.started(target, "renewed", 0.05)
-    store.renew(target, "renewed", 60)
-    time.sleep(0.1)
-    if hasattr(store, "_next_sweep"):
-        store._next_sweep = 0.0  # SQLite sweeps dead calls' slots once a second, at a start
-        store.started("other", "x", 60)
+    in_flight(limiter, target, 0.5)
+    renewed = in_flight(limiter, target, 0.5)
+    limiter.renew(renewed, 60)
+    time.sleep(0.6)
+    if isinstance(limiter.storage, SQLiteStorage):
+        limiter.storage._next_sweep = 0.0  # it sweeps dead calls' slots once a second, at an admission
+        in_flight(limiter, "other")
     assert store.figures([target])[target].in_flight == 1
-    store.renew(target, "short", 60)  # expired: not taken again
-    assert store.figures([target])[target].in_flight == 1
+
+
+def test_a_workers_own_view_counts_its_calls_and_failures():
+    own = MemoryRouting()
+    own.started("a", "one", 60)
+    own.started("a", "short", 0.01)
+    time.sleep(0.02)
+    own.renew("a", "short", 60)  # past its time: not taken again
+    assert own.figures(["a"])["a"].in_flight == 1
+    own.ended("a", "one", Ending(latency_ms=50.0))
+    own.record("a", Ending(failed=True, cool_s=30))
+    seen = own.figures(["a"])["a"]
+    assert (seen.in_flight, seen.latency_ms, seen.failures) == (0, 50.0, 1) and seen.cooling_s > 29
 
 
 def plan_of(*targets: tuple[str, int, int], strategy: str) -> Plan:
@@ -103,13 +133,23 @@ def test_least_latency_probes_the_unmeasured_first_then_the_fastest():
     assert [c.route.alias for c in RoutingState().order(plan, figures)] == ["c", "b", "a"]
 
 
-def test_two_workers_on_one_store_see_each_others_cooldown(tmp_path):
-    storage = f"sqlite:///{tmp_path}/limits.db"
-    one, other = (RoutingState(routing_store_for(storage_from_string(storage))) for _ in range(2))
+def test_two_workers_on_one_store_see_each_others_cooldown_and_answers(tmp_path):
+    url = f"sqlite:///{tmp_path}/limits.db"
+    one, other = (RoutingState(routing_store_for(Limiter(url).storage)) for _ in range(2))
     lease = one.started("a", 60)
-    assert other.figures(["a"])["a"].in_flight == 1
-    one.ended(lease, failed=True, cool_s=30)
-    assert other.figures(["a"])["a"].cooling_s > 29
+    lease.latency_ms = 80.0
+    one.ended(lease)  # a target's first answer in a worker: written at once
+    assert other.figures(["a"])["a"].latency_ms == 80.0
+    for latency in (120.0, 120.0):  # later ones: together, once flush_s has passed
+        lease = one.started("a", 60)
+        lease.latency_ms = latency
+        one.ended(lease)
+    assert other.figures(["a"])["a"].latency_ms == 80.0
+    one._flush_at = 0.0
+    one.ended(one.started("a", 60), failed=True, cool_s=30)  # the answers before it first
+    seen = other.figures(["a"])["a"]
+    assert seen.cooling_s > 29 and seen.failures == 1
+    assert seen.latency_ms == pytest.approx(80 + (1 - 0.7**2) * 40)
 
 
 class Away:
@@ -127,7 +167,7 @@ def test_a_store_away_leaves_each_worker_its_own_view(caplog):
     state = RoutingState(Away(), health)  # type: ignore[arg-type]
     lease = state.started("a", 60)
     assert state.figures(["a"])["a"].in_flight == 1
-    state.ended(lease, failed=True, cool_s=30)
+    state.ended(lease, failed=True, cool_s=30)  # not in the store: in this worker's view
     assert state.figures(["a"])["a"].cooling_s > 29 and not health.up
     assert '"event": "store_unavailable"' in caplog.text and '"doing": "routing: ' in caplog.text
 

@@ -15,7 +15,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 from limits import RateLimitItem
@@ -26,7 +26,7 @@ from .. import metrics
 from ..config.resources import RateLimit
 from ..errors import RateLimited
 from ..stores import STORE_ERRORS
-from ..stores.admissions import AdmissionStore
+from ..stores.admissions import AdmissionStore, Checks, Hits, Slots
 from ..stores.health import StoreHealth
 from ..stores.redis import RedisAdmissions
 from ..stores.sqlite import SQLiteStorage  # (importing it registers sqlite:/// URLs with limits)
@@ -70,6 +70,17 @@ class Scope:
         return f"{'API key' if self.kind == 'key' else 'model'} '{self.name}'"
 
 
+class Group(NamedTuple):
+    """What one ``admit_together`` group takes: its scopes' limits, and slots that only count."""
+
+    scopes: Sequence[Scope]
+    counted: Sequence[str] = ()
+
+
+# A slot that only counts (calls in flight at a routing target): no count reaches it.
+UNCOUNTED_LIMIT = 2**62
+
+
 @dataclass
 class Admission:
     """What a request holds while it runs: slots to release and token windows to charge; and the
@@ -109,38 +120,62 @@ class Limiter:
         does not use up the caller key's. When the store is unreachable the request is let
         through (logged): an outage of the limiter should not become an outage of the gateway.
         """
-        if not any(scope.limit for scope in scopes):
-            return Admission()
-        plan = _plan(tuple(scopes))
+        return self.admit_together([Group(scopes)], slot_ttl_s)[0]
+
+    def admit_together(self, groups: Sequence[Group], slot_ttl_s: float) -> list[Admission]:
+        """``admit`` for several groups of scopes in one turn at the store, all or nothing: an
+        Admission per group, or 429 (its ``refused_group`` says whose limit it was). Each group
+        may also take slots that only count (``Group.counted``: calls in flight at a routing
+        target), which no limit refuses."""
+        plans = [_plan(tuple(group.scopes)) for group in groups]
+        if not any(
+            plan.slots or plan.windows or group.counted for plan, group in zip(plans, groups, strict=True)
+        ):
+            return [Admission() for _ in groups]
+        slots: Slots = []
+        checks: Checks = []
+        hits: Hits = []
+        for plan, group in zip(plans, groups, strict=True):
+            slots += [(key, limit, slot_ttl_s) for key, limit in plan.slots]
+            slots += [(key, UNCOUNTED_LIMIT, slot_ttl_s) for key in group.counted]
+            checks += plan.checks
+            hits += plan.hits
         seen: list[tuple[int, float, int, float]] = []
         try:
-            ids, refusal = self.store.admit_all(
-                [(key, limit, slot_ttl_s) for key, limit in plan.slots], plan.checks, plan.hits, seen
-            )
+            ids, refusal = self.store.admit_all(slots, checks, hits, seen)
         except _STORAGE_ERRORS as e:
             self.health.failed("rate limits: requests let through", e)
-            return Admission(store_failed=True)
+            return [Admission(store_failed=True) for _ in groups]
         self.health.answered()
         if refusal is not None:
-            if refusal[0] == "slot":
-                raise _exceeded(plan.slotted[refusal[1]], "concurrency", 1)
-            scope, rule, item = plan.windows[refusal[1]]
-            error = _exceeded(scope, rule, seconds_until_free(refusal[2], item.get_expiry(), item.amount))
-            _, limit, reset = window_state(refusal[2], item.get_expiry(), item.amount, False)
-            error.extra_headers.update(headers_for(window_kind(rule), limit, 0, reset))
-            raise error
-        return Admission(
-            slots=[(key, slot) for (key, _), slot in zip(plan.slots, ids, strict=True)],
-            token_windows=list(plan.token_windows),
-            headers=rate_limit_headers(plan.windows, seen),
-        )
+            raise _refusal(plans, groups, refusal)
+        admissions = []
+        for plan, group in zip(plans, groups, strict=True):
+            taken = len(plan.slots) + len(group.counted)
+            keys = [key for key, _ in plan.slots] + list(group.counted)
+            admissions.append(
+                Admission(
+                    slots=list(zip(keys, ids[:taken], strict=True)),
+                    token_windows=list(plan.token_windows),
+                    headers=rate_limit_headers(plan.windows, seen[: len(plan.checks)]),
+                )
+            )
+            ids, seen = ids[taken:], seen[len(plan.checks) :]
+        return admissions
 
-    def finish(self, admission: Admission, tokens: int = 0) -> None:
+    def finish(self, *admissions: Admission, tokens: int = 0) -> None:
         """The request is over: count the tokens the upstream reported against its token
         windows (spent tokens count even past the limit), and give back its concurrency slots
-        (they also expire on their own)."""
-        counted = [(key, expiry, tokens) for key, expiry in admission.token_windows] if tokens > 0 else []
-        slots, admission.slots = admission.slots, []
+        (they also expire on their own); for every admission given, in one turn at the store."""
+        counted = [
+            (key, expiry, tokens) for admission in admissions for key, expiry in admission.token_windows
+        ]
+        if tokens <= 0:
+            counted = []
+        slots = []
+        for admission in admissions:
+            slots += admission.slots
+            admission.slots = []
         if not (slots or counted):
             return
         try:
@@ -232,6 +267,27 @@ def _windows(
         for rule, item_class in rules.items()
         if getattr(scope.limit, rule)
     ]
+
+
+def _refusal(plans: list[_Plan], groups: Sequence[Group], refusal: tuple[Any, ...]) -> RateLimited:
+    """The 429 for what the store refused: ("slot", i) or ("window", i, window), i counted over
+    every group's slots (or windows) in turn."""
+    kind, index = refusal[0], refusal[1]
+    for number, (plan, group) in enumerate(zip(plans, groups, strict=True)):
+        held = len(plan.slots) + len(group.counted) if kind == "slot" else len(plan.windows)
+        if index >= held:
+            index -= held
+            continue
+        if kind == "slot":  # (counted slots have no limit: a refused slot is a limited one)
+            error = _exceeded(plan.slotted[index], "concurrency", 1)
+        else:
+            scope, rule, item = plan.windows[index]
+            error = _exceeded(scope, rule, seconds_until_free(refusal[2], item.get_expiry(), item.amount))
+            _, limit, reset = window_state(refusal[2], item.get_expiry(), item.amount, False)
+            error.extra_headers.update(headers_for(window_kind(rule), limit, 0, reset))
+        error.refused_group = number
+        return error
+    raise AssertionError(f"a refusal of nothing admitted: {refusal}")
 
 
 def _exceeded(scope: Scope, rule: str, wait: float) -> RateLimited:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -40,13 +41,33 @@ class Lease:
     """A call in flight to a target, until its end is recorded (``RoutingState.ended``)."""
 
     target: str
-    slot: str
-    shared: bool  # the shared store holds the slot (else only this worker's view)
+    slot: str  # in this worker's own view
     latency_ms: float | None = None  # when it answered: to its answer (a stream: its first event)
+
+
+@dataclass
+class _Answers:
+    """Answers of one target not yet written to the store."""
+
+    count: int = 0
+    latencies: int = 0
+    total_ms: float = 0.0
+
+    def add(self, latency_ms: float | None) -> None:
+        self.count += 1
+        if latency_ms is not None:
+            self.latencies += 1
+            self.total_ms += latency_ms
+
+    @property
+    def mean_ms(self) -> float | None:
+        return self.total_ms / self.latencies if self.latencies else None
 
 
 class RoutingState:
     """The targets' figures, shared through ``store`` (None: this worker's own only)."""
+
+    flush_s = 0.5
 
     def __init__(self, store: RoutingStore | None = None, health: StoreHealth | None = None) -> None:
         self._store = store
@@ -54,6 +75,8 @@ class RoutingState:
         self._own = MemoryRouting()
         self._lock = threading.Lock()
         self._rr: defaultdict[str, dict[str, float]] = defaultdict(dict)  # alias → target → current
+        self._answers: dict[str, _Answers] = {}  # answers not yet in the store, by target
+        self._flush_at = 0.0
 
     def figures(self, targets: Sequence[str]) -> dict[str, TargetFigures]:
         """Each target's figures: as every worker sees them, or, the store away, as this one does."""
@@ -68,43 +91,56 @@ class RoutingState:
         return self._own.figures(targets)
 
     def started(self, target: str, ttl_s: float) -> Lease:
-        """A call to ``target`` begins; it counts as in flight for at most ``ttl_s``."""
-        slot = uuid.uuid4().hex
-        self._own.started(target, slot, ttl_s)
-        shared = self._store is not None
-        if self._store is not None:
-            try:
-                self._store.started(target, slot, ttl_s)
-            except STORE_ERRORS as e:
-                shared = False
-                self._failed("routing: a call in flight not counted for the other workers", e)
-            else:
-                self._answered()
-        return Lease(target, slot, shared)
+        """A call to ``target`` begins (in this worker's view: the limiter counts it in the
+        store); it counts as in flight for at most ``ttl_s``."""
+        lease = Lease(target, uuid.uuid4().hex)
+        self._own.started(target, lease.slot, ttl_s)
+        return lease
 
     def renew(self, lease: Lease, ttl_s: float) -> None:
-        """The call still runs (a stream): it stays in flight ``ttl_s`` more."""
+        """The call still runs (a stream): in this worker's view, in flight ``ttl_s`` more."""
         self._own.renew(lease.target, lease.slot, ttl_s)
-        if self._store is not None and lease.shared:
-            try:
-                self._store.renew(lease.target, lease.slot, ttl_s)
-            except STORE_ERRORS as e:
-                self._failed("routing: a stream in flight not renewed (it may stop counting)", e)
 
     def ended(self, lease: Lease, failed: bool = False, cool_s: float = 0.0) -> None:
-        """The call ended: its latency (when it answered), failure and cooldown recorded."""
+        """The call ended: its latency (when it answered), failure and cooldown recorded. A
+        failure, and a target's first answer in this worker, are written at once; other answers
+        are added up and written together every ``flush_s`` rather than one write per call."""
         ending = Ending(lease.latency_ms, failed, cool_s)
+        self._own.ended(lease.target, lease.slot, ending)
         if cool_s:
             metrics.TARGET_COOLDOWNS.labels(lease.target).inc()
-        self._own.ended(lease.target, lease.slot, ending)
-        if self._store is not None:
-            try:
-                self._store.ended(lease.target, lease.slot if lease.shared else None, ending)
-            except STORE_ERRORS as e:
-                what = "a cooldown seen by this worker only" if cool_s else "a call's end not recorded"
-                self._failed(f"routing: {what}", e)
-            else:
-                self._answered()
+        if self._store is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            waiting = self._answers.get(lease.target)
+            at_once = failed or waiting is None
+            if waiting is not None and not at_once:
+                waiting.add(lease.latency_ms)
+            due: dict[str, _Answers] = {}
+            if at_once and waiting is not None:  # the answers before a failure go first
+                due[lease.target] = waiting
+            if now >= self._flush_at:
+                self._flush_at = now + self.flush_s
+                due.update(self._answers)
+            for target in due:
+                self._answers[target] = _Answers()
+            self._answers.setdefault(lease.target, _Answers())
+        for target, answers in due.items():
+            if answers.count:
+                self._record(target, Ending(answers.mean_ms, samples=answers.count))
+        if at_once:
+            self._record(lease.target, ending)
+
+    def _record(self, target: str, ending: Ending) -> None:
+        assert self._store is not None
+        try:
+            self._store.record(target, ending)
+        except STORE_ERRORS as e:
+            what = "a cooldown seen by this worker only" if ending.cool_s else "a call's end not recorded"
+            self._failed(f"routing: {what}", e)
+        else:
+            self._answered()
 
     def _failed(self, doing: str, error: BaseException) -> None:
         if self._health is not None:

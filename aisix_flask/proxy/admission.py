@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..config.resources import ApiKey, Model
-from ..errors import PriceUnknown
+from ..errors import GatewayError, PriceUnknown, RateLimited
 from ..jsonvalues import whole_number
 from ..policy.budgets import Budgets, BudgetScope, Reservation
-from ..policy.limits import Admission, Scope
+from ..policy.limits import Admission, Group, Scope
 from .operation import Operation
 
 if TYPE_CHECKING:
@@ -47,34 +47,65 @@ def limit_scopes(key: ApiKey, model: Model | None) -> list[Scope]:
 
 def admit(call: Call, body: dict[str, Any], priced_by: Model, slot_ttl_s: float) -> None:
     """Take the rate limits and slots of the caller key and the model it named, then reserve
-    their budgets at ``priced_by``'s price (the model itself, or a routing model's first target),
-    or raise the refusal. What is taken is the call's from the moment it is taken
-    (``call.held``): whatever happens next, even a refusal by a budget, its end gives it back (and
-    its answer carries the limits' headers)."""
+    their budgets at ``priced_by``'s price, or raise the refusal. What is taken is the call's from
+    the moment it is taken (``call.held``): whatever happens next, even a refusal by a budget, its
+    end gives it back (and its answer carries the limits' headers)."""
     model = call.model
     assert model is not None  # step 4 ran
-    limits = call.gateway.limiter.admit(limit_scopes(call.key, model), slot_ttl_s)
-    call.held = Held(limits)
+    _take(call, call.gateway.limiter.admit(limit_scopes(call.key, model), slot_ttl_s), priced_by, body)
+
+
+class TargetRefused(Exception):
+    """A routing target's own limits or budget refuse the request: it is skipped."""
+
+    def __init__(self, refusal: GatewayError) -> None:
+        super().__init__(refusal.description)
+        self.refusal = refusal
+
+
+def admit_target(call: Call, target: Model, body: dict[str, Any], slot_ttl_s: float, in_flight: str) -> Held:
+    """Step 10 at a routing model's target: its own rate limits, slots and budget, and the slot
+    ``in_flight`` that counts its calls in flight. At the first target tried, the caller key's and
+    the routing model's limits are taken in the same turn at the store and their budgets reserved
+    (``call.held``, as ``admit`` does): their refusal is the request's. The target's own refusal is
+    ``TargetRefused`` (nothing of it is left taken). What the target holds is given back, or
+    counted, by whoever took it."""
+    limiter, model = call.gateway.limiter, call.model
+    assert model is not None  # step 4 ran
+    own = Group([Scope("model", target.display_name, target.rate_limit)], (in_flight,))
+    try:
+        if call.admitted:
+            [limits] = limiter.admit_together([own], slot_ttl_s)
+        else:
+            caller, limits = limiter.admit_together([Group(limit_scopes(call.key, model)), own], slot_ttl_s)
+            _take(call, caller, target, body)
+    except RateLimited as refusal:
+        if not call.admitted and refusal.refused_group == 0:
+            raise  # the caller key's or the routing model's own limit
+        raise TargetRefused(refusal) from None
+    scopes = [BudgetScope("model", target.display_name, target.budget)] if target.budget else []
+    try:
+        reservation, price = reserve(call.gateway.budgets, call.operation, scopes, target, body)
+    except GatewayError as refusal:
+        limiter.finish(limits)
+        raise TargetRefused(refusal) from None
+    except BaseException:
+        limiter.finish(limits)
+        raise
+    return Held(limits, reservation, price)
+
+
+def _take(call: Call, limits: Admission, priced_by: Model, body: dict[str, Any]) -> None:
+    """The call holds ``limits`` from now on; then its key's and its model's budgets reserve at
+    ``priced_by``'s price."""
+    model = call.model
+    assert model is not None
+    call.held, call.admitted = Held(limits), True
     scopes = [BudgetScope("key", call.key.display_name, call.key.budget)] if call.key.budget else []
     if model.budget:
         scopes.append(BudgetScope("model", model.display_name, model.budget))
     reservation, price = reserve(call.gateway.budgets, call.operation, scopes, priced_by, body)
     call.held = Held(limits, reservation, price)
-
-
-def admit_target(call: Call, target: Model, body: dict[str, Any], slot_ttl_s: float) -> Held:
-    """Take a routing model's target's own rate limits, slots and budget, or raise the refusal
-    (whatever was taken given back first). What it holds is given back, or counted, by whoever
-    took it."""
-    limiter = call.gateway.limiter
-    limits = limiter.admit([Scope("model", target.display_name, target.rate_limit)], slot_ttl_s)
-    scopes = [BudgetScope("model", target.display_name, target.budget)] if target.budget else []
-    try:
-        reservation, price = reserve(call.gateway.budgets, call.operation, scopes, target, body)
-    except BaseException:
-        limiter.finish(limits)
-        raise
-    return Held(limits, reservation, price)
 
 
 def reserve(

@@ -61,6 +61,7 @@ class Call:
         self.model: Model | None = None  # step 4: the row named, whose limits and budget apply
         self.priced_by: Model | None = None  # step 11: the target whose price applies
         self.held = Held()  # step 10: slots and windows to give back or charge, a reservation
+        self.admitted = False  # step 10 took what ``held`` holds
         # step 11, a routing model: what the target that answered (or was tried last) holds of its
         # own limits and budget, and its call in flight
         self.target_held = Held()
@@ -206,8 +207,7 @@ class Call:
             self.priced_by,
         )
         row.latency_ms = (time.perf_counter() - self._started) * 1000
-        self.gateway.limiter.finish(held.limits, row.total_tokens)
-        self.gateway.limiter.finish(target_held.limits, row.total_tokens)
+        self.gateway.limiter.finish(held.limits, target_held.limits, tokens=row.total_tokens)
         self.end_lease(upstream_failed, self.config.settings.upstream.cooldown_s if upstream_failed else 0.0)
         price_before = target_held.price_before or held.price_before
         if billable.priced and priced_by is not None and priced_by.pricing is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from flask import request
@@ -21,31 +22,43 @@ from .. import metrics
 from ..config.aliases import Candidate, Plan
 from ..errors import GatewayError, NoTargetAvailable
 from ..eventlog import emit
-from .admission import admit_target
+from ..stores.routing import flight_key
+from .admission import TargetRefused, admit, admit_target
 from .call import Call
 from .send import Attempt, Payload, send
 from .tries import Next, after
 from .upstream import Timeout
 
 
+@dataclass(frozen=True)
+class Targets:
+    """Where step 11 may send: the plan, its targets that pass steps 6 to 8, and each one's timeout."""
+
+    plan: Plan
+    eligible: list[Candidate]
+    timeout_for: dict[str, Timeout]
+
+    @property
+    def slot_ttl_s(self) -> float:
+        """How long the request may hold a concurrency slot: its slowest target's budget."""
+        return max(self.timeout_for[c.route.alias].slot_ttl_s for c in self.eligible)
+
+
 def send_tries(
-    call: Call,
-    plan: Plan,
-    candidates: list[Candidate],
-    body: dict[str, Any],
-    timeout_for: dict[str, Timeout],
-    slot_ttl_s: float,
-    streamed: bool = False,
+    call: Call, targets: Targets, body: dict[str, Any], slot_ttl_s: float, streamed: bool = False
 ) -> Attempt:
-    """Send ``body`` to the eligible ``candidates`` in the plan's order until one answers or a
-    failure must end the request; the attempt that ends it (an error: raised). A target's slots
-    and in-flight count are held for at most ``slot_ttl_s`` (a stream renews them)."""
+    """Steps 10 and 11: take the limits and budgets, and send ``body`` to the eligible targets in
+    the plan's order until one answers or a failure must end the request; the attempt that ends
+    it (an error: raised). Slots are held for at most ``slot_ttl_s`` (a stream renews them)."""
+    plan = targets.plan
     routing = plan.routing
-    if routing is None:
-        return _ended(_on_target(call, plan, candidates[0], body, timeout_for, streamed)[0])
+    if routing is None:  # a direct model: its own limits, then its one target
+        first = targets.eligible[0]
+        admit(call, body, first.route.model, slot_ttl_s)  # 10
+        return _ended(_on_target(call, plan, first, body, targets.timeout_for, streamed)[0])
     state = call.gateway.routing
-    figures = state.figures([c.route.alias for c in candidates])
-    ordered = [c for c in state.order(plan, figures, _hash_key(call, plan)) if c in candidates]
+    figures = state.figures([c.route.alias for c in targets.eligible])
+    ordered = [c for c in state.order(plan, figures, _hash_key(call, plan)) if c in targets.eligible]
     ready = [c for c in ordered if not figures[c.route.alias].cooling_s]
     if not ready:
         if routing.when_all_unavailable == "fail":
@@ -60,16 +73,17 @@ def send_tries(
     refusals: list[GatewayError] = []
     tried = 0
     for candidate in ready:
+        alias = candidate.route.alias
         if routing.max_fallbacks is not None and tried > routing.max_fallbacks:
             break
-        try:  # the target's own limits and budget: refused, it is skipped
-            held = admit_target(call, candidate.route.model, body, slot_ttl_s)
-        except GatewayError as refusal:
-            refusals.append(refusal)
+        try:  # 10 at this target (the first also takes the caller's and the routing model's)
+            held = admit_target(call, candidate.route.model, body, slot_ttl_s, flight_key(alias))
+        except TargetRefused as skipped:  # its own limits or budget: skipped
+            refusals.append(skipped.refusal)
             continue
         tried += 1
-        call.keep_target(held, state.started(candidate.route.alias, slot_ttl_s))
-        attempt, verdict = _on_target(call, plan, candidate, body, timeout_for, streamed)
+        call.keep_target(held, state.started(alias, slot_ttl_s))
+        attempt, verdict = _on_target(call, plan, candidate, body, targets.timeout_for, streamed)
         if verdict.next_target:  # failed, and another target may answer: this one is left
             call.leave_target(verdict.cool_s or 0.0)
             continue

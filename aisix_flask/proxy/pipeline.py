@@ -7,7 +7,6 @@ held, the upstream's answer); the ``Call`` keeps only what the request's end set
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Response, request
@@ -15,7 +14,7 @@ from flask import Response, request
 from ..adapters import ADAPTERS, supporting
 from ..config import Config
 from ..config.aliases import Candidate, Plan, Route
-from ..config.resources import ApiKey, Model
+from ..config.resources import ApiKey
 from ..errors import (
     GatewayError,
     ModelNotFound,
@@ -27,10 +26,9 @@ from ..errors import (
 from ..gateway import current
 from ..policy.auth import authenticate
 from ..policy.guardrails import check_input, check_output
-from .admission import admit
 from .body import read_json_object
 from .call import Call
-from .failover import send_tries
+from .failover import Targets, send_tries
 from .multipart import Form, read_form
 from .operation import Operation
 from .outcomes import Answer
@@ -69,25 +67,6 @@ def handle(operation: Operation) -> Response:
             )
         response.headers.update(call.answer_headers())  # x-ratelimit-*, x-aisix-target
         return response
-
-
-@dataclass(frozen=True)
-class Targets:
-    """Where step 11 may send: the plan, its targets that pass steps 6 to 8, and each one's timeout."""
-
-    plan: Plan
-    eligible: list[Candidate]
-    timeout_for: dict[str, Timeout]
-
-    @property
-    def slot_ttl_s(self) -> float:
-        """How long the request may hold a concurrency slot: its slowest target's budget."""
-        return max(self.timeout_for[c.route.alias].slot_ttl_s for c in self.eligible)
-
-    @property
-    def priced_by(self) -> Model:
-        """The model whose price a budget reserves: the first target's (a routing model has none)."""
-        return self.eligible[0].route.model
 
 
 def read_body(operation: Operation, config: Config) -> tuple[dict[str, Any], Form | None]:
@@ -199,9 +178,7 @@ def timeouts(config: Config, plan: Plan) -> dict[str, Timeout]:
 
 def forward(call: Call, targets: Targets, body: dict[str, Any]) -> Response:
     """Steps 10 to 12: the rate limits and budgets, the upstream call, the answer as it came."""
-    admit(call, body, targets.priced_by, targets.slot_ttl_s)  # 10
-    plan, eligible, ttl = targets.plan, targets.eligible, targets.slot_ttl_s
-    attempt = send_tries(call, plan, eligible, body, targets.timeout_for, ttl)  # 11
+    attempt = send_tries(call, targets, body, targets.slot_ttl_s)  # 10-11
     return answered(call, attempt.answer)  # 12
 
 
@@ -213,8 +190,7 @@ def stream(call: Call, targets: Targets, body: dict[str, Any]) -> Response:
     outgoing, hide_usage = spec.prepare(body)
     slowest = max(targets.timeout_for.values(), key=lambda t: t.read_s)
     lease = stream_slot_lease(call.config.settings.stream_keepalive_s, slowest)
-    admit(call, body, targets.priced_by, lease)  # 10
-    attempt = send_tries(call, targets.plan, targets.eligible, outgoing, targets.timeout_for, lease, True)
+    attempt = send_tries(call, targets, outgoing, lease, streamed=True)  # 10-11
     if attempt.events is None:  # an upstream that answered JSON after all
         return answered(call, attempt.answer)
     timeout = targets.timeout_for[attempt.route.alias]
