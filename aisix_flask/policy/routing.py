@@ -21,10 +21,10 @@ Round robin's turn is each worker's own: every worker keeps the weights' proport
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,6 +76,7 @@ class RoutingState:
         self._lock = threading.Lock()
         self._rr: defaultdict[str, dict[str, float]] = defaultdict(dict)  # alias → target → current
         self._answers: dict[str, _Answers] = {}  # answers not yet in the store, by target
+        self._leases = itertools.count()  # (next() on it is atomic under the GIL)
         self._flush_at = 0.0
 
     def figures(self, targets: Sequence[str]) -> dict[str, TargetFigures]:
@@ -93,7 +94,7 @@ class RoutingState:
     def started(self, target: str, ttl_s: float) -> Lease:
         """A call to ``target`` begins (in this worker's view: the limiter counts it in the
         store); it counts as in flight for at most ``ttl_s``."""
-        lease = Lease(target, uuid.uuid4().hex)
+        lease = Lease(target, str(next(self._leases)))
         self._own.started(target, lease.slot, ttl_s)
         return lease
 
