@@ -12,7 +12,8 @@ import pytest
 from aisix_flask.gateway import Gateway
 
 from .conftest import CALLER_KEY as CALLER
-from .conftest import IMAGES_URL, auth, named, sha, write_config
+from .conftest import CHAT_URL, IMAGES_URL, auth, named, sha, write_config
+from .routed import CHAT, SECOND, chat
 
 ROUTE = "/v1/images/generations"
 NEW_KEY = "late-SECRET-2d9e11"
@@ -189,3 +190,18 @@ def test_an_edit_while_a_worker_boots_is_not_missed(config, tmp_path, monkeypatc
         assert post(app.test_client(), NEW_KEY).status_code == 200
     finally:
         app.extensions["aisix"].close()
+
+
+def test_a_routing_edit_applies_live(make_app, routed, tmp_path, monkeypatch, upstream):
+    monkeypatch.setattr(Gateway, "settle_s", 0.0)
+    monkeypatch.setattr(Gateway, "watch_interval_s", 0.02)
+    client = make_app(routed).test_client()
+    upstream.post(CHAT_URL, json=CHAT)
+    upstream.post(f"{SECOND}/chat/completions", json=CHAT)
+    assert chat(client).headers["x-aisix-target"] == "chat-prod"
+    named(routed, "models", "chat-routed")["routing"]["targets"].reverse()
+    rewrite(tmp_path / "config-0.yaml", routed)
+    assert chat(client).headers["x-aisix-target"] == "chat-b"
+    named(routed, "models", "chat-routed")["routing"]["targets"] = [{"model": "nope"}]
+    rewrite(tmp_path / "config-0.yaml", routed)  # rejected whole: the last good routing serves
+    assert chat(client).headers["x-aisix-target"] == "chat-b"
