@@ -167,6 +167,7 @@ class Gateway:
     def close(self) -> None:
         """Stop watching the file and close the ledger (tests; a worker just exits)."""
         self._closed.set()
+        self.routing.flush()
         if self._budgets is not None:
             self._budgets.flush()
         if self._ledger is not None:

@@ -186,7 +186,7 @@ def test_try_anyway_sends_to_cooling_targets(make_app, routed, upstream):
     upstream.post(CHAT_URL, status=503, json={"error": {"message": "down"}})
     upstream.post(f"{SECOND}/chat/completions", status=503, json={"error": {"message": "down"}})
     client = make_app(routed).test_client()
-    chat(client)
+    assert chat(client).status_code == 502  # both failed: both cool
     upstream.replace(responses.POST, CHAT_URL, json=CHAT)
     assert chat(client).status_code == 200
 

@@ -106,7 +106,7 @@ def test_a_workers_own_view_counts_its_calls_and_failures():
     own.renew("a", "short", 60)  # past its time: not taken again
     assert own.figures(["a"])["a"].in_flight == 1
     own.ended("a", "one", Ending(latency_ms=50.0))
-    own.record("a", Ending(failed=True, cool_s=30))
+    own.ended("a", "gone", Ending(failed=True, cool_s=30))
     seen = own.figures(["a"])["a"]
     assert (seen.in_flight, seen.latency_ms, seen.failures) == (0, 50.0, 1) and seen.cooling_s > 29
 
@@ -255,3 +255,28 @@ def test_the_admin_api_shows_each_targets_figures(make_app, routed, upstream):
         "last_failure_at": None,
     }
     assert answered["latency_ms"] > 0
+
+
+def test_a_target_the_callers_budget_cannot_price_is_skipped_and_keeps_nothing(make_app, routed, upstream):
+    named(routed, "api_keys", "dev")["budget"] = {"usd": 10, "period": "day"}
+    named(routed, "models", "chat-prod")["rate_limit"] = {"concurrency": 5}  # unpriced
+    named(routed, "models", "chat-b")["pricing"] = PER_TOKEN
+    upstream.post(f"{SECOND}/chat/completions", json=CHAT)
+    app = make_app(routed)
+    r = chat(app.test_client())
+    assert (r.status_code, r.headers["x-aisix-target"]) == (200, "chat-b")
+    limiter = app.extensions["aisix"].limiter
+    assert limiter.storage.read("SELECT key, id FROM slots", ()) == []  # every slot given back
+
+
+def test_a_target_refused_by_its_budget_spends_nothing_of_its_rate_limit(make_app, routed, upstream):
+    prod = named(routed, "models", "chat-prod")
+    prod.update(pricing=PER_TOKEN, budget={"usd": 0.000001, "period": "day"}, rate_limit={"rpm": 2})
+    upstream.post(CHAT_URL, json={**CHAT, "usage": {"prompt_tokens": 1000, "completion_tokens": 1000}})
+    upstream.post(f"{SECOND}/chat/completions", json=CHAT)
+    client = make_app(routed).test_client()
+    assert [chat(client).headers["x-aisix-target"] for _ in range(3)] == ["chat-prod", "chat-b", "chat-b"]
+    # chat-prod's minute counted only the call it answered: a direct call passes its rpm (2) and
+    # meets its spent budget
+    r = chat(client, model="chat-prod")
+    assert r.status_code == 429 and r.json["error"]["code"] == "insufficient_quota"

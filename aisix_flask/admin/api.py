@@ -116,7 +116,7 @@ def routing() -> Response:
         data=[
             {
                 "model": plan.alias,
-                "strategy": plan.routing.strategy if plan.routing else "failover",
+                "strategy": plan.routing.strategy if plan.routing is not None else None,
                 "targets": [_target(c, figures[c.route.alias], now) for c in plan.candidates],
             }
             for plan in plans

@@ -3,9 +3,10 @@
 Request and token windows are the ``limits`` library's sliding-window counters, in its own
 storages: its RedisStorage, or the SQLite storage in ``stores.sqlite`` (registered with ``limits``
 under the ``sqlite`` scheme). Concurrency slots are not a ``limits`` concept; both stores keep
-slots that expire, so a crashed worker cannot hold one forever. Every request is two calls to the
-store: one admission (all slots and windows, all or nothing) and one finish (tokens counted,
-slots given back): a transaction each on SQLite, a script each on Redis.
+slots that expire, so a crashed worker cannot hold one forever. A request to a direct model is two
+calls to the store: one admission (all slots and windows, all or nothing) and one finish (tokens
+counted, slots given back): a transaction each on SQLite, a script each on Redis. A routing
+model's request takes one more admission, and gives it back, for each target it leaves for another.
 """
 
 from __future__ import annotations

@@ -52,16 +52,18 @@ class _Answers:
     count: int = 0
     latencies: int = 0
     total_ms: float = 0.0
+    last_at: float = 0.0  # time.monotonic() of the last
 
     def add(self, latency_ms: float | None) -> None:
-        self.count += 1
+        self.count, self.last_at = self.count + 1, time.monotonic()
         if latency_ms is not None:
             self.latencies += 1
             self.total_ms += latency_ms
 
-    @property
-    def mean_ms(self) -> float | None:
-        return self.total_ms / self.latencies if self.latencies else None
+    def ending(self) -> Ending:
+        """What these answers write: their mean latency, weighing as many as they are."""
+        mean = self.total_ms / self.latencies if self.latencies else None
+        return Ending(mean, samples=self.count, answered_s_ago=time.monotonic() - self.last_at)
 
 
 class RoutingState:
@@ -127,11 +129,21 @@ class RoutingState:
             for target in due:
                 self._answers[target] = _Answers()
             self._answers.setdefault(lease.target, _Answers())
-        for target, answers in due.items():
-            if answers.count:
-                self._record(target, Ending(answers.mean_ms, samples=answers.count))
+        self._write(due)
         if at_once:
             self._record(lease.target, ending)
+
+    def flush(self) -> None:
+        """Write the answers still waiting (at close; otherwise the next call's end writes them
+        once ``flush_s`` has passed)."""
+        with self._lock:
+            due, self._answers = self._answers, {target: _Answers() for target in self._answers}
+        self._write(due)
+
+    def _write(self, due: dict[str, _Answers]) -> None:
+        for target, answers in due.items():
+            if answers.count and self._store is not None:
+                self._record(target, answers.ending())
 
     def _record(self, target: str, ending: Ending) -> None:
         assert self._store is not None

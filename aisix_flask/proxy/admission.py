@@ -21,6 +21,7 @@ from ..errors import GatewayError, PriceUnknown, RateLimited
 from ..jsonvalues import whole_number
 from ..policy.budgets import Budgets, BudgetScope, Reservation
 from ..policy.limits import Admission, Group, Scope
+from ..stores.routing import flight_key
 from .operation import Operation
 
 if TYPE_CHECKING:
@@ -52,60 +53,90 @@ def admit(call: Call, body: dict[str, Any], priced_by: Model, slot_ttl_s: float)
     end gives it back (and its answer carries the limits' headers)."""
     model = call.model
     assert model is not None  # step 4 ran
-    _take(call, call.gateway.limiter.admit(limit_scopes(call.key, model), slot_ttl_s), priced_by, body)
+    limits = call.gateway.limiter.admit(limit_scopes(call.key, model), slot_ttl_s)
+    call.held, call.admitted = Held(limits), True
+    reservation, price = reserve(call.gateway.budgets, call.operation, caller_budgets(call), priced_by, body)
+    call.held = Held(limits, reservation, price)
+
+
+def caller_budgets(call: Call) -> list[BudgetScope]:
+    """The budgets of the caller key and of the model it named."""
+    key, model = call.key, call.model
+    assert model is not None  # step 4 ran
+    scopes = [BudgetScope("key", key.display_name, key.budget)] if key.budget else []
+    if model.budget:
+        scopes.append(BudgetScope("model", model.display_name, model.budget))
+    return scopes
 
 
 class TargetRefused(Exception):
-    """A routing target's own limits or budget refuse the request: it is skipped."""
+    """A routing target's own limits or budget refuse the request, or it cannot be priced under
+    the caller's budgets: it is skipped."""
 
     def __init__(self, refusal: GatewayError) -> None:
         super().__init__(refusal.description)
         self.refusal = refusal
 
 
-def admit_target(call: Call, target: Model, body: dict[str, Any], slot_ttl_s: float, in_flight: str) -> Held:
-    """Step 10 at a routing model's target: its own rate limits, slots and budget, and the slot
-    ``in_flight`` that counts its calls in flight. At the first target tried, the caller key's and
-    the routing model's limits are taken in the same turn at the store and their budgets reserved
-    (``call.held``, as ``admit`` does): their refusal is the request's. The target's own refusal is
-    ``TargetRefused`` (nothing of it is left taken). What the target holds is given back, or
-    counted, by whoever took it."""
-    limiter, model = call.gateway.limiter, call.model
+def admit_target(call: Call, target: Model, body: dict[str, Any], slot_ttl_s: float) -> Held:
+    """Step 10 at a routing model's target: its own budget, rate limits and slots, and a slot
+    that counts its calls in flight. At the first target tried, the caller key's and the routing
+    model's limits are taken in the same turn at the store, and their budgets reserved at this
+    target's price (``call.held``, as ``admit`` does): their refusal is the request's. The
+    target's own refusal is ``TargetRefused``, and leaves nothing taken: its budget is reserved
+    first, and a request the caller's budgets could not price at it is skipped before anything
+    is counted. What the target holds is given back, or counted, by whoever took it."""
+    limiter, budgets, operation, model = (
+        call.gateway.limiter,
+        call.gateway.budgets,
+        call.operation,
+        call.model,
+    )
     assert model is not None  # step 4 ran
-    own = Group([Scope("model", target.display_name, target.rate_limit)], (in_flight,))
+    first = not call.admitted
+    if first and (scopes := caller_budgets(call)) and price_before(operation, target, body) is None:
+        raise TargetRefused(unpriceable(operation, target, body, scopes[0]))
+    own_budget = [BudgetScope("model", target.display_name, target.budget)] if target.budget else []
     try:
-        if call.admitted:
-            [limits] = limiter.admit_together([own], slot_ttl_s)
-        else:
+        reservation, price = reserve(budgets, operation, own_budget, target, body)
+    except GatewayError as refusal:
+        raise TargetRefused(refusal) from None
+    own = Group([Scope("model", target.display_name, target.rate_limit)], (flight_key(target.display_name),))
+    try:
+        if first:
             caller, limits = limiter.admit_together([Group(limit_scopes(call.key, model)), own], slot_ttl_s)
-            _take(call, caller, target, body)
+        else:
+            [limits] = limiter.admit_together([own], slot_ttl_s)
     except RateLimited as refusal:
-        if not call.admitted and refusal.refused_group == 0:
+        budgets.count(reservation, (), None, call.row.created_at)  # given back
+        if first and refusal.refused_group == 0:
             raise  # the caller key's or the routing model's own limit
         raise TargetRefused(refusal) from None
-    scopes = [BudgetScope("model", target.display_name, target.budget)] if target.budget else []
-    try:
-        reservation, price = reserve(call.gateway.budgets, call.operation, scopes, target, body)
-    except GatewayError as refusal:
-        limiter.finish(limits)
-        raise TargetRefused(refusal) from None
-    except BaseException:
-        limiter.finish(limits)
-        raise
-    return Held(limits, reservation, price)
+    held = Held(limits, reservation, price)
+    if first:
+        try:
+            call.held, call.admitted = Held(caller), True
+            caller_reservation, caller_price = reserve(budgets, operation, caller_budgets(call), target, body)
+            call.held = Held(caller, caller_reservation, caller_price)
+        except BaseException:  # the request's refusal: the target's holding is given back now
+            limiter.finish(limits)
+            budgets.count(reservation, (), None, call.row.created_at)
+            raise
+    return held
 
 
-def _take(call: Call, limits: Admission, priced_by: Model, body: dict[str, Any]) -> None:
-    """The call holds ``limits`` from now on; then its key's and its model's budgets reserve at
-    ``priced_by``'s price."""
-    model = call.model
-    assert model is not None
-    call.held, call.admitted = Held(limits), True
-    scopes = [BudgetScope("key", call.key.display_name, call.key.budget)] if call.key.budget else []
-    if model.budget:
-        scopes.append(BudgetScope("model", model.display_name, model.budget))
-    reservation, price = reserve(call.gateway.budgets, call.operation, scopes, priced_by, body)
-    call.held = Held(limits, reservation, price)
+def price_before(operation: Operation, priced_by: Model, body: dict[str, Any]) -> float | None:
+    """What the request is known to cost before its call at ``priced_by``'s prices (None: only
+    the answer tells, or there is no pricing)."""
+    if priced_by.pricing is None:
+        return None
+    return priced_by.pricing.known_before(
+        whole_number(body.get("n")),
+        body.get("size"),
+        body.get("quality"),
+        operation.token_kinds,
+        operation.search_units,
+    )
 
 
 def reserve(
@@ -117,15 +148,7 @@ def reserve(
 ) -> tuple[Reservation, float | None]:
     """The reservation, on the budgets of ``scopes``, of what the request is known to cost at
     ``priced_by``'s prices, and that price (None: only the answer tells, or there is no pricing)."""
-    price = None
-    if priced_by.pricing is not None:
-        price = priced_by.pricing.known_before(
-            whole_number(body.get("n")),
-            body.get("size"),
-            body.get("quality"),
-            operation.token_kinds,
-            operation.search_units,
-        )
+    price = price_before(operation, priced_by, body)
     if not scopes:
         return Reservation(), price
     if price is None:

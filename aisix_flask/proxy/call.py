@@ -209,7 +209,8 @@ class Call:
         row.latency_ms = (time.perf_counter() - self._started) * 1000
         self.gateway.limiter.finish(held.limits, target_held.limits, tokens=row.total_tokens)
         self.end_lease(upstream_failed, self.config.settings.upstream.cooldown_s if upstream_failed else 0.0)
-        price_before = target_held.price_before or held.price_before
+        # A routing model's price is the target's that answered (or was tried last): never another's.
+        price_before = target_held.price_before if self._routed else held.price_before
         if billable.priced and priced_by is not None and priced_by.pricing is not None:
             row.cost_usd = priced_by.pricing.cost(row)
         if billable.unknown and price_before and (row.cost_usd or 0) < price_before:

@@ -22,7 +22,6 @@ from .. import metrics
 from ..config.aliases import Candidate, Plan
 from ..errors import GatewayError, NoTargetAvailable
 from ..eventlog import emit
-from ..stores.routing import flight_key
 from .admission import TargetRefused, admit, admit_target
 from .call import Call
 from .send import Attempt, Payload, send
@@ -77,7 +76,7 @@ def send_tries(
         if routing.max_fallbacks is not None and tried > routing.max_fallbacks:
             break
         try:  # 10 at this target (the first also takes the caller's and the routing model's)
-            held = admit_target(call, candidate.route.model, body, slot_ttl_s, flight_key(alias))
+            held = admit_target(call, candidate.route.model, body, slot_ttl_s)
         except TargetRefused as skipped:  # its own limits or budget: skipped
             refusals.append(skipped.refusal)
             continue

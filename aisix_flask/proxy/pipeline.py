@@ -199,7 +199,7 @@ def stream(call: Call, targets: Targets, body: dict[str, Any]) -> Response:
 
 def answered(call: Call, answer: Answer | None) -> Response:
     """Record what a whole answer says, check its text, and pass it on as it is."""
-    assert answer is not None  # send_once raised the error of an attempt that failed
+    assert answer is not None  # send_tries raised the error of an attempt that failed
     if answer.status < 400:
         call.operation.note_answer(call.row, answer.document)
         guard_output(call, answer.document)

@@ -28,9 +28,12 @@ LATENCY_WEIGHT = 0.3  # of a new figure in the moving average
 KEEP_S = 7 * 86400  # a target nobody routes to is forgotten after this long
 
 
+FLIGHT_PREFIX = "target:"
+
+
 def flight_key(target: str) -> str:
     """Where the limiter keeps the slots of ``target``'s calls in flight."""
-    return f"target:{target}"
+    return FLIGHT_PREFIX + target
 
 
 class TargetFigures(NamedTuple):
@@ -51,6 +54,7 @@ class Ending(NamedTuple):
     failed: bool = False
     cool_s: float = 0.0
     samples: int = 1
+    answered_s_ago: float = 0.0  # when the last of them answered (a failure since then counts)
 
     @property
     def weight(self) -> float:
@@ -80,7 +84,8 @@ ON CONFLICT (target) DO UPDATE SET
   cool_until = max(cool_until, excluded.cool_until),
   latency_ms = CASE WHEN :latency IS NULL THEN latency_ms WHEN latency_ms IS NULL THEN :latency
                ELSE latency_ms + :weight * (:latency - latency_ms) END,
-  failures = CASE WHEN :failed THEN failures + 1 ELSE 0 END,
+  failures = CASE WHEN :failed THEN failures + 1
+             WHEN :answered_at >= coalesce(failed_at, 0) THEN 0 ELSE failures END,
   failed_at = CASE WHEN :failed THEN :now ELSE failed_at END,
   used_at = :now
 """
@@ -103,8 +108,8 @@ class SQLiteRouting:
             "SELECT t.target, r.cool_until, r.latency_ms, r.failures, r.failed_at, s.taken"
             " FROM (SELECT value AS target FROM json_each(?)) t"
             " LEFT JOIN routing_targets r ON r.target = t.target"
-            " LEFT JOIN slots_taken s ON s.key = 'target:' || t.target",
-            (json.dumps(list(targets)),),
+            " LEFT JOIN slots_taken s ON s.key = ? || t.target",
+            (json.dumps(list(targets)), FLIGHT_PREFIX),
         )
         return {
             target: TargetFigures(
@@ -128,6 +133,7 @@ class SQLiteRouting:
                     "latency": ending.latency_ms,
                     "failed": ending.failed,
                     "now": now,
+                    "answered_at": now - ending.answered_s_ago,
                     "weight": ending.weight,
                 },
             )
@@ -161,7 +167,7 @@ return out
 """
 )
 # KEYS: the figures; ARGV: latency ms ('' none), failed (0/1), cooldown ms, the latency's weight,
-# how long to keep the figures (ms).
+# how long to keep the figures (ms), how long ago the last answer came (ms).
 _REDIS_RECORD = (
     _REDIS_NOW
     + """
@@ -173,7 +179,7 @@ end
 if ARGV[2] == '1' then
   redis.call('HINCRBY', KEYS[1], 'failures', 1)
   redis.call('HSET', KEYS[1], 'failed_at', now)
-else
+elseif now - tonumber(ARGV[6]) >= (tonumber(redis.call('HGET', KEYS[1], 'failed_at')) or 0) then
   redis.call('HSET', KEYS[1], 'failures', 0)
 end
 local cool = tonumber(ARGV[3])
@@ -217,6 +223,7 @@ class RedisRouting:
                 round(ending.cool_s * 1000),
                 ending.weight,
                 KEEP_S * 1000,
+                round(ending.answered_s_ago * 1000),
             ],
         )
 
@@ -262,10 +269,6 @@ class MemoryRouting:
             figures = self._of(target)
             figures.slots.pop(slot, None)
             figures.end(ending, now)
-
-    def record(self, target: str, ending: Ending) -> None:
-        with self._lock:
-            self._of(target).end(ending, time.monotonic())
 
 
 @dataclass
