@@ -24,12 +24,18 @@ class Adapter:
 ADAPTERS: dict[str, Adapter] = {
     "openai": Adapter("openai", frozenset({"images", "chat", "embeddings"})),
     "openai-compatible": Adapter("openai-compatible", frozenset({"chat", "embeddings", "rerank"})),
+    "anthropic": Adapter("anthropic", frozenset({"chat"})),  # translated to the Messages API
+    "azure-openai": Adapter("azure-openai", frozenset({"chat", "embeddings"})),
 }
+# The provider whose own bridge an adapter is, where the names differ.
+_BRIDGE_OF = {"azure": "azure-openai"}
 
 
 def default_adapter(provider: str) -> str:
-    """The adapter a provider key gets when it names none (README, configuration)."""
-    return provider if provider in ADAPTERS else "openai-compatible"
+    """The adapter a provider key gets when it names none: the provider's own bridge if there is
+    one, else ``openai-compatible`` (README, configuration)."""
+    name = _BRIDGE_OF.get(provider, provider)
+    return name if name in ADAPTERS else "openai-compatible"
 
 
 def supporting(operation: str) -> list[str]:

@@ -8,7 +8,7 @@ import pytest
 
 from aisix_flask import create_app
 from aisix_flask.config import ConfigError, hash_key, load_config
-from aisix_flask.proxy.endpoints import endpoint_url
+from aisix_flask.providers.urls import endpoint_url
 
 from .conftest import CALLER_KEY, base_config, named, sha, write_config
 
@@ -105,7 +105,7 @@ def test_every_problem_is_listed_by_path(tmp_path):
         "gateway.upstream.timeout_s: Must be greater than 0.",
         "gateway.usage.journal: Shorter than minimum length 1.",
         "gateway.usage.queue_rows: Must be greater than or equal to 1.",
-        "provider_keys[0].adapter: Must be one of: openai, openai-compatible.",
+        "provider_keys[0].adapter: Must be one of: anthropic, azure-openai, openai, openai-compatible.",
         "provider_keys[1].display_name: duplicate display_name 'a'",
         "provider_keys[1].api_base: required for provider 'mistral'",
         "models[1].display_name: duplicate display_name 'm'",

@@ -19,7 +19,7 @@ LAYERS = (
     {"__version__", "errors", "redact", "jsonvalues", "adapters", "metrics", "eventlog", "workers"},
     {"stores", "usage"},
     {"config"},
-    {"policy"},
+    {"policy", "providers"},
     {"gateway", "incoming"},
     {"access", "proxy"},
     {"api", "admin", "cli", "__init__"},  # the package itself is the app factory: it wires all

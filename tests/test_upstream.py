@@ -151,7 +151,6 @@ def test_a_gzip_answer_is_decoded():
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from aisix_flask.config.resources import ProviderKey
     from aisix_flask.proxy import upstream
 
     document = {"created": 1, "data": [{"url": "https://example.com/a.png"}]}
@@ -174,8 +173,8 @@ def test_a_gzip_answer_is_decoded():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1/images/generations"
-        key = ProviderKey("k", "openai", "openai", "sk-x")
-        answer = upstream.post(url, b"{}", key=key, request_id="r", timeout=(2, 5))
+        credentials = {"Authorization": "Bearer sk-x"}
+        answer = upstream.post(url, b"{}", credentials=credentials, request_id="r", timeout=(2, 5))
     finally:
         server.shutdown()
         server.server_close()

@@ -187,6 +187,7 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str], modified_at:
             api_base=row.get("api_base") or None,
             proxy=row.get("proxy") or None,
             ca_bundle=row.get("ca_bundle") or None,
+            api_version=row.get("api_version") or None,
         )
         for row in data.get("provider_keys", [])
     }
@@ -199,6 +200,7 @@ def _build(path: str, data: Mapping[str, Any], warnings: list[str], modified_at:
             provider_key=row.get("provider_key", ""),
             model_name=row.get("model_name"),
             timeout_s=row.get("timeout_s"),
+            max_tokens_default=row.get("max_tokens_default", Model.max_tokens_default),
             rate_limit=_rate_limit(row),
             pricing=_pricing(row.get("pricing")),
             budget=_budget(row),

@@ -76,7 +76,8 @@ def cross_check(data: dict[str, Any]) -> list[str]:
     provider_keys = {row.get("display_name"): row for _, row in _items(data, "provider_keys")}
     for path, row in _items(data, "provider_keys"):
         provider = row.get("provider")
-        if isinstance(provider, str) and provider != "openai" and not row.get("api_base"):
+        # (OpenAI's and Anthropic's own APIs have a default address)
+        if isinstance(provider, str) and provider not in ("openai", "anthropic") and not row.get("api_base"):
             problems.append(f"{path}.api_base: required for provider {provider!r}")
 
     gateway = data.get("gateway")

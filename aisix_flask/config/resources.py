@@ -71,6 +71,7 @@ class ProviderKey:
     api_base: str | None = None
     proxy: str | None = field(default=None, repr=False)  # may carry credentials
     ca_bundle: str | None = None
+    api_version: str | None = None  # azure-openai: deployment URLs with ?api-version=
 
 
 STRATEGIES = ("failover", "round_robin", "least_busy", "least_latency", "consistent_hash")
@@ -121,6 +122,7 @@ class Model:
     provider_key: str
     model_name: str | None = None
     timeout_s: float | None = None
+    max_tokens_default: int = 4096  # anthropic: the max_tokens sent when the caller gives none
     rate_limit: RateLimit = RateLimit()
     pricing: Pricing | None = None
     budget: Budget | None = None

@@ -132,6 +132,7 @@ class ProviderKeySchema(_Schema):
     adapter = fields.String(validate=OneOf(sorted(ADAPTERS)))
     api_key = fields.String()
     api_base = fields.String(validate=Regexp(r"^https?://", error="Must be an http:// or https:// URL."))
+    api_version = fields.String(validate=Length(min=1))  # azure-openai: deployment URLs
     proxy = _proxy_url
     ca_bundle = _ca_bundle
 
@@ -223,7 +224,7 @@ class RoutingSchema(_Schema):
             raise ValidationError("Only the consistent_hash strategy takes hash_on.", "hash_on")
 
 
-_DIRECT_ONLY = ("provider", "provider_key", "model_name", "timeout_s", "pricing")
+_DIRECT_ONLY = ("provider", "provider_key", "model_name", "timeout_s", "pricing", "max_tokens_default")
 
 
 class ModelSchema(_Schema):
@@ -235,6 +236,7 @@ class ModelSchema(_Schema):
     model_name = _name()
     provider_key = _name()
     timeout_s = _seconds
+    max_tokens_default = fields.Integer(strict=True, validate=Range(min=1))  # anthropic's max_tokens
     rate_limit = fields.Nested(RateLimitSchema)
     pricing = fields.Nested(PricingSchema)
     budget = fields.Nested(BudgetSchema)
@@ -247,7 +249,7 @@ class ModelSchema(_Schema):
                 if name in data:
                     raise ValidationError(
                         "A routing model takes none of provider, provider_key, model_name, "
-                        "timeout_s, pricing: its targets have their own.",
+                        "timeout_s, pricing, max_tokens_default: its targets have their own.",
                         name,
                     )
             return

@@ -131,7 +131,7 @@ def _attempt(
     alias = candidate.route.alias
     attempt = send(
         call.operation,
-        Payload(candidate.route, body, call.upload),
+        Payload(candidate.route, body, call.upload, call.row.model or ""),
         timeout,
         call.config.settings.upstream,
         call.row.request_id,

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config.resources import ProviderKey
 from ..errors import UpstreamAuthFailed, UpstreamBadResponse, UpstreamError
+from ..providers import Bridge
 
 MESSAGE_LIMIT = 1024
 
@@ -34,13 +35,19 @@ class Answer:
         return f"upstream_{self.status}"
 
 
-def interpret(answer: Answer, key: ProviderKey) -> Answer:
-    """Apply the upstream table: raise what the gateway answers itself, return what passes on."""
+def interpret(answer: Answer, key: ProviderKey, bridge: Bridge, alias: str) -> Answer:
+    """Apply the upstream table: raise what the gateway answers itself, return what passes on
+    (an answer in another API than OpenAI's translated by its ``bridge`` first)."""
     status = answer.status
     try:
         answer.document = json.loads(answer.content)
     except ValueError:
         answer.document = None
+    translated = bridge.answer(status, answer.document, alias)
+    if translated is not None:
+        answer.document = translated
+        answer.content = json.dumps(translated, ensure_ascii=False).encode()
+        answer.content_type = "application/json"
     if 200 <= status < 300:
         if not isinstance(answer.document, dict):
             raise UpstreamBadResponse(

@@ -18,8 +18,8 @@ import requests
 from ..config.aliases import Route
 from ..config.resources import UpstreamSettings
 from ..errors import UpstreamBadResponse, UpstreamError
+from ..providers import bridge_for
 from . import upstream
-from .endpoints import endpoint_url
 from .multipart import Form
 from .operation import Operation
 from .outcomes import Answer, interpret
@@ -34,6 +34,7 @@ class Payload:
     route: Route
     body: dict[str, Any]
     upload: Form | None = None
+    alias: str = ""  # the model the caller named (a translated answer names it)
 
     def with_body(self, body: dict[str, Any]) -> Payload:
         """The same payload with another body (a stream's, asking for usage)."""
@@ -44,7 +45,8 @@ class Payload:
         parts as they came, with the fields the gateway changed (``model``, masked text) replaced."""
         model = self.route.upstream_model
         if self.upload is None:
-            return json.dumps({**self.body, "model": model}, ensure_ascii=False).encode(), "application/json"
+            sent = bridge_for(self.route.provider_key.adapter).body(self.body, model, self.route.model)
+            return json.dumps(sent, ensure_ascii=False).encode(), "application/json"
         sent = self.upload.fields()
         changed = {
             name: value
@@ -89,8 +91,9 @@ def send(
     """POST the payload once to the route's upstream (never retried here: generations are
     billed) and say what came of it."""
     key = payload.route.provider_key
+    bridge = bridge_for(key.adapter)
     data, content_type = payload.encode()
-    url = endpoint_url(key.api_base, operation.upstream_path)
+    url = bridge.url(key, operation.upstream_path, payload.route.upstream_model)
     proxies, verify = upstream.route_settings(url, key, settings)
     sent_at = time.perf_counter()
 
@@ -101,7 +104,7 @@ def send(
         answer = upstream.post(
             url,
             data,
-            key=key,
+            credentials=bridge.credentials(key),
             request_id=request_id,
             timeout=(timeout.connect_s, timeout.read_s),
             proxies=proxies,
@@ -119,7 +122,7 @@ def send(
         upstream_says_no_retry=(answer.should_retry or "").strip().lower() == "false",
     )
     try:
-        return dataclasses.replace(done, answer=interpret(answer, key))
+        return dataclasses.replace(done, answer=interpret(answer, key, bridge, payload.alias))
     except UpstreamBadResponse as e:
         # A 2xx the gateway cannot read: the upstream did the work, and may bill it.
         return dataclasses.replace(done, error=e, outcome_unknown=200 <= answer.status < 300)

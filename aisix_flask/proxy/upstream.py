@@ -108,7 +108,7 @@ def post(
     url: str,
     payload: Any,  # bytes, or an iterable with a length (a form's parts)
     *,
-    key: ProviderKey,
+    credentials: dict[str, str],
     request_id: str,
     timeout: tuple[float, float],
     proxies: dict[str, str] | None = None,
@@ -121,7 +121,7 @@ def post(
     closes it), else its whole answer (an error, or JSON after all)."""
     # identity for a stream: compressed events would sit in the decompressor instead of reaching
     # the caller.
-    prepared = _prepare(url, payload, key, request_id, stream, content_type)
+    prepared = _prepare(url, payload, credentials, request_id, stream, content_type)
     # requests' read timeout is per socket read; the deadline bounds the whole answer
     # so an upstream trickling bytes cannot hold a worker thread forever.
     deadline = time.monotonic() + timeout[1]
@@ -137,11 +137,11 @@ EVENTS = "text/event-stream"
 
 
 def _prepare(
-    url: str, payload: Any, key: ProviderKey, request_id: str, stream: bool, content_type: str
+    url: str, payload: Any, credentials: dict[str, str], request_id: str, stream: bool, content_type: str
 ) -> requests.PreparedRequest:
     # Every header is named here: nothing of the caller's, nothing merged from Session defaults.
     headers = {
-        "Authorization": f"Bearer {key.api_key}",
+        **credentials,  # the provider key, as its bridge sends it
         "Content-Type": content_type,
         "Accept": EVENTS if stream else "application/json",
         "Accept-Encoding": "identity" if stream else "gzip, deflate",

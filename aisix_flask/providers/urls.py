@@ -1,4 +1,4 @@
-"""Where an operation is sent: a provider key's ``api_base`` joined with the operation's path."""
+"""Where an OpenAI-API operation is sent: a provider key's ``api_base`` joined with its path."""
 
 from __future__ import annotations
 
