@@ -23,6 +23,7 @@ from ..config.resources import Guardrail
 from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest
 from ..policy.guardrails import check_output
 from ..policy.idempotency import HEADER as IDEMPOTENCY_HEADER
+from ..providers import bridge_for
 from .call import Billable, Call
 from .events import KEEPALIVE, CallerGone, Interrupted, ShuttingDown, Silent, StreamCutShort, UpstreamEvents
 from .operation import Streaming
@@ -95,7 +96,7 @@ def stream_response(
     assert attempt.events is not None
     caller = request.environ.get("gunicorn.socket")
     try:
-        events = UpstreamEvents(
+        upstream = UpstreamEvents(
             attempt.events,
             silence_s=timeout.read_s,
             keepalive_s=call.config.settings.stream_keepalive_s,
@@ -105,6 +106,10 @@ def stream_response(
     except BaseException:
         attempt.events.close()
         raise
+    events: UpstreamEvents | TranslatedEvents = upstream
+    bridge = bridge_for(attempt.route.provider_key.adapter)
+    if bridge.translates_events:  # (another API's events: OpenAI's chunks are what is relayed)
+        events = TranslatedEvents(upstream, bridge.events(upstream, call.row.model or ""))
     guardrails = call.config.output_guardrails if spec.text else ()
     relay = Relay(
         call, events, spec, hide_usage, guardrails, timeout.read_s, lease_s, attempt.sent_at, caller
@@ -116,6 +121,19 @@ def stream_response(
     return response
 
 
+class TranslatedEvents:
+    """An upstream's events as its bridge translates them; closed as the upstream's are."""
+
+    def __init__(self, upstream: UpstreamEvents, translated: Iterator[Any]) -> None:
+        self._upstream, self._translated = upstream, translated
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._translated
+
+    def close(self, finished: bool = False) -> None:
+        self._upstream.close(finished)
+
+
 class Relay:
     """The iterable the caller's answer is made of; ``close`` (the WSGI server calls it, however
     the stream ended) closes the upstream connection and finishes the call."""
@@ -123,7 +141,7 @@ class Relay:
     def __init__(
         self,
         call: Call,
-        events: UpstreamEvents,
+        events: UpstreamEvents | TranslatedEvents,
         spec: Streaming,
         hide_usage: bool,
         guardrails: tuple[Guardrail, ...],
