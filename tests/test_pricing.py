@@ -165,6 +165,19 @@ def test_chat_tokens_with_cached_input():
     assert no_discount.cost(row) == pytest.approx((1000 * 2.5 + 500 * 10) / 1e6)  # cached costs as input
 
 
+def test_claudes_cache_reads_and_writes_are_priced_apart():
+    # As the anthropic adapter reports them: 21 input, 100 read from the cache, 30 written to it.
+    row = chat_row(prompt_tokens=151, completion_tokens=9, total_tokens=160,
+                   prompt_tokens_details={"cached_tokens": 100, "cache_write_tokens": 30})  # fmt: skip
+    assert (row.input_cached_tokens, row.input_cache_write_tokens) == (100, 30)
+    sonnet = Pricing(per_million_tokens={"input": 3, "cache_read": 0.3, "cache_write": 3.75, "output": 15})
+    assert sonnet.cost(row) == pytest.approx((21 * 3 + 100 * 0.3 + 30 * 3.75 + 9 * 15) / 1e6)
+    no_cache_prices = Pricing(per_million_tokens={"input": 3, "output": 15})
+    assert no_cache_prices.cost(row) == pytest.approx((151 * 3 + 9 * 15) / 1e6)  # cached costs as input
+    read_only = Pricing(per_million_tokens={"input": 3, "cached_input": 0.3, "output": 15})
+    assert read_only.cost(row) == pytest.approx((51 * 3 + 100 * 0.3 + 9 * 15) / 1e6)
+
+
 def test_embeddings_are_input_tokens_only():
     row = chat_row(prompt_tokens=300, total_tokens=300)
     assert Pricing(per_million_tokens={"input": 0.02}).cost(row) == pytest.approx(300 * 0.02 / 1e6)

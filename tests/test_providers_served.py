@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import requests
 
 from . import fake_anthropic
 from .fake_anthropic import ANTHROPIC_KEY, AZURE_KEY, FakeServer
-from .integration import DEV_KEY, ENV
+from .integration import DEV_KEY, ENV, usage_rows
 from .serving import Gunicorn, free_port
 
 KEYS = {**ENV, "IT_ANTHROPIC_KEY": ANTHROPIC_KEY, "IT_AZURE_KEY": AZURE_KEY}
@@ -48,7 +49,8 @@ provider_keys:
       api_base: "{azure.url}/openai/v1"}}
   - {{display_name: gone, provider: openai, api_key: "${{IT_UPSTREAM_KEY}}", api_base: "{dead}"}}
 models:
-  - {{display_name: claude, provider: anthropic, model_name: claude-sonnet-4-5, provider_key: claude}}
+  - {{display_name: claude, provider: anthropic, model_name: claude-sonnet-4-5, provider_key: claude,
+      pricing: {{per_million_tokens: {{input: 3, cache_read: 0.3, cache_write: 3.75, output: 15}}}}}}
   - {{display_name: claude-short, provider: anthropic, model_name: claude-haiku-4-5, provider_key: claude,
       max_tokens_default: 256}}
   - {{display_name: azure-chat, provider: azure, model_name: my-gpt4o, provider_key: azure}}
@@ -93,7 +95,17 @@ def sent(fake: FakeServer) -> dict:
     return call
 
 
-def test_a_chat_with_a_system_prompt(client, fakes):
+def ledger_row(served: Gunicorn, answer) -> dict:
+    """The usage row of the chat completion ``answer`` (its id is the upstream message's)."""
+    for _ in range(100):  # rows are written after the answers; give the writer a moment
+        rows = usage_rows(served, model="claude")
+        if rows:
+            return rows[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no usage row for {answer.id}")
+
+
+def test_a_chat_with_a_system_prompt(client, fakes, served):
     claude, _ = fakes
     answer = client.chat.completions.create(
         model="claude",
@@ -111,6 +123,13 @@ def test_a_chat_with_a_system_prompt(client, fakes):
         160,
     )
     assert answer.usage.prompt_tokens_details.cached_tokens == 100
+    row = ledger_row(served, answer)
+    assert (row["input_tokens"], row["input_cached_tokens"], row["input_cache_write_tokens"]) == (
+        151,
+        100,
+        30,
+    )
+    assert row["cost_usd"] == pytest.approx((21 * 3 + 100 * 0.3 + 30 * 3.75 + 9 * 15) / 1e6)
     call = sent(claude)
     assert call["path"] == "/v1/messages" and "Authorization" not in call["headers"]
     assert call["body"] == {

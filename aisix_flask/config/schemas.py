@@ -148,10 +148,16 @@ class TokenPricesSchema(_Schema):
     output_image = _price
     input = _price
     cached_input = _price
+    cache_read = _price  # Anthropic's name for cached input
+    cache_write = _price
     output = _price
 
     @validates_schema
     def _one_family(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "cached_input" in data and "cache_read" in data:
+            raise ValidationError(
+                "cached_input and cache_read are one price: give one of them.", "cache_read"
+            )
         if any(k in data for k in IMAGE_TOKEN_KINDS) and any(k in data for k in TEXT_TOKEN_KINDS):
             raise ValidationError(
                 f"Give either image token prices ({', '.join(IMAGE_TOKEN_KINDS)}) or text token "

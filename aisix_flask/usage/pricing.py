@@ -13,8 +13,10 @@ from typing import Any
 
 # gpt-image models report their input split into text and image tokens and bill them differently.
 IMAGE_TOKEN_KINDS = ("input_text", "input_image", "output_image")
-# Text models (chat, embeddings, rerank): input, the part of it served from cache, output.
-TEXT_TOKEN_KINDS = ("input", "cached_input", "output")
+# Text models (chat, embeddings, rerank): input, the part of it read from a prompt cache
+# (``cached_input``, or as Anthropic names it ``cache_read``), the part written to one
+# (``cache_write``: Anthropic bills it apart), output.
+TEXT_TOKEN_KINDS = ("input", "cached_input", "cache_read", "cache_write", "output")
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,18 @@ def _token_units(usage: Any, prices: Mapping[str, float]) -> dict[str, int] | No
         else:
             return None  # no breakdown and the kinds cost differently: not guessed
         return {"input_text": text, "input_image": image, "output_image": usage.output_tokens}
-    cached = min(usage.input_cached_tokens or 0, usage.input_tokens)  # a report cannot cache more
-    if cached and "cached_input" not in prices:
-        cached = 0  # no discount configured: cached input costs what input costs
-    return {"input": usage.input_tokens - cached, "cached_input": cached, "output": usage.output_tokens}
+    # Cached tokens without a price of their own cost what input costs; a report cannot cache more
+    # than its input.
+    read_kind = "cache_read" if "cache_read" in prices else "cached_input"
+    read = min(usage.input_cached_tokens or 0, usage.input_tokens) if read_kind in prices else 0
+    written = (usage.input_cache_write_tokens or 0) if "cache_write" in prices else 0
+    written = min(written, usage.input_tokens - read)
+    return {
+        "input": usage.input_tokens - read - written,
+        read_kind: read,
+        "cache_write": written,
+        "output": usage.output_tokens,
+    }
 
 
 def _priced(units: Mapping[str, int], prices: Mapping[str, float], per: int) -> float | None:

@@ -55,6 +55,7 @@ class UsageRow:
     input_text_tokens: int | None = None  # from usage.input_tokens_details, when reported
     input_image_tokens: int | None = None
     input_cached_tokens: int | None = None  # from usage.prompt_tokens_details, when reported
+    input_cache_write_tokens: int | None = None  # written to a prompt cache (Anthropic reports it)
     search_units: int | None = None  # rerank: what the upstream billed, when it says
     cost_usd: float | None = None  # None when no price applies
     idempotent_replay: bool = False  # answered from a stored answer: nothing generated, no tokens
@@ -123,3 +124,5 @@ class UsageRow:
                 self.input_image_tokens = _count(details.get("image_tokens"))
             if "cached_tokens" in details:
                 self.input_cached_tokens = _count(details.get("cached_tokens"))
+            if "cache_write_tokens" in details:
+                self.input_cache_write_tokens = _count(details.get("cache_write_tokens"))

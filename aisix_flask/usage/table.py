@@ -63,6 +63,7 @@ usage = Table(
     Column("search_units", Integer),
     Column("target", String(256)),
     Column("attempts", Integer),
+    Column("input_cache_write_tokens", Integer),
 )
 
 _INT_RANGE = (-(2**31), 2**31 - 1)  # PostgreSQL's INTEGER
