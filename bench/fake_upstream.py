@@ -8,6 +8,7 @@
   chunk at once, then a content chunk every 0.3 s (7 of them, ~2 s), the finish chunk, a usage-only
   chunk when ``stream_options.include_usage`` is true, then ``data: [DONE]``. The last message's
   text steers it: ``[gap:0.05]`` seconds between content chunks, ``[chunks:3]`` content chunks.
+- ``POST /v1/messages``: Anthropic's Messages API, whole or streamed, steered as chat is.
 - Anything else (``/images/generations``): the prompt steers it: ``[sleep:5]`` answers after 5 s,
   ``[b64:8mb]`` answers one ``b64_json`` image of that size (``kb`` or ``mb``); anything else gets
   a small URL answer with ``usage`` at once.
@@ -167,6 +168,51 @@ async def chat(writer: asyncio.StreamWriter, body: bytes) -> None:
     await writer.drain()
 
 
+def _anthropic_event(kind: str, document: dict[str, Any]) -> bytes:
+    data = json.dumps({"type": kind, **document}, separators=(",", ":"))
+    return _http_chunk(f"event: {kind}\ndata: {data}\n\n".encode())
+
+
+async def messages(writer: asyncio.StreamWriter, body: bytes) -> None:
+    """An Anthropic Messages answer, whole or as its server-sent events, the text as chat's."""
+    request = json.loads(body)
+    model = request.get("model")
+    text = json.dumps(request.get("messages") or [])
+    usage = {"input_tokens": 12, "output_tokens": 7}
+    if request.get("stream") is not True:
+        document = {"id": "msg_bench", "type": "message", "role": "assistant", "model": model,
+                    "content": [{"type": "text", "text": "one two three four five six seven"}],
+                    "stop_reason": "end_turn", "stop_sequence": None, "usage": usage}  # fmt: skip
+        answer(writer, json.dumps(document).encode())
+        await writer.drain()
+        return
+    gap = float(m.group(1)) if (m := _GAP.search(text)) else 0.3
+    count = int(m.group(1)) if (m := _CHUNKS.search(text)) else 7
+    message = {"id": "msg_bench", "type": "message", "role": "assistant", "model": model, "content": [],
+               "usage": {**usage, "output_tokens": 1}}  # fmt: skip
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+        b"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n"
+        + _anthropic_event("message_start", {"message": message})
+        + _anthropic_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+    )
+    await writer.drain()
+    for i in range(count):
+        await asyncio.sleep(gap)
+        delta = {"index": 0, "delta": {"type": "text_delta", "text": f"word{i} "}}
+        writer.write(_anthropic_event("content_block_delta", delta))
+        await writer.drain()
+    writer.write(
+        _anthropic_event("content_block_stop", {"index": 0})
+        + _anthropic_event(
+            "message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": count}}
+        )
+        + _anthropic_event("message_stop", {})
+        + b"0\r\n\r\n"
+    )
+    await writer.drain()
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
@@ -193,6 +239,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 await asyncio.sleep(float(m.group(1)))
             if path.endswith(b"/chat/completions"):
                 await chat(writer, body)
+                continue
+            if path.endswith(b"/v1/messages"):
+                await messages(writer, body)
                 continue
             payload = SMALL
             if m := _B64.search(body):

@@ -13,7 +13,8 @@ Scenarios (``--only`` takes their names): ``latency`` (c=1, 8, 64), ``chat`` (th
 the image route: c=1, 8, 64 not streamed, the first event and the end of a stream at c=1, the memory
 of 100 streams in flight), ``breakdown`` (c=64 with parts
 of the config taken away), ``redis`` (the limits on Redis, when one answers on 6379), ``routing``
-(a routing model beside a direct one at c=1, and one of its two upstreams killed at c=64), ``slow``
+(a routing model beside a direct one at c=1, and one of its two upstreams killed at c=64),
+``providers`` (the anthropic adapter's translation beside OpenAI's API, whole and streamed), ``slow``
 (1,000 concurrent 5 s generations and the memory they take), ``large`` (8 and 32 MB answers), and
 three on the gateway as ``make serve`` runs it (gunicorn.conf.py, no -w/--threads), driven by
 bench/aioload.py instead of wrk: ``edits`` (4 × 4 MB image edits at c=1 and c=4, and the memory
@@ -53,6 +54,7 @@ from bench.harness import (  # noqa: E402
     probe_gunicorn,
     redis_answers,
 )
+from bench.providers import provider_rows  # noqa: E402
 from bench.routing import routing_rows  # noqa: E402
 from bench.scenarios import (  # noqa: E402
     IMAGES,
@@ -66,10 +68,13 @@ from bench.scenarios import (  # noqa: E402
 )
 from tests.serving import free_port  # noqa: E402
 
-SCENARIOS = ("latency", "chat", "breakdown", "redis", "routing", "slow", "large", "edits", "streams", "fast")
+SCENARIOS = ("latency", "chat", "breakdown", "redis", "routing", "providers", "slow", "large",
+             "edits", "streams", "fast")  # fmt: skip
 # Measured with wrk in real runs (chat: its answers that are not streamed); the others use
 # bench/aioload.py.
-WRK_SCENARIOS = frozenset(("latency", "chat", "breakdown", "redis", "routing", "slow", "large"))
+WRK_SCENARIOS = frozenset(
+    ("latency", "chat", "breakdown", "redis", "routing", "providers", "slow", "large")
+)  # fmt: skip
 
 
 def main() -> None:
@@ -102,7 +107,7 @@ def main() -> None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
     extra = shlex.split(args.gunicorn_args)
     variants = {}  # what each gateway's command line makes of gunicorn.conf.py and --gunicorn-args
-    if only & {"latency", "chat", "breakdown", "redis", "routing"}:
+    if only & {"latency", "chat", "breakdown", "redis", "routing", "providers"}:
         label = f"latency runs (-w {plan.workers} --threads {plan.threads})"
         variants[label] = gunicorn_args(0, plan.workers, plan.threads, extra)
     if only & {"slow", "large"}:
@@ -207,6 +212,8 @@ def main() -> None:
                 stop(gw_redis)
             if "routing" in only:
                 rows += routing_rows(plan, tmp, start, stop, measure)
+            if "providers" in only:
+                rows += provider_rows(plan, tmp, upstream, start, stop, measure)
             if only & {"latency", "chat", "breakdown", "redis"}:
                 stop(gw)  # the bare proxy stays: the large answers are measured through it too
             if only & {"slow", "large"}:

@@ -32,6 +32,7 @@ def test_usage_lists_rows_newest_first(client):
         "size", "quality", "n", "latency_ms", "upstream_latency_ms", "client_ip",
         "pii_masked", "guardrails_flagged", "input_text_tokens", "input_image_tokens", "cost_usd",
         "idempotent_replay", "input_cached_tokens", "search_units", "target", "attempts",
+        "input_cache_write_tokens",
     }  # fmt: skip
 
 

@@ -92,6 +92,8 @@ def test_run_py_smoke_prints_every_row():
         *(["c=64 req/s, limits: all three, on Redis"] if redis_answers() else []),
         "c=1 p50 ms, routing model (direct model in the direct column)",
         "c=64 req/s, one of two targets killed (both healthy in the direct column)",
+        "chat c=1 p50 ms, anthropic adapter (OpenAI's API on the same fake in the direct column)",
+        "chat stream c=1 end p50 ms, 20 events, anthropic adapter (OpenAI's API in the direct column)",
         "8 × 0.1 s p99 ms",
         "8 × 0.1 s RSS MB",
         "1 MB p50 ms",

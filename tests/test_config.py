@@ -290,3 +290,49 @@ def test_cli_hash_key(app):
     assert runner.invoke(args=["aisix", "hash-key"], input="typed\n").output.strip().endswith(sha("typed"))
     new = runner.invoke(args=["aisix", "hash-key", "--new"]).output.split()
     assert new[0] == "key:" and new[1].startswith("sk-aisix-") and new[3] == sha(new[1])
+
+
+def test_claude_and_azure_keys_and_their_defaults(tmp_path, config):
+    config["provider_keys"] += [
+        {"display_name": "claude", "provider": "anthropic", "api_key": "k"},  # no api_base: Anthropic's
+        {"display_name": "az", "provider": "azure", "api_key": "k", "api_base": "https://r.openai.azure.com",
+         "api_version": "2024-10-21"},
+    ]  # fmt: skip
+    config["models"] += [
+        {"display_name": "claude", "provider": "anthropic", "model_name": "claude-x",
+         "provider_key": "claude", "max_tokens_default": 1024},
+        {"display_name": "az", "provider": "azure", "model_name": "dep", "provider_key": "az"},
+    ]  # fmt: skip
+    registry = load_config(str(write_config(tmp_path / "c.yaml", config)))
+    claude = registry.router.resolve("claude").candidates[0].route
+    azure = registry.router.resolve("az").candidates[0].route
+    assert (claude.provider_key.adapter, claude.provider_key.api_base, claude.model.max_tokens_default) == (
+        "anthropic",
+        None,
+        1024,
+    )
+    assert (azure.provider_key.adapter, azure.provider_key.api_version) == ("azure-openai", "2024-10-21")
+    assert registry.router.resolve("image-prod").candidates[0].route.model.max_tokens_default == 4096
+
+
+def test_bad_claude_and_azure_settings_are_named(tmp_path, config):
+    config["provider_keys"].append(
+        {"display_name": "az", "provider": "azure", "api_key": "k", "api_version": ""}
+    )
+    config["models"] += [
+        {"display_name": "c", "provider": "openai", "model_name": "m", "provider_key": "openai-main",
+         "max_tokens_default": 0},
+        {"display_name": "r", "routing": {"targets": [{"model": "c"}]}, "max_tokens_default": 5},
+    ]  # fmt: skip
+    config["models"][0]["pricing"] = {"per_million_tokens": {"input": 1, "cached_input": 1, "cache_read": 1}}
+    with pytest.raises(ConfigError) as error:
+        load_config(str(write_config(tmp_path / "c.yaml", config)))
+    problems = str(error.value)
+    for expected in (
+        "provider_keys[5].api_version: Shorter than minimum length 1.",
+        "provider_keys[5].api_base: required for provider 'azure'",
+        f"models[{len(config['models']) - 2}].max_tokens_default: Must be greater than or equal to 1.",
+        f"models[{len(config['models']) - 1}].max_tokens_default: A routing model takes none of",
+        "models[0].pricing.per_million_tokens.cache_read: cached_input and cache_read are one price",
+    ):
+        assert expected in problems, problems
