@@ -84,10 +84,11 @@ def served(tmp_path_factory, fakes) -> Iterator[Gunicorn]:
 
 
 @pytest.fixture
-def client(served, fakes) -> openai.OpenAI:
+def client(served, fakes) -> Iterator[openai.OpenAI]:
     for fake in fakes:
         fake.calls.clear()
-    return openai.OpenAI(base_url=f"{served.url}/v1", api_key=DEV_KEY, max_retries=0)
+    with openai.OpenAI(base_url=f"{served.url}/v1", api_key=DEV_KEY, max_retries=0) as client:
+        yield client  # (closed after: a kept-alive connection would hold the server's stop)
 
 
 def sent(fake: FakeServer) -> dict:
