@@ -60,7 +60,10 @@ def journal_rows(path: Path) -> int:
     if not path.exists():
         return 0
     with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT count(*) FROM journal").fetchone()[0]
+        try:
+            return conn.execute("SELECT count(*) FROM journal").fetchone()[0]
+        except sqlite3.OperationalError:  # a worker is creating the file (its tables come next)
+            return 0
 
 
 def wait_until(condition, timeout: float = 20.0, what: str = "") -> None:
