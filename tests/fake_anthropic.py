@@ -90,13 +90,29 @@ def problems(headers: Any, body: Any) -> list[str]:
         if i and messages[i - 1].get("role") == role:
             found.append(f"messages.{i}: roles must alternate")
         content = message.get("content")
+        if not content:
+            found.append(f"messages.{i}.content: must not be empty")
         if isinstance(content, str):
             continue
         for j, block in enumerate(content or []):
-            if block.get("type") not in BLOCKS[role]:
-                found.append(f"messages.{i}.content.{j}.type: {block.get('type')!r} not allowed for {role}")
+            kind, where = block.get("type"), f"messages.{i}.content.{j}"
+            if kind not in BLOCKS[role]:
+                found.append(f"{where}.type: {kind!r} not allowed for {role}")
+            elif kind == "text" and not block.get("text"):
+                found.append(f"{where}.text: must not be empty")
+            elif kind == "image" and block.get("source", {}).get("type") not in ("base64", "url"):
+                found.append(f"{where}.source: base64 or url")
+            elif kind == "tool_use" and not (isinstance(block.get("input"), dict) and block.get("id")):
+                found.append(f"{where}: a tool_use needs an id and an object input")
     if messages[0].get("role") != "user":
         found.append("messages.0.role: the first message must be a user turn")
+    if "tool_choice" in body and "tools" not in body and body["tool_choice"].get("type") != "none":
+        found.append("tool_choice: only with tools")
+    if (
+        body.get("tool_choice", {}).get("type") == "none"
+        and "disable_parallel_tool_use" in body["tool_choice"]
+    ):
+        found.append("tool_choice.disable_parallel_tool_use: not with none")
     for i, tool in enumerate(body.get("tools") or []):
         if set(tool) - {"name", "description", "input_schema"} or "input_schema" not in tool:
             found.append(f"tools.{i}: name, description, input_schema")

@@ -8,10 +8,18 @@ import json
 import pytest
 
 from aisix_flask.config.resources import Model
-from aisix_flask.errors import InvalidRequest
+from aisix_flask.errors import InvalidRequest, UpstreamBadResponse
 from aisix_flask.providers.anthropic.answer import completion, openai_error, usage
 from aisix_flask.providers.anthropic.events import chunks
 from aisix_flask.providers.anthropic.request import messages_request
+
+TOOL = {"type": "function", "function": {"name": "f", "strict": True}}
+SENT_TOOL = {"name": "f", "input_schema": {"type": "object", "properties": {}}}
+
+
+def call(id_: str, arguments: object) -> dict:
+    return {"id": id_, "type": "function", "function": {"name": "w", "arguments": arguments}}
+
 
 MODEL = Model("claude", "anthropic", "claude-key", "claude-sonnet-4-5", max_tokens_default=4096)
 HI = [{"role": "user", "content": "Hi"}]
@@ -35,14 +43,18 @@ def sent(**body):
         ({"stream": True, "stream_options": {"include_usage": True}}, {"stream": True}),
         ({"n": 1, "logprobs": False, "response_format": {"type": "text"}}, {}),
         ({"tool_choice": "none"}, {"tool_choice": {"type": "none"}}),
-        ({"tool_choice": "auto", "parallel_tool_calls": False},
-         {"tool_choice": {"type": "auto", "disable_parallel_tool_use": True}}),
-        ({"parallel_tool_calls": False},
-         {"tool_choice": {"type": "auto", "disable_parallel_tool_use": True}}),
+        ({"tools": [TOOL], "tool_choice": "auto", "parallel_tool_calls": False},
+         {"tools": [SENT_TOOL], "tool_choice": {"type": "auto", "disable_parallel_tool_use": True}}),
+        ({"tools": [TOOL], "parallel_tool_calls": False},
+         {"tools": [SENT_TOOL], "tool_choice": {"type": "auto", "disable_parallel_tool_use": True}}),
+        ({"parallel_tool_calls": False}, {}),  # no tools: nothing to run in parallel
+        ({"tools": [TOOL], "tool_choice": "none", "parallel_tool_calls": False},
+         {"tools": [SENT_TOOL], "tool_choice": {"type": "none"}}),
+        ({"max_completion_tokens": None, "max_tokens": 100}, {"max_tokens": 100}),
+        ({"frequency_penalty": 0, "presence_penalty": 0, "store": False}, {}),
         ({"tool_choice": {"type": "function", "function": {"name": "f"}}},
          {"tool_choice": {"type": "tool", "name": "f"}}),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]},
-         {"tools": [{"name": "f", "input_schema": {"type": "object", "properties": {}}}]}),
+        ({"tools": [TOOL]}, {"tools": [SENT_TOOL]}),
     ],
 )  # fmt: skip
 def test_fields_carried(body, expected):
@@ -73,16 +85,31 @@ def test_fields_carried(body, expected):
                         "tool_calls": [{"id": "c", "type": "function",
                                         "function": {"name": "f", "arguments": "{"}}]}]},
          "messages[0].tool_calls[0].function.arguments"),
+        ({"messages": [{"role": "assistant", "tool_calls": [call("c", {"x": 1})]}]},
+         "messages[0].tool_calls[0].function.arguments"),
+        ({"messages": [{"role": "assistant", "tool_calls": [call("c", "[1]")]}]},
+         "messages[0].tool_calls[0].function.arguments"),
+        ({"messages": [{"role": "assistant", "tool_calls": 5}]}, "messages[0].tool_calls"),
+        ({"messages": [{"role": "assistant",
+                        "tool_calls": [{"type": "function", "function": {"name": "f"}}]}]},
+         "messages[0].tool_calls[0]"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "x"}]},
+         "messages[1].tool_call_id"),
+        ({"messages": [{"role": "system", "content": "only this"}]}, "messages"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+         "messages[1].content"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "https://x"}]}]},
+         "messages[0].content[0].image_url"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url",
+                                                     "image_url": {"url": "data:;base64,AAAA"}}]}]},
+         "messages[0].content[0].image_url.url"),
+        ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools[0].function.name"),
     ],
 )  # fmt: skip
 def test_fields_refused_naming_them(body, param):
     with pytest.raises(InvalidRequest) as refused:
         messages_request({"model": "claude", "messages": HI, **body}, "m", MODEL)
     assert refused.value.param == param and "anthropic adapter" in refused.value.description
-
-
-def call(id_: str, arguments: str) -> dict:
-    return {"id": id_, "type": "function", "function": {"name": "w", "arguments": arguments}}
 
 
 def test_turns_system_tools_and_merging():
@@ -167,19 +194,28 @@ def test_stop_reasons(stop, finish):
 
 
 @pytest.mark.parametrize(
-    ("document", "status", "error"),
+    ("document", "error"),
     [
-        ({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, 529,
+        ({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
          {"message": "Overloaded", "type": "server_error", "param": None, "code": "overloaded_error"}),
-        ({"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}, 400,
+        ({"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}},
          {"message": "bad", "type": "invalid_request_error", "param": None, "code": "invalid_request_error"}),
-        (None, 502,
-         {"message": "The upstream answered HTTP 502.", "type": "upstream_error", "param": None,
-          "code": None}),
+        ({"type": "error", "error": {"type": "billing_error", "message": "pay"}},
+         {"message": "pay", "type": "upstream_error", "param": None, "code": "billing_error"}),
     ],
 )  # fmt: skip
-def test_errors_in_openais_envelope(document, status, error):
-    assert openai_error(document, status) == {"error": error}
+def test_errors_in_openais_envelope(document, error):
+    assert openai_error(document) == {"error": error}
+
+
+@pytest.mark.parametrize("document", [None, "<html>Bad gateway</html>", {"error": "x"}, {"message": "m"}])
+def test_a_body_that_is_not_anthropics_error_is_left_as_it_came(document):
+    assert openai_error(document) is None  # (reported as any upstream's error body would be)
+
+
+def test_an_answer_that_is_not_a_message_is_a_bad_response():
+    with pytest.raises(UpstreamBadResponse):
+        completion({"content": ["text"]}, "a")
 
 
 def event(kind: str, **fields) -> bytes:
@@ -258,6 +294,8 @@ def test_an_error_event_and_a_cut_stream():
         "error": {"message": "Overloaded", "type": "server_error", "param": None, "code": "overloaded_error"}
     }
     cut = relayed([start, event("content_block_delta", index=0, delta={"type": "text_delta", "text": "Hi"})])
+    unknown = relayed([start, event("error", error="?")])
+    assert unknown[-1]["error"]["type"] == "upstream_error"
     assert "[DONE]" not in cut and cut[-1]["choices"][0]["delta"] == {"content": "Hi"}
 
 
@@ -268,3 +306,23 @@ def test_usage_counts_every_input_token():
         "total_tokens": 10,
         "prompt_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 3},
     }
+
+
+def test_a_streamed_tool_call_without_arguments_gets_an_empty_object():
+    tool = {"type": "tool_use", "id": "tu", "name": "now", "input": {}}
+    out = relayed(
+        [
+            event("message_start", message={"id": "m", "usage": {}}),
+            event("content_block_start", index=0, content_block=tool),
+            event("content_block_stop", index=0),
+            event("message_delta", delta={"stop_reason": "tool_use"}, usage={"output_tokens": 3}),
+            event("message_stop"),
+        ]
+    )
+    calls = [
+        call
+        for o in out
+        if isinstance(o, dict) and o["choices"]
+        for call in o["choices"][0]["delta"].get("tool_calls", [])
+    ]
+    assert "".join(c["function"]["arguments"] for c in calls) == "{}"

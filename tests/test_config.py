@@ -107,7 +107,7 @@ def test_every_problem_is_listed_by_path(tmp_path):
         "gateway.usage.queue_rows: Must be greater than or equal to 1.",
         "provider_keys[0].adapter: Must be one of: anthropic, azure-openai, openai, openai-compatible.",
         "provider_keys[1].display_name: duplicate display_name 'a'",
-        "provider_keys[1].api_base: required for provider 'mistral'",
+        "provider_keys[1].api_base: required for provider 'mistral' (adapter 'openai-compatible')",
         "models[1].display_name: duplicate display_name 'm'",
         "models[1].provider_key: unknown provider key 'x'",
         "models[2].display_name: at most one '*' is allowed",
@@ -330,7 +330,7 @@ def test_bad_claude_and_azure_settings_are_named(tmp_path, config):
     problems = str(error.value)
     for expected in (
         "provider_keys[5].api_version: Shorter than minimum length 1.",
-        "provider_keys[5].api_base: required for provider 'azure'",
+        "provider_keys[5].api_base: required for provider 'azure' (adapter 'azure-openai')",
         f"models[{len(config['models']) - 2}].max_tokens_default: Must be greater than or equal to 1.",
         f"models[{len(config['models']) - 1}].max_tokens_default: A routing model takes none of",
         "models[0].pricing.per_million_tokens.cache_read: cached_input and cache_read are one price",

@@ -59,6 +59,8 @@ models:
   - {{display_name: gpt-gone, provider: openai, model_name: gpt-4o, provider_key: gone}}
   - display_name: chat
     routing: {{targets: [{{model: gpt-gone}}, {{model: claude, priority: -1}}]}}
+  - display_name: claude-first
+    routing: {{targets: [{{model: claude}}, {{model: azure-chat}}]}}
 api_keys:
   - {{display_name: dev, key_env: IT_DEV_KEY}}
 """
@@ -281,6 +283,15 @@ def test_a_routing_model_mixing_adapters_answers_openai_either_way(client, fakes
     )
     assert answer.headers["x-aisix-target"] == "claude"
     assert answer.parse().choices[0].message.content == "Hello from Claude"
+
+
+def test_a_target_that_cannot_carry_a_field_is_skipped_before_anything_is_spent(client, fakes):
+    claude, azure = fakes
+    answer = client.chat.completions.with_raw_response.create(
+        model="claude-first", messages=[{"role": "user", "content": "Hi"}], n=2
+    )
+    assert (answer.headers["x-aisix-target"], answer.headers["x-aisix-attempts"]) == ("azure-chat", "1")
+    assert (claude.calls, len(azure.calls)) == ([], 1)
 
 
 @pytest.mark.parametrize(

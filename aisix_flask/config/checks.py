@@ -10,6 +10,8 @@ from typing import Any
 
 from marshmallow import Schema, fields
 
+from ..adapters import default_adapter
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -76,9 +78,11 @@ def cross_check(data: dict[str, Any]) -> list[str]:
     provider_keys = {row.get("display_name"): row for _, row in _items(data, "provider_keys")}
     for path, row in _items(data, "provider_keys"):
         provider = row.get("provider")
-        # (OpenAI's and Anthropic's own APIs have a default address)
-        if isinstance(provider, str) and provider not in ("openai", "anthropic") and not row.get("api_base"):
-            problems.append(f"{path}.api_base: required for provider {provider!r}")
+        if isinstance(provider, str) and not row.get("api_base"):
+            # Only OpenAI's and Anthropic's own APIs have a default address, each for its own key.
+            adapter = row.get("adapter") or default_adapter(provider)
+            if not (adapter == "anthropic" or (adapter == "openai" and provider == "openai")):
+                problems.append(f"{path}.api_base: required for provider {provider!r} (adapter {adapter!r})")
 
     gateway = data.get("gateway")
     upstream_settings = gateway.get("upstream") if isinstance(gateway, dict) else None

@@ -15,7 +15,10 @@ class AzureOpenAI(Bridge):
     """
 
     def url(self, key: ProviderKey, path: str, upstream_model: str) -> str:
-        base = (key.api_base or "").rstrip("/").removesuffix("/openai/v1").removesuffix("/openai")
+        # The resource's address, whatever was pasted after it (/openai/v1, a deployment's URL, the
+        # portal's "target URI" with its ?api-version=).
+        base = (key.api_base or "").split("?")[0].rstrip("/")
+        base = base[: base.find("/openai")] if "/openai" in base else base
         if key.api_version:
             return f"{base}/openai/deployments/{upstream_model}{path}?api-version={key.api_version}"
         return f"{base}/openai/v1{path}"

@@ -6,13 +6,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..config.resources import Model, ProviderKey
+from ..errors import InvalidRequest
 from .urls import endpoint_url
 
 
 class Bridge:
     """OpenAI's API, as it is: the default every other bridge changes parts of."""
 
-    translates_events = False  # its events are OpenAI's already: relayed as they come
+    translates = False  # requests, answers and events are OpenAI's: sent and relayed as they are
 
     def url(self, key: ProviderKey, path: str, upstream_model: str) -> str:
         """Where the operation whose OpenAI path is ``path`` is sent."""
@@ -25,6 +26,14 @@ class Bridge:
     def body(self, body: dict[str, Any], upstream_model: str, model: Model) -> dict[str, Any]:
         """The JSON body sent for the caller's (already checked) OpenAI ``body``."""
         return {**body, "model": upstream_model}
+
+    def refusal(self, body: dict[str, Any], upstream_model: str, model: Model) -> InvalidRequest | None:
+        """Why ``body`` cannot be sent through this bridge (None: it can), before anything is spent."""
+        try:
+            self.body(body, upstream_model, model)
+        except InvalidRequest as refused:
+            return refused
+        return None
 
     def answer(self, status: int, document: Any, alias: str) -> Any:
         """The upstream's JSON answer as OpenAI's (this one: unchanged; ``None`` means the bytes

@@ -294,3 +294,16 @@ class _Body:
     def whole(self) -> bool:
         """Read to its very end and not a byte beyond: the connection can serve another request."""
         return self.done and not self.ends_at_close and not self._framed
+
+
+class TranslatedEvents:
+    """An upstream's events as its bridge translates them; closed as the upstream's are."""
+
+    def __init__(self, upstream: UpstreamEvents, translated: Iterator[Any]) -> None:
+        self._upstream, self._translated = upstream, translated
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._translated
+
+    def close(self, finished: bool = False) -> None:
+        self._upstream.close(finished)

@@ -26,6 +26,7 @@ from ..errors import (
 from ..gateway import current
 from ..policy.auth import authenticate
 from ..policy.guardrails import check_input, check_output
+from ..providers import bridge_for
 from .body import read_json_object
 from .call import Call
 from .failover import Targets, send_tries
@@ -49,7 +50,7 @@ def handle(operation: Operation) -> Response:
         plan = resolve(config, body["model"])  # 4
         call.resolved(plan)
         require_access(key, plan)  # 5
-        targets = Targets(plan, eligible(operation, plan), timeouts(config, plan))  # 6-8, each target's
+        targets = Targets(plan, eligible(operation, plan, body), timeouts(config, plan))  # 6-8, each target's
         body = guard_input(call, body)  # 9
         if operation.streaming is not None and body.get("stream") is True:
             refuse_idempotency_key()
@@ -103,7 +104,7 @@ def require_access(key: ApiKey, plan: Plan) -> None:
         raise PermissionDenied(f"This API key may not use the model '{plan.alias}'.")
 
 
-def eligible(operation: Operation, plan: Plan) -> list[Candidate]:
+def eligible(operation: Operation, plan: Plan, body: dict[str, Any]) -> list[Candidate]:
     """Steps 6 to 8 for each target: those that pass, in the plan's order; when none does, the
     first target's refusal."""
     passing: list[Candidate] = []
@@ -111,7 +112,7 @@ def eligible(operation: Operation, plan: Plan) -> list[Candidate]:
     for candidate in plan.candidates:
         try:
             require_provider(operation, candidate.route)  # 6
-            require_adapter(operation, candidate.route)  # 7
+            require_adapter(operation, candidate.route, body)  # 7
             require_credential(candidate.route)  # 8
         except GatewayError as refusal:
             first_refusal = first_refusal or refusal
@@ -135,8 +136,9 @@ def require_provider(operation: Operation, route: Route) -> None:
         )
 
 
-def require_adapter(operation: Operation, route: Route) -> None:
-    """The provider key's adapter must implement the operation, else 501."""
+def require_adapter(operation: Operation, route: Route, body: dict[str, Any]) -> None:
+    """The provider key's adapter must implement the operation, else 501; and carry every field
+    of the body (a translating bridge, anthropic's), else 400 naming the first it cannot."""
     adapter = route.provider_key.adapter
     if not ADAPTERS[adapter].implements(operation.capability):
         raise NotImplementedOperation(
@@ -145,6 +147,9 @@ def require_adapter(operation: Operation, route: Route) -> None:
             f"provider capability issue: check that the model's provider key uses an adapter "
             f"that supports {operation.what} (adapter: {', '.join(supporting(operation.capability))})."
         )
+    bridge = bridge_for(adapter)
+    if bridge.translates and (refused := bridge.refusal(body, route.upstream_model, route.model)):
+        raise refused
 
 
 def require_credential(route: Route) -> None:

@@ -1,4 +1,5 @@
-"""Step 11: one upstream call, the body sent with only ``model`` rewritten, and what came of it.
+"""Step 11: one upstream call, the body sent with only ``model`` rewritten (or, through a
+translating bridge, as its provider's API has it), and what came of it.
 
 ``send`` never raises what the upstream did: it returns an ``Attempt`` that says it (an answer to
 pass on, an open event stream, or the error the gateway answers instead), so that whoever sends
@@ -41,8 +42,9 @@ class Payload:
         return dataclasses.replace(self, body=body)
 
     def encode(self) -> tuple[Any, str]:
-        """What to send and its Content-Type: the body with only ``model`` rewritten; a form's
-        parts as they came, with the fields the gateway changed (``model``, masked text) replaced."""
+        """What to send and its Content-Type: the body as the key's bridge sends it (OpenAI's: only
+        ``model`` rewritten); a form's parts as they came, with the fields the gateway changed
+        (``model``, masked text) replaced."""
         model = self.route.upstream_model
         if self.upload is None:
             sent = bridge_for(self.route.provider_key.adapter).body(self.body, model, self.route.model)

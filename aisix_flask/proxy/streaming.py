@@ -25,7 +25,16 @@ from ..policy.guardrails import check_output
 from ..policy.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ..providers import bridge_for
 from .call import Billable, Call
-from .events import KEEPALIVE, CallerGone, Interrupted, ShuttingDown, Silent, StreamCutShort, UpstreamEvents
+from .events import (
+    KEEPALIVE,
+    CallerGone,
+    Interrupted,
+    ShuttingDown,
+    Silent,
+    StreamCutShort,
+    TranslatedEvents,
+    UpstreamEvents,
+)
 from .operation import Streaming
 from .send import Attempt
 from .upstream import Timeout
@@ -108,7 +117,7 @@ def stream_response(
         raise
     events: UpstreamEvents | TranslatedEvents = upstream
     bridge = bridge_for(attempt.route.provider_key.adapter)
-    if bridge.translates_events:  # (another API's events: OpenAI's chunks are what is relayed)
+    if bridge.translates:  # (another API's events: OpenAI's chunks are what is relayed)
         events = TranslatedEvents(upstream, bridge.events(upstream, call.row.model or ""))
     guardrails = call.config.output_guardrails if spec.text else ()
     relay = Relay(
@@ -119,19 +128,6 @@ def stream_response(
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the events
     return response
-
-
-class TranslatedEvents:
-    """An upstream's events as its bridge translates them; closed as the upstream's are."""
-
-    def __init__(self, upstream: UpstreamEvents, translated: Iterator[Any]) -> None:
-        self._upstream, self._translated = upstream, translated
-
-    def __iter__(self) -> Iterator[Any]:
-        return self._translated
-
-    def close(self, finished: bool = False) -> None:
-        self._upstream.close(finished)
 
 
 class Relay:

@@ -20,7 +20,7 @@ VERSION = "2023-06-01"
 class Anthropic(Bridge):
     """Anthropic's Messages API behind the chat completions route."""
 
-    translates_events = True
+    translates = True
 
     def url(self, key: ProviderKey, path: str, upstream_model: str) -> str:
         base = (key.api_base or API_BASE).rstrip("/").removesuffix("/v1/messages").removesuffix("/v1")
@@ -35,7 +35,7 @@ class Anthropic(Bridge):
     def answer(self, status: int, document: Any, alias: str) -> Any:
         if 200 <= status < 300:
             return completion(document, alias) if isinstance(document, dict) else None
-        return openai_error(document, status)
+        return openai_error(document)
 
     def events(self, events: Iterable[Any], alias: str) -> Iterator[Any]:
         return chunks(events, alias)

@@ -6,6 +6,8 @@ import json
 import time
 from typing import Any
 
+from ...errors import UpstreamBadResponse
+
 STOP_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -13,6 +15,7 @@ STOP_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
     "pause_turn": "stop",
+    "model_context_window_exceeded": "length",
 }
 # Anthropic's error types, as OpenAI's clients read them.
 _ERROR_TYPES = {
@@ -28,9 +31,13 @@ _ERROR_TYPES = {
 
 
 def completion(message: dict[str, Any], alias: str) -> dict[str, Any]:
-    """The chat completion for the Messages answer ``message``."""
+    """The chat completion for the Messages answer ``message`` (UpstreamBadResponse when it is
+    not one)."""
+    blocks = message.get("content")
+    if not (isinstance(blocks, list) and all(isinstance(block, dict) for block in blocks)):
+        raise UpstreamBadResponse("The upstream answered HTTP 2xx with a body that is not a Messages answer.")
     texts, reasoning, calls = [], [], []
-    for block in message.get("content") or []:
+    for block in blocks:
         kind = block.get("type")
         if kind == "text":
             texts.append(block.get("text", ""))
@@ -78,16 +85,19 @@ def usage(reported: dict[str, Any], output_tokens: int | None = None) -> dict[st
     }
 
 
-def openai_error(document: Any, status: int) -> dict[str, Any]:
-    """Anthropic's error envelope (or any other body) as OpenAI's."""
+def openai_error(document: Any) -> dict[str, Any] | None:
+    """Anthropic's error envelope as OpenAI's (None: the body is not one, say a proxy's page: it is
+    reported as any upstream's would be)."""
     error = document.get("error") if isinstance(document, dict) else None
     kind = error.get("type") if isinstance(error, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
+    if not (isinstance(kind, str) and isinstance(message, str)):
+        return None
     return {
         "error": {
-            "message": message if isinstance(message, str) else f"The upstream answered HTTP {status}.",
-            "type": _ERROR_TYPES.get(kind or "", "upstream_error"),
+            "message": message,
+            "type": _ERROR_TYPES.get(kind, "upstream_error"),
             "param": None,
-            "code": kind if isinstance(kind, str) else None,
+            "code": kind,
         }
     }

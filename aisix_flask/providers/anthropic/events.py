@@ -41,6 +41,7 @@ class _Stream:
         self.output_tokens: int | None = None
         self.finish = "stop"
         self.tools: dict[int, int] = {}  # content block index → tool call index
+        self.argued: set[int] = set()  # the tool blocks that sent argument fragments
 
     def take(self, event: dict[str, Any]) -> Iterator[bytes]:
         kind = event.get("type")
@@ -68,9 +69,16 @@ class _Stream:
             yield self._chunk({}, self.finish)
             yield _event({**self._head(), "choices": [], "usage": usage(self.reported, self.output_tokens)})
             yield DONE
+        elif kind == "content_block_stop":
+            block = event.get("index", 0)
+            if block in self.tools and block not in self.argued:  # no fragment: no arguments, "{}"
+                call = {"index": self.tools[block], "function": {"arguments": "{}"}}
+                yield self._chunk({"tool_calls": [call]})
         elif kind == "error":
-            yield _event(openai_error(event, 500))
-        # ping, content_block_stop and events of later API versions say nothing to relay
+            error = openai_error(event)
+            unknown = {"message": "The upstream sent an error event.", "type": "upstream_error", "code": None}
+            yield _event(error or {"error": {**unknown, "param": None}})
+        # ping and events of later API versions say nothing to relay
 
     def _delta(self, block: int, delta: dict[str, Any]) -> Iterator[bytes]:
         kind = delta.get("type")
@@ -79,6 +87,7 @@ class _Stream:
         elif kind == "thinking_delta" and delta.get("thinking"):
             yield self._chunk({"reasoning_content": delta["thinking"]})
         elif kind == "input_json_delta" and delta.get("partial_json") and block in self.tools:
+            self.argued.add(block)
             call = {"index": self.tools[block], "function": {"arguments": delta["partial_json"]}}
             yield self._chunk({"tool_calls": [call]})
 
