@@ -6,10 +6,29 @@ import json
 import logging
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, has_request_context, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
+
+
+ANTHROPIC_ROUTE = "/v1/messages"
+# Anthropic's error types by status, as its API answers them and its SDK reads them.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_envelope(status: int, message: str) -> dict[str, Any]:
+    """An error in Anthropic's envelope: ``{"type": "error", "error": {"type", "message"}}``."""
+    kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def envelope(
@@ -20,8 +39,11 @@ def envelope(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    """Build a JSON response in the OpenAI error envelope."""
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    """Build a JSON response in the OpenAI error envelope; on Anthropic's route (``/v1/messages``)
+    in Anthropic's, whose SDK reads it (README, "Anthropic's Messages API")."""
+    body: dict[str, Any] = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    if has_request_context() and request.path.startswith(ANTHROPIC_ROUTE):
+        body = anthropic_envelope(status, message)
     response = Response(json.dumps(body), status=status, mimetype="application/json")
     if headers:
         response.headers.update(headers)

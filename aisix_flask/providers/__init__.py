@@ -12,6 +12,7 @@ from __future__ import annotations
 from .anthropic import Anthropic
 from .azure import AzureOpenAI
 from .bridge import Bridge
+from .conversion import Conversion
 
 BRIDGES: dict[str, Bridge] = {
     "openai": Bridge(),
@@ -26,4 +27,13 @@ def bridge_for(adapter: str) -> Bridge:
     return BRIDGES[adapter]
 
 
-__all__ = ["BRIDGES", "Bridge", "bridge_for"]
+_CONVERSIONS = {(adapter, speaks): Conversion(bridge, speaks) for adapter, bridge in BRIDGES.items()
+                for speaks in ("openai", "anthropic")}  # fmt: skip
+
+
+def conversion_for(adapter: str, speaks: str) -> Conversion:
+    """``adapter``'s bridge as a caller speaking ``speaks`` (``openai``, ``anthropic``) sees it."""
+    return _CONVERSIONS[(adapter, speaks)]
+
+
+__all__ = ["BRIDGES", "Bridge", "Conversion", "bridge_for", "conversion_for"]

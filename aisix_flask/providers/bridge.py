@@ -13,6 +13,7 @@ from .urls import endpoint_url
 class Bridge:
     """OpenAI's API, as it is: the default every other bridge changes parts of."""
 
+    speaks = "openai"  # the API its upstream takes
     translates = False  # requests, answers and events are OpenAI's: sent and relayed as they are
 
     def url(self, key: ProviderKey, path: str, upstream_model: str) -> str:

@@ -62,3 +62,5 @@ class Operation:
     # priced (any one of the sets): a budget refuses a request it could not count.
     token_kinds: tuple[tuple[str, ...], ...] = ()
     search_units: bool = False  # its answers may report search units (rerank)
+    speaks: str = "openai"  # the API its callers speak: "openai", or "anthropic" (/v1/messages)
+    native_path: str | None = None  # its path at a provider that speaks the same API

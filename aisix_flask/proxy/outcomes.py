@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config.resources import ProviderKey
 from ..errors import UpstreamAuthFailed, UpstreamBadResponse, UpstreamError
-from ..providers import Bridge
+from ..providers import Conversion
 
 MESSAGE_LIMIT = 1024
 
@@ -35,15 +35,15 @@ class Answer:
         return f"upstream_{self.status}"
 
 
-def interpret(answer: Answer, key: ProviderKey, bridge: Bridge, alias: str) -> Answer:
+def interpret(answer: Answer, key: ProviderKey, conversion: Conversion, alias: str) -> Answer:
     """Apply the upstream table: raise what the gateway answers itself, return what passes on
-    (an answer in another API than OpenAI's translated by its ``bridge`` first)."""
+    (an answer in another API than the caller's translated by ``conversion`` first)."""
     status = answer.status
     try:
         answer.document = json.loads(answer.content)
     except ValueError:
         answer.document = None
-    translated = bridge.answer(status, answer.document, alias)
+    translated = conversion.answer(status, answer.document, alias)
     if translated is not None:
         answer.document = translated
         answer.content = json.dumps(translated, ensure_ascii=False).encode()

@@ -26,7 +26,7 @@ from ..errors import (
 from ..gateway import current
 from ..policy.auth import authenticate
 from ..policy.guardrails import check_input, check_output
-from ..providers import bridge_for
+from ..providers import conversion_for
 from .body import read_json_object
 from .call import Call
 from .failover import Targets, send_tries
@@ -147,8 +147,8 @@ def require_adapter(operation: Operation, route: Route, body: dict[str, Any]) ->
             f"provider capability issue: check that the model's provider key uses an adapter "
             f"that supports {operation.what} (adapter: {', '.join(supporting(operation.capability))})."
         )
-    bridge = bridge_for(adapter)
-    if bridge.translates and (refused := bridge.refusal(body, route.upstream_model, route.model)):
+    conversion = conversion_for(adapter, operation.speaks)
+    if conversion.translates and (refused := conversion.refusal(body, route.upstream_model, route.model)):
         raise refused
 
 

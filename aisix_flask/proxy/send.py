@@ -19,7 +19,7 @@ import requests
 from ..config.aliases import Route
 from ..config.resources import UpstreamSettings
 from ..errors import UpstreamBadResponse, UpstreamError
-from ..providers import bridge_for
+from ..providers import conversion_for
 from . import upstream
 from .multipart import Form
 from .operation import Operation
@@ -41,13 +41,14 @@ class Payload:
         """The same payload with another body (a stream's, asking for usage)."""
         return dataclasses.replace(self, body=body)
 
-    def encode(self) -> tuple[Any, str]:
+    def encode(self, speaks: str = "openai") -> tuple[Any, str]:
         """What to send and its Content-Type: the body as the key's bridge sends it (OpenAI's: only
         ``model`` rewritten); a form's parts as they came, with the fields the gateway changed
         (``model``, masked text) replaced."""
         model = self.route.upstream_model
         if self.upload is None:
-            sent = bridge_for(self.route.provider_key.adapter).body(self.body, model, self.route.model)
+            conversion = conversion_for(self.route.provider_key.adapter, speaks)
+            sent = conversion.body(self.body, model, self.route.model)
             return json.dumps(sent, ensure_ascii=False).encode(), "application/json"
         sent = self.upload.fields()
         changed = {
@@ -93,9 +94,9 @@ def send(
     """POST the payload once to the route's upstream (never retried here: generations are
     billed) and say what came of it."""
     key = payload.route.provider_key
-    bridge = bridge_for(key.adapter)
-    data, content_type = payload.encode()
-    url = bridge.url(key, operation.upstream_path, payload.route.upstream_model)
+    conversion = conversion_for(key.adapter, operation.speaks)
+    data, content_type = payload.encode(operation.speaks)
+    url = conversion.url(key, operation.upstream_path, operation.native_path, payload.route.upstream_model)
     proxies, verify = upstream.route_settings(url, key, settings)
     sent_at = time.perf_counter()
 
@@ -106,7 +107,7 @@ def send(
         answer = upstream.post(
             url,
             data,
-            credentials=bridge.credentials(key),
+            credentials=conversion.bridge.credentials(key),
             request_id=request_id,
             timeout=(timeout.connect_s, timeout.read_s),
             proxies=proxies,
@@ -124,7 +125,7 @@ def send(
         upstream_says_no_retry=(answer.should_retry or "").strip().lower() == "false",
     )
     try:
-        return dataclasses.replace(done, answer=interpret(answer, key, bridge, payload.alias))
+        return dataclasses.replace(done, answer=interpret(answer, key, conversion, payload.alias))
     except UpstreamBadResponse as e:
         # A 2xx the gateway cannot read: the upstream did the work, and may bill it.
         return dataclasses.replace(done, error=e, outcome_unknown=200 <= answer.status < 300)

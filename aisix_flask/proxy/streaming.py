@@ -23,7 +23,7 @@ from ..config.resources import Guardrail
 from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest
 from ..policy.guardrails import check_output
 from ..policy.idempotency import HEADER as IDEMPOTENCY_HEADER
-from ..providers import bridge_for
+from ..providers import conversion_for
 from .call import Billable, Call
 from .events import (
     KEEPALIVE,
@@ -116,9 +116,9 @@ def stream_response(
         attempt.events.close()
         raise
     events: UpstreamEvents | TranslatedEvents = upstream
-    bridge = bridge_for(attempt.route.provider_key.adapter)
-    if bridge.translates:  # (another API's events: OpenAI's chunks are what is relayed)
-        events = TranslatedEvents(upstream, bridge.events(upstream, call.row.model or ""))
+    conversion = conversion_for(attempt.route.provider_key.adapter, call.operation.speaks)
+    if conversion.translates:  # (another API's events: the caller's are what is relayed)
+        events = TranslatedEvents(upstream, conversion.events(upstream, call.row.model or ""))
     guardrails = call.config.output_guardrails if spec.text else ()
     relay = Relay(
         call, events, spec, hide_usage, guardrails, timeout.read_s, lease_s, attempt.sent_at, caller

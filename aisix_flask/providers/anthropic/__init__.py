@@ -20,11 +20,14 @@ VERSION = "2023-06-01"
 class Anthropic(Bridge):
     """Anthropic's Messages API behind the chat completions route."""
 
+    speaks = "anthropic"
     translates = True
 
     def url(self, key: ProviderKey, path: str, upstream_model: str) -> str:
+        """``/v1/messages`` (an OpenAI route's path, chat's, is translated to it), or one of
+        Anthropic's own paths under it (``/v1/messages/count_tokens``)."""
         base = (key.api_base or API_BASE).rstrip("/").removesuffix("/v1/messages").removesuffix("/v1")
-        return f"{base}/v1/messages"
+        return f"{base}{path if path.startswith('/v1/messages') else '/v1/messages'}"
 
     def credentials(self, key: ProviderKey) -> dict[str, str]:
         return {"x-api-key": key.api_key, "anthropic-version": VERSION}

@@ -1,0 +1,66 @@
+"""What a request in the caller's API becomes through a provider key's bridge, and what the
+upstream's answers and events become for the caller.
+
+The caller speaks OpenAI's API (every OpenAI route) or Anthropic's (``/v1/messages``); a bridge
+speaks its provider's. The same API on both sides is sent as it is, ``model`` rewritten; an OpenAI
+caller through the anthropic bridge gets the bridge's translation; an Anthropic caller through a
+bridge that speaks OpenAI's API gets the translation run the other way (``anthropic.inbound``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from ..config.resources import Model, ProviderKey
+from ..errors import InvalidRequest
+from .anthropic import inbound
+from .bridge import Bridge
+
+
+class Conversion:
+    """A bridge as a caller speaking ``speaks`` sees it."""
+
+    def __init__(self, bridge: Bridge, speaks: str) -> None:
+        self.bridge = bridge
+        self.speaks = speaks
+        self.native = bridge.speaks == speaks  # nothing to translate
+        self.translates = not self.native and (bridge.translates or speaks == "anthropic")
+
+    def url(self, key: ProviderKey, path: str, native_path: str | None, upstream_model: str) -> str:
+        """Where the request goes: the provider's own path for its own API, else the route's."""
+        return self.bridge.url(key, native_path if self.native and native_path else path, upstream_model)
+
+    def body(self, body: dict[str, Any], upstream_model: str, model: Model) -> dict[str, Any]:
+        if self.native:
+            return {**body, "model": upstream_model}
+        if self.speaks == "anthropic":
+            body = inbound.chat_request(body)
+        return self.bridge.body(body, upstream_model, model)
+
+    def refusal(self, body: dict[str, Any], upstream_model: str, model: Model) -> InvalidRequest | None:
+        """Why ``body`` cannot be sent this way (None: it can), before anything is spent."""
+        try:
+            self.body(body, upstream_model, model)
+        except InvalidRequest as refused:
+            return refused
+        return None
+
+    def answer(self, status: int, document: Any, alias: str) -> Any:
+        """The upstream's JSON answer in the caller's API (None: the bytes pass on as they came)."""
+        if self.native:
+            return None
+        translated = self.bridge.answer(status, document, alias)
+        if self.speaks != "anthropic":
+            return translated
+        document = document if translated is None else translated
+        if 200 <= status < 300:
+            return inbound.message(document, alias)
+        return inbound.anthropic_error(document, status)
+
+    def events(self, events: Iterable[Any], alias: str) -> Iterator[Any]:
+        """The upstream's events in the caller's API."""
+        chunks = self.bridge.events(events, alias) if not self.native else iter(events)
+        if self.speaks == "anthropic" and not self.native:
+            return inbound.events(chunks, alias)
+        return chunks
