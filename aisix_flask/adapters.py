@@ -24,7 +24,8 @@ class Adapter:
 ADAPTERS: dict[str, Adapter] = {
     "openai": Adapter("openai", frozenset({"images", "chat", "embeddings"})),
     "openai-compatible": Adapter("openai-compatible", frozenset({"chat", "embeddings", "rerank"})),
-    "anthropic": Adapter("anthropic", frozenset({"chat"})),  # translated to the Messages API
+    # chat translated to the Messages API; count_tokens is Anthropic's own (POST /v1/messages/...)
+    "anthropic": Adapter("anthropic", frozenset({"chat", "count_tokens"})),
     "azure-openai": Adapter("azure-openai", frozenset({"chat", "embeddings"})),
 }
 # The provider whose own bridge an adapter is, where the names differ.

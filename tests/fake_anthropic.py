@@ -154,6 +154,10 @@ class _Anthropic(BaseHTTPRequestHandler):
             body = None
         with self.server.lock:
             self.server.calls.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        if self.path == "/v1/messages/count_tokens" and isinstance(body, dict):
+            if self.headers.get("x-api-key") != ANTHROPIC_KEY:
+                return self._error(401, "authentication_error", "invalid x-api-key")
+            return self._send(200, {"input_tokens": 7 * len(body.get("messages") or [])})
         if self.path != "/v1/messages":
             return self._error(404, "not_found_error", f"no route {self.path}")
         found = problems(self.headers, body)

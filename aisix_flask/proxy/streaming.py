@@ -20,7 +20,7 @@ from flask import Response, request
 
 from .. import workers
 from ..config.resources import Guardrail
-from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest
+from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest, anthropic_envelope
 from ..policy.guardrails import check_output
 from ..policy.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ..providers import conversion_for
@@ -193,11 +193,11 @@ class Relay:
             self.failure = e
             # Also to a caller that seems gone: one that only closed its sending side still reads,
             # and must not see a clean end.
-            yield error_event(e)
+            yield error_event(e, self.call.operation.speaks)
         except Exception:  # a bug here must not look like a clean end, nor like a hang-up
             log.exception("stream relay failed")
             self.failure = GatewayError()
-            yield error_event(self.failure)
+            yield error_event(self.failure, self.call.operation.speaks)
         finally:
             self.close()
 
@@ -278,18 +278,23 @@ class Relay:
         self.call.finish(200, billable, upstream_failed)
 
 
-def error_event(failure: StreamCutShort | GatewayError) -> bytes:
+def error_event(failure: StreamCutShort | GatewayError, speaks: str = "openai") -> bytes:
     """The last event of a stream that did not end cleanly: the error envelope as its data (the
-    official clients raise on it)."""
+    official clients raise on it), in the caller's API (Anthropic's: an ``error`` event)."""
     if isinstance(failure, GatewayError):
+        status = failure.code or 500
         error = {"message": failure.description, "type": failure.error_type, "code": failure.error_code}
     else:
         kind = type(failure)
+        status = _ROW_STATUS.get(kind, 502)
         error = {
             "message": _MESSAGES.get(kind, str(failure)),
             "type": _ERROR_TYPE.get(kind, "upstream_error"),
             "code": failure.code,
         }
+    if speaks == "anthropic":
+        data = json.dumps(anthropic_envelope(status, str(error["message"])))
+        return b"event: error\ndata: " + data.encode() + b"\n\n"
     return b"data: " + json.dumps({"error": {**error, "param": None}}).encode() + b"\n\n"
 
 
