@@ -16,7 +16,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from . import access, cli, errors, gateway
     from .admin import api as admin_api
     from .admin import dashboard
-    from .api import chat, embeddings, image_edits, images, messages, models, rerank
+    from .api import chat, embeddings, image_edits, images, messages, models, rerank, responses
 
     app = Flask(__name__)
     if test_config is not None:
@@ -26,7 +26,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     gateway.init_app(app, config_path)
     access.init_app(app)
-    for route in (models, chat, messages, embeddings, rerank, images, image_edits):
+    for route in (models, chat, messages, responses, embeddings, rerank, images, image_edits):
         app.register_blueprint(route.bp)
     app.register_blueprint(admin_api.bp)
     app.register_blueprint(dashboard.bp)

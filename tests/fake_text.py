@@ -303,3 +303,59 @@ def read_parts(handler: Any, raw: bytes) -> list[dict[str, Any]] | None:
 def form_body(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The text fields of a form, as the answer is steered by them."""
     return {p["name"]: p["text"] for p in parts if p["filename"] is None}
+
+
+def response(body: dict[str, Any], text: str) -> dict[str, Any]:
+    """A Responses API answer: one message item with the words, or a function call with [tool]."""
+    content = " ".join(words(text))
+    if "[tool]" in text:
+        output = [{"type": "function_call", "id": "fc_fake", "call_id": "call_fake", "name": "lookup",
+                   "arguments": content, "status": "completed"}]  # fmt: skip
+    else:
+        output = [{"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
+                   "content": [{"type": "output_text", "text": content, "annotations": []}]}]  # fmt: skip
+    count = len(words(text))
+    usage = {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": count,
+             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 10 + count}  # fmt: skip
+    return {"id": "resp_fake", "object": "response", "created_at": int(time.time()), "status": "completed",
+            "model": body.get("model"), "output": output, "usage": usage}  # fmt: skip
+
+
+def response_text(body: dict[str, Any]) -> str:
+    """The text that steers a Responses request: its string input, or its last item's text."""
+    given = body.get("input")
+    if isinstance(given, str):
+        return given
+    for item in reversed(given or []):
+        content = item.get("content") if isinstance(item, dict) else None
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if isinstance(item, dict) and item.get("type") == "function_call_output":
+            return "[say:done]"
+    return ""
+
+
+def stream_response(handler: Any, body: dict[str, Any], text: str) -> None:
+    """A Responses API stream: created, the text's deltas, completed (HTTP/1.1 chunks)."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    whole = response(body, text)
+    number = iter(range(1000))
+
+    def event(kind: str, **fields: Any) -> None:
+        data = json.dumps({"type": kind, "sequence_number": next(number), **fields})
+        chunk = f"event: {kind}\ndata: {data}\n\n".encode()
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        handler.wfile.flush()
+
+    event("response.created", response={**whole, "status": "in_progress", "output": [], "usage": None})
+    for i, word in enumerate(words(text)):
+        delta = word if i == 0 else " " + word
+        event("response.output_text.delta", item_id="msg_fake", output_index=0, content_index=0, delta=delta)
+    event("response.completed", response=whole)
+    handler.wfile.write(b"0\r\n\r\n")
+    handler.wfile.flush()

@@ -209,6 +209,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, document, {"Retry-After": "7"} if status == 429 else None)
         elif self.path.endswith(("/chat/completions", "/embeddings", "/rerank")):
             self._text(body, call)
+        elif self.path.endswith("/responses"):
+            text = self.server.steer + fake_text.response_text(body)
+            if (status := fake_text.error_status(text)) is not None:
+                self._send(
+                    status, {"error": {"message": f"fake upstream error {status}", "type": "server_error"}}
+                )
+            elif body.get("stream") is True:
+                fake_text.stream_response(self, body, text)
+            else:
+                self._send(200, fake_text.response(body, text))
         else:
             self._send(404, {"error": {"message": "not found"}})
 

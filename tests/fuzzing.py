@@ -107,6 +107,17 @@ NEAR_MISSES = {
         [],
         {"query": texts | ANY, "documents": st.lists(texts, max_size=3) | ANY, "top_n": ANY},
     ),
+    "responses": (
+        ["deepseek-chat"],
+        {
+            "input": texts | st.lists(st.fixed_dictionaries({"role": texts, "content": texts | ANY})) | ANY,
+            "instructions": ANY,
+            "stream": ANY,
+            "max_output_tokens": ANY,
+            "temperature": ANY,
+            "tools": ANY,
+        },
+    ),
 }
 ROUTES = {name: Route(name, *NEAR_MISSES[name]) for name in CASES}  # a new route needs its near misses
 routes = pytest.mark.parametrize("route", list(ROUTES.values()), ids=lambda r: r.path.rsplit("/", 1)[-1])

@@ -99,4 +99,22 @@ CASES = {
         (12, 0, 12),
         "jina-key",
     ),
+    "responses": Case(
+        "/v1/responses",
+        f"{CHAT_URL.rsplit('/', 2)[0]}/responses",
+        "chat-prod",
+        "gpt-4o-mini",
+        lambda text: {"model": "chat-prod", "input": text},
+        "input",
+        {
+            "id": "resp_1",
+            "object": "response",
+            "status": "completed",
+            "output": [
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hi"}]}
+            ],
+            "usage": {"input_tokens": 6, "output_tokens": 2, "total_tokens": 8},
+        },
+        (6, 2, 8),
+    ),
 }

@@ -1,0 +1,141 @@
+"""POST /v1/responses (OpenAI's Responses API), streamed or not, through the same request path as
+every route: to models whose adapter speaks it (``openai``, ``azure-openai``), the body as it is
+(``model`` rewritten) and the answer and its ``response.*`` events as they come (README, "The
+Responses API"). Other adapters answer 501 until the translation to chat completions lands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from flask import Blueprint, Response
+from marshmallow import INCLUDE, Schema, fields
+from marshmallow.validate import Length, Range
+
+from ..proxy.operation import Operation, Streaming, Texts
+from ..proxy.pipeline import handle
+from ..proxy.schema import JsonArray, OneOfTypes, StrictBool, StrictInt, StrictNumber
+from ..usage.row import UsageRow
+
+bp = Blueprint("responses", __name__)
+
+# The events that end a response's stream, each with the response and its usage.
+FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def _is_input(value: Any) -> bool:
+    return (isinstance(value, str) and value != "") or (
+        isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
+    )
+
+
+class ResponseSchema(Schema):
+    """Checks the fields the gateway knows; anything else is kept and forwarded as sent."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    model = fields.String(required=True, validate=Length(min=1))
+    input = OneOfTypes((_is_input, "a non-empty string or an array of input items"), required=True)
+    instructions = fields.String(allow_none=True)
+    stream = StrictBool(allow_none=True)
+    max_output_tokens = StrictInt(allow_none=True, validate=Range(min=1))
+    temperature = StrictNumber(allow_none=True)
+    top_p = StrictNumber(allow_none=True)
+    tools = JsonArray(allow_none=True)
+
+
+# -- the texts guardrails read: the instructions, a string input, every input item's text --
+
+_TEXT_PARTS = ("input_text", "output_text", "text")
+
+
+def _with_texts(body: dict[str, Any], replace: Callable[[str], str]) -> dict[str, Any]:
+    """``body`` with each text passed through ``replace``, in one fixed order."""
+
+    def content(value: Any) -> Any:
+        if isinstance(value, str):
+            return replace(value)
+        if not isinstance(value, list):
+            return value
+        return [
+            {**part, "text": replace(part["text"])}
+            if isinstance(part, dict)
+            and part.get("type") in _TEXT_PARTS
+            and isinstance(part.get("text"), str)
+            else part
+            for part in value
+        ]
+
+    def item(value: dict[str, Any]) -> dict[str, Any]:
+        if "content" in value:
+            value = {**value, "content": content(value["content"])}
+        if value.get("type") == "function_call_output" and isinstance(value.get("output"), str):
+            value = {**value, "output": replace(value["output"])}
+        return value
+
+    if isinstance(body.get("instructions"), str):
+        body = {**body, "instructions": replace(body["instructions"])}
+    given = body["input"]
+    return {**body, "input": replace(given) if isinstance(given, str) else [item(i) for i in given]}
+
+
+def read_texts(body: dict[str, Any]) -> list[str]:
+    texts: list[str] = []
+    _with_texts(body, lambda text: texts.append(text) or text)  # type: ignore[func-returns-value]
+    return texts
+
+
+def write_texts(body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+    replacements = iter(texts)
+    return _with_texts(body, lambda _: next(replacements))
+
+
+def answer_text(document: dict[str, Any]) -> list[str]:
+    """The answer's output text (what output guardrails read)."""
+    return [
+        part["text"]
+        for item in document.get("output") or []
+        if isinstance(item, dict)
+        for part in item.get("content") or []
+        if isinstance(part, dict) and isinstance(part.get("text"), str)
+    ]
+
+
+def _note_event(row: UsageRow, event: dict[str, Any]) -> None:
+    if event.get("type") in FINAL_EVENTS and isinstance(event.get("response"), dict):
+        row.note_usage(event["response"].get("usage"))
+
+
+def _event_text(event: dict[str, Any]) -> list[tuple[Hashable, str]]:
+    if event.get("type") == "response.output_text.delta" and isinstance(event.get("delta"), str):
+        return [((event.get("item_id"), event.get("content_index")), event["delta"])]
+    return []
+
+
+STREAMING = Streaming(
+    prepare=lambda body: (body, False),  # the final event always carries the usage
+    note_event=_note_event,
+    is_final=lambda data, event: isinstance(event, dict) and event.get("type") in FINAL_EVENTS,
+    text=_event_text,
+)
+
+RESPONSES = Operation(
+    capability="responses",
+    route="/v1/responses",
+    upstream_path="/responses",
+    what="responses",
+    schema=ResponseSchema(),
+    texts=Texts(read=read_texts, write=write_texts),
+    note_answer=UsageRow.note_answer_usage,
+    output_text=answer_text,
+    streaming=STREAMING,
+    token_kinds=(("input", "output"),),
+)
+
+
+@bp.post(RESPONSES.route)
+def responses() -> Response:
+    """A response from the alias's upstream, checking the caller and policy first."""
+    return handle(RESPONSES)

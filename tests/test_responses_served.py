@@ -1,0 +1,131 @@
+"""POST /v1/responses (OpenAI's Responses API) on the real gunicorn, driven by the official
+``openai`` client against the loopback fake upstream: plain, streamed, a function-tool round trip,
+guardrails and the ledger."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from .fake_upstream import FakeOpenAI
+from .integration import DEV_KEY, ENV, usage_rows
+from .serving import Gunicorn
+
+
+def responses_config(path: Path, fake: FakeOpenAI) -> Path:
+    config = path / "config.yaml"
+    config.write_text(
+        f"""
+gateway:
+  usage: {{database_url: "sqlite:///{path}/usage.db", journal: "{path}/usage-journal.db"}}
+  ratelimit: {{storage_url: "sqlite:///{path}/ratelimit.db"}}
+  admin_keys: [{{key_env: IT_ADMIN_KEY}}]
+provider_keys:
+  - {{display_name: openai, provider: openai, api_key: "${{IT_UPSTREAM_KEY}}", api_base: "{fake.url}"}}
+  - {{display_name: claude, provider: anthropic, api_key: k, api_base: "{fake.url}"}}
+models:
+  - {{display_name: gpt, provider: openai, model_name: gpt-4o, provider_key: openai,
+      pricing: {{per_million_tokens: {{input: 2.5, cached_input: 1.25, output: 10}}}}}}
+  - {{display_name: claude, provider: anthropic, model_name: claude-x, provider_key: claude}}
+api_keys:
+  - {{display_name: dev, key_env: IT_DEV_KEY}}
+guardrails:
+  - {{name: no-secrets, kind: keyword, patterns: [{{kind: literal, value: forbidden phrase}}]}}
+"""
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI().start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, fake) -> Iterator[Gunicorn]:
+    server = Gunicorn(responses_config(tmp_path_factory.mktemp("responses"), fake), env=ENV)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(served, fake) -> Iterator[openai.OpenAI]:
+    fake.calls.clear()
+    with openai.OpenAI(base_url=f"{served.url}/v1", api_key=DEV_KEY, max_retries=0) as client:
+        yield client
+
+
+def rows(served: Gunicorn, count: int) -> list[dict]:
+    for _ in range(100):  # rows are written after the answers; give the writer a moment
+        found = [row for row in usage_rows(served) if row["route"] == "/v1/responses"]
+        if len(found) >= count:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} /v1/responses rows")
+
+
+def test_a_response_passes_through_and_is_recorded(client, fake, served):
+    response = client.responses.create(model="gpt", input="Say hello", instructions="Be brief.")
+    assert response.output_text == "Hello from the fake upstream"
+    [call] = fake.calls
+    assert call["path"] == "/v1/responses"
+    assert call["body"] == {"model": "gpt-4o", "input": "Say hello", "instructions": "Be brief."}
+    [row] = rows(served, 1)
+    assert (row["input_tokens"], row["output_tokens"], row["input_cached_tokens"]) == (10, 5, 4)
+    assert row["cost_usd"] == pytest.approx((6 * 2.5 + 4 * 1.25 + 5 * 10) / 1e6)
+
+
+def test_a_streamed_response(client, served):
+    stream = client.responses.create(model="gpt", input="Count [say:one two three]", stream=True)
+    events = list(stream)
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert "".join(deltas) == "one two three" and events[-1].type == "response.completed"
+    assert events[-1].response.usage.output_tokens == 3
+
+
+def test_a_function_tool_round_trip(client, fake):
+    tools = [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}]
+    first = client.responses.create(model="gpt", input='[say:{"q":"x"}] [tool]', tools=tools)
+    [call] = first.output
+    assert (call.type, call.name, call.arguments) == ("function_call", "lookup", '{"q":"x"}')
+    final = client.responses.create(
+        model="gpt",
+        tools=tools,
+        input=[
+            {"role": "user", "content": "look it up"},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "found"},
+        ],
+    )
+    assert final.output_text == "done"
+    assert fake.calls[-1]["body"]["input"][-1] == {
+        "type": "function_call_output",
+        "call_id": "call_fake",
+        "output": "found",
+    }
+
+
+def test_guardrails_read_the_input(client, fake):
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.responses.create(model="gpt", input=[{"role": "user", "content": "a forbidden phrase here"}])
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.responses.create(model="gpt", input="hi", instructions="the forbidden phrase")
+    assert fake.calls == []
+
+
+def test_a_model_whose_adapter_does_not_speak_it_is_501(client, fake):
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.responses.create(model="claude", input="hi")
+    assert refused.value.status_code == 501 and fake.calls == []
