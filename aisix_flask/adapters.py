@@ -22,11 +22,11 @@ class Adapter:
 
 
 ADAPTERS: dict[str, Adapter] = {
-    "openai": Adapter("openai", frozenset({"images", "chat", "embeddings", "responses"})),
+    "openai": Adapter("openai", frozenset({"images", "chat", "embeddings"})),
     "openai-compatible": Adapter("openai-compatible", frozenset({"chat", "embeddings", "rerank"})),
     # chat translated to the Messages API; count_tokens is Anthropic's own (POST /v1/messages/...)
     "anthropic": Adapter("anthropic", frozenset({"chat", "count_tokens"})),
-    "azure-openai": Adapter("azure-openai", frozenset({"chat", "embeddings", "responses"})),
+    "azure-openai": Adapter("azure-openai", frozenset({"chat", "embeddings"})),
 }
 # The provider whose own bridge an adapter is, where the names differ.
 _BRIDGE_OF = {"azure": "azure-openai"}

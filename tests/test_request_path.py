@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from responses import matchers
 
-from .conftest import LIMITED_KEY, assert_envelope, auth, named
+from .conftest import CHAT_URL, LIMITED_KEY, assert_envelope, auth, named
 from .proxied_routes import CASES
 
 CONTRACT = Path(__file__).resolve().parent.parent / "docs" / "contract.md"
@@ -109,9 +109,9 @@ def test_6_only_the_image_route_refuses_other_providers(client, upstream, case):
     elif case.route == "/v1/rerank":
         upstream.post(case.upstream_url, json=case.answer)
         assert client.post(case.route, headers=auth(), json=body).status_code == 200
-    elif case.route == "/v1/responses":  # no provider rule: deepseek's adapter (step 7) decides
-        r = client.post(case.route, headers=auth(), json=body)
-        assert_envelope(r, 501, "not_implemented", "unsupported_operation")
+    elif case.route == "/v1/responses":  # deepseek speaks chat completions: translated to them
+        upstream.post(CHAT_URL, json=CASES["chat"].answer)
+        assert client.post(case.route, headers=auth(), json=body).status_code == 200
     else:
         upstream.post(case.upstream_url, json=case.answer)
         assert client.post(case.route, headers=auth(), json=body).status_code == 200
@@ -127,7 +127,6 @@ def test_6_only_the_image_route_refuses_other_providers(client, upstream, case):
         (CASES["rerank"], "chat-prod", False),  # the openai adapter has no rerank
         (CASES["rerank"], "compat-image", True),
         (CASES["responses"], "chat-prod", True),
-        (CASES["responses"], "compat-image", False),  # not yet translated to chat completions
     ],
 )
 def test_7_the_adapter_must_implement_the_operation(client, upstream, case, model, forwarded):

@@ -11,12 +11,14 @@ from pathlib import Path
 import openai
 import pytest
 
+from . import fake_anthropic
+from .fake_anthropic import FakeServer
 from .fake_upstream import FakeOpenAI
 from .integration import DEV_KEY, ENV, usage_rows
 from .serving import Gunicorn
 
 
-def responses_config(path: Path, fake: FakeOpenAI) -> Path:
+def responses_config(path: Path, fake: FakeOpenAI, claude: FakeServer) -> Path:
     config = path / "config.yaml"
     config.write_text(
         f"""
@@ -26,7 +28,7 @@ gateway:
   admin_keys: [{{key_env: IT_ADMIN_KEY}}]
 provider_keys:
   - {{display_name: openai, provider: openai, api_key: "${{IT_UPSTREAM_KEY}}", api_base: "{fake.url}"}}
-  - {{display_name: claude, provider: anthropic, api_key: k, api_base: "{fake.url}"}}
+  - {{display_name: claude, provider: anthropic, api_key: "${{IT_ANTHROPIC_KEY}}", api_base: "{claude.url}"}}
 models:
   - {{display_name: gpt, provider: openai, model_name: gpt-4o, provider_key: openai,
       pricing: {{per_million_tokens: {{input: 2.5, cached_input: 1.25, output: 10}}}}}}
@@ -49,8 +51,22 @@ def fake() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, fake) -> Iterator[Gunicorn]:
-    server = Gunicorn(responses_config(tmp_path_factory.mktemp("responses"), fake), env=ENV)
+def claude_fake() -> Iterator[FakeServer]:
+    server = fake_anthropic.anthropic()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def claude(claude_fake) -> FakeServer:
+    claude_fake.calls.clear()
+    return claude_fake
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, fake, claude_fake) -> Iterator[Gunicorn]:
+    config = responses_config(tmp_path_factory.mktemp("responses"), fake, claude_fake)
+    server = Gunicorn(config, env={**ENV, "IT_ANTHROPIC_KEY": fake_anthropic.ANTHROPIC_KEY})
     yield server
     server.stop()
 
@@ -125,7 +141,46 @@ def test_guardrails_read_the_input(client, fake):
     assert fake.calls == []
 
 
-def test_a_model_whose_adapter_does_not_speak_it_is_501(client, fake):
-    with pytest.raises(openai.APIStatusError) as refused:
-        client.responses.create(model="claude", input="hi")
-    assert refused.value.status_code == 501 and fake.calls == []
+def test_a_claude_model_answers_in_the_responses_api(client, claude):
+    response = client.responses.create(
+        model="claude", input="Hello", instructions="Be brief.", max_output_tokens=50
+    )
+    assert (response.output_text, response.status, response.model) == (
+        "Hello from Claude",
+        "completed",
+        "claude",
+    )
+    assert response.usage.input_tokens == 151 and response.usage.input_tokens_details.cached_tokens == 100
+    [call] = claude.calls
+    assert (
+        call["body"]["system"] == [{"type": "text", "text": "Be brief."}] and call["body"]["max_tokens"] == 50
+    )
+
+
+def test_a_claude_stream_and_tool_call_in_the_responses_api(client, claude):
+    events = list(client.responses.create(model="claude", input="Hi", stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "Hello from Claude"
+    assert events[-1].response.output_text == "Hello from Claude"
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
+    streamed = list(
+        client.responses.create(model="claude", input="Weather? [tool]", tools=tools, stream=True)
+    )
+    arguments = "".join(e.delta for e in streamed if e.type == "response.function_call_arguments.delta")
+    assert arguments == '{"city": "Paris"}'
+    [call] = [item for item in streamed[-1].response.output if item.type == "function_call"]
+    assert (call.name, call.call_id) == ("get_weather", "toolu_01")
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"store": True}, "store"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0]"),
+    ],
+)
+def test_what_needs_the_responses_api_itself_is_refused_for_claude(client, claude, extra, param):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="claude", input="hi", **extra)
+    assert refused.value.body["param"] == param and claude.calls == []

@@ -1,7 +1,8 @@
 """POST /v1/responses (OpenAI's Responses API), streamed or not, through the same request path as
 every route: to models whose adapter speaks it (``openai``, ``azure-openai``), the body as it is
-(``model`` rewritten) and the answer and its ``response.*`` events as they come (README, "The
-Responses API"). Other adapters answer 501 until the translation to chat completions lands.
+(``model`` rewritten) and the answer and its ``response.*`` events as they come; to other chat
+models (an OpenAI-compatible vendor, Claude) its stateless core translated to chat completions and
+back (``providers.responses``; README, "The Responses API").
 """
 
 from __future__ import annotations
@@ -122,9 +123,11 @@ STREAMING = Streaming(
 )
 
 RESPONSES = Operation(
-    capability="responses",
+    capability="chat",  # (a model that speaks chat completions gets them)
     route="/v1/responses",
-    upstream_path="/responses",
+    upstream_path="/chat/completions",
+    native_path="/responses",
+    speaks="responses",
     what="responses",
     schema=ResponseSchema(),
     texts=Texts(read=read_texts, write=write_texts),

@@ -14,9 +14,16 @@ from .azure import AzureOpenAI
 from .bridge import Bridge
 from .conversion import Conversion
 
+
+class OpenAICompatible(Bridge):
+    """A vendor's OpenAI-compatible API: chat completions, not the Responses API."""
+
+    serves_responses = False
+
+
 BRIDGES: dict[str, Bridge] = {
     "openai": Bridge(),
-    "openai-compatible": Bridge(),
+    "openai-compatible": OpenAICompatible(),
     "azure-openai": AzureOpenAI(),
     "anthropic": Anthropic(),
 }
@@ -28,11 +35,12 @@ def bridge_for(adapter: str) -> Bridge:
 
 
 _CONVERSIONS = {(adapter, speaks): Conversion(bridge, speaks) for adapter, bridge in BRIDGES.items()
-                for speaks in ("openai", "anthropic")}  # fmt: skip
+                for speaks in ("openai", "responses", "anthropic")}  # fmt: skip
 
 
 def conversion_for(adapter: str, speaks: str) -> Conversion:
-    """``adapter``'s bridge as a caller speaking ``speaks`` (``openai``, ``anthropic``) sees it."""
+    """``adapter``'s bridge as a caller speaking ``speaks`` (``openai``, ``responses``: OpenAI's
+    Responses API, ``anthropic``) sees it."""
     return _CONVERSIONS[(adapter, speaks)]
 
 

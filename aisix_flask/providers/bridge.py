@@ -14,6 +14,7 @@ class Bridge:
     """OpenAI's API, as it is: the default every other bridge changes parts of."""
 
     speaks = "openai"  # the API its upstream takes
+    serves_responses = True  # and OpenAI's Responses API besides chat completions
     translates = False  # requests, answers and events are OpenAI's: sent and relayed as they are
 
     def url(self, key: ProviderKey, path: str, upstream_model: str) -> str:

@@ -21,6 +21,7 @@ class Anthropic(Bridge):
     """Anthropic's Messages API behind the chat completions route."""
 
     speaks = "anthropic"
+    serves_responses = False
     translates = True
 
     def url(self, key: ProviderKey, path: str, upstream_model: str) -> str:
