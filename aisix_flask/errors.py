@@ -103,6 +103,12 @@ class GatewayError(HTTPException):
         )
 
 
+class ResponseNotFound(GatewayError):
+    code = 404
+    error_type = "invalid_request_error"
+    error_code = "response_not_found"
+
+
 class InvalidApiKey(GatewayError):
     code = 401
     error_type = "authentication_error"

@@ -22,6 +22,7 @@ from .policy.idempotency import Idempotency
 from .policy.limits import Limiter
 from .policy.routing import RoutingState
 from .stores.idempotency import idempotency_store_for
+from .stores.response_owners import response_owners_for
 from .stores.routing import routing_store_for
 from .stores.spend import spend_store_for
 from .usage.ledger import Ledger
@@ -92,6 +93,8 @@ class Gateway:
             Idempotency(idempotency_store_for(limiter.storage), limiter.health) if limiter else None
         )
         self._budgets = Budgets(spend_store_for(limiter.storage), limiter.health) if limiter else None
+        # who created each stored response (GET/DELETE /v1/responses/{id}), beside the rate limits
+        self.response_owners = response_owners_for(limiter.storage) if limiter else None
         # cooldowns, calls in flight and latencies of routing targets, beside the rate limits
         self.routing = (
             RoutingState(routing_store_for(limiter.storage), limiter.health) if limiter else RoutingState()

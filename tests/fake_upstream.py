@@ -164,13 +164,43 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/_calls":
             with self.server.lock:
                 self._send(200, self.server.calls)
+        elif m := re.fullmatch(r"/v1/responses/([^/?]+)(/input_items)?(\?.*)?", self.path):
+            self._stored(m.group(1), "GET", m.group(2))
         else:
             self._send(404, {"error": {"message": "not found"}})
 
     def do_DELETE(self) -> None:
+        if m := re.fullmatch(r"/v1/responses/([^/?]+)", self.path):
+            return self._stored(m.group(1), "DELETE", None)
         with self.server.lock:
             self.server.calls.clear()
         self._send(200, {})
+
+    def _stored(self, response_id: str, method: str, items: str | None) -> None:
+        """A stored response (every Responses answer is one, as OpenAI stores them by default)."""
+        with self.server.lock:
+            self.server.calls.append({"path": self.path, "method": method, "headers": dict(self.headers)})
+        if response_id != "resp_fake":
+            return self._send(404, {"error": {"message": f"No response with id '{response_id}' found.",
+                                              "type": "invalid_request_error", "code": None}})  # fmt: skip
+        if method == "DELETE":
+            return self._send(200, {"id": response_id, "object": "response.deleted", "deleted": True})
+        if items:
+            item = {
+                "type": "message",
+                "id": "msg_in",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "hi"}],
+            }
+            page = {
+                "object": "list",
+                "data": [item],
+                "first_id": "msg_in",
+                "last_id": "msg_in",
+                "has_more": False,
+            }
+            return self._send(200, page)
+        self._send(200, fake_text.response({"model": "gpt-4o"}, "hi"))
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))

@@ -12,10 +12,13 @@ import openai
 import pytest
 
 from . import fake_anthropic
+from .conftest import sha
 from .fake_anthropic import FakeServer
 from .fake_upstream import FakeOpenAI
 from .integration import DEV_KEY, ENV, usage_rows
 from .serving import Gunicorn
+
+OTHER_KEY = "integration-other-SECRET-55aa"
 
 
 def responses_config(path: Path, fake: FakeOpenAI, claude: FakeServer) -> Path:
@@ -35,6 +38,7 @@ models:
   - {{display_name: claude, provider: anthropic, model_name: claude-x, provider_key: claude}}
 api_keys:
   - {{display_name: dev, key_env: IT_DEV_KEY}}
+  - {{display_name: other, key_hash: {sha(OTHER_KEY)}}}
 guardrails:
   - {{name: no-secrets, kind: keyword, patterns: [{{kind: literal, value: forbidden phrase}}]}}
 """
@@ -184,3 +188,32 @@ def test_what_needs_the_responses_api_itself_is_refused_for_claude(client, claud
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model="claude", input="hi", **extra)
     assert refused.value.body["param"] == param and claude.calls == []
+
+
+def test_a_stored_response_is_retrieved_listed_and_deleted_by_the_key_that_made_it(client, fake, served):
+    made = client.responses.create(model="gpt", input="hi")
+    assert client.responses.retrieve(made.id).output_text == "Hello from the fake upstream"
+    [item] = client.responses.input_items.list(made.id, limit=5).data
+    assert item.id == "msg_in"
+    paths = [(call.get("method"), call["path"]) for call in fake.calls]
+    assert ("GET", "/v1/responses/resp_fake") in paths and (
+        "GET",
+        "/v1/responses/resp_fake/input_items?limit=5",
+    ) in paths
+    other = openai.OpenAI(base_url=f"{served.url}/v1", api_key=OTHER_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError):  # another caller key: as if it did not exist
+        other.responses.retrieve(made.id)
+    client.responses.delete(made.id)
+    with pytest.raises(openai.NotFoundError):  # deleted: forgotten
+        client.responses.retrieve(made.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_never_made")
+    assert all(call["headers"].get("Authorization", "").startswith("Bearer sk-") for call in fake.calls)
+
+
+def test_a_streamed_creation_is_recorded_too_and_a_translated_one_is_not(client, fake):
+    list(client.responses.create(model="gpt", input="hi", stream=True))
+    assert client.responses.retrieve("resp_fake").id == "resp_fake"
+    translated = client.responses.create(model="claude", input="Hello")
+    with pytest.raises(openai.NotFoundError):  # Claude keeps no response: nothing to fetch
+        client.responses.retrieve(translated.id)

@@ -10,13 +10,21 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 from marshmallow import INCLUDE, Schema, fields
 from marshmallow.validate import Length, Range
 
+from ..errors import ResponseNotFound, ServiceUnavailable
+from ..gateway import current
+from ..incoming import request_id
+from ..policy.auth import authenticate
+from ..providers import conversion_for
+from ..proxy import upstream
 from ..proxy.operation import Operation, Streaming, Texts
+from ..proxy.outcomes import interpret
 from ..proxy.pipeline import handle
 from ..proxy.schema import JsonArray, OneOfTypes, StrictBool, StrictInt, StrictNumber
+from ..stores import STORE_ERRORS
 from ..usage.row import UsageRow
 
 bp = Blueprint("responses", __name__)
@@ -122,6 +130,16 @@ STREAMING = Streaming(
     text=_event_text,
 )
 
+
+def created(document: dict[str, Any]) -> str | None:
+    """The id of the response an answer (``"object": "response"``) or a stream's
+    ``response.created`` event made."""
+    made = document.get("response") if document.get("type") == "response.created" else document
+    if isinstance(made, dict) and made.get("object") == "response" and isinstance(made.get("id"), str):
+        return str(made["id"])
+    return None
+
+
 RESPONSES = Operation(
     capability="chat",  # (a model that speaks chat completions gets them)
     route="/v1/responses",
@@ -135,6 +153,7 @@ RESPONSES = Operation(
     output_text=answer_text,
     streaming=STREAMING,
     token_kinds=(("input", "output"),),
+    creates=created,
 )
 
 
@@ -142,3 +161,68 @@ RESPONSES = Operation(
 def responses() -> Response:
     """A response from the alias's upstream, checking the caller and policy first."""
     return handle(RESPONSES)
+
+
+@bp.get("/v1/responses/<response_id>")
+def retrieve(response_id: str) -> Response:
+    """A stored response, from the provider that holds it, for the caller key that created it."""
+    return stored(response_id, "GET")
+
+
+@bp.delete("/v1/responses/<response_id>")
+def delete(response_id: str) -> Response:
+    """Delete a stored response at its provider (and forget who created it)."""
+    return stored(response_id, "DELETE")
+
+
+@bp.get("/v1/responses/<response_id>/input_items")
+def input_items(response_id: str) -> Response:
+    """The input items of a stored response (the query string, pagination, passed on)."""
+    return stored(response_id, "GET", "/input_items")
+
+
+def stored(response_id: str, method: str, suffix: str = "") -> Response:
+    """Send ``method`` for a stored response to the provider key of the model row that created
+    it, as the gateway recorded when it relayed the creation; 404 for an id it did not relay, or
+    that another caller key created. No usage row: nothing is generated."""
+    gateway = current()
+    config = gateway.config()
+    key = authenticate(config.api_keys, request.headers)
+    owners = gateway.response_owners
+    try:
+        owner = owners.owner(response_id) if owners is not None else None
+    except STORE_ERRORS as e:
+        gateway.limiter.health.failed("responses: who created a response not read", e)
+        raise ServiceUnavailable(
+            "The gateway cannot look up this response right now; retry shortly."
+        ) from None
+    plan = (
+        config.router.resolve(owner.target)
+        if owner is not None and owner.api_key == key.display_name
+        else None
+    )
+    if plan is None:
+        raise ResponseNotFound(
+            f"No response with id '{response_id}' was created through this gateway with this key."
+        )
+    route = plan.candidates[0].route
+    provider_key = route.provider_key
+    conversion = conversion_for(provider_key.adapter, "responses")
+    url = conversion.bridge.url(provider_key, f"/responses/{response_id}{suffix}", route.upstream_model)
+    if request.query_string:
+        url += ("&" if "?" in url else "?") + request.query_string.decode("latin-1")
+    settings = config.settings.upstream
+    proxies, verify = upstream.route_settings(url, provider_key, settings)
+    answer = upstream.fetch(
+        method,
+        url,
+        credentials=conversion.bridge.credentials(provider_key),
+        request_id=request_id(),
+        timeout=(settings.connect_timeout_s, route.model.timeout_s or settings.timeout_s),
+        proxies=proxies,
+        verify=verify,
+    )
+    answer = interpret(answer, provider_key, conversion, route.alias)
+    if method == "DELETE" and answer.status < 300 and owners is not None:
+        owners.forget(response_id)
+    return Response(answer.content, status=answer.status, content_type=answer.content_type)

@@ -19,8 +19,8 @@ class AzureOpenAI(Bridge):
         # portal's "target URI" with its ?api-version=).
         base = (key.api_base or "").split("?")[0].rstrip("/")
         base = base[: base.find("/openai")] if "/openai" in base else base
-        if key.api_version and path == "/responses":  # (not under a deployment: the model is in the body)
-            return f"{base}/openai/responses?api-version={key.api_version}"
+        if key.api_version and path.startswith("/responses"):  # (no deployment: the model is in the body)
+            return f"{base}/openai{path}?api-version={key.api_version}"
         if key.api_version:
             return f"{base}/openai/deployments/{upstream_model}{path}?api-version={key.api_version}"
         return f"{base}/openai/v1{path}"

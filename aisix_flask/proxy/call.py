@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from flask import request
 
@@ -26,6 +27,9 @@ from ..gateway import Gateway
 from ..incoming import follow_call, request_id
 from ..policy.budgets import Reservation
 from ..policy.routing import Lease
+from ..providers import conversion_for
+from ..stores import STORE_ERRORS
+from ..stores.response_owners import Owner
 from ..usage.row import UsageRow
 from .admission import Held, limit_scopes
 from .multipart import Form
@@ -140,6 +144,25 @@ class Call:
         lease, self.lease = self.lease, None
         if lease is not None:
             self.gateway.routing.ended(lease, failed, cool_s)
+
+    def note_created(self, document: dict[str, Any]) -> None:
+        """An answer, or one of its events: when it created something the provider keeps (a stored
+        response), record that this caller created it through the target that answered, so that
+        later calls naming it go there, and only for this caller. A translated answer created
+        nothing at any provider."""
+        creates = self.operation.creates
+        found = creates(document) if creates is not None else None
+        owners, target = self.gateway.response_owners, self.row.target
+        if not found or owners is None or target is None:
+            return
+        plan = self.config.router.resolve(target)
+        adapter = plan.candidates[0].route.provider_key.adapter if plan is not None else ""
+        if not (adapter and conversion_for(adapter, self.operation.speaks).native):
+            return
+        try:
+            owners.remember(found, Owner(self.key.display_name, target))
+        except STORE_ERRORS as e:
+            self.gateway.limiter.health.failed("responses: who created a response not recorded", e)
 
     def hand_end_to_stream(self) -> None:
         """The answer is a stream: the call finishes when it ends (``finish``), not at exit."""

@@ -64,3 +64,6 @@ class Operation:
     search_units: bool = False  # its answers may report search units (rerank)
     speaks: str = "openai"  # the API its callers speak: "openai", or "anthropic" (/v1/messages)
     native_path: str | None = None  # its path at a provider that speaks the same API
+    # The id of what an answer (or one of its events) created at the provider, which later calls
+    # name (a stored response): the call records who created it (``Call.note_created``).
+    creates: Callable[[dict[str, Any]], str | None] | None = None

@@ -207,6 +207,7 @@ def answered(call: Call, answer: Answer | None) -> Response:
     assert answer is not None  # send_tries raised the error of an attempt that failed
     if answer.status < 400:
         call.operation.note_answer(call.row, answer.document)
+        call.note_created(answer.document)
         guard_output(call, answer.document)
     answer.document = None  # a large answer's parsed copy is not needed to send its bytes
     return passthrough(answer)  # 12

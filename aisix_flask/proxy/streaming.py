@@ -225,6 +225,8 @@ class Relay:
                 self.ended = True
                 return event
             self.spec.note_event(self.call.row, document)
+            if self.call.operation.creates is not None:
+                self.call.note_created(document)
             if self.hide_usage and self.spec.is_usage_only(document):
                 return None
             if self.guardrails:

@@ -136,6 +136,33 @@ def post(
 EVENTS = "text/event-stream"
 
 
+def fetch(
+    method: str,
+    url: str,
+    *,
+    credentials: dict[str, str],
+    request_id: str,
+    timeout: tuple[float, float],
+    proxies: dict[str, str] | None = None,
+    verify: str | bool = True,
+) -> Answer:
+    """``method`` (GET, DELETE) ``url`` once, with no body, and read the whole answer: what the
+    upstream holds (a stored response), never a generation."""
+    headers = {
+        **credentials,
+        "Accept": "application/json",
+        "User-Agent": USER_AGENT,
+        "x-request-id": request_id,
+    }
+    prepared = requests.PreparedRequest()
+    prepared.prepare(method=method, url=url, headers=headers)
+    deadline = time.monotonic() + timeout[1]
+    with _failures_mapped(url, proxies, timeout):
+        r = _send(prepared, timeout, proxies, verify)
+        with r:
+            return _answer(r, _read_until(r, deadline))
+
+
 def _prepare(
     url: str, payload: Any, credentials: dict[str, str], request_id: str, stream: bool, content_type: str
 ) -> requests.PreparedRequest:
