@@ -338,7 +338,8 @@ def response_text(body: dict[str, Any]) -> str:
 
 
 def stream_response(handler: Any, body: dict[str, Any], text: str) -> None:
-    """A Responses API stream: created, the text's deltas, completed (HTTP/1.1 chunks)."""
+    """A Responses API stream: created, the text's deltas, completed (HTTP/1.1 chunks); with
+    ``[error-event]``, an error event after the first delta instead."""
     handler.send_response(200)
     handler.send_header("Content-Type", "text/event-stream")
     handler.send_header("Transfer-Encoding", "chunked")
@@ -356,6 +357,10 @@ def stream_response(handler: Any, body: dict[str, Any], text: str) -> None:
     for i, word in enumerate(words(text)):
         delta = word if i == 0 else " " + word
         event("response.output_text.delta", item_id="msg_fake", output_index=0, content_index=0, delta=delta)
-    event("response.completed", response=whole)
+        if "[error-event]" in text:  # the Responses API's error event: its fields at the top
+            event("error", code="server_error", message="The server had an error.", param=None)
+            break
+    else:
+        event("response.completed", response=whole)
     handler.wfile.write(b"0\r\n\r\n")
     handler.wfile.flush()

@@ -4,12 +4,14 @@ guardrails and the ledger."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
+import requests
 
 from . import fake_anthropic
 from .conftest import sha
@@ -110,6 +112,23 @@ def test_a_streamed_response(client, served):
     assert events[-1].response.usage.output_tokens == 3
 
 
+def test_an_upstream_error_event_ends_the_stream_and_is_recorded(served):
+    with requests.post(
+        f"{served.url}/v1/responses",
+        headers={"Authorization": f"Bearer {DEV_KEY}"},
+        json={"model": "gpt", "input": "Hi there [error-event]", "stream": True},
+        stream=True,
+    ) as r:
+        kinds = [json.loads(line[6:])["type"] for line in r.iter_lines() if line.startswith(b"data: ")]
+    assert kinds == ["response.created", "response.output_text.delta", "error"]  # relayed, nothing after it
+    for _ in range(100):
+        failed = [row for row in usage_rows(served) if row["error_code"] == "server_error"]
+        if failed:
+            break
+        time.sleep(0.1)
+    assert failed and failed[0]["route"] == "/v1/responses"
+
+
 def test_a_function_tool_round_trip(client, fake):
     tools = [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}]
     first = client.responses.create(model="gpt", input='[say:{"q":"x"}] [tool]', tools=tools)
@@ -200,9 +219,9 @@ def test_a_stored_response_is_retrieved_listed_and_deleted_by_the_key_that_made_
         "GET",
         "/v1/responses/resp_fake/input_items?limit=5",
     ) in paths
-    other = openai.OpenAI(base_url=f"{served.url}/v1", api_key=OTHER_KEY, max_retries=0)
-    with pytest.raises(openai.NotFoundError):  # another caller key: as if it did not exist
-        other.responses.retrieve(made.id)
+    with openai.OpenAI(base_url=f"{served.url}/v1", api_key=OTHER_KEY, max_retries=0) as other:
+        with pytest.raises(openai.NotFoundError):  # another caller key: as if it did not exist
+            other.responses.retrieve(made.id)
     client.responses.delete(made.id)
     with pytest.raises(openai.NotFoundError):  # deleted: forgotten
         client.responses.retrieve(made.id)

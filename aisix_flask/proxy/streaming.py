@@ -220,8 +220,10 @@ class Relay:
             return event  # a comment, or an event without data: nothing to read in it
         document = _json(data)
         if isinstance(document, dict):
-            if document.get("error"):  # the upstream's own error event: relayed, and it ends here
-                self.failure = UpstreamErrorEvent(document["error"])
+            # The upstream's own error event (the Responses API's has its fields at the top): relayed,
+            # and it ends here.
+            if document.get("error") or document.get("type") == "error":
+                self.failure = UpstreamErrorEvent(document.get("error") or document)
                 self.ended = True
                 return event
             self.spec.note_event(self.call.row, document)
@@ -296,6 +298,9 @@ def error_event(failure: StreamCutShort | GatewayError, speaks: str = "openai") 
         }
     if speaks == "anthropic":
         data = json.dumps(anthropic_envelope(status, str(error["message"])))
+        return b"event: error\ndata: " + data.encode() + b"\n\n"
+    if speaks == "responses":  # the Responses API's error event: its fields at the top
+        data = json.dumps({"type": "error", **error, "param": None})
         return b"event: error\ndata: " + data.encode() + b"\n\n"
     return b"data: " + json.dumps({"error": {**error, "param": None}}).encode() + b"\n\n"
 
