@@ -43,7 +43,7 @@ def envelope(
     in Anthropic's, whose SDK reads it (README, "Anthropic's Messages API")."""
     body: dict[str, Any] = {"error": {"message": message, "type": type, "param": param, "code": code}}
     if has_request_context() and request.path.startswith(ANTHROPIC_ROUTE):
-        body = anthropic_envelope(status, message)
+        body = anthropic_envelope(status, f"{param}: {message}" if param else message)
     response = Response(json.dumps(body), status=status, mimetype="application/json")
     if headers:
         response.headers.update(headers)

@@ -354,6 +354,10 @@ def stream_response(handler: Any, body: dict[str, Any], text: str) -> None:
         handler.wfile.flush()
 
     event("response.created", response={**whole, "status": "in_progress", "output": [], "usage": None})
+    item = {**whole["output"][0], "status": "in_progress", "content": []}
+    event("response.output_item.added", output_index=0, item=item)
+    part = {"type": "output_text", "text": "", "annotations": []}
+    event("response.content_part.added", item_id="msg_fake", output_index=0, content_index=0, part=part)
     for i, word in enumerate(words(text)):
         delta = word if i == 0 else " " + word
         event("response.output_text.delta", item_id="msg_fake", output_index=0, content_index=0, delta=delta)
@@ -361,6 +365,14 @@ def stream_response(handler: Any, body: dict[str, Any], text: str) -> None:
             event("error", code="server_error", message="The server had an error.", param=None)
             break
     else:
+        done = whole["output"][0]
+        text_done = done["content"][0]["text"]
+        event(
+            "response.output_text.done", item_id="msg_fake", output_index=0, content_index=0, text=text_done
+        )
+        event("response.content_part.done", item_id="msg_fake", output_index=0, content_index=0,
+              part=done["content"][0])  # fmt: skip
+        event("response.output_item.done", output_index=0, item=done)
         event("response.completed", response=whole)
     handler.wfile.write(b"0\r\n\r\n")
     handler.wfile.flush()

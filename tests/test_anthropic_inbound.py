@@ -17,7 +17,7 @@ def test_a_request_as_chat_completions():
     body = {
         "model": "m",
         "max_tokens": 20,
-        "system": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}],
+        "system": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use metric units."}],
         "messages": [
             {"role": "user", "content": [
                 {"type": "text", "text": "What is this?"},
@@ -40,7 +40,7 @@ def test_a_request_as_chat_completions():
         "model": "m",
         "max_tokens": 20,
         "messages": [
-            {"role": "system", "content": "Be brief."},
+            {"role": "system", "content": "Be brief.\nUse metric units."},
             {"role": "user", "content": [
                 {"type": "text", "text": "What is this?"},
                 {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},

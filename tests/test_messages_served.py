@@ -83,11 +83,29 @@ def test_a_claude_model_gets_the_request_as_it_was_sent(client, fakes, served):
     )
 
 
-def test_a_claude_stream_and_a_tool_round_trip(client, fakes):
+def test_a_claude_stream_and_a_tool_round_trip(client, fakes, served):
     with client.messages.stream(
-        model="claude", max_tokens=100, messages=[{"role": "user", "content": "Hi"}]
+        model="claude",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "Hi [stream-usage]"}],
+        extra_headers={"anthropic-beta": "fine-grained-tool-streaming-2025-05-14"},
     ) as stream:
         assert stream.get_final_text() == "Hello from Claude"
+    assert fakes[0].calls[-1]["headers"]["anthropic-beta"] == "fine-grained-tool-streaming-2025-05-14"
+    for _ in range(100):  # a passed-through stream's usage: message_start's, then message_delta's
+        rows = [
+            r
+            for r in usage_rows(served, model="claude")
+            if r["route"] == "/v1/messages" and r["output_tokens"] == 9
+        ]
+        if rows:
+            break
+        time.sleep(0.1)
+    assert (rows[0]["input_tokens"], rows[0]["input_cached_tokens"], rows[0]["input_cache_write_tokens"]) == (
+        151,
+        100,
+        30,
+    )
     messages = [{"role": "user", "content": "Weather in Paris? [tool]"}]
     first = client.messages.create(model="claude", max_tokens=100, messages=messages, tools=[WEATHER])
     [use] = [block for block in first.content if block.type == "tool_use"]
@@ -140,7 +158,7 @@ def test_a_chat_model_streams_and_calls_tools_in_the_messages_api(client, fakes)
         "tool_use",
         "lookup",
         {"city": "Paris"},
-        "end_turn",
+        "tool_use",
     )
     sent = fakes[1].calls[-1]["body"]
     assert (

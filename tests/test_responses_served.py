@@ -120,7 +120,13 @@ def test_an_upstream_error_event_ends_the_stream_and_is_recorded(served):
         stream=True,
     ) as r:
         kinds = [json.loads(line[6:])["type"] for line in r.iter_lines() if line.startswith(b"data: ")]
-    assert kinds == ["response.created", "response.output_text.delta", "error"]  # relayed, nothing after it
+    assert kinds == [  # relayed, nothing after it
+        "response.created",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "error",
+    ]
     for _ in range(100):
         failed = [row for row in usage_rows(served) if row["error_code"] == "server_error"]
         if failed:
@@ -178,6 +184,14 @@ def test_a_claude_model_answers_in_the_responses_api(client, claude):
     assert (
         call["body"]["system"] == [{"type": "text", "text": "Be brief."}] and call["body"]["max_tokens"] == 50
     )
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+def test_the_official_stream_helper_follows_both(client, model):
+    with client.responses.stream(model=model, input="Hi") as stream:
+        text = "".join(event.delta for event in stream if event.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text == final.output_text and text in ("Hello from the fake upstream", "Hello from Claude")
 
 
 def test_a_claude_stream_and_tool_call_in_the_responses_api(client, claude):

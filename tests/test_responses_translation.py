@@ -125,17 +125,22 @@ def test_a_stream_as_response_events():
         )
     )
     data = [json.loads(e.split(b"data: ", 1)[1]) for e in out]
-    assert [d["type"] for d in data] == [
-        "response.created",
-        "response.output_item.added",
-        "response.output_text.delta",
-        "response.output_item.added",
-        "response.function_call_arguments.delta",
-        "response.output_item.done",
-        "response.output_item.done",
-        "response.completed",
+    assert [(d["type"], d.get("output_index")) for d in data] == [
+        ("response.created", None),
+        ("response.in_progress", None),
+        ("response.output_item.added", 0),
+        ("response.content_part.added", 0),
+        ("response.output_text.delta", 0),
+        ("response.output_item.added", 1),
+        ("response.function_call_arguments.delta", 1),
+        ("response.output_text.done", 0),
+        ("response.content_part.done", 0),
+        ("response.output_item.done", 0),
+        ("response.function_call_arguments.done", 1),
+        ("response.output_item.done", 1),
+        ("response.completed", None),
     ]
-    assert [d["sequence_number"] for d in data] == list(range(1, 9))
+    assert [d["sequence_number"] for d in data] == list(range(1, 14))
     assert data[-1]["response"]["usage"]["total_tokens"] == 6 and len(data[-1]["response"]["output"]) == 2
 
 

@@ -130,12 +130,17 @@ def _note_event(row: UsageRow, event: dict[str, Any]) -> None:
     if kind == "message_start" and isinstance((event.get("message") or {}).get("usage"), dict):
         row.note_usage(openai_usage(event["message"]["usage"]))
     elif kind == "message_delta" and isinstance(event.get("usage"), dict):
-        reported = event["usage"]
-        if "input_tokens" in reported:  # a later version's delta restates every count
-            row.note_usage(openai_usage(reported))
-        elif isinstance(reported.get("output_tokens"), int):
-            row.output_tokens = reported["output_tokens"]
-            row.total_tokens = row.input_tokens + row.output_tokens
+        # The counts it restates (output always; input and cache in later versions), field by field
+        # over what message_start said.
+        cached, written = row.input_cached_tokens or 0, row.input_cache_write_tokens or 0
+        known = {
+            "input_tokens": row.input_tokens - cached - written,
+            "cache_read_input_tokens": cached,
+            "cache_creation_input_tokens": written,
+            "output_tokens": row.output_tokens,
+        }
+        known.update({k: v for k, v in event["usage"].items() if k in known and isinstance(v, int)})
+        row.note_usage(openai_usage(known))
 
 
 STREAMING = Streaming(
@@ -158,6 +163,7 @@ MESSAGES = Operation(
     output_text=answer_text,
     streaming=STREAMING,
     token_kinds=(("input", "output"),),
+    forwards=("anthropic-beta",),
 )
 
 COUNT_TOKENS = Operation(
@@ -170,6 +176,7 @@ COUNT_TOKENS = Operation(
     schema=CountTokensSchema(),
     texts=Texts(read=read_texts, write=write_texts),
     note_answer=lambda row, document: None,  # counting generates nothing
+    forwards=("anthropic-beta",),
 )
 
 

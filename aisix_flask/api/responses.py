@@ -224,5 +224,8 @@ def stored(response_id: str, method: str, suffix: str = "") -> Response:
     )
     answer = interpret(answer, provider_key, conversion, route.alias)
     if method == "DELETE" and answer.status < 300 and owners is not None:
-        owners.forget(response_id)
+        try:
+            owners.forget(response_id)
+        except STORE_ERRORS as e:  # (deleted at the provider: a later fetch gets its 404)
+            gateway.limiter.health.failed("responses: a deleted response not forgotten", e)
     return Response(answer.content, status=answer.status, content_type=answer.content_type)

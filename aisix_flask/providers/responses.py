@@ -122,7 +122,16 @@ def _tool_choice(choice: Any) -> Any:
 
 
 def response(completion: Any, alias: str) -> dict[str, Any]:
-    """The response for the chat completion ``completion``."""
+    """The response for the chat completion ``completion`` (UpstreamBadResponse when it is not one)."""
+    try:
+        return _from_completion(completion, alias)
+    except (AttributeError, TypeError, ValueError):
+        raise UpstreamBadResponse(
+            "The upstream answered HTTP 2xx with a malformed chat completion."
+        ) from None
+
+
+def _from_completion(completion: Any, alias: str) -> dict[str, Any]:
     choices = completion.get("choices") if isinstance(completion, dict) else None
     if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
         raise UpstreamBadResponse("The upstream answered HTTP 2xx with a body that is not a chat completion.")
@@ -199,15 +208,18 @@ def events(chunks: Iterable[Any], alias: str) -> Iterator[Any]:
 
 
 class _Stream:
-    """What the chat stream said so far: its text, each tool call, its finish and usage."""
+    """What the chat stream said so far, as the Responses API's output items: each added in turn
+    (the text's message, each tool call), with the events the official client's stream helper
+    follows (an item added, its part added, its deltas, its text or arguments done, it done)."""
 
     def __init__(self, alias: str) -> None:
         self.alias = alias
         self.ident = ""
         self.started = False
         self.number = 0
-        self.text: list[str] | None = None
-        self.calls: dict[int, dict[str, Any]] = {}
+        self.items: list[dict[str, Any]] = []  # in output order: {"kind", "text" | call fields}
+        self.text_at: int | None = None  # the message item's output index
+        self.calls: dict[int, int] = {}  # tool call index → output index
         self.finish: Any = None
         self.usage: Any = None
 
@@ -217,8 +229,10 @@ class _Stream:
         return f"event: {kind}\ndata: {data}\n\n".encode()
 
     def take(self, chunk: dict[str, Any]) -> Iterator[bytes]:
-        if chunk.get("error"):
-            yield b"data: " + json.dumps({"error": chunk["error"]}).encode() + b"\n\n"
+        error = chunk.get("error")
+        if error:  # the Responses API's error event: its fields at the top
+            fields = error if isinstance(error, dict) else {"message": str(error)}
+            yield self._event("error", code=fields.get("code"), message=fields.get("message"), param=None)
             return
         if not self.started:
             self.started, self.ident = True, str(chunk.get("id") or "")
@@ -228,45 +242,65 @@ class _Stream:
                 "usage": None,
             }
             yield self._event("response.created", response=begun)
-        if chunk.get("usage"):
+            yield self._event("response.in_progress", response=begun)
+        if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                if self.text is None:
-                    self.text = []
-                    item = {**_message_item(self.ident, ""), "status": "in_progress", "content": []}
-                    yield self._event("response.output_item.added", output_index=0, item=item)
-                self.text.append(delta["content"])
-                yield self._event("response.output_text.delta", item_id=f"msg_{self.ident}", output_index=0,
-                                  content_index=0, delta=delta["content"])  # fmt: skip
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            delta = delta if isinstance(delta, dict) else {}
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                yield from self._text(delta["content"])
             for call in delta.get("tool_calls") or []:
-                yield from self._call(call)
+                if isinstance(call, dict):
+                    yield from self._call(call)
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
+
+    def _text(self, text: str) -> Iterator[bytes]:
+        if self.text_at is None:
+            self.text_at = len(self.items)
+            self.items.append({"kind": "message", "text": ""})
+            item = {**_message_item(self.ident, ""), "status": "in_progress", "content": []}
+            yield self._event("response.output_item.added", output_index=self.text_at, item=item)
+            part = {"type": "output_text", "text": "", "annotations": []}
+            yield self._event("response.content_part.added", item_id=f"msg_{self.ident}",
+                              output_index=self.text_at, content_index=0, part=part)  # fmt: skip
+        self.items[self.text_at]["text"] += text
+        yield self._event("response.output_text.delta", item_id=f"msg_{self.ident}",
+                          output_index=self.text_at, content_index=0, delta=text)  # fmt: skip
 
     def _call(self, call: dict[str, Any]) -> Iterator[bytes]:
         index, function = call.get("index", 0), call.get("function") or {}
         if index not in self.calls:
-            self.calls[index] = {"id": call.get("id"), "name": function.get("name"), "arguments": ""}
+            self.calls[index] = len(self.items)
+            self.items.append({"kind": "function_call", "id": call.get("id"), "name": function.get("name"),
+                               "arguments": ""})  # fmt: skip
             item = {**_call_item(call.get("id"), function.get("name"), ""), "status": "in_progress"}
-            yield self._event("response.output_item.added", output_index=self._index(index), item=item)
-        if function.get("arguments"):
-            self.calls[index]["arguments"] += function["arguments"]
-            item_id = f"fc_{self.calls[index]['id']}"
-            yield self._event("response.function_call_arguments.delta", item_id=item_id,
-                              output_index=self._index(index), delta=function["arguments"])  # fmt: skip
-
-    def _index(self, call: int) -> int:
-        return list(self.calls).index(call) + (self.text is not None)
+            yield self._event("response.output_item.added", output_index=self.calls[index], item=item)
+        at = self.calls[index]
+        if isinstance(function.get("arguments"), str) and function["arguments"]:
+            self.items[at]["arguments"] += function["arguments"]
+            yield self._event("response.function_call_arguments.delta", item_id=f"fc_{self.items[at]['id']}",
+                              output_index=at, delta=function["arguments"])  # fmt: skip
 
     def end(self) -> Iterator[bytes]:
         if not self.started:
             return
-        output = [_message_item(self.ident, "".join(self.text))] if self.text is not None else []
-        output += [_call_item(c["id"], c["name"], c["arguments"]) for c in self.calls.values()]
-        for index, item in enumerate(output):
-            yield self._event("response.output_item.done", output_index=index, item=item)
+        output = []
+        for at, kept in enumerate(self.items):
+            if kept["kind"] == "message":
+                item = _message_item(self.ident, kept["text"])
+                item_id = item["id"]
+                yield self._event("response.output_text.done", item_id=item_id, output_index=at,
+                                  content_index=0, text=kept["text"])  # fmt: skip
+                yield self._event("response.content_part.done", item_id=item_id, output_index=at,
+                                  content_index=0, part=item["content"][0])  # fmt: skip
+            else:
+                item = _call_item(kept["id"], kept["name"], kept["arguments"])
+                done = "response.function_call_arguments.done"
+                yield self._event(done, item_id=item["id"], output_index=at, arguments=kept["arguments"])
+            yield self._event("response.output_item.done", output_index=at, item=item)
+            output.append(item)
         whole = _response(self.ident, self.alias, output, self.finish, self.usage)
         kind = "response.incomplete" if whole["status"] == "incomplete" else "response.completed"
         yield self._event(kind, response=whole)

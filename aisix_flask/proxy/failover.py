@@ -131,7 +131,15 @@ def _attempt(
     alias = candidate.route.alias
     attempt = send(
         call.operation,
-        Payload(candidate.route, body, call.upload, call.row.model or ""),
+        Payload(
+            candidate.route,
+            body,
+            call.upload,
+            call.row.model or "",
+            tuple(
+                (name, request.headers[name]) for name in call.operation.forwards if name in request.headers
+            ),
+        ),
         timeout,
         call.config.settings.upstream,
         call.row.request_id,

@@ -62,8 +62,11 @@ class Operation:
     # priced (any one of the sets): a budget refuses a request it could not count.
     token_kinds: tuple[tuple[str, ...], ...] = ()
     search_units: bool = False  # its answers may report search units (rerank)
-    speaks: str = "openai"  # the API its callers speak: "openai", or "anthropic" (/v1/messages)
+    speaks: str = "openai"  # the API its callers speak: "openai", "responses" or "anthropic"
     native_path: str | None = None  # its path at a provider that speaks the same API
     # The id of what an answer (or one of its events) created at the provider, which later calls
     # name (a stored response): the call records who created it (``Call.note_created``).
     creates: Callable[[dict[str, Any]], str | None] | None = None
+    # The caller's headers sent on to a provider that speaks the route's API (Anthropic's
+    # anthropic-beta: the features a request asks for).
+    forwards: tuple[str, ...] = ()

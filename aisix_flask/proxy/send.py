@@ -36,6 +36,7 @@ class Payload:
     body: dict[str, Any]
     upload: Form | None = None
     alias: str = ""  # the model the caller named (a translated answer names it)
+    forwarded: tuple[tuple[str, str], ...] = ()  # the caller's headers for a provider of its API
 
     def with_body(self, body: dict[str, Any]) -> Payload:
         """The same payload with another body (a stream's, asking for usage)."""
@@ -107,7 +108,10 @@ def send(
         answer = upstream.post(
             url,
             data,
-            credentials=conversion.bridge.credentials(key),
+            credentials={
+                **conversion.bridge.credentials(key),
+                **(dict(payload.forwarded) if conversion.native else {}),
+            },
             request_id=request_id,
             timeout=(timeout.connect_s, timeout.read_s),
             proxies=proxies,

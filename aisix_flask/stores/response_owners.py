@@ -35,6 +35,7 @@ class ResponseOwners(Protocol):
 class SQLiteOwners:
     def __init__(self, storage: SQLiteStorage) -> None:
         self._storage = storage
+        self._next_sweep = 0.0
         with storage.transaction() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS response_owners (id TEXT PRIMARY KEY, api_key TEXT NOT NULL,"
@@ -48,7 +49,9 @@ class SQLiteOwners:
                 "INSERT OR REPLACE INTO response_owners VALUES (?, ?, ?, ?)",
                 (response_id, owner.api_key, owner.target, now + KEEP_S),
             )
-            db.execute("DELETE FROM response_owners WHERE expires_at <= ?", (now,))
+            if now >= self._next_sweep:  # the expired ones, once an hour (a scan of the table)
+                self._next_sweep = now + 3600
+                db.execute("DELETE FROM response_owners WHERE expires_at <= ?", (now,))
 
     def owner(self, response_id: str) -> Owner | None:
         rows = self._storage.read(

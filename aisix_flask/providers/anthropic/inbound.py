@@ -62,7 +62,7 @@ def _system(system: Any) -> list[dict[str, Any]]:
         return []
     if isinstance(system, str):
         return [{"role": "system", "content": system}]
-    return [{"role": "system", "content": "".join(_texts(system, "system"))}]
+    return [{"role": "system", "content": "\n".join(_texts(system, "system"))}]
 
 
 def _texts(blocks: Any, where: str) -> list[str]:
@@ -96,7 +96,9 @@ def _turn(turn: Any, where: str) -> list[dict[str, Any]]:
     for j, block in enumerate(content):
         kind, here = block.get("type") if isinstance(block, dict) else None, f"{where}.content[{j}]"
         if kind == "text":
-            parts.append({"type": "text", "text": block.get("text", "")})
+            if not isinstance(block.get("text"), str):
+                raise refuse(f"{here}.text", "a text block's text must be a string")
+            parts.append({"type": "text", "text": block["text"]})
         elif kind == "image" and role == "user":
             parts.append({"type": "image_url", "image_url": {"url": _image_url(block.get("source"), here)}})
         elif kind == "tool_use" and role == "assistant":
@@ -124,6 +126,8 @@ def _turn(turn: Any, where: str) -> list[dict[str, Any]]:
 
 def _image_url(source: Any, where: str) -> str:
     if isinstance(source, dict) and source.get("type") == "base64":
+        if not (isinstance(source.get("media_type"), str) and isinstance(source.get("data"), str)):
+            raise refuse(f"{where}.source", "a base64 image needs its media_type and data")
         return f"data:{source.get('media_type')};base64,{source.get('data')}"
     if isinstance(source, dict) and source.get("type") == "url" and isinstance(source.get("url"), str):
         return str(source["url"])
@@ -156,7 +160,17 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
 
 
 def message(completion: Any, alias: str) -> dict[str, Any]:
-    """The Messages answer for the chat completion ``completion``."""
+    """The Messages answer for the chat completion ``completion`` (UpstreamBadResponse when it is
+    not one)."""
+    try:
+        return _from_completion(completion, alias)
+    except (AttributeError, TypeError, ValueError):
+        raise UpstreamBadResponse(
+            "The upstream answered HTTP 2xx with a malformed chat completion."
+        ) from None
+
+
+def _from_completion(completion: Any, alias: str) -> dict[str, Any]:
     choices = completion.get("choices") if isinstance(completion, dict) else None
     if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
         raise UpstreamBadResponse("The upstream answered HTTP 2xx with a body that is not a chat completion.")
@@ -179,7 +193,10 @@ def message(completion: Any, alias: str) -> dict[str, Any]:
         "role": "assistant",
         "model": alias,
         "content": content,
-        "stop_reason": FINISH.get(choices[0].get("finish_reason") or "", "end_turn"),
+        # (a chat model may say "stop" after calling tools: Anthropic's callers wait for tool_use)
+        "stop_reason": "tool_use"
+        if answer.get("tool_calls")
+        else FINISH.get(choices[0].get("finish_reason") or "", "end_turn"),
         "stop_sequence": None,
         "usage": usage(completion.get("usage")),
     }
@@ -299,6 +316,7 @@ class _Stream:
         if not self.started:
             return
         yield from self._close()
-        yield _event("message_delta", {"delta": {"stop_reason": self.finish, "stop_sequence": None},
+        stop = "tool_use" if self.tools else self.finish  # (a chat model may say "stop" after tools)
+        yield _event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
                                        "usage": self.usage})  # fmt: skip
         yield _event("message_stop", {})
