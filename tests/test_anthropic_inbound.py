@@ -8,7 +8,8 @@ import json
 import pytest
 
 from aisix_flask.errors import InvalidRequest
-from aisix_flask.providers.anthropic.inbound import anthropic_error, chat_request, events, message
+from aisix_flask.providers.anthropic.inbound import anthropic_error, chat_request, message
+from aisix_flask.providers.anthropic.inbound_events import events
 
 HI = [{"role": "user", "content": "Hi"}]
 

@@ -17,7 +17,7 @@ from typing import Any
 from ..config.resources import Model, ProviderKey
 from ..errors import InvalidRequest
 from . import responses
-from .anthropic import inbound
+from .anthropic import inbound, inbound_events
 from .bridge import Bridge
 
 
@@ -72,7 +72,7 @@ class Conversion:
             return iter(events)
         chunks = self.bridge.events(events, alias)
         if self.speaks == "anthropic":
-            return inbound.events(chunks, alias)
+            return inbound_events.events(chunks, alias)
         if self.speaks == "responses":
             return responses.events(chunks, alias)
         return chunks

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import InvalidRequest, UpstreamBadResponse
+from .chunks import read_chunks
 
 _CARRIED = frozenset(
     {"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream", "tools",
@@ -188,23 +189,8 @@ def usage(reported: Any) -> dict[str, Any]:
 
 
 def events(chunks: Iterable[Any], alias: str) -> Iterator[Any]:
-    """``response.*`` events for a chat completion stream (each item one whole event's bytes);
-    anything else (the relay's keep-alive marker) passes as it is."""
-    stream = _Stream(alias)
-    for chunk in chunks:
-        if not isinstance(chunk, bytes):
-            yield chunk
-            continue
-        data = b"\n".join(line[5:].strip() for line in chunk.splitlines() if line.startswith(b"data:"))
-        if data == b"[DONE]":
-            yield from stream.end()
-            continue
-        try:
-            document = json.loads(data) if data else None
-        except ValueError:
-            document = None
-        if isinstance(document, dict):
-            yield from stream.take(document)
+    """``response.*`` events for a chat completion stream (``chunks.read_chunks``)."""
+    return read_chunks(chunks, _Stream(alias))
 
 
 class _Stream:

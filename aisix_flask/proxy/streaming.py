@@ -20,7 +20,7 @@ from flask import Response, request
 
 from .. import workers
 from ..config.resources import Guardrail
-from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest, anthropic_envelope
+from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest
 from ..policy.guardrails import check_output
 from ..policy.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ..providers import conversion_for
@@ -29,7 +29,6 @@ from .events import (
     KEEPALIVE,
     CallerGone,
     Interrupted,
-    ShuttingDown,
     Silent,
     StreamCutShort,
     TranslatedEvents,
@@ -37,6 +36,7 @@ from .events import (
 )
 from .operation import Streaming
 from .send import Attempt
+from .stream_ends import ROW_STATUS, UpstreamErrorEvent, error_event
 from .upstream import Timeout
 
 # A stream holds its concurrency slots for as long as it runs: leased (at least this long) and
@@ -61,30 +61,6 @@ GUARD_OVERLAP = 1024
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 
 log = logging.getLogger(__name__)
-
-# How a stream that did not end cleanly is recorded: the status its row keeps (the caller got 200).
-_ROW_STATUS = {Interrupted: 502, Silent: 504, CallerGone: 499, ShuttingDown: 503}
-_ERROR_TYPE = {
-    Interrupted: "upstream_error",
-    Silent: "timeout",
-    ShuttingDown: "server_error",
-    CallerGone: "invalid_request_error",
-}
-_MESSAGES = {
-    Interrupted: "The upstream stopped before the end of the stream; the answer is incomplete.",
-    Silent: "The upstream sent nothing for longer than the model's timeout; the stream was ended.",
-    ShuttingDown: "The gateway is restarting; the stream was ended before it was complete. Retry.",
-    CallerGone: "The caller's connection closed (or stopped reading); the stream was ended.",
-}
-
-
-class UpstreamErrorEvent(StreamCutShort):
-    """The upstream ended the stream with an error event of its own (relayed as it is)."""
-
-    def __init__(self, error: Any) -> None:
-        super().__init__("the upstream sent an error event")
-        found = [error.get(k) for k in ("code", "type")] if isinstance(error, dict) else []
-        self.code = next((v[:64] for v in found if isinstance(v, str) and v), "upstream_error")
 
 
 def refuse_idempotency_key() -> None:
@@ -270,7 +246,7 @@ class Relay:
         elif isinstance(failure, GatewayError):
             row.status, row.error_code = failure.code, failure.error_code
         elif isinstance(failure, StreamCutShort):
-            row.status, row.error_code = _ROW_STATUS.get(type(failure), 502), failure.code
+            row.status, row.error_code = ROW_STATUS.get(type(failure), 502), failure.code
         billable = Billable(
             priced=bool(row.total_tokens or row.images),  # what is known was generated
             # Ended before its end, not by an error of the upstream's own: what came of it is unknown.
@@ -280,29 +256,6 @@ class Relay:
         # routing target cools down.
         upstream_failed = isinstance(failure, Interrupted | Silent | UpstreamErrorEvent)
         self.call.finish(200, billable, upstream_failed)
-
-
-def error_event(failure: StreamCutShort | GatewayError, speaks: str = "openai") -> bytes:
-    """The last event of a stream that did not end cleanly: the error envelope as its data (the
-    official clients raise on it), in the caller's API (Anthropic's: an ``error`` event)."""
-    if isinstance(failure, GatewayError):
-        status = failure.code or 500
-        error = {"message": failure.description, "type": failure.error_type, "code": failure.error_code}
-    else:
-        kind = type(failure)
-        status = _ROW_STATUS.get(kind, 502)
-        error = {
-            "message": _MESSAGES.get(kind, str(failure)),
-            "type": _ERROR_TYPE.get(kind, "upstream_error"),
-            "code": failure.code,
-        }
-    if speaks == "anthropic":
-        data = json.dumps(anthropic_envelope(status, str(error["message"])))
-        return b"event: error\ndata: " + data.encode() + b"\n\n"
-    if speaks == "responses":  # the Responses API's error event: its fields at the top
-        data = json.dumps({"type": "error", **error, "param": None})
-        return b"event: error\ndata: " + data.encode() + b"\n\n"
-    return b"data: " + json.dumps({"error": {**error, "param": None}}).encode() + b"\n\n"
 
 
 def _data(event: bytes) -> str | None:
