@@ -364,6 +364,10 @@ def stream_response(handler: Any, body: dict[str, Any], text: str) -> None:
         if "[error-event]" in text:  # the Responses API's error event: its fields at the top
             event("error", code="server_error", message="The server had an error.", param=None)
             break
+        if "[failed]" in text:
+            error = {"code": "rate_limit_exceeded", "message": "Try again later."}
+            event("response.failed", response={**whole, "status": "failed", "error": error})
+            break
     else:
         done = whole["output"][0]
         text_done = done["content"][0]["text"]

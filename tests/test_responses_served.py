@@ -135,6 +135,23 @@ def test_an_upstream_error_event_ends_the_stream_and_is_recorded(served):
     assert failed and failed[0]["route"] == "/v1/responses"
 
 
+def test_a_failed_response_is_recorded_as_a_failure(served):
+    with requests.post(
+        f"{served.url}/v1/responses",
+        headers={"Authorization": f"Bearer {DEV_KEY}"},
+        json={"model": "gpt", "input": "Hi there [failed]", "stream": True},
+        stream=True,
+    ) as r:
+        kinds = [json.loads(line[6:])["type"] for line in r.iter_lines() if line.startswith(b"data: ")]
+    assert kinds[-1] == "response.failed"  # relayed as it came, nothing after it
+    for _ in range(100):
+        failed = [row for row in usage_rows(served) if row["error_code"] == "rate_limit_exceeded"]
+        if failed:
+            break
+        time.sleep(0.1)
+    assert failed and failed[0]["status"] == 502 and failed[0]["input_tokens"] == 10
+
+
 def test_a_function_tool_round_trip(client, fake):
     tools = [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}]
     first = client.responses.create(model="gpt", input='[say:{"q":"x"}] [tool]', tools=tools)

@@ -123,11 +123,23 @@ def _event_text(event: dict[str, Any]) -> list[tuple[Hashable, str]]:
     return []
 
 
+def _upstream_error(event: dict[str, Any]) -> Any:
+    """The error of an ``error`` event (its fields at the top), or of ``response.failed``."""
+    if event.get("type") == "error":
+        return event
+    if event.get("type") == "response.failed":
+        failed = event.get("response")
+        error = failed.get("error") if isinstance(failed, dict) else None
+        return error or {"code": "response_failed"}
+    return None
+
+
 STREAMING = Streaming(
     prepare=lambda body: (body, False),  # the final event always carries the usage
     note_event=_note_event,
     is_final=lambda data, event: isinstance(event, dict) and event.get("type") in FINAL_EVENTS,
     text=_event_text,
+    upstream_error=_upstream_error,
 )
 
 

@@ -41,6 +41,11 @@ class Streaming:
     # An event's new answer text, each with what it continues (a choice's content, a tool call's
     # arguments…): the output guardrails read it with the end of what came before.
     text: Callable[[dict[str, Any]], list[tuple[Hashable, str]]] | None = None
+    # The error an event reports for the upstream (None: none): its own error event ends the
+    # stream as a failure, relayed (the Responses API's also ends with response.failed).
+    upstream_error: Callable[[dict[str, Any]], Any] = lambda event: (
+        event.get("error") or (event if event.get("type") == "error" else None)
+    )
 
 
 @dataclass(frozen=True)

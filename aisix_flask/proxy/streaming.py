@@ -198,8 +198,9 @@ class Relay:
         if isinstance(document, dict):
             # The upstream's own error event (the Responses API's has its fields at the top): relayed,
             # and it ends here.
-            if document.get("error") or document.get("type") == "error":
-                self.failure = UpstreamErrorEvent(document.get("error") or document)
+            if error := self.spec.upstream_error(document):
+                self.spec.note_event(self.call.row, document)  # (what it says was used)
+                self.failure = UpstreamErrorEvent(error)
                 self.ended = True
                 return event
             self.spec.note_event(self.call.row, document)
