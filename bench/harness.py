@@ -9,6 +9,7 @@ import math
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -270,3 +271,13 @@ def load(
     if smoke and result["failed"]:
         sys.exit(f"smoke run: {result['failed']} requests to {url} failed, e.g. {result['failures'][0]}")
     return result
+
+
+def in_turn(
+    first: Callable[[], float], second: Callable[[], float], runs: int = 3
+) -> tuple[float, float, str]:
+    """Measure ``first`` and ``second`` in turn, ``runs`` times each (the machine's drift weighs
+    on both alike): each one's median, and every run's pair as text."""
+    pairs = [(first(), second()) for _ in range(runs)]
+    text = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in pairs)
+    return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs), text

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench import aioload
 from bench.config import gateway_config, write_config
-from bench.harness import KEY, Server
+from bench.harness import KEY, Server, in_turn
 from bench.scenarios import CHAT, SMALL_CHAT, Plan, Row, checked
 
 STREAM_EVENTS, STREAM_GAP_S = 20, 0.01
@@ -52,12 +52,10 @@ def provider_rows(
 
 
 def _whole_row(gw: Server, measure: Callable[..., dict]) -> Row:
-    openai_p50, claude_p50 = [], []
-    for _ in range(3):  # in turn: the machine's drift weighs on both alike
-        openai_p50.append(measure(gw.url + CHAT, SMALL_CHAT, 1)["p50"])
-        claude_p50.append(measure(gw.url + CHAT, {**SMALL_CHAT, "model": "claude"}, 1)["p50"])
-    o, c = statistics.median(openai_p50), statistics.median(claude_p50)
-    runs = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(openai_p50, claude_p50, strict=True))
+    o, c, runs = in_turn(
+        lambda: measure(gw.url + CHAT, SMALL_CHAT, 1)["p50"],
+        lambda: measure(gw.url + CHAT, {**SMALL_CHAT, "model": "claude"}, 1)["p50"],
+    )
     return (
         "chat c=1 p50 ms, anthropic adapter (OpenAI's API on the same fake in the direct column)",
         "added ≤ 0.2 ms",

@@ -17,7 +17,6 @@ both: ``routed`` (failover, its first target answers) and ``spread`` (round robi
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import threading
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from bench import aioload
 from bench.config import gateway_config, write_config
-from bench.harness import KEY, Server
+from bench.harness import KEY, Server, in_turn
 from bench.scenarios import IMAGES, SMALL, Plan, Row, checked
 from tests.serving import free_port
 
@@ -76,12 +75,10 @@ def routing_rows(
 
 
 def _overhead_row(gw: Server, measure: Callable[..., dict]) -> Row:
-    direct, routed = [], []
-    for _ in range(3):  # in turn: the machine's drift weighs on both alike
-        direct.append(measure(gw.url + IMAGES, SMALL, 1)["p50"])
-        routed.append(measure(gw.url + IMAGES, {**SMALL, "model": "routed"}, 1)["p50"])
-    d, r = statistics.median(direct), statistics.median(routed)
-    runs = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(direct, routed, strict=True))
+    d, r, runs = in_turn(
+        lambda: measure(gw.url + IMAGES, SMALL, 1)["p50"],
+        lambda: measure(gw.url + IMAGES, {**SMALL, "model": "routed"}, 1)["p50"],
+    )
     return (
         "c=1 p50 ms, routing model (direct model in the direct column)",
         "added ≤ 0.1 ms",

@@ -93,15 +93,7 @@ def _with_texts(body: dict[str, Any], replace: Callable[[str], str]) -> dict[str
     return body
 
 
-def read_texts(body: dict[str, Any]) -> list[str]:
-    texts: list[str] = []
-    _with_texts(body, lambda text: texts.append(text) or text)  # type: ignore[func-returns-value]
-    return texts
-
-
-def write_texts(body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
-    replacements = iter(texts)
-    return _with_texts(body, lambda _: next(replacements))
+TEXTS = Texts.walked(_with_texts)
 
 
 def answer_text(document: dict[str, Any]) -> list[str]:
@@ -158,7 +150,7 @@ MESSAGES = Operation(
     speaks="anthropic",
     what="messages",
     schema=MessagesSchema(),
-    texts=Texts(read=read_texts, write=write_texts),
+    texts=TEXTS,
     note_answer=note_answer,
     output_text=answer_text,
     streaming=STREAMING,
@@ -174,7 +166,7 @@ COUNT_TOKENS = Operation(
     speaks="anthropic",
     what="token counting",
     schema=CountTokensSchema(),
-    texts=Texts(read=read_texts, write=write_texts),
+    texts=TEXTS,
     note_answer=lambda row, document: None,  # counting generates nothing
     forwards=("anthropic-beta",),
 )

@@ -90,15 +90,7 @@ def _with_texts(body: dict[str, Any], replace: Callable[[str], str]) -> dict[str
     return {**body, "input": replace(given) if isinstance(given, str) else [item(i) for i in given]}
 
 
-def read_texts(body: dict[str, Any]) -> list[str]:
-    texts: list[str] = []
-    _with_texts(body, lambda text: texts.append(text) or text)  # type: ignore[func-returns-value]
-    return texts
-
-
-def write_texts(body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
-    replacements = iter(texts)
-    return _with_texts(body, lambda _: next(replacements))
+TEXTS = Texts.walked(_with_texts)
 
 
 def answer_text(document: dict[str, Any]) -> list[str]:
@@ -160,7 +152,7 @@ RESPONSES = Operation(
     speaks="responses",
     what="responses",
     schema=ResponseSchema(),
-    texts=Texts(read=read_texts, write=write_texts),
+    texts=TEXTS,
     note_answer=UsageRow.note_answer_usage,
     output_text=answer_text,
     streaming=STREAMING,

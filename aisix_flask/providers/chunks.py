@@ -1,11 +1,35 @@
-"""A chat completion stream read chunk by chunk into another API's events: what the translations
-of ``anthropic.inbound`` and ``responses`` share."""
+"""What the translations of a chat completion into another API (``anthropic.inbound``,
+``responses``) share: its first choice, a malformed one reported as a bad response, and its
+stream read chunk by chunk into the other API's events."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, TypeVar
+
+from ..errors import UpstreamBadResponse
+
+T = TypeVar("T")
+
+
+def first_choice(completion: Any) -> dict[str, Any]:
+    """A chat completion's first choice (UpstreamBadResponse when it is not a chat completion)."""
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
+        raise UpstreamBadResponse("The upstream answered HTTP 2xx with a body that is not a chat completion.")
+    return choices[0]
+
+
+def translated(make: Callable[[Any, str], T], completion: Any, alias: str) -> T:
+    """``make(completion, alias)``, a malformed completion (a field of the wrong type) reported as
+    a bad response rather than a failure of the gateway's."""
+    try:
+        return make(completion, alias)
+    except (AttributeError, TypeError, ValueError):
+        raise UpstreamBadResponse(
+            "The upstream answered HTTP 2xx with a malformed chat completion."
+        ) from None
 
 
 class ChunkReader(Protocol):

@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ..errors import InvalidRequest, UpstreamBadResponse
-from .chunks import read_chunks
+from ..errors import InvalidRequest
+from .chunks import first_choice, read_chunks, translated
 
 _CARRIED = frozenset(
     {"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream", "tools",
@@ -124,27 +124,20 @@ def _tool_choice(choice: Any) -> Any:
 
 def response(completion: Any, alias: str) -> dict[str, Any]:
     """The response for the chat completion ``completion`` (UpstreamBadResponse when it is not one)."""
-    try:
-        return _from_completion(completion, alias)
-    except (AttributeError, TypeError, ValueError):
-        raise UpstreamBadResponse(
-            "The upstream answered HTTP 2xx with a malformed chat completion."
-        ) from None
+    return translated(_from_completion, completion, alias)
 
 
 def _from_completion(completion: Any, alias: str) -> dict[str, Any]:
-    choices = completion.get("choices") if isinstance(completion, dict) else None
-    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
-        raise UpstreamBadResponse("The upstream answered HTTP 2xx with a body that is not a chat completion.")
+    choice = first_choice(completion)
     ident = str(completion.get("id") or "")
-    answer = choices[0].get("message") or {}
+    answer = choice.get("message") or {}
     output: list[dict[str, Any]] = []
     if answer.get("content"):
         output.append(_message_item(ident, answer["content"]))
     for call in answer.get("tool_calls") or []:
         function = call.get("function") or {}
         output.append(_call_item(call.get("id"), function.get("name"), function.get("arguments") or ""))
-    return _response(ident, alias, output, choices[0].get("finish_reason"), completion.get("usage"))
+    return _response(ident, alias, output, choice.get("finish_reason"), completion.get("usage"))
 
 
 def _message_item(ident: str, text: str) -> dict[str, Any]:

@@ -23,6 +23,22 @@ class Texts:
     # The body with the texts replaced, in the order ``read`` gave them (never changes the input).
     write: Callable[[dict[str, Any], list[str]], dict[str, Any]]
 
+    @classmethod
+    def walked(cls, walk: Callable[[dict[str, Any], Callable[[str], str]], dict[str, Any]]) -> Texts:
+        """Both from one walk: ``walk(body, replace)`` is the body with each text passed through
+        ``replace``, always in the same order (reading keeps each text; writing puts one back)."""
+
+        def read(body: dict[str, Any]) -> list[str]:
+            texts: list[str] = []
+            walk(body, lambda text: texts.append(text) or text)  # type: ignore[func-returns-value]
+            return texts
+
+        def write(body: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+            replacements = iter(texts)
+            return walk(body, lambda _: next(replacements))
+
+        return cls(read, write)
+
 
 @dataclass(frozen=True)
 class Streaming:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ...errors import InvalidRequest, UpstreamBadResponse, anthropic_envelope
+from ...errors import InvalidRequest, anthropic_envelope
+from ..chunks import first_choice, translated
 
 _CARRIED = frozenset(
     {"model", "messages", "system", "max_tokens", "stop_sequences", "temperature", "top_p", "metadata",
@@ -161,19 +162,12 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
 def message(completion: Any, alias: str) -> dict[str, Any]:
     """The Messages answer for the chat completion ``completion`` (UpstreamBadResponse when it is
     not one)."""
-    try:
-        return _from_completion(completion, alias)
-    except (AttributeError, TypeError, ValueError):
-        raise UpstreamBadResponse(
-            "The upstream answered HTTP 2xx with a malformed chat completion."
-        ) from None
+    return translated(_from_completion, completion, alias)
 
 
 def _from_completion(completion: Any, alias: str) -> dict[str, Any]:
-    choices = completion.get("choices") if isinstance(completion, dict) else None
-    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
-        raise UpstreamBadResponse("The upstream answered HTTP 2xx with a body that is not a chat completion.")
-    answer = choices[0].get("message") or {}
+    choice = first_choice(completion)
+    answer = choice.get("message") or {}
     content: list[dict[str, Any]] = []
     if answer.get("content"):
         content.append({"type": "text", "text": answer["content"]})
@@ -195,7 +189,7 @@ def _from_completion(completion: Any, alias: str) -> dict[str, Any]:
         # (a chat model may say "stop" after calling tools: Anthropic's callers wait for tool_use)
         "stop_reason": "tool_use"
         if answer.get("tool_calls")
-        else FINISH.get(choices[0].get("finish_reason") or "", "end_turn"),
+        else FINISH.get(choice.get("finish_reason") or "", "end_turn"),
         "stop_sequence": None,
         "usage": usage(completion.get("usage")),
     }
