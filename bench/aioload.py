@@ -154,6 +154,24 @@ def percentile(values: list[float], q: float) -> float:
     return values[max(0, math.ceil(q / 100 * len(values)) - 1)] if values else math.nan
 
 
+def request_head(url: str, length: int, content_type: str, stream: bool, key: str | None) -> bytes:
+    """The head of a POST of ``length`` bytes to ``url``, which must be on 127.0.0.1."""
+    if not url.startswith("http://127.0.0.1:"):
+        raise ValueError(f"{url}: the benchmark sends traffic to 127.0.0.1 only")
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    head = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {length}",
+        "Accept: text/event-stream" if stream else "Accept: */*",
+    ]
+    if key:
+        head.append(f"Authorization: Bearer {key}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
 async def load(
     url: str,
     body: bytes,
@@ -167,20 +185,8 @@ async def load(
     key: str | None = None,
 ) -> dict[str, Any]:
     """Keep ``connections`` requests to ``url`` in flight for ``seconds``; the figures (ms)."""
-    if not url.startswith("http://127.0.0.1:"):
-        raise ValueError(f"{url}: the benchmark sends traffic to 127.0.0.1 only")
     parts = urlsplit(url)
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    head = [
-        f"POST {path} HTTP/1.1",
-        f"Host: {parts.netloc}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Accept: text/event-stream" if stream else "Accept: */*",
-    ]
-    if key:
-        head.append(f"Authorization: Bearer {key}")
-    head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode()
+    head_bytes = request_head(url, len(body), content_type, stream, key)
     outcomes: list[Outcome] = []
     sent = 0
     started = time.perf_counter()

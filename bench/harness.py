@@ -23,6 +23,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-caller-key"
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+_TICKS = os.sysconf("SC_CLK_TCK")
 LUA = """
 wrk.method = "POST"
 wrk.body = {body}
@@ -58,16 +59,31 @@ class Server:
                 time.sleep(0.1)
         raise RuntimeError(f"{command} did not start:\n{log.read_text()}")
 
-    def rss_mb(self) -> float:
-        """Resident memory of the process and its children (gunicorn's workers), in MB."""
+    def pids(self) -> list[int]:
+        """The process and its children (gunicorn's workers)."""
         pid = self.process.pid
         try:  # without a pgrep process per sample, where the kernel lists children
             children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
         except OSError:
             children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-        pids = [pid, *map(int, children.split())]
+        return [pid, *map(int, children.split())]
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the process and its children have used so far, threads
+        included (the ledger's writer): take it before and after a run."""
         total = 0
-        for pid in pids:
+        for pid in self.pids():
+            try:  # fields 14 and 15 (utime, stime), counted after the command's closing parenthesis
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        return total / _TICKS
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process and its children (gunicorn's workers), in MB."""
+        total = 0
+        for pid in self.pids():
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
                 total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))

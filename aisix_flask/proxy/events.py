@@ -23,6 +23,8 @@ from typing import Any
 
 import requests
 
+from ..workers.readiness import Readiness, readiness
+
 KEEPALIVE = b": keep-alive\n\n"
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[^\r\n]*\r?\n")
@@ -93,6 +95,7 @@ class UpstreamEvents:
         now = time.monotonic()
         self._silent_until = now + silence_s  # moved on by every byte that arrives
         self._keepalive_at = now + keepalive_s  # moved on by every byte, and by every keep-alive
+        self._watch: Readiness | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         events = bytearray()
@@ -126,6 +129,8 @@ class UpstreamEvents:
 
         ``finished``: the stream ended cleanly, and what may remain of the body (the last chunk's
         terminator, after chat's [DONE]) is worth a moment's wait, not more."""
+        if self._watch is not None:
+            self._watch.close()
         if finished and not self._body.done:
             self._drain(DRAIN_S)
         raw: Any = self._response.raw
@@ -159,14 +164,13 @@ class UpstreamEvents:
     def _next_bytes(self) -> bytes | None:
         """What the upstream sends next (b"" when it closed), or None when a keep-alive is due."""
         silent_until, keepalive_at = self._silent_until, self._keepalive_at
-        watch = select.poll()
-        watch.register(self._sock, select.POLLIN | select.POLLPRI)
-        if self._caller is not None:
-            watch.register(self._caller, select.POLLIN | select.POLLPRI)
+        if self._watch is None:  # made once per stream: a stream waits a dozen times
+            self._watch = readiness([self._sock] + ([self._caller] if self._caller is not None else []))
+        watch = self._watch
         while not (isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()):
             stop_by = self._stop_by()
             wake_at = min(silent_until, keepalive_at, stop_by if stop_by is not None else silent_until)
-            ready = {fd for fd, _ in watch.poll(max(0.0, wake_at - time.monotonic()) * 1000)}
+            ready = watch.wait(wake_at - time.monotonic())
             if self._sock.fileno() in ready:
                 break
             if self._caller is not None and self._caller.fileno() in ready and self._caller_left(watch):
@@ -190,7 +194,7 @@ class UpstreamEvents:
         self._silent_until, self._keepalive_at = now + self._silence_s, now + self._keepalive_s
         return data
 
-    def _caller_left(self, watch: select.poll) -> bool:
+    def _caller_left(self, watch: Readiness) -> bool:
         """Whether the caller's connection is closed; bytes it sent (a pipelined request) are left
         for the server, and the caller is no longer watched."""
         caller = self._caller
@@ -203,7 +207,7 @@ class UpstreamEvents:
         except OSError:
             return True
         if not gone:
-            watch.unregister(caller)
+            watch.forget(caller)
             self._caller = None
         return gone
 

@@ -5,6 +5,8 @@ Importing this module registers ``sqlite:///…`` URLs with ``limits.storage.sto
 
 from __future__ import annotations
 
+import itertools
+import os
 import sqlite3
 import time
 import uuid
@@ -85,7 +87,27 @@ def _admit(
             return [], ("window", i, window)
     if seen is not None:
         seen.extend(windows)
-    return [uuid.uuid4().hex for _ in slots], None
+    return [_slot_id() for _ in slots], None
+
+
+class _SlotIds:
+    """Slot ids unique in the file: this process's random prefix and a count (a uuid4 per slot
+    was a system call for randomness, twice a request). A forked child takes a prefix of its own."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.prefix = uuid.uuid4().hex[:16]
+        self.count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}-{next(self.count)}"
+
+
+_slot_ids = _SlotIds()
+_slot_id = _slot_ids.next
+os.register_at_fork(after_in_child=_slot_ids.restart)
 
 
 class SQLiteStorage(SQLiteFile, Storage, SlidingWindowCounterSupport):

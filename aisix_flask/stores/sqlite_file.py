@@ -14,7 +14,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ..workers import on_greenlets
@@ -61,9 +61,10 @@ class Queued:
     outcome."""
 
     done: bool = False
-    # Released when done. A bare lock rather than an Event: an Event is a Condition, whose
+    # Released when done, for a thread waiting on another to run it (not made under gevent, where
+    # nothing waits). A bare lock rather than an Event: an Event is a Condition, whose
     # Python-level bookkeeping cost more under load than the work it waited for.
-    finished: threading.Lock = field(default_factory=_taken_lock)
+    finished: threading.Lock | None = None
     result: Any = None
     error: BaseException | None = None
 
@@ -157,6 +158,7 @@ class SQLiteFile:
                 self._pending.append(operation)
                 self._apply(self._opened())
         else:
+            operation.finished = _taken_lock()
             self._pending.append(operation)
             while not operation.done:
                 if self._lock.acquire(blocking=False):
@@ -197,7 +199,8 @@ class SQLiteFile:
         finally:
             for operation in batch:
                 operation.done = True
-                operation.finished.release()
+                if operation.finished is not None:
+                    operation.finished.release()
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._connection() as (db, _):

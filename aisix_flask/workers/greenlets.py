@@ -33,7 +33,7 @@ from gevent import monkey
 from gevent.server import StreamServer
 from gunicorn.workers import ggevent
 
-from . import stopping
+from . import settle_heap, stopping
 
 # A worker holding more connections than its least busy sibling by more than this leaves a new
 # connection to it, looking again every RECHECK_S and taking it itself once it has waited WAIT_S
@@ -189,6 +189,10 @@ class GeventWorker(ggevent.GeventWorker):
             _siblings = Siblings(_table, self.age % _ENTRIES)
         self.wsgi_handler = self.handle  # what gunicorn gives server_class as its handler_class
         super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        settle_heap()
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
         """SIGTERM: a graceful stop; streams must end before the grace period does."""

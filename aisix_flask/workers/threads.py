@@ -24,7 +24,7 @@ from typing import Any
 
 from gunicorn.workers import gthread
 
-from . import stopping
+from . import settle_heap, stopping
 
 # How long a worker holding connections waits before accepting another: long enough for an
 # idle worker woken by the same connection to take it, short enough to be noise when no other
@@ -39,6 +39,10 @@ class ThreadWorker(gthread.ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.busy = 0  # requests handed to the thread pool and not finished
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        settle_heap()
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
         """SIGTERM: a graceful stop; streams must end before the grace period does."""

@@ -1,0 +1,174 @@
+"""Open-loop load: requests arrive as a Poisson process at a fixed rate for a fixed time, as a
+population of independent users would send them, whatever the server's pace.
+
+A closed-loop generator (wrk, bench/aioload.py's ``load``) sends a connection's next request only
+once the last is answered, so a server that stalls is sent less and its stall is counted once
+("coordinated omission"). Here each request has a scheduled send time, drawn in advance
+(exponential gaps, mean 1/rate); its latency is counted from that time, so time spent queued
+anywhere (in the generator included) is time the caller waited. Connections are kept alive and
+reused by the next arrival when idle; an arrival with none idle opens one, as a pool does.
+
+Every run sends only to 127.0.0.1 and stops by itself: the schedule ends after ``seconds``, and a
+request not answered within ``timeout`` fails.
+
+    .venv/bin/python bench/openloop.py URL --body '{"model": "chat-prod", ...}' --rate 450 \\
+        --seconds 30 [--stream] [--key KEY]
+
+prints the figures as one JSON object: those of bench/aioload.py, plus ``lag_p99`` (ms between a
+request's scheduled and actual send: the generator's own delay, part of every latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.aioload import Client, Outcome, percentile, request_head  # noqa: E402
+
+_GRACE_S = 5.0
+
+
+def arrivals(rate: float, seconds: float, seed: int) -> list[float]:
+    """Send times (seconds from the start) of a Poisson process at ``rate`` per second."""
+    rng, at, times = random.Random(seed), 0.0, []
+    while (at := at + rng.expovariate(rate)) < seconds:
+        times.append(at)
+    return times
+
+
+async def open_load(
+    url: str,
+    body: bytes,
+    *,
+    rate: float,
+    seconds: float,
+    content_type: str = "application/json",
+    stream: bool = False,
+    timeout: float = 60.0,
+    key: str | None = None,
+    seed: int = 23,
+) -> dict[str, Any]:
+    """Send ``body`` to ``url`` at ``rate`` per second (Poisson) for ``seconds``; the figures (ms).
+    The same ``seed`` gives the same schedule, so two targets are sent the same arrivals."""
+    parts = urlsplit(url)
+    head = request_head(url, len(body), content_type, stream, key)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    idle: list[Client] = []
+    outcomes: list[Outcome] = []
+    lags: list[float] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def send(scheduled: float) -> None:
+        client = idle.pop() if idle else Client(host, port, head, body, stream)
+        began = time.perf_counter()
+        lags.append(began - scheduled)
+        try:
+            async with asyncio.timeout(timeout):
+                outcome = await client.request()
+        except TimeoutError:
+            outcome = Outcome(f"no answer within {timeout:g} s", 0.0)
+            client.close()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+            outcome = Outcome(f"{type(e).__name__}: {e}"[:200], 0.0)
+            client.close()
+        ended = time.perf_counter()
+        outcome.seconds = ended - scheduled
+        if outcome.first_event_s is not None:
+            outcome.first_event_s += began - scheduled
+        outcome.at = scheduled - started
+        outcomes.append(outcome)
+        if client.writer is not None:
+            idle.append(client)
+
+    started = time.perf_counter()
+    for at in arrivals(rate, seconds, seed):
+        scheduled = started + at
+        if (wait := scheduled - time.perf_counter()) > 0:
+            await asyncio.sleep(wait)
+        task = asyncio.create_task(send(scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    running: set[asyncio.Task[None]] = set()
+    if tasks:
+        _, running = await asyncio.wait(set(tasks), timeout=timeout + _GRACE_S)
+    for task in running:  # not reached unless a request ignored its timeout
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    for client in idle:
+        client.close()
+    elapsed = time.perf_counter() - started
+    failures = Counter(o.failure for o in outcomes if o.failure)
+    failures.update({"still running at the end": len(running)} if running else {})
+    good = [o for o in outcomes if not o.failure]
+    whole = sorted(o.seconds * 1000 for o in good)
+    first = sorted(o.first_event_s * 1000 for o in good if o.first_event_s is not None)
+    lags.sort()
+    return {
+        "completed": len(good),
+        "failed": sum(failures.values()),
+        "failures": dict(failures.most_common(5)),
+        "rps": len(good) / elapsed,
+        "seconds": elapsed,
+        "p50": percentile(whole, 50),
+        "p99": percentile(whole, 99),
+        "first_p50": percentile(first, 50),
+        "first_p99": percentile(first, 99),
+        "lag_p99": percentile([lag * 1000 for lag in lags], 99),
+        "p99_by_step": _by_step(good, seconds),
+    }
+
+
+def _by_step(good: list[Outcome], seconds: float, steps: int = 6) -> list[float]:
+    """The p99 (ms) of the requests scheduled in each sixth of the run: is the tail a moment (the
+    start, a stall) or the whole run?"""
+    step = seconds / steps
+    buckets: list[list[float]] = [[] for _ in range(steps)]
+    for outcome in good:
+        buckets[min(steps - 1, int(outcome.at / step))].append(outcome.seconds * 1000)
+    return [round(percentile(sorted(bucket), 99)) if bucket else math.nan for bucket in buckets]
+
+
+def run(url: str, body: bytes, **options: Any) -> dict[str, Any]:
+    """``open_load`` from synchronous code: a fresh event loop for the run."""
+    return asyncio.run(open_load(url, body, **options))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("url")
+    parser.add_argument("--body", required=True, help="the request body (JSON text)")
+    parser.add_argument("--rate", type=float, required=True, help="requests per second (mean)")
+    parser.add_argument("--seconds", type=float, default=10, help="how long requests are sent")
+    parser.add_argument("--stream", action="store_true", help="the answers are server-sent events")
+    parser.add_argument("--timeout", type=float, default=60, help="seconds a request may take")
+    parser.add_argument("--key", help="sent as Authorization: Bearer KEY")
+    parser.add_argument("--seed", type=int, default=23, help="the schedule's random seed")
+    args = parser.parse_args()
+    result = run(
+        args.url,
+        args.body.encode(),
+        rate=args.rate,
+        seconds=args.seconds,
+        stream=args.stream,
+        timeout=args.timeout,
+        key=args.key,
+        seed=args.seed,
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
