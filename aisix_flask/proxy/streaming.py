@@ -261,6 +261,10 @@ class Relay:
 
 def _data(event: bytes) -> str | None:
     """An event's data: its ``data:`` lines joined, or None when it has none."""
+    if event.startswith(b"data:"):  # most events: one data line, then the blank line
+        line = event[5:].rstrip(b"\r\n")
+        if b"\n" not in line and b"\r" not in line:
+            return line.removeprefix(b" ").decode("utf-8", "replace")
     lines = [line for line in event.splitlines() if line.startswith(b"data:")]
     if not lines:
         return None
