@@ -19,8 +19,10 @@ of the config taken away), ``redis`` (the limits on Redis, when one answers on 6
 three on the gateway as ``make serve`` runs it (gunicorn.conf.py, no -w/--threads), driven by
 bench/aioload.py instead of wrk: ``edits`` (4 × 4 MB image edits at c=1 and c=4, and the memory
 each in-flight edit takes), ``streams`` (1,000 concurrent ~2 s chat streams, beside the bare proxy
-relaying them on the same workers) and ``fast`` (c=8
-small requests while 1,000 slow generations hold the gateway). ``--gunicorn-args`` is appended to
+relaying them on the same workers), ``fast`` (c=8
+small requests while 1,000 slow generations hold the gateway) and ``open`` (open-loop streams and
+generations at fixed arrival rates, and the CPU each call costs beside the bare proxy:
+bench/open_rows.py; ``--open-seconds`` sets how long each load arrives). ``--gunicorn-args`` is appended to
 every gateway's gunicorn command line (not the bare proxy's); the heading shows the worker class
 and workers × threads each gateway ended up with.
 
@@ -54,6 +56,7 @@ from bench.harness import (  # noqa: E402
     probe_gunicorn,
     redis_answers,
 )
+from bench.open_rows import open_rows  # noqa: E402
 from bench.providers import provider_rows  # noqa: E402
 from bench.routing import routing_rows  # noqa: E402
 from bench.scenarios import (  # noqa: E402
@@ -69,7 +72,7 @@ from bench.scenarios import (  # noqa: E402
 from tests.serving import free_port  # noqa: E402
 
 SCENARIOS = ("latency", "chat", "breakdown", "redis", "routing", "providers", "slow", "large",
-             "edits", "streams", "fast")  # fmt: skip
+             "edits", "streams", "fast", "open")  # fmt: skip
 # Measured with wrk in real runs (chat: its answers that are not streamed); the others use
 # bench/aioload.py.
 WRK_SCENARIOS = frozenset(
@@ -82,6 +85,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument(
+        "--open-seconds", type=float, default=30, help="how long each open-loop load arrives (open)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers for the latency runs")
     parser.add_argument("--threads", type=int, default=16)
     which = parser.add_mutually_exclusive_group()
@@ -111,9 +117,11 @@ def main() -> None:
         label = f"latency runs (-w {plan.workers} --threads {plan.threads})"
         variants[label] = gunicorn_args(0, plan.workers, plan.threads, extra)
     if only & {"slow", "large"}:
-        variants["slow, large, edits, streams, fast (as make serve)"] = gunicorn_args(0, None, None, extra)
-    elif only & {"edits", "streams", "fast"}:
-        variants["edits, streams, fast (as make serve)"] = gunicorn_args(0, None, None, extra)
+        variants["slow, large, edits, streams, fast, open (as make serve)"] = gunicorn_args(
+            0, None, None, extra
+        )
+    elif only & {"edits", "streams", "fast", "open"}:
+        variants["edits, streams, fast, open (as make serve)"] = gunicorn_args(0, None, None, extra)
     # Read while the fake upstream starts; any answer before a gateway does.
     read_setups = probe_gunicorn(variants)
 
@@ -270,19 +278,22 @@ def main() -> None:
                 stop(bare_slow)
             if bare is not None:
                 stop(bare)
-            if only & {"edits", "streams", "fast"}:
+            if only & {"edits", "streams", "fast", "open"}:
                 # The gateway as `make serve` runs it: gunicorn.conf.py's workers and threads.
                 # Large edits need a larger body limit than the default's.
                 write_config(tmp / "uploads.yaml", gateway_config(tmp, upstream, body_limit=64 * 2**20))
                 gw = start("gateway-default", None, None, {"AISIX_CONFIG": str(tmp / "uploads.yaml")})
                 if "edits" in only:
                     rows += edit_rows(plan, upstream, gw)
-                if "streams" in only:  # the floor: the bare proxy on the same workers as the gateway
+                if only & {"streams", "open"}:  # the floor: the bare proxy on the gateway's workers
                     bare_env = {"BARE_UPSTREAM": upstream}
                     bare_default = gunicorn("bench.bare_proxy:app", free_port(), None, None, bare_env, tmp,
                                             "bare-default", extra)  # fmt: skip
                     servers.append(bare_default)
-                    rows += stream_rows(plan, upstream, gw, bare_default)
+                    if "streams" in only:
+                        rows += stream_rows(plan, upstream, gw, bare_default)
+                    if "open" in only:
+                        rows += open_rows(plan, upstream, gw, bare_default)
                     stop(bare_default)
                 if "fast" in only:
                     rows += fast_rows(plan, upstream, gw)
@@ -301,7 +312,8 @@ def main() -> None:
     given = f"--gunicorn-args {shlex.join(extra)!r} appended to each" if extra else "no --gunicorn-args"
     tools = [
         *(["wrk"] if only & WRK_SCENARIOS else []),
-        *(["bench/aioload.py"] if only - WRK_SCENARIOS else []),
+        *(["bench/aioload.py"] if only - WRK_SCENARIOS - {"open"} else []),
+        *(["bench/openloop.py"] if "open" in only else []),
     ]
     tool = "smoke run, built-in load generators" if plan.smoke else " and ".join(tools)
     print(f"\n{when} · gateway gunicorn ({given}): {gateways} · {tool}, {plan.seconds:g} s per run\n")

@@ -40,6 +40,13 @@ class Plan:
     fast_delay_s: float  # after the slow load starts, so that it is in flight
     fast_seconds: float
     timeout_s: float  # a request unanswered this long fails (wrk's --timeout in the other rows)
+    # The open-loop scenario (bench/open_rows.py):
+    open_stream_rate: float = 450.0  # chat streams per second
+    open_generation_rate: float = 200.0  # 5 s image generations per second
+    open_seconds: float = 30.0  # how long each arrives
+    open_small_rate: float = 400.0  # small calls per second, for their CPU figure
+    cpu_seconds: float = 5.0  # per small-call CPU run
+    cpu_runs: int = 3  # small-call CPU runs, in turn
     smoke: bool = False
 
 
@@ -53,12 +60,14 @@ def plan_for(args: argparse.Namespace) -> Plan:
                     edit_images=2, edit_image_bytes=256 * 1024, edit_connections=2,
                     stream_connections=20, memory_streams=10, stream_seconds=0.3, stream_gap_s=0.005,
                     fast_connections=2, fast_delay_s=0.1, fast_seconds=0.1, timeout_s=10,
-                    smoke=True)  # fmt: skip
+                    open_stream_rate=20, open_generation_rate=20, open_seconds=0.3, open_small_rate=20,
+                    cpu_seconds=0.2, cpu_runs=1, smoke=True)  # fmt: skip
     return Plan(seconds=args.seconds, workers=args.workers, threads=args.threads, reload_wait_s=2.5,
                 slow_connections=1000, slow_sleep_s=5, slow_seconds=12,
                 sizes_mb=(8, 32), edit_images=4, edit_image_bytes=4 * 1024 * 1024, edit_connections=4,
                 stream_connections=1000, memory_streams=100, stream_seconds=12, stream_gap_s=0.3,
-                fast_connections=8, fast_delay_s=2, fast_seconds=9, timeout_s=60)  # fmt: skip
+                fast_connections=8, fast_delay_s=2, fast_seconds=9, timeout_s=60,
+                open_seconds=args.open_seconds)  # fmt: skip
 
 
 Row = tuple[str, str, float, float, str]

@@ -72,7 +72,7 @@ def test_run_py_smoke_prints_every_row():
     output = smoke("run.py")
     assert "smoke run, built-in load generator" in output
     # The heading says what each gateway ran on, the default config's included.
-    assert re.search(r"edits, streams, fast \(as make serve\): \S+ \d+ × \d+ (threads|connections)", output)
+    assert re.search(r"fast, open \(as make serve\): \S+ \d+ × \d+ (threads|connections)", output)
     rows = table(output)
     expected = [
         "c=1 p50 ms",
@@ -103,13 +103,22 @@ def test_run_py_smoke_prints_every_row():
         "20 streams p99 ms",
         "20 streams p99 after the opening ms",
         "20 streams first event p99 ms",
+        "open streams 20/s × 0.3 s p50 ms",
+        "open streams 20/s × 0.3 s p99 ms",
+        "open 5 s generations 20/s × 0.3 s p50 ms",
+        "open 5 s generations 20/s × 0.3 s p99 ms",
+        "CPU ms per call, small call",
+        "CPU ms per call, 5 s generations",
+        "CPU ms per call, streams",
         "c=2 fast during 8 × 0.1 s p99 ms",
     ]
     assert list(rows) == expected
     for name, (_target, direct, gateway, _result) in rows.items():
         float(gateway)
         # The memory growth of a smoke run's two small edits, or ten short streams, may be within
-        # the sampling's noise.
+        # the sampling's noise; a smoke run's CPU, within a clock tick.
+        if name.startswith("CPU"):
+            continue
         assert name.endswith("RSS × upload") or "RSS per" in name or float(gateway) > 0, name
         assert "RSS" in name or float(direct) > 0, name
     # The slow row gets the bare proxy's figure last, from its own gunicorn.
@@ -118,6 +127,8 @@ def test_run_py_smoke_prints_every_row():
     assert "failed 0 / 0; completed" in rows["20 streams p99 ms"][3]
     assert "image route" in rows["chat c=1 p50 ms"][3] and "image route" in rows["chat c=8 req/s"][3]
     assert "failed 0 / 0 (of the slow: 0 / 0)" in rows["c=2 fast during 8 × 0.1 s p99 ms"][3]
+    assert "failed 0 / 0 / 0 (direct / bare / gateway)" in rows["open streams 20/s × 0.3 s p99 ms"][3]
+    assert "× the bare proxy's" in rows["CPU ms per call, streams"][3]
 
 
 def test_profile_py_smoke_times_every_step():

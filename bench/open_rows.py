@@ -1,0 +1,106 @@
+"""The ``open`` scenario: load as a new user's would arrive, and the CPU each call costs.
+
+Open loop (bench/openloop.py): requests arrive as a Poisson process at a fixed rate for a fixed
+time, each latency counted from its scheduled send, on the gateway as ``make serve`` runs it and
+on the bare proxy (bench/bare_proxy.py) on the same workers, beside the fake upstream direct. The
+three are sent the same schedule (one seed).
+
+- chat streams (~2.1 s, 7 content events and the usage chunk) at ``open_stream_rate``;
+- 5 s image generations at ``open_generation_rate``;
+- CPU seconds per call of all the gateway's processes (master, workers, the ledger's writer)
+  beside the bare proxy's, over the same runs: the small call (an image generation the fake answers
+  at once, at ``open_small_rate``), the generation and the stream. The small call is measured in
+  turn, ``cpu_runs`` times each, and the median kept: a CPU figure over a few seconds moves by
+  ±10 % from run to run on a shared box.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any
+
+from bench import openloop
+from bench.harness import KEY, Server
+from bench.scenarios import CHAT, IMAGES, SMALL, Plan, Row, checked
+
+STREAM_BODY = {
+    "messages": [{"role": "user", "content": "Count to seven [gap:0.3] [chunks:7]"}],
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+GENERATION = {"prompt": "[sleep:5] a slow generation"}
+# The same model the gateway's alias names, for the direct and bare runs.
+UPSTREAM_MODEL = {"chat-prod": "gpt-4o-mini", "image-prod": "gpt-image-1"}
+
+
+def open_rows(plan: Plan, upstream: str, gw: Server, bare: Server) -> list[Row]:
+    """The open-loop rows: streams and generations direct, through the bare proxy and through
+    the gateway; then CPU per call of the gateway against the bare proxy."""
+    paths = {CHAT: "/chat/completions", IMAGES: "/images/generations"}
+
+    def run(where: str, route: str, body: dict[str, Any], rate: float, seconds: float) -> dict:
+        model = body["model"]
+        if where == "direct":
+            url, body = upstream + paths[route], {**body, "model": UPSTREAM_MODEL[model]}
+        else:
+            server = gw if where == "gateway" else bare
+            url = server.url + route
+            if where == "bare":
+                body = {**body, "model": UPSTREAM_MODEL[model]}
+        server_cpu = gw if where == "gateway" else bare if where == "bare" else None
+        before = server_cpu.cpu_seconds() if server_cpu is not None else 0.0
+        result = openloop.run(url, json.dumps(body).encode(), rate=rate, seconds=seconds,
+                              stream=route == CHAT and body.get("stream") is True,
+                              timeout=plan.timeout_s, key=KEY)  # fmt: skip
+        if server_cpu is not None:
+            result["cpu_ms"] = (server_cpu.cpu_seconds() - before) * 1000 / max(1, result["completed"])
+        return checked(result, f"{where} open-loop calls to {route}", plan.smoke)
+
+    rows: list[Row] = []
+    cpu: dict[str, tuple[float, float]] = {}  # what: (bare, gateway) CPU ms per call
+    loads = (
+        ("streams", CHAT, {"model": "chat-prod", **STREAM_BODY}, plan.open_stream_rate,
+         "p50 ≤ 1.05 ×, p99 ≤ 1.2 × direct; none failed"),
+        ("5 s generations", IMAGES, {"model": "image-prod", **GENERATION}, plan.open_generation_rate,
+         "p50 ≤ 1.02 ×, p99 ≤ 1.05 × direct"),
+    )  # fmt: skip
+    for what, route, body, rate, target in loads:
+        if plan.smoke:
+            body = json.loads(json.dumps(body).replace("[gap:0.3]", "[gap:0.01]").replace("[sleep:5]", ""))
+        d, b, g = (
+            run(where, route, body, rate, plan.open_seconds) for where in ("direct", "bare", "gateway")
+        )
+        name = f"open {what} {rate:g}/s × {plan.open_seconds:g} s"
+        for figure in ("p50", "p99"):
+            note = (
+                f"{g[figure] / d[figure]:.3f} × direct (bare proxy {b[figure] / d[figure]:.3f} ×); "
+                f"failed {d['failed']} / {b['failed']} / {g['failed']} (direct / bare / gateway)"
+            )
+            if figure == "p99":
+                note += (
+                    f"; p99 by sixth of the run {g['p99_by_step']}; generator lag p99 {g['lag_p99']:.1f} ms"
+                )
+            rows.append(
+                (f"{name} {figure} ms", target if figure == "p50" else "", d[figure], g[figure], note)
+            )
+        cpu[what] = (b["cpu_ms"], g["cpu_ms"])
+
+    small = {**SMALL}
+    pairs = []
+    for _ in range(plan.cpu_runs):  # in turn: the machine's drift weighs on both alike
+        b = run("bare", IMAGES, small, plan.open_small_rate, plan.cpu_seconds)
+        g = run("gateway", IMAGES, small, plan.open_small_rate, plan.cpu_seconds)
+        pairs.append((b["cpu_ms"], g["cpu_ms"]))
+    cpu["small call"] = (statistics.median(b for b, _ in pairs), statistics.median(g for _, g in pairs))
+    for what in ("small call", "5 s generations", "streams"):
+        b_ms, g_ms = cpu[what]
+        target = "≤ 1.3 × bare" if what != "5 s generations" else ""
+        ratio = g_ms / b_ms if b_ms else float("nan")  # (a smoke run may not reach a clock tick)
+        note = f"{ratio:.2f} × the bare proxy's (bare in the direct column)"
+        if what == "small call":
+            note += f"; {plan.open_small_rate:g}/s, in turn: " + ", ".join(
+                f"{b:.2f}/{g:.2f}" for b, g in pairs
+            )
+        rows.append((f"CPU ms per call, {what}", target, b_ms, g_ms, note))
+    return rows
