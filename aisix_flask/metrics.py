@@ -7,6 +7,7 @@ routes, statuses and guardrails, never caller input or key names: the label set 
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -86,19 +87,25 @@ RATE_LIMITED = Counter("aisix_rate_limit_rejections", "Requests refused by a rat
 def observe(row: Any, model: str) -> None:
     """Count one answered request from its ledger row (a ``usage.row.UsageRow``: the metrics sit
     below the usage layer); ``model`` is the configured row's name."""
-    REQUESTS.labels(row.route, model, str(row.status)).inc()
+    _child(REQUESTS, row.route, model, str(row.status)).inc()
     if row.latency_ms is not None:
-        LATENCY.labels(row.route, model).observe(row.latency_ms / 1000)
+        _child(LATENCY, row.route, model).observe(row.latency_ms / 1000)
     if row.upstream_latency_ms is not None:
-        UPSTREAM_LATENCY.labels(row.route, model).observe(row.upstream_latency_ms / 1000)
+        _child(UPSTREAM_LATENCY, row.route, model).observe(row.upstream_latency_ms / 1000)
     if row.input_tokens:
-        TOKENS.labels(model, "input").inc(row.input_tokens)
+        _child(TOKENS, model, "input").inc(row.input_tokens)
     if row.output_tokens:
-        TOKENS.labels(model, "output").inc(row.output_tokens)
+        _child(TOKENS, model, "output").inc(row.output_tokens)
     if row.images:
-        IMAGES.labels(model).inc(row.images)
+        _child(IMAGES, model).inc(row.images)
     if row.cost_usd:
-        COST.labels(model).inc(row.cost_usd)
+        _child(COST, model).inc(row.cost_usd)
+
+
+@functools.lru_cache(maxsize=4096)  # labels are bounded (see above): routes × model rows × statuses
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once (prometheus_client checks and locks each time)."""
+    return metric.labels(*labels)
 
 
 def exposition() -> tuple[bytes, str]:

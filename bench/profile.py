@@ -3,9 +3,14 @@
 Starts bench/fake_upstream.py, builds the app with bench/run.py's config (caller keys, a
 guardrail, rate limits on SQLite, the ledger, the access log), sends requests through Flask's
 test client and times every step of the route with a wrapper, plus the ledger writer thread.
+``--stream`` profiles a chat stream instead of an image generation (7 content events and the usage
+chunk, no gap between them): the relay's steps replace the answer's.
 
-    .venv/bin/python bench/profile.py [--requests 3000]
-    .venv/bin/python bench/profile.py --smoke    # a few requests: does the script still work?
+    .venv/bin/python bench/profile.py [--requests 3000] [--stream]
+    .venv/bin/python bench/profile.py --smoke [--stream]   # a few requests: does it still work?
+
+For where a live worker spends its time under load, py-spy on the gunicorn workers (bench/RESULTS.md,
+"Profiling the live workers").
 
 Each step is a function the route calls, wrapped by name (STEPS). When the route's code changes, a
 step whose function is gone, or no longer called, stops the script with an error naming it.
@@ -30,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aisix_flask import create_app, metrics  # noqa: E402
-from aisix_flask.proxy import failover, pipeline  # noqa: E402
+from aisix_flask.proxy import failover, pipeline, streaming  # noqa: E402
+from aisix_flask.proxy.events import UpstreamEvents  # noqa: E402
 from aisix_flask.usage.database import LedgerDatabase  # noqa: E402
 from bench.config import gateway_config  # noqa: E402
 from bench.harness import KEY  # noqa: E402
@@ -50,12 +56,31 @@ STEPS: dict[str, tuple[Any, str]] = {
     "rate limits: admit": ("limiter", "admit"),
     "rate limits: finish (tokens, slots back)": ("limiter", "finish"),
     "upstream call (incl. the fake's time)": (failover, "send"),
-    "answer": (pipeline, "passthrough"),
     "spend: count the cost (every period)": ("budgets", "count"),
     "ledger: queue the row": ("ledger", "record"),
     "metrics": (metrics, "observe"),
     "ledger: insert (writer thread)": (LedgerDatabase, "insert"),
 }
+# The steps of one kind of answer only: a whole one, or a relayed stream.
+ANSWER_STEPS: dict[str, tuple[Any, str]] = {"answer": (pipeline, "passthrough")}
+STREAM_STEPS: dict[str, tuple[Any, str]] = {
+    "stream: the answer's head": (streaming, "stream_response"),
+    "stream: read the upstream's bytes (incl. the fake's time)": (UpstreamEvents, "_next_bytes"),
+    "stream: each event read (JSON, usage, guardrails)": (streaming.Relay, "_take"),
+}
+IMAGE = (
+    "/v1/images/generations",
+    {"model": "image-prod", "prompt": "A minimal illustration of an AI gateway"},
+)
+STREAM = (
+    "/v1/chat/completions",
+    {
+        "model": "chat-prod",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "Count to seven [gap:0] [chunks:7]"}],
+    },
+)
 
 
 def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -82,10 +107,10 @@ def where(owner: Any, attr: str) -> str:
     return f"{owner_name}.{attr}"
 
 
-def wrap_steps(instances: dict[str, Any]) -> dict[str, str]:
+def wrap_steps(steps: dict[str, tuple[Any, str]], instances: dict[str, Any]) -> dict[str, str]:
     """Wrap every step's function; exit naming the step when its function is gone."""
     names = {}
-    for label, (owner, attr) in STEPS.items():
+    for label, (owner, attr) in steps.items():
         owner = instances.get(owner, owner) if isinstance(owner, str) else owner
         names[label] = where(owner, attr)
         function = getattr(owner, attr, None)
@@ -108,8 +133,13 @@ def main() -> None:
         default="A minimal illustration of an AI gateway",
         help="steers the fake upstream: '[b64:8mb]' profiles an 8 MB answer",
     )
+    parser.add_argument("--stream", action="store_true", help="a chat stream instead of an image")
     parser.add_argument("--smoke", action="store_true", help="20 requests: does the script still work?")
     args = parser.parse_args()
+    steps = {**STEPS, **(STREAM_STEPS if args.stream else ANSWER_STEPS)}
+    route, body = STREAM if args.stream else IMAGE
+    if not args.stream:
+        body = {**body, "prompt": args.prompt}
     n = 20 if args.smoke else args.requests
     warm_up = 5 if args.smoke else min(200, n)
     port = free_port()
@@ -128,13 +158,12 @@ def main() -> None:
             app = create_app({"AISIX_CONFIG": str(tmp / "config.yaml")})
             gateway = app.extensions["aisix"]
             names = wrap_steps(
-                {"limiter": gateway.limiter, "budgets": gateway.budgets, "ledger": gateway.ledger}
+                steps, {"limiter": gateway.limiter, "budgets": gateway.budgets, "ledger": gateway.ledger}
             )
             client = app.test_client()
-            body = {"model": "image-prod", "prompt": args.prompt}
             headers = {"Authorization": f"Bearer {KEY}"}
             for _ in range(warm_up):
-                client.post("/v1/images/generations", json=body, headers=headers)
+                client.post(route, json=body, headers=headers).close()
             gateway.ledger.flush(30)
             spent.clear()
             calls.clear()
@@ -142,17 +171,20 @@ def main() -> None:
             failed = ""  # the first answer that was not a 200
             started = time.perf_counter()
             for _ in range(n):
-                answer = client.post("/v1/images/generations", json=body, headers=headers)
+                answer = client.post(route, json=body, headers=headers)
+                text = answer.get_data(as_text=True)  # (a stream is relayed as it is read)
+                answer.close()  # (and finished when closed)
                 statuses[answer.status_code] += 1
-                if answer.status_code != 200 and not failed:
-                    failed = answer.get_data(as_text=True)[:500]
+                if (answer.status_code != 200 or '"error"' in text) and not failed:
+                    failed = text[:500]
             total = time.perf_counter() - started
             gateway.ledger.flush(30)
             gateway.ledger.close()
     finally:
         fake.terminate()
         fake.wait(10)
-    print(f"\n{n} requests in-process; µs per request\n\n| step | µs |\n|---|---:|")
+    what = "chat streams" if args.stream else "image generations"
+    print(f"\n{n} {what} in-process; µs per request\n\n| step | µs |\n|---|---:|")
     measured = 0.0
     for label, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
         print(f"| {label} | {seconds / n * 1e6:.0f} |")
@@ -161,9 +193,9 @@ def main() -> None:
     print(f"| Flask, hooks (request id, access log), test client | {(total - measured) / n * 1e6:.0f} |")
     print(f"| **total on the request thread** | **{total / n * 1e6:.0f}** |")
     # A profile of error answers, or with steps the route skips, would measure the wrong path.
-    if statuses[200] != n:
+    if statuses[200] != n or failed:
         sys.exit(f"bench/profile.py: not every request was answered 200: {dict(statuses)}; e.g. {failed}")
-    never = [f"'{label}' ({names[label]})" for label in STEPS if not calls[label]]
+    never = [f"'{label}' ({names[label]})" for label in steps if not calls[label]]
     if never:
         sys.exit(
             f"bench/profile.py: the route never called step {', '.join(never)}; point the step at "

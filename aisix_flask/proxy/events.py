@@ -96,9 +96,14 @@ class UpstreamEvents:
         self._silent_until = now + silence_s  # moved on by every byte that arrives
         self._keepalive_at = now + keepalive_s  # moved on by every byte, and by every keep-alive
         self._watch: Readiness | None = None
+        self._events = bytearray()  # what arrived of the body and is not yet an event given out
+
+    def more_ready(self) -> bool:
+        """Whether the next event has already arrived whole (taking it will not wait)."""
+        return _EVENT_END.search(self._events) is not None or (self._body.done and bool(self._events.strip()))
 
     def __iter__(self) -> Iterator[bytes]:
-        events = bytearray()
+        events = self._events
         while True:
             events += self._body.feed(self._raw)
             self._raw = b""
@@ -308,6 +313,10 @@ class TranslatedEvents:
 
     def __iter__(self) -> Iterator[Any]:
         return self._translated
+
+    def more_ready(self) -> bool:
+        """(A translation may hold events back: each is written as it comes.)"""
+        return False
 
     def close(self, finished: bool = False) -> None:
         self._upstream.close(finished)

@@ -148,6 +148,10 @@ class Relay:
         self._first_event = True
 
     def __iter__(self) -> Iterator[bytes]:
+        # The events taken since the last write. Those that arrived together (a chat stream's last
+        # words, its usage chunk and [DONE] come in one read) are written together: each write is
+        # a trip through werkzeug, gunicorn and the socket.
+        taken: list[bytes] = []
         try:
             for event in self.events:
                 if self._first_event and event is not KEEPALIVE:
@@ -155,8 +159,11 @@ class Relay:
                     self.call.note_first_event((time.perf_counter() - self._sent_at) * 1000)
                 out = event if event is KEEPALIVE else self._take(event)
                 if out:
+                    taken.append(out)
+                if taken and (self.ended or not self.events.more_ready()):
                     self._bound_the_write()
-                    yield out
+                    yield b"".join(taken)
+                    taken.clear()
                 if self.ended:
                     return
                 if time.perf_counter() >= self._renew_at:
@@ -168,12 +175,12 @@ class Relay:
         except (StreamCutShort, ContentPolicyViolation) as e:
             self.failure = e
             # Also to a caller that seems gone: one that only closed its sending side still reads,
-            # and must not see a clean end.
-            yield error_event(e, self.call.operation.speaks)
+            # and must not see a clean end. (After the events taken before it.)
+            yield b"".join(taken) + error_event(e, self.call.operation.speaks)
         except Exception:  # a bug here must not look like a clean end, nor like a hang-up
             log.exception("stream relay failed")
             self.failure = GatewayError()
-            yield error_event(self.failure, self.call.operation.speaks)
+            yield b"".join(taken) + error_event(self.failure, self.call.operation.speaks)
         finally:
             self.close()
 

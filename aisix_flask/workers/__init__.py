@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import gc
 import sys
@@ -49,4 +50,7 @@ def settle_heap() -> None:
     collect less often (``GC_THRESHOLDS``)."""
     gc.collect()
     gc.freeze()
+    # At exit the frozen objects are handed back to the collector, which then finalizes them in
+    # order (left frozen, logging's handlers were torn down after its lock).
+    atexit.register(gc.unfreeze)
     gc.set_threshold(*GC_THRESHOLDS)
