@@ -64,7 +64,7 @@ STEPS: dict[str, tuple[Any, str]] = {
 # The steps of one kind of answer only: a whole one, or a relayed stream.
 ANSWER_STEPS: dict[str, tuple[Any, str]] = {"answer": (pipeline, "passthrough")}
 STREAM_STEPS: dict[str, tuple[Any, str]] = {
-    "stream: the answer's head": (streaming, "stream_response"),
+    "stream: the answer's head": (pipeline, "stream_response"),
     "stream: read the upstream's bytes (incl. the fake's time)": (UpstreamEvents, "_next_bytes"),
     "stream: each event read (JSON, usage, guardrails)": (streaming.Relay, "_take"),
 }

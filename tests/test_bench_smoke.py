@@ -41,11 +41,11 @@ Transfer/sec:    400.00KB
 """
 
 
-def smoke(script: str) -> str:
-    """Run ``bench/<script> --smoke`` from the checkout; its standard output."""
+def smoke(script: str, *options: str) -> str:
+    """Run ``bench/<script> --smoke [options]`` from the checkout; its standard output."""
     done = subprocess.run(
         # gthread: it starts and stops faster than gevent, and a smoke run is about the script.
-        [sys.executable, f"bench/{script}", "--smoke"]
+        [sys.executable, f"bench/{script}", "--smoke", *options]
         + (["--gunicorn-args=-k aisix_flask.workers.threads.ThreadWorker"] if script == "run.py" else []),
         cwd=REPO,
         capture_output=True,
@@ -154,6 +154,21 @@ def test_profile_py_smoke_times_every_step():
         "**total on the request thread**",
     }
     assert int(rows["**total on the request thread**"][0].strip("*")) > 0
+
+
+def test_profile_py_smoke_times_the_stream_path():
+    output = smoke("profile.py", "--stream")
+    assert "chat streams in-process" in output
+    rows = table(output)
+    assert "answer" not in rows
+    for step in (
+        "stream: the answer's head",
+        "stream: read the upstream's bytes (incl. the fake's time)",
+        "stream: each event read (JSON, usage, guardrails)",
+        "rate limits: finish (tokens, slots back)",
+        "ledger: queue the row",
+    ):
+        assert step in rows, step
 
 
 def test_wrk_report_is_read_in_milliseconds():
