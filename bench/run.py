@@ -316,7 +316,10 @@ def main() -> None:
         *(["bench/openloop.py"] if "open" in only else []),
     ]
     tool = "smoke run, built-in load generators" if plan.smoke else " and ".join(tools)
-    print(f"\n{when} · gateway gunicorn ({given}): {gateways} · {tool}, {plan.seconds:g} s per run\n")
+    per_run = f"{plan.seconds:g} s per run" if only - {"open"} else ""
+    if "open" in only:
+        per_run += f"{', ' if per_run else ''}open-loop loads of {plan.open_seconds:g} s"
+    print(f"\n{when} · gateway gunicorn ({given}): {gateways} · {tool}, {per_run}\n")
     print("| scenario | target | direct | gateway | result |\n|---|---|---:|---:|---|")
     for scenario, target, d, g, note in rows:
         print(f"| {scenario} | {target} | {d:.2f} | {g:.2f} | {note} |")

@@ -17,17 +17,17 @@ import select
 import socket
 import ssl
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
 
 from ..workers.readiness import Readiness, readiness
+from .framing import Body
+from .stream_cuts import CallerGone, Interrupted, ShuttingDown, Silent
 
 KEEPALIVE = b": keep-alive\n\n"
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[^\r\n]*\r?\n")
 _READ_SIZE = 65536
 # An event larger than this (a blank line never came) ends the stream: 1536x1024 PNG partial images
 # are a few MB of base64.
@@ -35,34 +35,6 @@ MAX_EVENT_BYTES = 64 * 1024 * 1024
 # After a clean end, how long to wait for the rest of the body (the last chunk's terminator) so
 # that the connection can be reused.
 DRAIN_S = 0.2
-
-
-class StreamCutShort(Exception):
-    """A stream that did not end cleanly; ``code`` is what its usage row records."""
-
-    code = "upstream_stream_interrupted"
-
-
-class Interrupted(StreamCutShort):
-    """The upstream closed or reset the connection, or broke the framing, before the end."""
-
-
-class Silent(StreamCutShort):
-    """The upstream sent nothing for longer than the model's timeout."""
-
-    code = "upstream_timeout"
-
-
-class CallerGone(StreamCutShort):
-    """The caller hung up."""
-
-    code = "client_disconnected"
-
-
-class ShuttingDown(StreamCutShort):
-    """The worker is stopping and its grace period is nearly over."""
-
-    code = "gateway_shutting_down"
 
 
 class UpstreamEvents:
@@ -90,7 +62,7 @@ class UpstreamEvents:
         # Its SocketIO's socket: there even when http.client gave the connection up to the response
         # (an upstream that answers "Connection: close" or HTTP/1.0).
         self._sock: socket.socket = buffer.raw._sock
-        self._body = _Body(response.headers)
+        self._body = Body(response.headers)
         self._raw = _take_buffered(buffer, self._sock)
         now = time.monotonic()
         self._silent_until = now + silence_s  # moved on by every byte that arrives
@@ -228,81 +200,6 @@ def _take_buffered(buffer: Any, sock: socket.socket) -> bytes:
     finally:
         sock.settimeout(timeout)
     return buffer.read(len(ahead)) if ahead else b""
-
-
-class _Body:
-    """The response body's framing (chunked, a length, or until the connection closes) and
-    content coding, undone incrementally: feed it raw bytes, get body bytes."""
-
-    def __init__(self, headers: requests.structures.CaseInsensitiveDict[str]) -> None:
-        self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-        length = headers.get("Content-Length")
-        self.left = int(length) if not self.chunked and length and length.isdigit() else None
-        self.ends_at_close = not self.chunked and self.left is None
-        # An upstream may compress despite "identity": gzip, or deflate with or without its zlib
-        # header (both are sent as "deflate"); the first bytes tell which.
-        self._coding = headers.get("Content-Encoding", "identity").strip().lower()
-        self._inflate: Any = None
-        self._framed = bytearray()  # chunked bytes not yet decoded
-        self._chunk_left = 0  # data bytes left in the current chunk
-        self._trailers = False  # the last chunk was read; its trailer lines come
-        self.done = self.left == 0
-
-    def feed(self, raw: bytes) -> bytes:
-        if self.chunked:
-            data = self._dechunk(raw)
-        elif self.left is not None:
-            data = raw[: self.left]
-            self.left -= len(data)
-            self.done = self.left == 0
-        else:
-            data = raw
-        if self._coding not in ("gzip", "deflate") or not data:
-            return data
-        if self._inflate is None:
-            zlib_header = len(data) > 1 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
-            self._inflate = zlib.decompressobj(47 if self._coding == "gzip" or zlib_header else -15)
-        try:
-            inflated: bytes = self._inflate.decompress(data)
-            return inflated
-        except zlib.error as e:
-            raise Interrupted(f"the upstream's {self._coding} stream is broken: {e}") from None
-
-    def _dechunk(self, raw: bytes) -> bytes:
-        self._framed += raw
-        out = bytearray()
-        while self._framed and not self.done:
-            if self._trailers:  # after the last chunk: header lines, then an empty one
-                end = self._framed.find(b"\n")
-                if end < 0:
-                    break
-                line = bytes(self._framed[: end + 1])
-                del self._framed[: end + 1]
-                self.done = not line.strip()
-                continue
-            if self._chunk_left:
-                take = self._framed[: self._chunk_left]
-                out += take
-                del self._framed[: len(take)]
-                self._chunk_left -= len(take)
-                continue
-            if self._framed.startswith(b"\r\n"):  # the end of the previous chunk's data
-                del self._framed[:2]
-                continue
-            match = _CHUNK_SIZE.match(self._framed)
-            if match is None:
-                if len(self._framed) > 1024 or b"\n" in self._framed:
-                    raise Interrupted("the upstream's chunked framing is broken")
-                break  # the size line has not all arrived
-            self._chunk_left = int(match.group(1), 16)
-            del self._framed[: match.end()]
-            self._trailers = self._chunk_left == 0
-        return bytes(out)
-
-    @property
-    def whole(self) -> bool:
-        """Read to its very end and not a byte beyond: the connection can serve another request."""
-        return self.done and not self.ends_at_close and not self._framed
 
 
 class TranslatedEvents:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..errors import GatewayError, anthropic_envelope
-from .events import CallerGone, Interrupted, ShuttingDown, Silent, StreamCutShort
+from .stream_cuts import CallerGone, Interrupted, ShuttingDown, Silent, StreamCutShort
 
 # How a stream that did not end cleanly is recorded: the status its row keeps (the caller got 200).
 ROW_STATUS = {Interrupted: 502, Silent: 504, CallerGone: 499, ShuttingDown: 503}

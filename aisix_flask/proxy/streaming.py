@@ -25,17 +25,10 @@ from ..policy.guardrails import check_output
 from ..policy.idempotency import HEADER as IDEMPOTENCY_HEADER
 from ..providers import conversion_for
 from .call import Billable, Call
-from .events import (
-    KEEPALIVE,
-    CallerGone,
-    Interrupted,
-    Silent,
-    StreamCutShort,
-    TranslatedEvents,
-    UpstreamEvents,
-)
+from .events import KEEPALIVE, TranslatedEvents, UpstreamEvents
 from .operation import Streaming
 from .send import Attempt
+from .stream_cuts import CallerGone, Interrupted, Silent, StreamCutShort
 from .stream_ends import ROW_STATUS, UpstreamErrorEvent, error_event
 from .upstream import Timeout
 
