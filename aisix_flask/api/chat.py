@@ -10,7 +10,7 @@ from marshmallow.validate import Length, Range
 
 from ..proxy.operation import Operation, Streaming, Texts
 from ..proxy.pipeline import handle
-from ..proxy.schema import JsonArray, OneOfTypes, StrictBool, StrictInt, StrictNumber
+from ..proxy.schema import JsonArray, ObjectsOf, OneOfTypes, StrictBool, StrictInt, StrictNumber
 from ..usage.row import UsageRow
 from .chat_texts import answer_text, chunk_text, read_messages, write_messages
 
@@ -59,7 +59,7 @@ class ChatCompletionSchema(Schema):
         unknown = INCLUDE
 
     model = fields.String(required=True, validate=Length(min=1))
-    messages = fields.List(fields.Nested(MessageSchema), required=True, validate=Length(min=1))
+    messages = ObjectsOf(MessageSchema, required=True, validate=Length(min=1))
     stream = StrictBool(allow_none=True)
     stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
     n = StrictInt(allow_none=True, validate=Range(min=1))

@@ -19,7 +19,7 @@ from marshmallow.validate import Length, Range
 from ..providers.anthropic.answer import usage as openai_usage
 from ..proxy.operation import Operation, Streaming, Texts
 from ..proxy.pipeline import handle
-from ..proxy.schema import JsonArray, OneOfTypes, StrictBool, StrictInt, StrictNumber
+from ..proxy.schema import JsonArray, ObjectsOf, OneOfTypes, StrictBool, StrictInt, StrictNumber
 from ..usage.row import UsageRow
 
 bp = Blueprint("messages", __name__)
@@ -46,7 +46,7 @@ class MessagesSchema(Schema):
         unknown = INCLUDE
 
     model = fields.String(required=True, validate=Length(min=1))
-    messages = fields.List(fields.Nested(TurnSchema), required=True, validate=Length(min=1))
+    messages = ObjectsOf(TurnSchema, required=True, validate=Length(min=1))
     max_tokens = StrictInt(required=True, validate=Range(min=1))
     system = OneOfTypes((_is_content, "a string or an array of text blocks"), allow_none=True)
     stream = StrictBool(allow_none=True)
@@ -60,7 +60,7 @@ class CountTokensSchema(Schema):
         unknown = INCLUDE
 
     model = fields.String(required=True, validate=Length(min=1))
-    messages = fields.List(fields.Nested(TurnSchema), required=True, validate=Length(min=1))
+    messages = ObjectsOf(TurnSchema, required=True, validate=Length(min=1))
 
 
 # -- the texts guardrails read: the system prompt, every text block, every tool result's text --

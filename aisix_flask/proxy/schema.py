@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields
+from marshmallow import Schema, ValidationError, fields, missing
 
 from ..errors import InvalidRequest, MissingParameter
 from ..jsonvalues import whole_number
@@ -57,6 +57,37 @@ class JsonArray(fields.Field[Any]):
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
         if not isinstance(value, list):
             raise ValidationError("Not a valid array.")
+        return value
+
+
+class ObjectsOf(fields.Field[Any]):
+    """A JSON array of objects, each checked against ``schema``'s fields (with their own messages:
+    the errors read as ``List(Nested(schema))``'s) and kept as sent, other keys included.
+
+    One pass over the items, each field's ``deserialize`` called on its value: a schema load per
+    item cost about 10 µs, so a conversation of 100 messages took 1.2 ms to validate (0.1 ms this
+    way; bench/RESULTS.md, round 6).
+    """
+
+    default_error_messages = {"invalid": "Not a valid list."}
+
+    def __init__(self, schema: type[Schema], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        items = schema()
+        self.item_fields = items.fields
+        self.not_an_object = items.error_messages["type"]
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, list):
+            raise self.make_error("invalid")
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise ValidationError({i: {"_schema": [self.not_an_object]}})
+            for name, field in self.item_fields.items():
+                try:
+                    field.deserialize(item.get(name, missing), name, item)
+                except ValidationError as e:
+                    raise ValidationError({i: {name: e.messages}}) from None
         return value
 
 
