@@ -27,7 +27,7 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -199,16 +199,7 @@ async def load(
             opening = True
             while time.perf_counter() < stop_at and (max_requests is None or sent < max_requests):
                 sent += 1
-                began = time.perf_counter()
-                try:
-                    async with asyncio.timeout(timeout):
-                        outcome = await client.request()
-                except TimeoutError:
-                    outcome = Outcome(f"no answer within {timeout:g} s", time.perf_counter() - began)
-                    client.close()
-                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
-                    outcome = Outcome(f"{type(e).__name__}: {e}"[:200], time.perf_counter() - began)
-                    client.close()
+                outcome = await attempt(client, timeout)
                 outcome.opening, opening = opening, False
                 outcome.at = time.perf_counter() - started
                 outcomes.append(outcome)
@@ -216,16 +207,49 @@ async def load(
             client.close()
 
     tasks = [asyncio.create_task(connection()) for _ in range(connections)]
-    _, running = await asyncio.wait(tasks, timeout=seconds + timeout + _GRACE_S)
-    for task in running:  # not reached unless a connection ignored its timeout
+    running = await wait_for(tasks, seconds + timeout + _GRACE_S)
+    result = figures(outcomes, running, time.perf_counter() - started)
+    after = sorted(o.seconds * 1000 for o in outcomes if not o.failure and not o.opening)
+    result["p99_after_opening"] = percentile(after, 99)  # each connection's first request left out
+    result["failed_at_s"] = sorted(o.at for o in outcomes if o.failure)[:1000]  # from the run's start
+    return result
+
+
+async def attempt(client: Client, timeout: float) -> Outcome:
+    """One request on ``client``, answered within ``timeout`` seconds or failed: a failure is an
+    Outcome saying what went wrong (and the connection is closed), never an exception."""
+    began = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            return await client.request()
+    except TimeoutError:
+        failure = f"no answer within {timeout:g} s"
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+        failure = f"{type(e).__name__}: {e}"[:200]
+    client.close()
+    return Outcome(failure, time.perf_counter() - began)
+
+
+async def wait_for(tasks: Iterable[asyncio.Task[None]], seconds: float) -> set[asyncio.Task[None]]:
+    """Wait up to ``seconds`` for ``tasks``; cancel those still running (not reached unless a
+    request ignored its timeout) and return them."""
+    tasks = set(tasks)
+    running: set[asyncio.Task[None]] = set()
+    if tasks:
+        _, running = await asyncio.wait(tasks, timeout=seconds)
+    for task in running:
         task.cancel()
     await asyncio.gather(*running, return_exceptions=True)
-    elapsed = time.perf_counter() - started
+    return running
+
+
+def figures(outcomes: list[Outcome], running: set[asyncio.Task[None]], elapsed: float) -> dict[str, Any]:
+    """What a run's ``outcomes`` come to (ms): completed, failed (with the reasons, the requests
+    cancelled at the end included), throughput, p50/p99 of the whole answer and of the first event."""
     failures = Counter(o.failure for o in outcomes if o.failure)
     failures.update({"still running at the end": len(running)} if running else {})
     good = [o for o in outcomes if not o.failure]
     whole = sorted(o.seconds * 1000 for o in good)
-    after = sorted(o.seconds * 1000 for o in good if not o.opening)
     first = sorted(o.first_event_s * 1000 for o in good if o.first_event_s is not None)
     return {
         "completed": len(good),
@@ -235,10 +259,8 @@ async def load(
         "seconds": elapsed,
         "p50": percentile(whole, 50),
         "p99": percentile(whole, 99),
-        "p99_after_opening": percentile(after, 99),  # each connection's first request left out
         "first_p50": percentile(first, 50),
         "first_p99": percentile(first, 99),
-        "failed_at_s": sorted(o.at for o in outcomes if o.failure)[:1000],  # from the run's start
     }
 
 

@@ -17,11 +17,10 @@ three are sent the same schedule (one seed), each after a warm-up at the same ra
 from __future__ import annotations
 
 import json
-import statistics
 from typing import Any
 
 from bench import openloop
-from bench.harness import KEY, Server
+from bench.harness import KEY, Server, in_turn
 from bench.scenarios import CHAT, IMAGES, SMALL, Plan, Row, checked
 
 STREAM_BODY = {
@@ -40,21 +39,16 @@ def open_rows(plan: Plan, upstream: str, gw: Server, bare: Server) -> list[Row]:
     paths = {CHAT: "/chat/completions", IMAGES: "/images/generations"}
 
     def run(where: str, route: str, body: dict[str, Any], rate: float, seconds: float) -> dict:
-        model = body["model"]
-        if where == "direct":
-            url, body = upstream + paths[route], {**body, "model": UPSTREAM_MODEL[model]}
-        else:
-            server = gw if where == "gateway" else bare
-            url = server.url + route
-            if where == "bare":
-                body = {**body, "model": UPSTREAM_MODEL[model]}
-        server_cpu = gw if where == "gateway" else bare if where == "bare" else None
-        before = server_cpu.cpu_seconds() if server_cpu is not None else 0.0
+        server = {"gateway": gw, "bare": bare}.get(where)
+        url = server.url + route if server is not None else upstream + paths[route]
+        if where != "gateway":  # (the bare proxy forwards the body as it is)
+            body = {**body, "model": UPSTREAM_MODEL[body["model"]]}
+        before = server.cpu_seconds() if server is not None else 0.0
         result = openloop.run(url, json.dumps(body).encode(), rate=rate, seconds=seconds,
                               stream=route == CHAT and body.get("stream") is True,
                               timeout=plan.timeout_s, key=KEY)  # fmt: skip
-        if server_cpu is not None:
-            result["cpu_ms"] = (server_cpu.cpu_seconds() - before) * 1000 / max(1, result["completed"])
+        if server is not None:
+            result["cpu_ms"] = (server.cpu_seconds() - before) * 1000 / max(1, result["completed"])
         return checked(result, f"{where} open-loop calls to {route}", plan.smoke)
 
     rows: list[Row] = []
@@ -90,21 +84,20 @@ def open_rows(plan: Plan, upstream: str, gw: Server, bare: Server) -> list[Row]:
             )
         cpu[what] = (b["cpu_ms"], g["cpu_ms"])
 
-    small = {**SMALL}
-    pairs = []
-    for _ in range(plan.cpu_runs):  # in turn: the machine's drift weighs on both alike
-        b = run("bare", IMAGES, small, plan.open_small_rate, plan.cpu_seconds)
-        g = run("gateway", IMAGES, small, plan.open_small_rate, plan.cpu_seconds)
-        pairs.append((b["cpu_ms"], g["cpu_ms"]))
-    cpu["small call"] = (statistics.median(b for b, _ in pairs), statistics.median(g for _, g in pairs))
+    def small_call_cpu(where: str) -> float:
+        return float(run(where, IMAGES, SMALL, plan.open_small_rate, plan.cpu_seconds)["cpu_ms"])
+
+    # In turn: the machine's drift weighs on both alike.
+    bare_ms, gateway_ms, runs = in_turn(
+        lambda: small_call_cpu("bare"), lambda: small_call_cpu("gateway"), plan.cpu_runs
+    )
+    cpu["small call"] = (bare_ms, gateway_ms)
     for what in ("small call", "5 s generations", "streams"):
         b_ms, g_ms = cpu[what]
         target = "≤ 1.3 × bare" if what != "5 s generations" else ""
         ratio = g_ms / b_ms if b_ms else float("nan")  # (a smoke run may not reach a clock tick)
         note = f"{ratio:.2f} × the bare proxy's (bare in the direct column)"
         if what == "small call":
-            note += f"; {plan.open_small_rate:g}/s, in turn: " + ", ".join(
-                f"{b:.2f}/{g:.2f}" for b, g in pairs
-            )
+            note += f"; {plan.open_small_rate:g}/s, in turn: {runs}"
         rows.append((f"CPU ms per call, {what}", target, b_ms, g_ms, note))
     return rows

@@ -27,14 +27,13 @@ import math
 import random
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.aioload import Client, Outcome, percentile, request_head  # noqa: E402
+from bench.aioload import Client, Outcome, attempt, figures, percentile, request_head, wait_for  # noqa: E402
 
 _GRACE_S = 5.0
 
@@ -73,15 +72,7 @@ async def open_load(
         client = idle.pop() if idle else Client(host, port, head, body, stream)
         began = time.perf_counter()
         lags.append(began - scheduled)
-        try:
-            async with asyncio.timeout(timeout):
-                outcome = await client.request()
-        except TimeoutError:
-            outcome = Outcome(f"no answer within {timeout:g} s", 0.0)
-            client.close()
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
-            outcome = Outcome(f"{type(e).__name__}: {e}"[:200], 0.0)
-            client.close()
+        outcome = await attempt(client, timeout)
         ended = time.perf_counter()
         outcome.seconds = ended - scheduled
         if outcome.first_event_s is not None:
@@ -99,34 +90,13 @@ async def open_load(
         task = asyncio.create_task(send(scheduled))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-    running: set[asyncio.Task[None]] = set()
-    if tasks:
-        _, running = await asyncio.wait(set(tasks), timeout=timeout + _GRACE_S)
-    for task in running:  # not reached unless a request ignored its timeout
-        task.cancel()
-    await asyncio.gather(*running, return_exceptions=True)
+    running = await wait_for(tasks, timeout + _GRACE_S)
     for client in idle:
         client.close()
-    elapsed = time.perf_counter() - started
-    failures = Counter(o.failure for o in outcomes if o.failure)
-    failures.update({"still running at the end": len(running)} if running else {})
-    good = [o for o in outcomes if not o.failure]
-    whole = sorted(o.seconds * 1000 for o in good)
-    first = sorted(o.first_event_s * 1000 for o in good if o.first_event_s is not None)
-    lags.sort()
-    return {
-        "completed": len(good),
-        "failed": sum(failures.values()),
-        "failures": dict(failures.most_common(5)),
-        "rps": len(good) / elapsed,
-        "seconds": elapsed,
-        "p50": percentile(whole, 50),
-        "p99": percentile(whole, 99),
-        "first_p50": percentile(first, 50),
-        "first_p99": percentile(first, 99),
-        "lag_p99": percentile([lag * 1000 for lag in lags], 99),
-        "p99_by_step": _by_step(good, seconds),
-    }
+    result = figures(outcomes, running, time.perf_counter() - started)
+    result["lag_p99"] = percentile(sorted(lag * 1000 for lag in lags), 99)
+    result["p99_by_step"] = _by_step([o for o in outcomes if not o.failure], seconds)
+    return result
 
 
 def _by_step(good: list[Outcome], seconds: float, steps: int = 6) -> list[float]:

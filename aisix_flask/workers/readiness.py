@@ -40,16 +40,15 @@ class _GreenReadiness(Readiness):
     """gevent's loop watchers, made once: a wait starts them and a timer, and stops them again."""
 
     def __init__(self, sockets: list[socket.socket]) -> None:
-        from gevent.hub import get_hub
+        from gevent.hub import Waiter, get_hub  # (only a gevent worker has gevent loaded)
 
         self._hub = get_hub()
+        self._waiter = Waiter
         read = 1  # libev's EV_READ (gevent's select module has it as a private name)
         self._watchers: dict[int, Any] = {s.fileno(): self._hub.loop.io(s.fileno(), read) for s in sockets}
 
     def wait(self, seconds: float) -> set[int]:
-        from gevent.hub import Waiter
-
-        waiter = Waiter(self._hub)
+        waiter = self._waiter(self._hub)
         for fd, watcher in self._watchers.items():
             watcher.start(waiter.switch, fd)
         timer = self._hub.loop.timer(max(0.0, seconds))
