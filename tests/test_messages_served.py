@@ -16,7 +16,7 @@ from . import fake_anthropic
 from .fake_anthropic import FakeServer
 from .integration import DEV_KEY, usage_rows
 from .serving import Gunicorn
-from .test_providers_served import KEYS, providers_config
+from .test_providers_served import KEYS, both_fakes, providers_config
 
 WEATHER = {
     "name": "get_weather",
@@ -27,10 +27,7 @@ WEATHER = {
 
 @pytest.fixture(scope="module")
 def fakes() -> Iterator[tuple[FakeServer, FakeServer]]:
-    claude, azure = fake_anthropic.anthropic(), fake_anthropic.azure()
-    yield claude, azure
-    claude.stop()
-    azure.stop()
+    yield from both_fakes()
 
 
 @pytest.fixture(scope="module")

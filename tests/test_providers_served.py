@@ -68,12 +68,17 @@ api_keys:
     return config
 
 
-@pytest.fixture(scope="module")
-def fakes() -> Iterator[tuple[FakeServer, FakeServer]]:
+def both_fakes() -> Iterator[tuple[FakeServer, FakeServer]]:
+    """The Anthropic fake and the Azure fake, for a module's fixture (stopped after it)."""
     claude, azure = fake_anthropic.anthropic(), fake_anthropic.azure()
     yield claude, azure
     claude.stop()
     azure.stop()
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[tuple[FakeServer, FakeServer]]:
+    yield from both_fakes()
 
 
 @pytest.fixture(scope="module")
