@@ -79,6 +79,11 @@ def open_rows(plan: Plan, upstream: str, gw: Server, bare: Server) -> list[Row]:
                 note += (
                     f"; p99 by sixth of the run {g['p99_by_step']}; generator lag p99 {g['lag_p99']:.1f} ms"
                 )
+                places = ("direct", "bare", "gateway")
+                reasons = {f"{where}: {why}": n for where, run_ in zip(places, figures, strict=True)
+                           for why, n in run_["failures"].items()}  # fmt: skip
+                if reasons:
+                    note += f"; failures {reasons}"
             rows.append(
                 (f"{name} {figure} ms", target if figure == "p50" else "", d[figure], g[figure], note)
             )

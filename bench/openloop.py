@@ -6,7 +6,10 @@ once the last is answered, so a server that stalls is sent less and its stall is
 ("coordinated omission"). Here each request has a scheduled send time, drawn in advance
 (exponential gaps, mean 1/rate); its latency is counted from that time, so time spent queued
 anywhere (in the generator included) is time the caller waited. Connections are kept alive and
-reused by the next arrival when idle; an arrival with none idle opens one, as a pool does.
+reused by the next arrival when idle; an arrival with none idle opens one, as a pool does. A
+connection idle for ``KEEPALIVE_EXPIRY_S`` is closed rather than reused, as httpx's pool does: the
+servers close theirs after 5 s (gunicorn.conf.py's ``keepalive``), and a request sent on one the
+server is closing that moment is reset, a failure of the client's pool, not the server's.
 
 Every run sends only to 127.0.0.1 and stops by itself: the schedule ends after ``seconds``, and a
 request not answered within ``timeout`` fails.
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.aioload import Client, Outcome, attempt, figures, percentile, request_head, wait_for  # noqa: E402
 
 _GRACE_S = 5.0
+KEEPALIVE_EXPIRY_S = 4.0
 
 
 def arrivals(rate: float, seconds: float, seed: int) -> list[float]:
@@ -63,13 +67,21 @@ async def open_load(
     parts = urlsplit(url)
     head = request_head(url, len(body), content_type, stream, key)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    idle: list[Client] = []
+    idle: list[tuple[float, Client]] = []  # (idle since, connection), the last used last
     outcomes: list[Outcome] = []
     lags: list[float] = []
     tasks: set[asyncio.Task[None]] = set()
 
+    def connection() -> Client:
+        while idle:
+            since, client = idle.pop()
+            if time.perf_counter() - since < KEEPALIVE_EXPIRY_S:
+                return client
+            client.close()
+        return Client(host, port, head, body, stream)
+
     async def send(scheduled: float) -> None:
-        client = idle.pop() if idle else Client(host, port, head, body, stream)
+        client = connection()
         began = time.perf_counter()
         lags.append(began - scheduled)
         outcome = await attempt(client, timeout)
@@ -80,7 +92,7 @@ async def open_load(
         outcome.at = scheduled - started
         outcomes.append(outcome)
         if client.writer is not None:
-            idle.append(client)
+            idle.append((ended, client))
 
     started = time.perf_counter()
     for at in arrivals(rate, seconds, seed):
@@ -91,7 +103,7 @@ async def open_load(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     running = await wait_for(tasks, timeout + _GRACE_S)
-    for client in idle:
+    for _, client in idle:
         client.close()
     result = figures(outcomes, running, time.perf_counter() - started)
     result["lag_p99"] = percentile(sorted(lag * 1000 for lag in lags), 99)
