@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aisix_flask.gateway import Gateway
+from aisix_flask.gateway import _GATEWAYS, Gateway, _signature
 
 from .conftest import CALLER_KEY as CALLER
 from .conftest import CHAT_URL, IMAGES_URL, auth, named, sha, write_config
@@ -30,11 +30,21 @@ def live(make_app, config, tmp_path, monkeypatch):
 
 
 def rewrite(path, config):
-    """Replace the file the way editors and config tools do (write aside, rename), and give the
-    watcher time for a few looks at it."""
+    """Replace the file the way editors and config tools do (write aside, rename), and wait until
+    every gateway watching it has looked at the new file and is done (read it, or rejected it): on
+    a busy machine a look can end later than any fixed pause."""
     write_config(path.with_suffix(".tmp"), config)
     os.replace(path.with_suffix(".tmp"), path)
-    time.sleep(0.2)
+    replaced, began = _signature(str(path)), time.monotonic()
+    while time.monotonic() - began < 10:
+        watching = [g for g in list(_GATEWAYS) if Path(g.path).resolve() == path.resolve()]
+        if all(g._signature == replaced for g in watching) and (watching or time.monotonic() - began > 0.2):
+            for gateway in watching:
+                with gateway._lock:  # held by a look from its start to its end
+                    pass
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"no watcher looked at {path} within 10 s")
 
 
 def post(client, key, model="image-prod"):
