@@ -12,14 +12,21 @@ three are sent the same schedule (one seed), each after a warm-up at the same ra
   at once, at ``open_small_rate``), the generation and the stream. The small call is measured in
   turn, ``cpu_runs`` times each, and the median kept: a CPU figure over a few seconds moves by
   ±10 % from run to run on a shared box.
+
+The ``cpu`` scenario (``cpu_rows``) takes the gateway's CPU per call apart: the small call and the
+stream (at ``cpu_stream_rate``), each in turn with the bare proxy, with the full config and with
+parts of it taken away (bench/config.py's BREAKDOWN: the concurrency slots, the rate limits, the
+access log).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from bench import openloop
+from bench.config import BREAKDOWN, FULL_LIMITS
 from bench.harness import KEY, Server, in_turn
 from bench.scenarios import CHAT, IMAGES, SMALL, Plan, Row, checked
 
@@ -33,24 +40,43 @@ GENERATION = {"prompt": "[sleep:5] a slow generation"}
 UPSTREAM_MODEL = {"chat-prod": "gpt-4o-mini", "image-prod": "gpt-image-1"}
 
 
-def open_rows(plan: Plan, upstream: str, gw: Server, bare: Server) -> list[Row]:
-    """The open-loop rows: streams and generations direct, through the bare proxy and through
-    the gateway; then CPU per call of the gateway against the bare proxy."""
+class OpenRuns:
+    """Open-loop runs against the fake upstream direct (``where`` "direct"), the bare proxy or the
+    gateway, each server's CPU ms per completed call measured over the run."""
+
     paths = {CHAT: "/chat/completions", IMAGES: "/images/generations"}
 
-    def run(where: str, route: str, body: dict[str, Any], rate: float, seconds: float) -> dict:
-        server = {"gateway": gw, "bare": bare}.get(where)
-        url = server.url + route if server is not None else upstream + paths[route]
+    def __init__(self, plan: Plan, upstream: str, gw: Server, bare: Server) -> None:
+        self.plan, self.upstream, self.servers = plan, upstream, {"gateway": gw, "bare": bare}
+
+    def __call__(self, where: str, route: str, body: dict[str, Any], rate: float, seconds: float) -> dict:
+        server = self.servers.get(where)
+        url = server.url + route if server is not None else self.upstream + self.paths[route]
         if where != "gateway":  # (the bare proxy forwards the body as it is)
             body = {**body, "model": UPSTREAM_MODEL[body["model"]]}
         before = server.cpu_seconds() if server is not None else 0.0
         result = openloop.run(url, json.dumps(body).encode(), rate=rate, seconds=seconds,
                               stream=route == CHAT and body.get("stream") is True,
-                              timeout=plan.timeout_s, key=KEY)  # fmt: skip
+                              timeout=self.plan.timeout_s, key=KEY)  # fmt: skip
         if server is not None:
             result["cpu_ms"] = (server.cpu_seconds() - before) * 1000 / max(1, result["completed"])
-        return checked(result, f"{where} open-loop calls to {route}", plan.smoke)
+        return checked(result, f"{where} open-loop calls to {route}", self.plan.smoke)
 
+    def cpu_in_turn(self, route: str, body: dict[str, Any], rate: float) -> tuple[float, float, str]:
+        """CPU ms per call of the bare proxy and of the gateway, measured in turn ``cpu_runs``
+        times each (a CPU figure over a few seconds moves by ±10 % on a shared box): the medians,
+        and every run's pair."""
+
+        def cpu(where: str) -> float:  # fmt: skip
+            return float(self(where, route, body, rate, self.plan.cpu_seconds)["cpu_ms"])
+
+        return in_turn(lambda: cpu("bare"), lambda: cpu("gateway"), self.plan.cpu_runs)
+
+
+def open_rows(plan: Plan, upstream: str, gw: Server, bare: Server) -> list[Row]:
+    """The open-loop rows: streams and generations direct, through the bare proxy and through
+    the gateway; then CPU per call of the gateway against the bare proxy."""
+    run = OpenRuns(plan, upstream, gw, bare)
     rows: list[Row] = []
     cpu: dict[str, tuple[float, float]] = {}  # what: (bare, gateway) CPU ms per call
     loads = (
@@ -89,13 +115,7 @@ def open_rows(plan: Plan, upstream: str, gw: Server, bare: Server) -> list[Row]:
             )
         cpu[what] = (b["cpu_ms"], g["cpu_ms"])
 
-    def small_call_cpu(where: str) -> float:
-        return float(run(where, IMAGES, SMALL, plan.open_small_rate, plan.cpu_seconds)["cpu_ms"])
-
-    # In turn: the machine's drift weighs on both alike.
-    bare_ms, gateway_ms, runs = in_turn(
-        lambda: small_call_cpu("bare"), lambda: small_call_cpu("gateway"), plan.cpu_runs
-    )
+    bare_ms, gateway_ms, runs = run.cpu_in_turn(IMAGES, SMALL, plan.open_small_rate)
     cpu["small call"] = (bare_ms, gateway_ms)
     for what in ("small call", "5 s generations", "streams"):
         b_ms, g_ms = cpu[what]
@@ -105,4 +125,33 @@ def open_rows(plan: Plan, upstream: str, gw: Server, bare: Server) -> list[Row]:
         if what == "small call":
             note += f"; {plan.open_small_rate:g}/s, in turn: {runs}"
         rows.append((f"CPU ms per call, {what}", target, b_ms, g_ms, note))
+    return rows
+
+
+def cpu_rows(
+    plan: Plan, upstream: str, gw: Server, bare: Server, configure: Callable[..., None]
+) -> list[Row]:
+    """CPU ms per small call and per stream with parts of the gateway's config taken away
+    (bench/config.py's BREAKDOWN, applied by ``configure(limits, access_log)``, a live edit), each
+    measured in turn with the bare proxy; the full config is restored at the end."""
+    run = OpenRuns(plan, upstream, gw, bare)
+    stream = {"model": "chat-prod", **STREAM_BODY}
+    if plan.smoke:
+        stream = json.loads(json.dumps(stream).replace("[gap:0.3]", "[gap:0.01]"))
+    rows: list[Row] = []
+    try:
+        for label, limits, access_log in BREAKDOWN:
+            configure(limits, access_log)
+            for what, route, body, rate in (
+                ("small call", IMAGES, SMALL, plan.open_small_rate),
+                ("stream", CHAT, stream, plan.cpu_stream_rate),
+            ):
+                bare_ms, gateway_ms, runs = run.cpu_in_turn(route, body, rate)
+                ratio = gateway_ms / bare_ms if bare_ms else float("nan")
+                note = (
+                    f"{ratio:.2f} × the bare proxy's (bare in the direct column); {rate:g}/s, in turn: {runs}"
+                )
+                rows.append((f"CPU ms per {what}, {label}", "", bare_ms, gateway_ms, note))
+    finally:
+        configure(FULL_LIMITS, True)
     return rows

@@ -22,7 +22,9 @@ each in-flight edit takes), ``streams`` (1,000 concurrent ~2 s chat streams, bes
 relaying them on the same workers), ``fast`` (c=8
 small requests while 1,000 slow generations hold the gateway) and ``open`` (open-loop streams and
 generations at fixed arrival rates, and the CPU each call costs beside the bare proxy:
-bench/open_rows.py; ``--open-seconds`` sets how long each load arrives). ``--gunicorn-args`` is appended to
+bench/open_rows.py; ``--open-seconds`` sets how long each load arrives), ``cpu`` (the CPU per small
+call and per stream beside the bare proxy's, with parts of the config taken away; about 8 minutes).
+``--gunicorn-args`` is appended to
 every gateway's gunicorn command line (not the bare proxy's); the heading shows the worker class
 and workers × threads each gateway ended up with.
 
@@ -56,7 +58,7 @@ from bench.harness import (  # noqa: E402
     probe_gunicorn,
     redis_answers,
 )
-from bench.open_rows import open_rows  # noqa: E402
+from bench.open_rows import cpu_rows, open_rows  # noqa: E402
 from bench.providers import provider_rows  # noqa: E402
 from bench.routing import routing_rows  # noqa: E402
 from bench.scenarios import (  # noqa: E402
@@ -72,7 +74,7 @@ from bench.scenarios import (  # noqa: E402
 from tests.serving import free_port  # noqa: E402
 
 SCENARIOS = ("latency", "chat", "breakdown", "redis", "routing", "providers", "slow", "large",
-             "edits", "streams", "fast", "open")  # fmt: skip
+             "edits", "streams", "fast", "open", "cpu")  # fmt: skip
 # Measured with wrk in real runs (chat: its answers that are not streamed); the others use
 # bench/aioload.py.
 WRK_SCENARIOS = frozenset(
@@ -120,8 +122,8 @@ def main() -> None:
         variants["slow, large, edits, streams, fast, open (as make serve)"] = gunicorn_args(
             0, None, None, extra
         )
-    elif only & {"edits", "streams", "fast", "open"}:
-        variants["edits, streams, fast, open (as make serve)"] = gunicorn_args(0, None, None, extra)
+    elif only & {"edits", "streams", "fast", "open", "cpu"}:
+        variants["edits, streams, fast, open, cpu (as make serve)"] = gunicorn_args(0, None, None, extra)
     # Read while the fake upstream starts; any answer before a gateway does.
     read_setups = probe_gunicorn(variants)
 
@@ -278,14 +280,14 @@ def main() -> None:
                 stop(bare_slow)
             if bare is not None:
                 stop(bare)
-            if only & {"edits", "streams", "fast", "open"}:
+            if only & {"edits", "streams", "fast", "open", "cpu"}:
                 # The gateway as `make serve` runs it: gunicorn.conf.py's workers and threads.
                 # Large edits need a larger body limit than the default's.
                 write_config(tmp / "uploads.yaml", gateway_config(tmp, upstream, body_limit=64 * 2**20))
                 gw = start("gateway-default", None, None, {"AISIX_CONFIG": str(tmp / "uploads.yaml")})
                 if "edits" in only:
                     rows += edit_rows(plan, upstream, gw)
-                if only & {"streams", "open"}:  # the floor: the bare proxy on the gateway's workers
+                if only & {"streams", "open", "cpu"}:  # the floor: the bare proxy on the gateway's workers
                     bare_env = {"BARE_UPSTREAM": upstream}
                     bare_default = gunicorn("bench.bare_proxy:app", free_port(), None, None, bare_env, tmp,
                                             "bare-default", extra)  # fmt: skip
@@ -294,6 +296,14 @@ def main() -> None:
                         rows += stream_rows(plan, upstream, gw, bare_default)
                     if "open" in only:
                         rows += open_rows(plan, upstream, gw, bare_default)
+                    if "cpu" in only:
+
+                        def configure(limits: str, access_log: bool) -> None:
+                            text = gateway_config(tmp, upstream, limits, access_log, body_limit=64 * 2**20)
+                            write_config(tmp / "uploads.yaml", text)
+                            time.sleep(plan.reload_wait_s)
+
+                        rows += cpu_rows(plan, upstream, gw, bare_default, configure)
                     stop(bare_default)
                 if "fast" in only:
                     rows += fast_rows(plan, upstream, gw)
@@ -312,11 +322,13 @@ def main() -> None:
     given = f"--gunicorn-args {shlex.join(extra)!r} appended to each" if extra else "no --gunicorn-args"
     tools = [
         *(["wrk"] if only & WRK_SCENARIOS else []),
-        *(["bench/aioload.py"] if only - WRK_SCENARIOS - {"open"} else []),
-        *(["bench/openloop.py"] if "open" in only else []),
+        *(["bench/aioload.py"] if only - WRK_SCENARIOS - {"open", "cpu"} else []),
+        *(["bench/openloop.py"] if only & {"open", "cpu"} else []),
     ]
     tool = "smoke run, built-in load generators" if plan.smoke else " and ".join(tools)
-    per_run = f"{plan.seconds:g} s per run" if only - {"open"} else ""
+    per_run = f"{plan.seconds:g} s per run" if only - {"open", "cpu"} else ""
+    if "cpu" in only:
+        per_run += f"{', ' if per_run else ''}CPU runs of {plan.cpu_seconds:g} s"
     if "open" in only:
         per_run += f"{', ' if per_run else ''}open-loop loads of {plan.open_seconds:g} s"
     print(f"\n{when} · gateway gunicorn ({given}): {gateways} · {tool}, {per_run}\n")

@@ -46,6 +46,7 @@ class Plan:
     open_seconds: float = 30.0  # how long each arrives
     open_warm_up_s: float = 3.0  # the same load first, not measured
     open_small_rate: float = 400.0  # small calls per second, for their CPU figure
+    cpu_stream_rate: float = 300.0  # chat streams per second, for the cpu scenario's figure
     cpu_seconds: float = 5.0  # per small-call CPU run
     cpu_runs: int = 3  # small-call CPU runs, in turn
     smoke: bool = False
@@ -62,7 +63,8 @@ def plan_for(args: argparse.Namespace) -> Plan:
                     stream_connections=20, memory_streams=10, stream_seconds=0.3, stream_gap_s=0.005,
                     fast_connections=2, fast_delay_s=0.1, fast_seconds=0.1, timeout_s=10,
                     open_stream_rate=20, open_generation_rate=20, open_seconds=0.3, open_small_rate=20,
-                    open_warm_up_s=0.1, cpu_seconds=0.2, cpu_runs=1, smoke=True)  # fmt: skip
+                    cpu_stream_rate=20, open_warm_up_s=0.1, cpu_seconds=0.2, cpu_runs=1,
+                    smoke=True)  # fmt: skip
     return Plan(seconds=args.seconds, workers=args.workers, threads=args.threads, reload_wait_s=2.5,
                 slow_connections=1000, slow_sleep_s=5, slow_seconds=12,
                 sizes_mb=(8, 32), edit_images=4, edit_image_bytes=4 * 1024 * 1024, edit_connections=4,

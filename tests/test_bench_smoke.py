@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.aioload import Events, load
+from bench.config import BREAKDOWN
 from bench.harness import gunicorn_args, parse_wrk, probe_gunicorn, pyload, redis_answers
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,6 +111,7 @@ def test_run_py_smoke_prints_every_row():
         "CPU ms per call, small call",
         "CPU ms per call, 5 s generations",
         "CPU ms per call, streams",
+        *(f"CPU ms per {what}, {label}" for label, _, _ in BREAKDOWN for what in ("small call", "stream")),
         "c=2 fast during 8 × 0.1 s p99 ms",
     ]
     assert list(rows) == expected
