@@ -101,7 +101,7 @@ class Gateway:
         )
         self._config = config
         self._signature = signature  # of the file as it was *before* ``config`` was read from it
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by a look at the file from its start to its end
         self._closed = threading.Event()
         if config is not None:
             _GATEWAYS.add(self)

@@ -22,11 +22,11 @@ access log).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+import time
+from typing import Any, Protocol
 
 from bench import openloop
-from bench.config import BREAKDOWN, FULL_LIMITS
+from bench.config import BREAKDOWN
 from bench.harness import KEY, Server, in_turn
 from bench.scenarios import CHAT, IMAGES, SMALL, Plan, Row, checked
 
@@ -67,7 +67,7 @@ class OpenRuns:
         times each (a CPU figure over a few seconds moves by ±10 % on a shared box): the medians,
         and every run's pair."""
 
-        def cpu(where: str) -> float:  # fmt: skip
+        def cpu(where: str) -> float:
             return float(self(where, route, body, rate, self.plan.cpu_seconds)["cpu_ms"])
 
         return in_turn(lambda: cpu("bare"), lambda: cpu("gateway"), self.plan.cpu_runs)
@@ -88,13 +88,13 @@ def open_rows(plan: Plan, upstream: str, gw: Server, bare: Server) -> list[Row]:
     for what, route, body, rate, target in loads:
         if plan.smoke:
             body = json.loads(json.dumps(body).replace("[gap:0.3]", "[gap:0.01]").replace("[sleep:5]", ""))
-        figures = []
+        figures = {}
         for where in ("direct", "bare", "gateway"):
             # Warmed at the same rate first (not measured): the first calls of a fresh server
             # open its upstream connections and files, which a running one has done long ago.
             run(where, route, body, rate, plan.open_warm_up_s)
-            figures.append(run(where, route, body, rate, plan.open_seconds))
-        d, b, g = figures
+            figures[where] = run(where, route, body, rate, plan.open_seconds)
+        d, b, g = figures.values()
         name = f"open {what} {rate:g}/s × {plan.open_seconds:g} s"
         for figure in ("p50", "p99"):
             note = (
@@ -105,9 +105,8 @@ def open_rows(plan: Plan, upstream: str, gw: Server, bare: Server) -> list[Row]:
                 note += (
                     f"; p99 by sixth of the run {g['p99_by_step']}; generator lag p99 {g['lag_p99']:.1f} ms"
                 )
-                places = ("direct", "bare", "gateway")
-                reasons = {f"{where}: {why}": n for where, run_ in zip(places, figures, strict=True)
-                           for why, n in run_["failures"].items()}  # fmt: skip
+                reasons = {f"{where}: {why}": n for where, result in figures.items()
+                           for why, n in result["failures"].items()}  # fmt: skip
                 if reasons:
                     note += f"; failures {reasons}"
             rows.append(
@@ -128,12 +127,17 @@ def open_rows(plan: Plan, upstream: str, gw: Server, bare: Server) -> list[Row]:
     return rows
 
 
-def cpu_rows(
-    plan: Plan, upstream: str, gw: Server, bare: Server, configure: Callable[..., None]
-) -> list[Row]:
+class Configure(Protocol):
+    """Write the gateway's config with these rate limits and access log (bench/config.py's
+    ``gateway_config``); with no arguments, the bench's full config."""
+
+    def __call__(self, limits: str = ..., access_log: bool = ...) -> None: ...
+
+
+def cpu_rows(plan: Plan, upstream: str, gw: Server, bare: Server, configure: Configure) -> list[Row]:
     """CPU ms per small call and per stream with parts of the gateway's config taken away
-    (bench/config.py's BREAKDOWN, applied by ``configure(limits, access_log)``, a live edit), each
-    measured in turn with the bare proxy; the full config is restored at the end."""
+    (bench/config.py's BREAKDOWN, each a live edit by ``configure``), each measured in turn with
+    the bare proxy; the full config is restored at the end."""
     run = OpenRuns(plan, upstream, gw, bare)
     stream = {"model": "chat-prod", **STREAM_BODY}
     if plan.smoke:
@@ -142,6 +146,7 @@ def cpu_rows(
     try:
         for label, limits, access_log in BREAKDOWN:
             configure(limits, access_log)
+            time.sleep(plan.reload_wait_s)  # each worker reads the edited file
             for what, route, body, rate in (
                 ("small call", IMAGES, SMALL, plan.open_small_rate),
                 ("stream", CHAT, stream, plan.cpu_stream_rate),
@@ -153,5 +158,6 @@ def cpu_rows(
                 )
                 rows.append((f"CPU ms per {what}, {label}", "", bare_ms, gateway_ms, note))
     finally:
-        configure(FULL_LIMITS, True)
+        configure()
+        time.sleep(plan.reload_wait_s)
     return rows

@@ -4,7 +4,7 @@ Starts bench/fake_upstream.py, builds the app with bench/run.py's config (caller
 guardrail, rate limits on SQLite, the ledger, the access log), sends requests through Flask's
 test client and times every step of the route with a wrapper, plus the ledger writer thread.
 ``--stream`` profiles a chat stream instead of an image generation (7 content events and the usage
-chunk, no gap between them): the relay's steps replace the answer's.
+chunk, no gap between them; 5 ms apart under ``--smoke``): the relay's steps replace the answer's.
 
     .venv/bin/python bench/profile.py [--requests 3000] [--stream]
     .venv/bin/python bench/profile.py --smoke [--stream]   # a few requests: does it still work?

@@ -23,7 +23,7 @@ relaying them on the same workers), ``fast`` (c=8
 small requests while 1,000 slow generations hold the gateway) and ``open`` (open-loop streams and
 generations at fixed arrival rates, and the CPU each call costs beside the bare proxy:
 bench/open_rows.py; ``--open-seconds`` sets how long each load arrives), ``cpu`` (the CPU per small
-call and per stream beside the bare proxy's, with parts of the config taken away; about 8 minutes).
+call and per stream beside the bare proxy's, with parts of the config taken away; about 7 minutes).
 ``--gunicorn-args`` is appended to
 every gateway's gunicorn command line (not the bare proxy's); the heading shows the worker class
 and workers × threads each gateway ended up with.
@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.config import BREAKDOWN, REDIS_STORE, gateway_config, write_config  # noqa: E402
+from bench.config import BREAKDOWN, FULL_LIMITS, REDIS_STORE, gateway_config, write_config  # noqa: E402
 from bench.harness import (  # noqa: E402
     Server,
     gunicorn,
@@ -119,7 +119,7 @@ def main() -> None:
         label = f"latency runs (-w {plan.workers} --threads {plan.threads})"
         variants[label] = gunicorn_args(0, plan.workers, plan.threads, extra)
     if only & {"slow", "large"}:
-        variants["slow, large, edits, streams, fast, open (as make serve)"] = gunicorn_args(
+        variants["slow, large, edits, streams, fast, open, cpu (as make serve)"] = gunicorn_args(
             0, None, None, extra
         )
     elif only & {"edits", "streams", "fast", "open", "cpu"}:
@@ -282,8 +282,13 @@ def main() -> None:
                 stop(bare)
             if only & {"edits", "streams", "fast", "open", "cpu"}:
                 # The gateway as `make serve` runs it: gunicorn.conf.py's workers and threads.
-                # Large edits need a larger body limit than the default's.
-                write_config(tmp / "uploads.yaml", gateway_config(tmp, upstream, body_limit=64 * 2**20))
+                def serve_config(limits: str = FULL_LIMITS, access_log: bool = True) -> None:
+                    """Its config (large edits need a larger body limit than the default's), or
+                    that with parts taken away."""
+                    text = gateway_config(tmp, upstream, limits, access_log, body_limit=64 * 2**20)
+                    write_config(tmp / "uploads.yaml", text)
+
+                serve_config()
                 gw = start("gateway-default", None, None, {"AISIX_CONFIG": str(tmp / "uploads.yaml")})
                 if "edits" in only:
                     rows += edit_rows(plan, upstream, gw)
@@ -297,13 +302,7 @@ def main() -> None:
                     if "open" in only:
                         rows += open_rows(plan, upstream, gw, bare_default)
                     if "cpu" in only:
-
-                        def configure(limits: str, access_log: bool) -> None:
-                            text = gateway_config(tmp, upstream, limits, access_log, body_limit=64 * 2**20)
-                            write_config(tmp / "uploads.yaml", text)
-                            time.sleep(plan.reload_wait_s)
-
-                        rows += cpu_rows(plan, upstream, gw, bare_default, configure)
+                        rows += cpu_rows(plan, upstream, gw, bare_default, serve_config)
                     stop(bare_default)
                 if "fast" in only:
                     rows += fast_rows(plan, upstream, gw)

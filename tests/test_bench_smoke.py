@@ -73,7 +73,7 @@ def test_run_py_smoke_prints_every_row():
     output = smoke("run.py")
     assert "smoke run, built-in load generator" in output
     # The heading says what each gateway ran on, the default config's included.
-    assert re.search(r"fast, open \(as make serve\): \S+ \d+ × \d+ (threads|connections)", output)
+    assert re.search(r"fast, open, cpu \(as make serve\): \S+ \d+ × \d+ (threads|connections)", output)
     rows = table(output)
     expected = [
         "c=1 p50 ms",

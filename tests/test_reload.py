@@ -31,16 +31,24 @@ def live(make_app, config, tmp_path, monkeypatch):
 
 def rewrite(path, config):
     """Replace the file the way editors and config tools do (write aside, rename), and wait until
-    every gateway watching it has looked at the new file and is done (read it, or rejected it): on
-    a busy machine a look can end later than any fixed pause."""
+    the watchers have looked at it (``looked_at``)."""
     write_config(path.with_suffix(".tmp"), config)
     os.replace(path.with_suffix(".tmp"), path)
-    replaced, began = _signature(str(path)), time.monotonic()
+    looked_at(path)
+
+
+def looked_at(path):
+    """Wait until every open gateway watching ``path`` has looked at the file as it is now and is
+    done (read it, or rejected it): on a busy machine a look can end later than any fixed pause.
+    With no gateway watching it yet, a moment's pause."""
+    now, began = _signature(str(path)), time.monotonic()
     while time.monotonic() - began < 10:
-        watching = [g for g in list(_GATEWAYS) if Path(g.path).resolve() == path.resolve()]
-        if all(g._signature == replaced for g in watching) and (watching or time.monotonic() - began > 0.2):
+        watching = [
+            g for g in list(_GATEWAYS) if not g._closed.is_set() and Path(g.path).resolve() == path.resolve()
+        ]
+        if all(g._signature == now for g in watching) and (watching or time.monotonic() - began > 0.2):
             for gateway in watching:
-                with gateway._lock:  # held by a look from its start to its end
+                with gateway._lock:  # a look holds it from its start to its end
                     pass
             return
         time.sleep(0.01)
@@ -74,7 +82,7 @@ def test_a_new_guardrail_and_limit_apply(live, upstream):
 def test_a_broken_edit_keeps_the_last_good_config(live, upstream, caplog):
     client, path, config = live
     path.write_text("models: [\n  - {display_name: broken\n")  # an editor halfway through saving
-    time.sleep(0.2)
+    looked_at(path)
     with caplog.at_level(logging.ERROR):
         upstream.post(IMAGES_URL, json={"created": 1, "data": []})
         assert post(client, CALLER).status_code == 200
@@ -129,7 +137,7 @@ def test_a_worker_with_no_traffic_follows_edits(live):
     config["api_keys"].append({"display_name": "late", "key_hash": sha(NEW_KEY)})
     rewrite(path, config)
     path.write_text(path.read_text().replace("openai-main", "typo", 1))  # then broken
-    time.sleep(0.2)
+    looked_at(path)
     assert "late" in {k.display_name for k in gateway.config().api_keys}
 
 
@@ -146,7 +154,7 @@ def test_an_emptied_file_is_rejected_on_reload(live, upstream, caplog, content, 
     client, path, _ = live
     with caplog.at_level(logging.ERROR):
         path.write_text(content)
-        time.sleep(0.2)
+        looked_at(path)
     assert logged in caplog.text and "the last good config keeps serving" in caplog.text
     upstream.post(IMAGES_URL, json={"created": 1, "data": []})
     assert post(client, CALLER).status_code == 200
@@ -174,7 +182,7 @@ def test_a_file_still_being_written_is_read_once_it_settles(make_app, config, mo
     write_config(path, config)
     time.sleep(0.2)
     assert "late" not in {k.display_name for k in gateway.config().api_keys}  # modified 0.2 s ago
-    time.sleep(0.6)
+    looked_at(path)  # once it has settled
     assert "late" in {k.display_name for k in gateway.config().api_keys}
 
 
@@ -194,7 +202,7 @@ def test_an_edit_while_a_worker_boots_is_not_missed(config, tmp_path, monkeypatc
 
     monkeypatch.setattr(gateway, "Ledger", ledger_then_edit)
     app = create_app({"AISIX_CONFIG": str(path)})
-    time.sleep(0.2)
+    looked_at(path)
     try:
         upstream.post(IMAGES_URL, json={"created": 1, "data": []})
         assert post(app.test_client(), NEW_KEY).status_code == 200

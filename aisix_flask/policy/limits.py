@@ -5,8 +5,9 @@ storages: its RedisStorage, or the SQLite storage in ``stores.sqlite`` (register
 under the ``sqlite`` scheme). Concurrency slots are not a ``limits`` concept; both stores keep
 slots that expire, so a crashed worker cannot hold one forever. A request to a direct model is two
 calls to the store: one admission (all slots and windows, all or nothing) and one finish (tokens
-counted, slots given back): a transaction each on SQLite, a script each on Redis. A routing
-model's request takes one more admission, and gives it back, for each target it leaves for another.
+counted, slots given back): a transaction each on SQLite, a script each on Redis. Under request
+windows alone (rpm, rpd) there is nothing to finish: one call. A routing model's request takes one
+more admission, and gives it back, for each target it leaves for another.
 """
 
 from __future__ import annotations
