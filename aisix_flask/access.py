@@ -65,6 +65,8 @@ def _log_call(line: dict[str, Any], status_sent: int, row: UsageRow) -> None:
     end long after its request, a stream: ``line`` was made while the request was there)."""
     line.update(status=status_sent, latency_ms=round(row.latency_ms or 0.0, 2))
     line.update({name: getattr(row, name) for name in _ACCESS_FIELDS})
+    if row.upstream_latency_ms is not None:  # as precise as latency_ms, not to the nanosecond
+        line["upstream_latency_ms"] = round(row.upstream_latency_ms, 2)
     access_log.info(json.dumps(line))
 
 

@@ -49,6 +49,8 @@ def test_one_json_line_per_request(client, upstream, access_lines):
         1,
     )
     assert first["latency_ms"] >= first["upstream_latency_ms"] >= 0
+    for both in ("latency_ms", "upstream_latency_ms"):  # to the hundredth of a millisecond
+        assert first[both] == round(first[both], 2)
     assert first["idempotent_replay"] is False
     assert "api_key" not in entries[1]
     text = "\n".join(access_lines)
