@@ -260,7 +260,7 @@ def test_a_full_queue_sends_rows_to_the_journal_not_to_memory(tmp_path, journal_
     release = hang_writes(ledger)
     for i in range(1, 21):
         ledger.record(row(i))
-    assert ledger._queue.qsize() == 5
+    assert ledger._backlog.queued() == 5
     assert ledger.journal.count() == 15
     release.set()
     assert ledger.flush(10)
@@ -370,7 +370,7 @@ def test_a_database_that_hangs_holds_at_most_a_second_of_rows_in_memory(pg_schem
         time.sleep(ledger.stuck_s + 0.2)
         for i in range(1, 6):
             ledger.record(row(i))
-        assert ledger.journal.count() == 5 and ledger._queue.qsize() == 0
+        assert ledger.journal.count() == 5 and ledger._backlog.queued() == 0
         relay.thaw()
         assert ledger.flush(30)
         wait_until(lambda: ledger.journal.count() == 0, timeout=30)

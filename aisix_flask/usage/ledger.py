@@ -6,12 +6,12 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import queue
 import threading
 import time
 from typing import Any
 
 from .. import metrics
+from .backlog import Backlog
 from .database import LedgerDatabase
 from .journal import Journal, JournalError, Replay
 from .report import LedgerQueries
@@ -60,11 +60,7 @@ class Ledger(LedgerQueries):
         self.engine, self.health = self.database.engine, self.database.health
         self._lock = threading.Lock()
         self._queue_rows = queue_rows
-        self._queue: queue.Queue[UsageRow | None] = queue.Queue(queue_rows)
-        # Rows queued and not yet handed on (to the database or the journal), counted here rather
-        # than with the queue's own task accounting, which gevent's patched queue does not have.
-        self._unwritten = 0
-        self._all_written = threading.Condition()
+        self._backlog = Backlog(queue_rows)
         self._in_flight: list[dict[str, Any]] | None = None  # the batch being written
         self._in_flight_since: float | None = None
         self._pid: int | None = None  # the process whose writer thread runs
@@ -85,13 +81,7 @@ class Ledger(LedgerQueries):
         since = self._in_flight_since
         if since is not None and time.monotonic() - since > self.stuck_s:
             self._overflow(row)  # the writer waits on a database that does not answer
-            return
-        with self._all_written:
-            self._unwritten += 1
-        try:
-            self._queue.put_nowait(row)
-        except queue.Full:
-            self._written(1)
+        elif not self._backlog.put(row):
             self._overflow(row)
 
     def _overflow(self, row: UsageRow) -> None:
@@ -173,8 +163,7 @@ class Ledger(LedgerQueries):
             else:
                 # After a fork the parent's thread is gone: start this process's own, and
                 # leave the parent's connections to the parent.
-                self._queue = queue.Queue(self._queue_rows)
-                self._unwritten, self._all_written = 0, threading.Condition()
+                self._backlog = Backlog(self._queue_rows)
                 if self._engine_pid != os.getpid():
                     self.engine.dispose(close=False)
                     self._engine_pid = os.getpid()
@@ -190,46 +179,17 @@ class Ledger(LedgerQueries):
     def _run(self, stopping: threading.Event) -> None:
         try:
             while not stopping.is_set():
-                batch = self._next_batch()
+                batch = self._backlog.next_batch(self.batch_size, self.linger_s, self.idle_s, self._stopping)
                 if batch:
                     try:
                         self._hand_on(batch)
                     finally:
-                        self._written(len(batch))
+                        self._backlog.written(len(batch))
                 if not stopping.is_set():  # after close(), the journal is the next start's
                     self._replay_when_due()
         finally:
             if not stopping.is_set():
                 metrics.LEDGER_WRITER_UP.set(0)
-
-    def _next_batch(self) -> list[UsageRow]:
-        """Up to a batch of queued rows, waiting at most ``idle_s`` for the first."""
-        q = self._queue
-        try:
-            first = q.get(timeout=self.idle_s)
-        except queue.Empty:
-            return []
-        if first is None:
-            return []
-        if q.qsize() < self.batch_size - 1:
-            # Sleep rather than wait on the queue: a waiting writer would be woken (a thread
-            # switch and a turn at the GIL) by every row the request threads put.
-            self._stopping.wait(self.linger_s)
-        batch = [first]
-        while len(batch) < self.batch_size:
-            try:
-                row = q.get_nowait()
-            except queue.Empty:
-                break
-            if row is not None:
-                batch.append(row)
-        return batch
-
-    def _written(self, rows: int) -> None:
-        with self._all_written:
-            self._unwritten -= rows
-            if not self._unwritten:
-                self._all_written.notify_all()
 
     def _hand_on(self, batch: list[UsageRow]) -> None:
         """Write ``batch`` to the database, or to the journal while the database is away."""
@@ -310,14 +270,7 @@ class Ledger(LedgerQueries):
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued row is in the database or the journal; False if ``timeout``
         passed first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._all_written:
-            while self._unwritten:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._all_written.wait(remaining)
-        return True
+        return self._backlog.flush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
         """Write what is queued (waiting at most ``timeout``, default ``drain_timeout_s``), put what
@@ -329,10 +282,7 @@ class Ledger(LedgerQueries):
             self._stopping.set()
             if not drained:
                 self._journal_leftovers(drain_s)
-            try:
-                self._queue.put_nowait(None)  # wakes the writer
-            except queue.Full:
-                pass
+            self._backlog.wake()
             self._thread.join(5)
             atexit.unregister(self.close)
             self._thread, self._pid = None, None
@@ -345,17 +295,7 @@ class Ledger(LedgerQueries):
         reach the database: a replay does not write it twice), go to the journal."""
         with self._lock:
             in_doubt, self._in_flight = list(self._in_flight or ()), None
-        rows: list[dict[str, Any]] = []
-        queued = 0
-        while True:
-            try:
-                row = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if row is not None:
-                queued += 1
-                rows.append(storable(row))
-        self._written(queued)
+        rows = [storable(row) for row in self._backlog.take_all()]
         if not rows and not in_doubt:
             return
         try:
