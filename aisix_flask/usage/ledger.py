@@ -13,7 +13,8 @@ from typing import Any
 from .. import metrics
 from .backlog import Backlog
 from .database import LedgerDatabase
-from .journal import Journal, JournalError, Replay
+from .journal import Journal, Replay
+from .journaling import Journaling
 from .report import LedgerQueries
 from .row import UsageRow
 from .table import ledger_name, storable
@@ -67,10 +68,7 @@ class Ledger(LedgerQueries):
         self._engine_pid = os.getpid()  # the process whose connections the pool holds
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()  # set by close()
-        self._journal_dirty = False  # this process journaled rows not yet replayed
-        self._look_at = 0.0  # when the writer next looks at the journal
-        self._journaled = 0  # rows this process put in the journal
-        self._journal_error_told_at = -60.0
+        self._journaling = Journaling(self.journal, self.database)
 
     # -- request threads -----------------------------------------------------------------------
 
@@ -80,34 +78,9 @@ class Ledger(LedgerQueries):
             self._start_writer()
         since = self._in_flight_since
         if since is not None and time.monotonic() - since > self.stuck_s:
-            self._overflow(row)  # the writer waits on a database that does not answer
+            self._journaling.overflow(row)  # the writer waits on a database that does not answer
         elif not self._backlog.put(row):
-            self._overflow(row)
-
-    def _overflow(self, row: UsageRow) -> None:
-        """The writer is stuck on the database (a write in flight for over ``stuck_s``, or a full
-        queue): the row goes to the journal from here, where a killed worker cannot lose it."""
-        try:
-            self._journal([storable(row)])
-        except JournalError as e:
-            metrics.LEDGER_ROWS_DROPPED.inc()
-            self._tell_journal_error(f"usage ledger: row of request {row.request_id} lost: {e}")
-
-    def _journal(self, rows: list[dict[str, Any]], in_doubt_s: float = 0.0) -> None:
-        """Put ``rows`` in the journal (JournalError when it does not take them); this process
-        replays them as soon as the database answers."""
-        if not rows:
-            return
-        self.journal.append(rows, in_doubt_s)
-        self._journaled += len(rows)
-        self._journal_dirty = True
-
-    def _tell_journal_error(self, message: str) -> None:
-        """Log a journal failure once a minute: every row or look would say it again."""
-        now = time.monotonic()
-        if now >= self._journal_error_told_at + 60:
-            self._journal_error_told_at = now
-            log.error("%s", message)
+            self._journaling.overflow(row)
 
     # -- the writer thread ---------------------------------------------------------------------
 
@@ -115,28 +88,7 @@ class Ledger(LedgerQueries):
         """At a worker's start: rows an earlier run left in the journal are written to the
         database as soon as it answers. A journal file this version cannot read is set aside
         (logged), and the gateway serves."""
-        try:
-            waiting, others = self.journal.count(), self.journal.others()
-        except Exception as e:  # never a worker that cannot boot
-            log.error("%s", e)
-            return
-        metrics.LEDGER_JOURNAL_ROWS.set(waiting)
-        for database, rows in others.items():
-            log.warning(
-                "usage ledger: the journal %s holds %d rows for another database, %s; a gateway "
-                "whose ledger is that database replays them (flask aisix ledger status)",
-                self.journal.path,
-                rows,
-                database,
-            )
-        if waiting:
-            log.warning(
-                "usage ledger: %d rows from an earlier run wait in the journal %s; they are "
-                "written to the database as soon as it answers",
-                waiting,
-                self.journal.path,
-            )
-            self._journal_dirty = True
+        if self._journaling.at_start():
             self._start_writer()
 
     def restart_stopped_writer(self) -> bool:
@@ -186,7 +138,7 @@ class Ledger(LedgerQueries):
                     finally:
                         self._backlog.written(len(batch))
                 if not stopping.is_set():  # after close(), the journal is the next start's
-                    self._replay_when_due()
+                    self._journaling.replay_when_due(self.idle_s, self.replay_budget_s)
         finally:
             if not stopping.is_set():
                 metrics.LEDGER_WRITER_UP.set(0)
@@ -204,66 +156,16 @@ class Ledger(LedgerQueries):
                     mine = self._in_flight is rows  # else close() journaled them meanwhile
                     self._in_flight = self._in_flight_since = None
             if left and mine:
-                self._keep(left)
+                self._journaling.keep(left, self._stopping)
         except Exception:
             # Never the end of the writer: one bad batch must not stop every later row.
             log.exception("usage ledger: %d rows could not be written", len(batch))
             metrics.LEDGER_ROWS_DROPPED.inc(len(batch))
 
-    def _keep(self, rows: list[dict[str, Any]]) -> None:
-        """Put rows the database did not take in the journal; while neither takes them, try both
-        again, until close() gives up on them."""
-        pause = self.database.retry_s
-        while True:
-            try:
-                self._journal(rows)
-                return
-            except JournalError as e:
-                log.error("%s; trying again", e)
-            if self._stopping.wait(pause):
-                log.error(
-                    "usage ledger: %d rows lost: neither the database nor the journal took them", len(rows)
-                )
-                metrics.LEDGER_ROWS_DROPPED.inc(len(rows))
-                return
-            rows = self.database.insert(rows, dedupe=True)  # a failed commit may have landed
-            if not rows:
-                return
-            pause = min(pause * 2, self.database.retry_max_s)
-
-    def _replay_when_due(self) -> None:
-        """Between batches: replay the journal while the database answers. Rows this process
-        journaled are replayed as soon as it does; the journal is looked at every ``idle_s`` for
-        rows another worker or an earlier run left (and for the gauge)."""
-        now = time.monotonic()
-        look = now >= self._look_at
-        if not look and not (self._journal_dirty and not self.database.away()):
-            return
-        if look:
-            self._look_at = now + self.idle_s
-        try:
-            if not self.database.away():
-                self.replay_journal(self.replay_budget_s)
-            if look:
-                metrics.LEDGER_JOURNAL_ROWS.set(self.journal.count())
-        except JournalError as e:
-            self._tell_journal_error(str(e))
-
     def replay_journal(self, budget_s: float) -> Replay:
         """Write what waits in the journal to the database, for ``budget_s`` at most (JournalError
         when the file cannot be read)."""
-        done = self.journal.replay(lambda rows: not self.database.insert(rows, dedupe=True), budget_s)
-        if done.emptied:
-            self._journal_dirty = False
-            metrics.LEDGER_JOURNAL_ROWS.set(0)
-        if done.rows:
-            log.warning(
-                "usage ledger: %d rows replayed from the journal %s%s",
-                done.rows,
-                self.journal.path,
-                "; it is empty" if done.emptied else "",
-            )
-        return done
+        return self._journaling.replay(budget_s)
 
     # -- ending --------------------------------------------------------------------------------
 
@@ -286,61 +188,23 @@ class Ledger(LedgerQueries):
             self._thread.join(5)
             atexit.unregister(self.close)
             self._thread, self._pid = None, None
-            self._say_what_waits()
+            self._journaling.say_what_waits()
         self.engine.dispose()
         self.journal.close()
 
     def _journal_leftovers(self, drain_s: float) -> None:
-        """The drain time is up: the rows still queued, and the batch the writer holds (it may yet
-        reach the database: a replay does not write it twice), go to the journal."""
+        """The drain time is up: the rows still queued, and the batch the writer holds, go to the
+        journal."""
         with self._lock:
             in_doubt, self._in_flight = list(self._in_flight or ()), None
         rows = [storable(row) for row in self._backlog.take_all()]
-        if not rows and not in_doubt:
-            return
-        try:
-            self._journal(rows)
-            # The write in flight may still land: replayed only once it has surely settled.
-            self._journal(in_doubt, in_doubt_s=self.in_doubt_s)
-        except JournalError as e:
-            log.error("usage ledger: %d rows not written at exit: %s", len(rows) + len(in_doubt), e)
-            metrics.LEDGER_ROWS_DROPPED.inc(len(rows) + len(in_doubt))
-            return
-        rows += in_doubt
-        log.error(
-            "usage ledger: the database did not take %d rows within %g s of the stop; they are in "
-            "the journal %s",
-            len(rows),
-            drain_s,
-            self.journal.path,
-        )
-
-    def _say_what_waits(self) -> None:
-        if not self._journaled:
-            return
-        try:
-            waiting = self.journal.count()
-        except JournalError as e:
-            log.error("%s", e)
-            return
-        if waiting:
-            log.warning(
-                "usage ledger: %d rows wait in the journal %s (%d put there by this worker); they "
-                "are written to the database when it answers, at the latest by the next start",
-                waiting,
-                self.journal.path,
-                self._journaled,
-            )
+        self._journaling.leftovers(rows, in_doubt, self.in_doubt_s, drain_s)
 
     # -- health --------------------------------------------------------------------------------
 
     def journal_rows(self) -> int | None:
         """Rows waiting in the journal for this ledger's database; None when it cannot be read."""
-        try:
-            return self.journal.count()
-        except JournalError as e:
-            self._tell_journal_error(str(e))
-            return None
+        return self._journaling.rows()
 
     def ping(self) -> bool:
         """Tell whether the database answers (and has the table)."""
