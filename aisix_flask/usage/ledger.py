@@ -79,7 +79,7 @@ class Ledger(LedgerQueries):
         since = self._in_flight_since
         if since is not None and time.monotonic() - since > self.stuck_s:
             self._journaling.overflow(row)  # the writer waits on a database that does not answer
-        elif not self._backlog.put(row):
+        elif not self._backlog.put(row):  # a full queue
             self._journaling.overflow(row)
 
     # -- the writer thread ---------------------------------------------------------------------
