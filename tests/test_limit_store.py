@@ -169,7 +169,8 @@ def test_slot_counts_are_recounted_when_the_file_is_opened(tmp_path):
 
 
 def test_a_batch_decides_each_admission_on_what_the_ones_before_it_left(tmp_path):
-    from aisix_flask.stores.sqlite import SQLiteStorage, _Batched
+    from aisix_flask.stores.sqlite import SQLiteStorage
+    from aisix_flask.stores.sqlite_admissions import _Batched
 
     store = SQLiteStorage(f"sqlite:///{tmp_path}/rl.db")
     (held,), _ = store.admit_all([("k", 1, 60)], [], [])
@@ -196,7 +197,8 @@ def test_a_batch_decides_each_admission_on_what_the_ones_before_it_left(tmp_path
 
 
 def test_tokens_counted_in_a_batch_count_for_the_admissions_after_them(tmp_path):
-    from aisix_flask.stores.sqlite import SQLiteStorage, _Batched
+    from aisix_flask.stores.sqlite import SQLiteStorage
+    from aisix_flask.stores.sqlite_admissions import _Batched
 
     store = SQLiteStorage(f"sqlite:///{tmp_path}/rl.db")
     (held,), _ = store.admit_all([("k", 1, 60)], [("t", 60, 500)], [])

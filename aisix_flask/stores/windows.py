@@ -14,3 +14,14 @@ def weighted_count(window: Window, expiry: int) -> int:
     still overlaps, plus the current one (``window`` as ``get_sliding_window`` returns it)."""
     previous, previous_ttl, current, _ = window
     return math.floor(previous * previous_ttl / expiry) + current
+
+
+def sliding_window(counts: dict[tuple[str, int], int], key: str, expiry: int, now: float) -> Window:
+    """``key``'s window as ``get_sliding_window`` returns it, from its (key, window) counts.
+
+    Windows are aligned to multiples of ``expiry``, as in limits' MemoryStorage.
+    """
+    current = int(now // expiry)
+    previous_count, current_count = counts.get((key, current - 1), 0), counts.get((key, current), 0)
+    to_end = (current + 1) * expiry - now
+    return previous_count, (to_end if previous_count else 0.0), current_count, to_end + expiry
