@@ -1,5 +1,5 @@
-"""The SQLite admission store: a storage for ``limits`` and the concurrency slots, in one file per host
-(a request's admission and end: ``sqlite_admissions``).
+"""The rate limits' SQLite store: a storage for ``limits`` and the tables of windows and concurrency
+slots, in one file per host (a request's admission and end on them: ``sqlite_admissions``).
 
 Importing this module registers ``sqlite:///…`` URLs with ``limits.storage.storage_from_string``.
 """

@@ -15,6 +15,12 @@ from .admissions import Admitted, Checks, Hits, Slots
 from .sqlite_file import Queued, SQLiteFile
 from .windows import Window, sliding_window, weighted_count
 
+# A window's count (requests or tokens) raised by the amount given.
+ADD_TO_WINDOW = (
+    "INSERT INTO windows VALUES (?, ?, ?) "
+    "ON CONFLICT(key, window) DO UPDATE SET count = count + excluded.count"
+)
+
 
 @dataclass(eq=False)
 class _Batched(Queued):
@@ -91,7 +97,7 @@ class SQLiteAdmissions(SQLiteFile):
 
     def __init__(self, path: str) -> None:
         self._next_sweep = 0.0
-        super().__init__(path)
+        SQLiteFile.__init__(self, path)
 
     # -- a request's end in one transaction --
 
@@ -199,9 +205,3 @@ class SQLiteAdmissions(SQLiteFile):
             "DELETE FROM windows WHERE key = ? AND window < ?",
             [(key, int(now // expiry) - 1) for key, expiry, _ in windows],
         )
-
-
-ADD_TO_WINDOW = (
-    "INSERT INTO windows VALUES (?, ?, ?) "
-    "ON CONFLICT(key, window) DO UPDATE SET count = count + excluded.count"
-)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 from .row import UsageRow
 
@@ -33,13 +34,14 @@ class Backlog:
         return True
 
     def queued(self) -> int:
+        """How many rows wait in the queue now."""
         return self._queue.qsize()
 
     def next_batch(
-        self, size: int, linger_s: float, idle_s: float, stopping: threading.Event
+        self, size: int, linger_s: float, idle_s: float, pause: Callable[[float], object]
     ) -> list[UsageRow]:
-        """Up to ``size`` queued rows, waiting at most ``idle_s`` for the first, then ``linger_s``
-        for more to join it (unless ``stopping`` is set meanwhile)."""
+        """Up to ``size`` queued rows, waiting at most ``idle_s`` for the first, then pausing
+        (``pause(linger_s)``, which a stop cuts short) for more to join it."""
         try:
             first = self._queue.get(timeout=idle_s)
         except queue.Empty:
@@ -49,7 +51,7 @@ class Backlog:
         if self._queue.qsize() < size - 1:
             # Sleep rather than wait on the queue: a waiting writer would be woken (a thread
             # switch and a turn at the GIL) by every row the request threads put.
-            stopping.wait(linger_s)
+            pause(linger_s)
         batch = [first]
         while len(batch) < size:
             try:

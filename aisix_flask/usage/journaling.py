@@ -4,8 +4,8 @@ replayed as soon as it answers, and what the log and the gauge say of them."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import metrics
@@ -80,17 +80,17 @@ class Journaling:
             self.dirty = True
         return bool(waiting)
 
-    def keep(self, rows: list[dict[str, Any]], stopping: threading.Event) -> None:
+    def keep(self, rows: list[dict[str, Any]], pause: Callable[[float], bool]) -> None:
         """Put rows the database did not take in the journal; while neither takes them, try both
-        again, until ``stopping`` (close()) gives up on them."""
-        pause = self.database.retry_s
+        again after ``pause(seconds)``, until it answers True (close() gives up on them)."""
+        wait_s = self.database.retry_s
         while True:
             try:
                 self.put(rows)
                 return
             except JournalError as e:
                 log.error("%s; trying again", e)
-            if stopping.wait(pause):
+            if pause(wait_s):
                 log.error(
                     "usage ledger: %d rows lost: neither the database nor the journal took them", len(rows)
                 )
@@ -99,7 +99,7 @@ class Journaling:
             rows = self.database.insert(rows, dedupe=True)  # a failed commit may have landed
             if not rows:
                 return
-            pause = min(pause * 2, self.database.retry_max_s)
+            wait_s = min(wait_s * 2, self.database.retry_max_s)
 
     def replay_when_due(self, idle_s: float, budget_s: float) -> None:
         """Between batches: replay the journal while the database answers. Rows this process

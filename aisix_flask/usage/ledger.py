@@ -131,7 +131,7 @@ class Ledger(LedgerQueries):
     def _run(self, stopping: threading.Event) -> None:
         try:
             while not stopping.is_set():
-                batch = self._backlog.next_batch(self.batch_size, self.linger_s, self.idle_s, self._stopping)
+                batch = self._backlog.next_batch(self.batch_size, self.linger_s, self.idle_s, self._pause)
                 if batch:
                     try:
                         self._hand_on(batch)
@@ -142,6 +142,11 @@ class Ledger(LedgerQueries):
         finally:
             if not stopping.is_set():
                 metrics.LEDGER_WRITER_UP.set(0)
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less when the ledger stops; True when it has (the event read as
+        the pause starts: a writer started again after a stop has a new one)."""
+        return self._stopping.wait(seconds)
 
     def _hand_on(self, batch: list[UsageRow]) -> None:
         """Write ``batch`` to the database, or to the journal while the database is away."""
@@ -156,7 +161,7 @@ class Ledger(LedgerQueries):
                     mine = self._in_flight is rows  # else close() journaled them meanwhile
                     self._in_flight = self._in_flight_since = None
             if left and mine:
-                self._journaling.keep(left, self._stopping)
+                self._journaling.keep(left, self._pause)
         except Exception:
             # Never the end of the writer: one bad batch must not stop every later row.
             log.exception("usage ledger: %d rows could not be written", len(batch))
