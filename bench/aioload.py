@@ -27,7 +27,7 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -269,30 +269,28 @@ def run(url: str, body: bytes, **options: Any) -> dict[str, Any]:
     return asyncio.run(load(url, body, **options))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def command_line(doc: str, run: Callable[..., dict[str, Any]], add_options: Callable[[Any], None]) -> None:
+    """A load generator's command line: the URL, the body and the options both generators take,
+    then ``add_options``' own (named as ``run``'s keywords); prints the figures as one JSON object."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url")
     parser.add_argument("--body", required=True, help="the request body (JSON text)")
-    parser.add_argument("--connections", type=int, default=1)
-    parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--stream", action="store_true", help="the answers are server-sent events")
     parser.add_argument("--timeout", type=float, default=60, help="seconds a request may take")
-    parser.add_argument("--max-requests", type=int, default=None)
     parser.add_argument("--key", help="sent as Authorization: Bearer KEY")
-    args = parser.parse_args()
-    result = run(
-        args.url,
-        args.body.encode(),
-        connections=args.connections,
-        seconds=args.seconds,
-        stream=args.stream,
-        timeout=args.timeout,
-        max_requests=args.max_requests,
-        key=args.key,
-    )
-    print(json.dumps(result))
+    add_options(parser)
+    options = vars(parser.parse_args())
+    url, body = options.pop("url"), options.pop("body").encode()
+    print(json.dumps(run(url, body, **options)))
+
+
+def main() -> None:
+    def options(parser: Any) -> None:
+        parser.add_argument("--connections", type=int, default=1)
+        parser.add_argument("--seconds", type=float, default=5)
+        parser.add_argument("--max-requests", type=int, default=None)
+
+    command_line(__doc__, run, options)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ request's scheduled and actual send: the generator's own delay, part of every la
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import math
 import random
 import sys
@@ -36,7 +34,16 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.aioload import Client, Outcome, attempt, figures, percentile, request_head, wait_for  # noqa: E402
+from bench.aioload import (  # noqa: E402
+    Client,
+    Outcome,
+    attempt,
+    command_line,
+    figures,
+    percentile,
+    request_head,
+    wait_for,
+)
 
 _GRACE_S = 5.0
 KEEPALIVE_EXPIRY_S = 4.0
@@ -127,29 +134,12 @@ def run(url: str, body: bytes, **options: Any) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("url")
-    parser.add_argument("--body", required=True, help="the request body (JSON text)")
-    parser.add_argument("--rate", type=float, required=True, help="requests per second (mean)")
-    parser.add_argument("--seconds", type=float, default=10, help="how long requests are sent")
-    parser.add_argument("--stream", action="store_true", help="the answers are server-sent events")
-    parser.add_argument("--timeout", type=float, default=60, help="seconds a request may take")
-    parser.add_argument("--key", help="sent as Authorization: Bearer KEY")
-    parser.add_argument("--seed", type=int, default=23, help="the schedule's random seed")
-    args = parser.parse_args()
-    result = run(
-        args.url,
-        args.body.encode(),
-        rate=args.rate,
-        seconds=args.seconds,
-        stream=args.stream,
-        timeout=args.timeout,
-        key=args.key,
-        seed=args.seed,
-    )
-    print(json.dumps(result))
+    def options(parser: Any) -> None:
+        parser.add_argument("--rate", type=float, required=True, help="requests per second (mean)")
+        parser.add_argument("--seconds", type=float, default=10, help="how long requests are sent")
+        parser.add_argument("--seed", type=int, default=23, help="the schedule's random seed")
+
+    command_line(__doc__, run, options)
 
 
 if __name__ == "__main__":

@@ -52,27 +52,24 @@ class Backlog:
             # Sleep rather than wait on the queue: a waiting writer would be woken (a thread
             # switch and a turn at the GIL) by every row the request threads put.
             pause(linger_s)
-        batch = [first]
-        while len(batch) < size:
-            try:
-                row = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if row is not None:
-                batch.append(row)
-        return batch
+        return [first, *self._take(size - 1)]
 
     def take_all(self) -> list[UsageRow]:
         """Every row still queued, counted as handed on (to whoever took them)."""
+        rows = self._take(None)
+        self.written(len(rows))
+        return rows
+
+    def _take(self, most: int | None) -> list[UsageRow]:
+        """The rows queued now, up to ``most`` (None: all), without waiting."""
         rows: list[UsageRow] = []
-        while True:
+        while most is None or len(rows) < most:
             try:
                 row = self._queue.get_nowait()
             except queue.Empty:
                 break
             if row is not None:
                 rows.append(row)
-        self.written(len(rows))
         return rows
 
     def wake(self) -> None:
