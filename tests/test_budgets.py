@@ -22,6 +22,7 @@ from .conftest import (
     named,
     write_config,
 )
+from .watching import looked_at
 
 
 def test_a_per_image_request_that_would_pass_the_budget_is_refused_up_front(budgeted, upstream):
@@ -86,8 +87,7 @@ def test_a_budget_raised_in_the_config_lets_requests_through_at_once(budgeted, u
     assert image(client).status_code == 429
     config = budgeted.config
     named(config, "api_keys", "dev")["budget"] = {"usd": 1.0, "period": "day"}
-    write_config(tmp_path / "config-0.yaml", config)
-    time.sleep(0.3)
+    looked_at(write_config(tmp_path / "config-0.yaml", config))
     images_answer(upstream, 1)
     assert image(client).status_code == 200
     assert spent(app) == pytest.approx(0.08)
@@ -222,8 +222,7 @@ def test_spend_is_counted_before_a_budget_is_set(budgeted, upstream, tmp_path):
     assert image(client, n=2).status_code == 200  # 0.08, no budget yet
     config = budgeted.config
     named(config, "api_keys", "dev")["budget"] = {"usd": 0.1, "period": "month"}
-    write_config(tmp_path / "config-0.yaml", config)
-    time.sleep(0.3)
+    looked_at(write_config(tmp_path / "config-0.yaml", config))
     assert spent(app) == pytest.approx(0.08) == ledger_cost(app)
     assert image(client).status_code == 429  # 0.12 would pass 0.10
 

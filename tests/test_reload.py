@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from aisix_flask.gateway import _GATEWAYS, Gateway, _signature
+from aisix_flask.gateway import Gateway
 
 from .conftest import CALLER_KEY as CALLER
 from .conftest import CHAT_URL, IMAGES_URL, auth, named, sha, write_config
 from .routed import CHAT, SECOND, chat
+from .watching import looked_at
 
 ROUTE = "/v1/images/generations"
 NEW_KEY = "late-SECRET-2d9e11"
@@ -35,24 +36,6 @@ def rewrite(path, config):
     write_config(path.with_suffix(".tmp"), config)
     os.replace(path.with_suffix(".tmp"), path)
     looked_at(path)
-
-
-def looked_at(path):
-    """Wait until every open gateway watching ``path`` has looked at the file as it is now and is
-    done (read it, or rejected it): on a busy machine a look can end later than any fixed pause.
-    With no gateway watching it yet, a moment's pause."""
-    now, began = _signature(str(path)), time.monotonic()
-    while time.monotonic() - began < 10:
-        watching = [
-            g for g in list(_GATEWAYS) if not g._closed.is_set() and Path(g.path).resolve() == path.resolve()
-        ]
-        if all(g._signature == now for g in watching) and (watching or time.monotonic() - began > 0.2):
-            for gateway in watching:
-                with gateway._lock:  # a look holds it from its start to its end
-                    pass
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"no watcher looked at {path} within 10 s")
 
 
 def post(client, key, model="image-prod"):
